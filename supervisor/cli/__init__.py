@@ -1,0 +1,1 @@
+"""Command-line front ends: llama-supervisord and llama-supervisorctl."""

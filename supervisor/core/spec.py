@@ -1,0 +1,96 @@
+"""What a model should be: the desired container and its policies, as values.
+
+Produced from manifests + profile + image lock by supervisor.render; consumed by
+the planner and the runtime adapter. Everything that shapes the container is in
+`ContainerSpec` and goes into its config hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str          # host path
+    target: str          # path in the container
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class GpuRequest:
+    vendor: Literal["nvidia"]
+    device_ids: tuple[str, ...] = ()   # empty: all GPUs
+    capabilities: tuple[str, ...] = ("gpu",)
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything that shapes one model's container (all of it is hashed)."""
+
+    model: str
+    image: str                       # the tag to create from, e.g. llama-supervisor/llama-server:cpu-avx2
+    image_id: str                    # sha256:... from the image lock; the runtime creates by ID
+    argv: tuple[str, ...]            # llama-server arguments (the image's ENTRYPOINT is llama-server)
+    model_sha256: str
+    mounts: tuple[Mount, ...]
+    host_ip: str                     # 127.0.0.1 unless the manifest asks otherwise
+    host_port: int
+    container_port: int = 8080
+    memory_bytes: int | None = None
+    pids_limit: int = 256
+    nano_cpus: int | None = None     # cpus * 1e9
+    cpuset: str | None = None
+    gpu: GpuRequest | None = None
+    user: str = "65532:65532"
+    read_only_rootfs: bool = True
+    tmpfs_size: str = "64m"
+
+    def canonical(self) -> dict[str, object]:
+        return asdict(self)
+
+    def config_hash(self) -> str:
+        """sha256 of canonical JSON (sorted keys): stable across key order and runs."""
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class RestartPolicy(str, Enum):
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    NEVER = "never"
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    interval_s: float = 2.0
+    timeout_s: float = 2.0
+    failures: int = 3
+    start_timeout_s: float = 60.0     # render scales the default from file size and ctx_size
+
+
+@dataclass(frozen=True)
+class RestartSettings:
+    policy: RestartPolicy = RestartPolicy.ALWAYS
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    max_failures: int = 5             # consecutive failed starts before FATAL
+    healthy_reset_s: float = 600.0    # healthy this long resets the backoff
+    stable_after_s: float = 10.0      # a crash later than this after healthy restarts at once
+
+
+@dataclass(frozen=True)
+class DesiredModel:
+    """One model as the manifests want it."""
+
+    name: str
+    spec: ContainerSpec
+    health: HealthPolicy = field(default_factory=HealthPolicy)
+    restart: RestartSettings = field(default_factory=RestartSettings)
+    model_path: str = ""              # host path of the GGUF file (verified before every create)
+    source_file: str = ""             # the manifest it came from, for messages
+    api_key_file: str | None = None

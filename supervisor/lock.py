@@ -1,0 +1,112 @@
+"""The image lock: what each built image variant was, recorded at build time.
+
+A JSON file (default: <state dir>/images.lock.json), one record per variant.
+`verify` re-derives every field from the local image and compares; the flags
+set is what manifests are checked against (a flag the image's llama-server
+does not know is a validation error). Pure: reading and writing the file is
+the only I/O here, and comparisons are plain functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from supervisor.errors import ConfigError
+
+LOCK_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    variant: str                     # cpu-generic | cpu-avx2 | cpu-avx512 | arm64 | cuda
+    tag: str                         # llama-supervisor/llama-server:<variant>
+    image_id: str                    # sha256:...
+    binary_sha256: str               # of /usr/local/bin/llama-server inside the image
+    version: str                     # `llama-server --version`, e.g. "version: 11434 (pypi-sdist)"
+    build_number: int
+    flags: frozenset[str]            # every --flag / -f its --help lists
+    source_sha256: str
+    built_at: str                    # ISO 8601, UTC
+    architecture: str = "amd64"
+
+    def to_json(self) -> dict[str, object]:
+        d = asdict(self)
+        d["flags"] = sorted(self.flags)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> ImageRecord:
+        d = dict(d)
+        d["flags"] = frozenset(d.get("flags") or ())  # type: ignore[arg-type]
+        return cls(**d)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ImageLock:
+    images: dict[str, ImageRecord] = field(default_factory=dict)
+
+    def get(self, variant: str) -> ImageRecord | None:
+        return self.images.get(variant)
+
+    def with_record(self, record: ImageRecord) -> ImageLock:
+        return ImageLock({**self.images, record.variant: record})
+
+    def dumps(self) -> str:
+        body = {
+            "version": LOCK_VERSION,
+            "images": {k: v.to_json() for k, v in sorted(self.images.items())},
+        }
+        return json.dumps(body, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def loads(cls, text: str, *, origin: str = "<lock>") -> ImageLock:
+        try:
+            body = json.loads(text)
+            if body.get("version") != LOCK_VERSION:
+                raise ValueError(f"lock version {body.get('version')!r}, expected {LOCK_VERSION}")
+            return cls({k: ImageRecord.from_json(v) for k, v in body["images"].items()})
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(
+                f"{origin}: not a valid image lock ({e}); rebuild it with 'llama-supervisorctl build'"
+            ) from e
+
+
+def read_lock(path: Path) -> ImageLock:
+    """The lock at `path`; an empty lock when the file does not exist yet."""
+    if not path.exists():
+        return ImageLock()
+    return ImageLock.loads(path.read_text(), origin=str(path))
+
+
+def write_lock(path: Path, lock: ImageLock) -> None:
+    """Atomic: write a temporary file beside it, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".images.lock.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(lock.dumps())
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def compare(expected: ImageRecord, actual: ImageRecord) -> list[str]:
+    """Every field that differs, as 'field: lock X, image Y' (empty: they match)."""
+    diffs: list[str] = []
+    for name in ("image_id", "binary_sha256", "version", "build_number", "source_sha256", "variant"):
+        a, b = getattr(expected, name), getattr(actual, name)
+        if a != b:
+            diffs.append(f"{name}: lock {a}, image {b}")
+    if expected.flags != actual.flags:
+        missing = sorted(expected.flags - actual.flags)[:5]
+        extra = sorted(actual.flags - expected.flags)[:5]
+        diffs.append(f"flags: missing {missing}, unexpected {extra}")
+    return diffs

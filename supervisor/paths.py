@@ -1,0 +1,53 @@
+"""Where llama-supervisor keeps things: one place to decide, overridable by env.
+
+    LLAMA_SUPERVISOR_STATE_DIR   image lock, built source contexts   (root: /var/lib/llama-supervisor)
+    LLAMA_SUPERVISOR_CACHE_DIR   downloaded sources and models      (root: /var/cache/llama-supervisor)
+    LLAMA_SUPERVISOR_MANIFESTS   the manifest directory             (root: /etc/llama-supervisor/manifests)
+    LLAMA_SUPERVISOR_SOCKET      the control socket                 (root: /run/llama-supervisor/control.sock)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _home_dir(env: str, root_default: str, xdg: str, xdg_default: str) -> Path:
+    if os.environ.get(env):
+        return Path(os.environ[env])
+    if _is_root():
+        return Path(root_default)
+    base = os.environ.get(xdg) or str(Path.home() / xdg_default)
+    return Path(base) / "llama-supervisor"
+
+
+def state_dir() -> Path:
+    return _home_dir("LLAMA_SUPERVISOR_STATE_DIR", "/var/lib/llama-supervisor", "XDG_STATE_HOME", ".local/state")
+
+
+def cache_dir() -> Path:
+    return _home_dir("LLAMA_SUPERVISOR_CACHE_DIR", "/var/cache/llama-supervisor", "XDG_CACHE_HOME", ".cache")
+
+
+def lock_path() -> Path:
+    return Path(os.environ.get("LLAMA_SUPERVISOR_LOCK") or state_dir() / "images.lock.json")
+
+
+def manifests_dir() -> Path:
+    if os.environ.get("LLAMA_SUPERVISOR_MANIFESTS"):
+        return Path(os.environ["LLAMA_SUPERVISOR_MANIFESTS"])
+    return Path("/etc/llama-supervisor/manifests") if _is_root() and Path("/etc/llama-supervisor").exists() \
+        else Path("manifests")
+
+
+def socket_path() -> Path:
+    if os.environ.get("LLAMA_SUPERVISOR_SOCKET"):
+        return Path(os.environ["LLAMA_SUPERVISOR_SOCKET"])
+    if _is_root():
+        return Path("/run/llama-supervisor/control.sock")
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/llama-supervisor-{os.getuid()}"
+    return Path(runtime) / "llama-supervisor" / "control.sock"
