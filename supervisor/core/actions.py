@@ -1,0 +1,56 @@
+"""What the planner asks the executor to do, as values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from supervisor.core.spec import DesiredModel
+
+
+@dataclass(frozen=True)
+class Create:
+    desired: DesiredModel
+
+    @property
+    def model(self) -> str:
+        return self.desired.name
+
+
+@dataclass(frozen=True)
+class Recreate:
+    """The config hash changed: stop and remove the old container, create the new one."""
+
+    desired: DesiredModel
+    old_id: str
+
+    @property
+    def model(self) -> str:
+        return self.desired.name
+
+
+@dataclass(frozen=True)
+class Start:
+    """Start the existing container in place (same ID, config hash matches)."""
+
+    model: str
+    container_id: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    model: str
+    container_id: str
+    reason: str
+    kill: bool = False             # the container is hung or failed: no graceful stop
+
+
+@dataclass(frozen=True)
+class Remove:
+    """An orphan (managed label, no manifest) or a duplicate: stop if needed, then remove."""
+
+    container_id: str
+    reason: str
+    model: str = ""
+
+
+Action = Create | Recreate | Start | Stop | Remove

@@ -1,0 +1,411 @@
+"""The per-model state machine: supervisord's states, a monotonic clock, restart backoff.
+
+A `Lifecycle` is told what happened (`container_started`, `probe`, `container_exited`,
+`hung`, `stop_requested`, ...) with the time `now` from a monotonic clock the caller
+owns, and answers with the `Transition` it made (or None). It never does I/O: the
+loop asks `wants_running(now)` and `next_deadline()` and lets the planner act.
+
+    STOPPED ──start──> STARTING ──healthy──> RUNNING ──crash after stable_after_s──> EXITED ──start──> STARTING
+                          │                     │
+                          └──exit / timeout─────┴──crash soon after start──> BACKOFF ──delay──> STARTING
+                                                                               │
+                                        max_failures consecutive failures ──> FATAL (start / manifest change)
+
+Every state change goes through `_to()`, which checks it against `ALLOWED`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import Enum
+from typing import assert_never
+
+from supervisor.core.spec import HealthPolicy, RestartPolicy, RestartSettings
+
+
+class State(Enum):
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    EXITED = "EXITED"
+    FATAL = "FATAL"
+
+
+class ProbeOutcome(Enum):
+    OK = "ok"              # 200 from /health
+    LOADING = "loading"    # 503 "Loading model": progress while STARTING
+    FAILED = "failed"      # anything else, refused, timed out
+
+
+S = State
+ALLOWED: dict[State, frozenset[State]] = {
+    S.STOPPED: frozenset({S.STARTING}),
+    S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED, S.STOPPING}),
+    S.RUNNING: frozenset({S.STARTING, S.BACKOFF, S.FATAL, S.EXITED, S.STOPPING}),
+    S.BACKOFF: frozenset({S.STARTING, S.STOPPED}),
+    S.STOPPING: frozenset({S.STOPPED}),
+    S.EXITED: frozenset({S.STARTING, S.STOPPED}),
+    S.FATAL: frozenset({S.STOPPED}),
+}
+
+# States in which the model's container is believed to be the live, wanted one.
+LIVE = frozenset({S.STARTING, S.RUNNING, S.STOPPING})
+
+STARTING_PROBE_INTERVAL_S = 0.5   # probe faster while loading: readiness shows sooner
+
+
+class TransitionError(AssertionError):
+    """A transition outside ALLOWED: a bug in this module, never an operator error."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    model: str
+    from_state: State
+    to_state: State
+    reason: str
+
+
+class Lifecycle:
+    """One model's state, counters and deadlines. Not thread-safe: the loop thread owns it."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        health: HealthPolicy,
+        restart: RestartSettings,
+        rng: random.Random,
+        jitter: float = 0.1,
+        enabled: bool = True,
+    ) -> None:
+        self.model = model
+        self.health = health
+        self.restart = restart
+        self._rng = rng
+        self._jitter = jitter
+        self.enabled = enabled                 # the operator wants it up (stop disables, start enables)
+        self.state = State.STOPPED
+        self.reason = "not started yet"
+        self.since = 0.0                       # when the current state was entered
+        self.restarts = 0                      # container (re)starts after the first
+        self.consecutive_failures = 0
+        self.probe_failures = 0                # consecutive failed liveness probes while RUNNING
+        self.last_exit_code: int | None = None
+        self.running_since: float | None = None
+        self.backoff_until: float | None = None
+        self.backoff_s: float | None = None
+        self.next_probe_at: float | None = None
+        self._started_once = False
+
+    # --- queries ------------------------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        """The container, if running, is the one this lifecycle started or adopted."""
+        return self.state in LIVE
+
+    def wants_running(self, now: float) -> bool:
+        match self.state:
+            case State.STARTING | State.RUNNING:
+                return True
+            case State.STOPPED:
+                return self.enabled
+            case State.BACKOFF:
+                return self.enabled and self.backoff_until is not None and now >= self.backoff_until
+            case State.EXITED:
+                return self.enabled and self._restart_after_exit()
+            case State.STOPPING | State.FATAL:
+                return False
+            case _:
+                assert_never(self.state)
+
+    def next_deadline(self) -> float | None:
+        """The earliest time at which `tick` or `wants_running` may answer differently."""
+        candidates: list[float] = []
+        match self.state:
+            case State.STARTING:
+                candidates.append(self.since + self.health.start_timeout_s)
+            case State.BACKOFF:
+                if self.backoff_until is not None:
+                    candidates.append(self.backoff_until)
+            case State.RUNNING:
+                if self.consecutive_failures and self.running_since is not None:
+                    candidates.append(self.running_since + self.restart.healthy_reset_s)
+            case State.STOPPED | State.STOPPING | State.EXITED | State.FATAL:
+                pass
+            case _:
+                assert_never(self.state)
+        if self.next_probe_at is not None:
+            candidates.append(self.next_probe_at)
+        return min(candidates) if candidates else None
+
+    def probe_due(self, now: float) -> bool:
+        return self.next_probe_at is not None and now >= self.next_probe_at
+
+    def uptime(self, now: float) -> float | None:
+        return now - self.running_since if self.running_since is not None and self.state is State.RUNNING else None
+
+    # --- what happened --------------------------------------------------------------------
+
+    def start_attempt(self, now: float, *, reason: str = "starting") -> Transition | None:
+        """The executor is about to create or start the container."""
+        if self._started_once:
+            self.restarts += 1
+        self._started_once = True
+        self.enabled = True
+        self.probe_failures = 0
+        self.running_since = None
+        self.backoff_until = None
+        match self.state:
+            case State.STARTING:
+                self.since = now          # a recreate while starting: the start budget begins again
+                self.next_probe_at = now + STARTING_PROBE_INTERVAL_S
+                return None
+            case State.STOPPED | State.EXITED | State.BACKOFF | State.RUNNING:
+                # STOPPED -> STARTING, EXITED -> STARTING, BACKOFF -> STARTING, RUNNING -> STARTING (recreate)
+                t = self._to(now, State.STARTING, reason)
+                self.next_probe_at = now + STARTING_PROBE_INTERVAL_S
+                return t
+            case State.STOPPING | State.FATAL:
+                raise TransitionError(f"{self.model}: start attempted in {self.state.name}")
+            case _:
+                assert_never(self.state)
+
+    def container_started(self, now: float) -> None:
+        """The container is up (created and started, or started in place); probing begins."""
+        self.next_probe_at = now + STARTING_PROBE_INTERVAL_S
+
+    def start_failed(self, now: float, reason: str, *, permanent: bool) -> Transition | None:
+        """The executor could not start it: verification (permanent) or a runtime error."""
+        if self.state is not State.STARTING:
+            return None
+        if permanent:
+            # STARTING -> FATAL: a pinned file or image does not match; retrying cannot help
+            return self._fatal(now, reason)
+        # STARTING -> BACKOFF (or FATAL after max_failures)
+        return self._failure(now, reason)
+
+    def adopt(self, now: float) -> Transition | None:
+        """A running container with a matching config hash was found: keep it, probe it."""
+        if self.state is not State.STOPPED:
+            return None
+        self._started_once = True
+        # STOPPED -> STARTING: adopted; the first good probe makes it RUNNING
+        t = self._to(now, State.STARTING, "adopted running container")
+        self.next_probe_at = now
+        return t
+
+    def probe(self, now: float, outcome: ProbeOutcome, detail: str = "") -> Transition | None:
+        match self.state:
+            case State.STARTING:
+                self.next_probe_at = now + min(STARTING_PROBE_INTERVAL_S, self.health.interval_s)
+                match outcome:
+                    case ProbeOutcome.OK:
+                        self.running_since = now
+                        self.probe_failures = 0
+                        self.next_probe_at = now + self.health.interval_s
+                        # STARTING -> RUNNING
+                        return self._to(now, State.RUNNING, "healthy")
+                    case ProbeOutcome.LOADING | ProbeOutcome.FAILED:
+                        return self.tick(now)  # progress (or not yet listening) until start_timeout
+                    case _:
+                        assert_never(outcome)
+            case State.RUNNING:
+                self.next_probe_at = now + self.health.interval_s
+                match outcome:
+                    case ProbeOutcome.OK:
+                        self.probe_failures = 0
+                        return self.tick(now)
+                    case ProbeOutcome.LOADING | ProbeOutcome.FAILED:
+                        self.probe_failures += 1
+                        if self.probe_failures < self.health.failures:
+                            return None
+                        return self._crashed(
+                            now, f"health check failed {self.probe_failures}x ({detail or outcome.value})"
+                        )
+                    case _:
+                        assert_never(outcome)
+            case State.STOPPED | State.BACKOFF | State.STOPPING | State.EXITED | State.FATAL:
+                return None   # a late result for a container no longer probed
+            case _:
+                assert_never(self.state)
+
+    def hung(self, now: float, reason: str) -> Transition | None:
+        """The container is paused or not answering at all: restart it."""
+        match self.state:
+            case State.RUNNING:
+                return self._crashed(now, reason)
+            case State.STARTING:
+                # STARTING -> BACKOFF: it never became healthy
+                return self._failure(now, reason)
+            case State.STOPPED | State.BACKOFF | State.STOPPING | State.EXITED | State.FATAL:
+                return None
+            case _:
+                assert_never(self.state)
+
+    def container_exited(
+        self, now: float, *, exit_code: int | None, oom_killed: bool = False, log_tail: str = ""
+    ) -> Transition | None:
+        self.last_exit_code = exit_code
+        why = "OOMKilled" if oom_killed else f"exited with code {exit_code}"
+        if log_tail:
+            why += f"; last log: {log_tail.strip()}"
+        match self.state:
+            case State.STARTING:
+                # STARTING -> BACKOFF (or FATAL): it never became healthy
+                return self._failure(now, f"{why} while starting", exit_code=exit_code, oom_killed=oom_killed)
+            case State.RUNNING:
+                return self._crashed(now, why, exit_code=exit_code, oom_killed=oom_killed)
+            case State.STOPPING:
+                # STOPPING -> STOPPED
+                return self._to(now, State.STOPPED, "stopped")
+            case State.STOPPED | State.BACKOFF | State.EXITED | State.FATAL:
+                return None
+            case _:
+                assert_never(self.state)
+
+    def stop_requested(self, now: float, *, disable: bool = True, reason: str = "stop requested") -> Transition | None:
+        """The operator (or a restart) wants it down; `disable=False` keeps it wanted afterwards."""
+        self.enabled = not disable
+        match self.state:
+            case State.STARTING | State.RUNNING:
+                # STARTING -> STOPPING, RUNNING -> STOPPING
+                return self._to(now, State.STOPPING, reason)
+            case State.BACKOFF | State.EXITED | State.FATAL:
+                # BACKOFF -> STOPPED, EXITED -> STOPPED, FATAL -> STOPPED
+                self.consecutive_failures = 0
+                return self._to(now, State.STOPPED, reason)
+            case State.STOPPED | State.STOPPING:
+                return None
+            case _:
+                assert_never(self.state)
+
+    def stopped(self, now: float) -> Transition | None:
+        """The executor stopped the container."""
+        if self.state is State.STOPPING:
+            # STOPPING -> STOPPED
+            return self._to(now, State.STOPPED, "stopped")
+        return None
+
+    def start_requested(self, now: float, *, reason: str = "start requested") -> Transition | None:
+        """An explicit start: the only way out of FATAL besides a manifest change."""
+        self.enabled = True
+        match self.state:
+            case State.FATAL | State.BACKOFF | State.EXITED:
+                # FATAL -> STOPPED, BACKOFF -> STOPPED, EXITED -> STOPPED: failures forgotten, start at once
+                self.consecutive_failures = 0
+                return self._to(now, State.STOPPED, reason)
+            case State.STOPPED | State.STARTING | State.RUNNING | State.STOPPING:
+                return None
+            case _:
+                assert_never(self.state)
+
+    def config_changed(
+        self, now: float, *, health: HealthPolicy, restart: RestartSettings
+    ) -> Transition | None:
+        """The model's manifest changed: new policies, failures forgotten, FATAL left."""
+        self.health = health
+        self.restart = restart
+        self.consecutive_failures = 0
+        match self.state:
+            case State.FATAL | State.BACKOFF | State.EXITED:
+                # FATAL -> STOPPED, BACKOFF -> STOPPED, EXITED -> STOPPED
+                return self._to(now, State.STOPPED, "manifest changed")
+            case State.STOPPED | State.STARTING | State.RUNNING | State.STOPPING:
+                return None   # the planner recreates a live container whose hash changed
+            case _:
+                assert_never(self.state)
+
+    def tick(self, now: float) -> Transition | None:
+        """Deadlines: the start budget, the healthy-reset window."""
+        match self.state:
+            case State.STARTING:
+                if now - self.since >= self.health.start_timeout_s:
+                    # STARTING -> BACKOFF (or FATAL)
+                    return self._failure(now, f"not healthy after {self.health.start_timeout_s:g}s")
+            case State.RUNNING:
+                if (
+                    self.consecutive_failures
+                    and self.running_since is not None
+                    and now - self.running_since >= self.restart.healthy_reset_s
+                ):
+                    self.consecutive_failures = 0   # healthy long enough: the backoff starts over
+            case State.STOPPED | State.BACKOFF | State.STOPPING | State.EXITED | State.FATAL:
+                pass
+            case _:
+                assert_never(self.state)
+        return None
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _restart_after_exit(self) -> bool:
+        match self.restart.policy:
+            case RestartPolicy.ALWAYS:
+                return True
+            case RestartPolicy.ON_FAILURE:
+                return self.last_exit_code != 0
+            case RestartPolicy.NEVER:
+                return False
+            case _:
+                assert_never(self.restart.policy)
+
+    def _crashed(
+        self, now: float, why: str, *, exit_code: int | None = None, oom_killed: bool = False
+    ) -> Transition:
+        """RUNNING went bad: at once after a stable run, else one more consecutive failure."""
+        stable = self.running_since is not None and now - self.running_since >= self.restart.stable_after_s
+        if stable or self.restart.policy is RestartPolicy.NEVER or not self._restart_after_exit():
+            self.running_since = None
+            self.next_probe_at = None
+            # RUNNING -> EXITED: ran long enough to count as a success; restart at once (policy allowing)
+            return self._to(now, State.EXITED, why)
+        # RUNNING -> BACKOFF (or FATAL): crashed soon after it started
+        return self._failure(now, why, exit_code=exit_code, oom_killed=oom_killed)
+
+    def _failure(
+        self, now: float, why: str, *, exit_code: int | None = None, oom_killed: bool = False
+    ) -> Transition:
+        self.running_since = None
+        self.next_probe_at = None
+        self.consecutive_failures += 1
+        if self.restart.policy is RestartPolicy.NEVER or (
+            self.restart.policy is RestartPolicy.ON_FAILURE and exit_code == 0 and not oom_killed
+        ):
+            # STARTING -> EXITED, RUNNING -> EXITED: the policy does not restart it
+            return self._to(now, State.EXITED, why)
+        if self.consecutive_failures >= self.restart.max_failures:
+            # STARTING -> FATAL, RUNNING -> FATAL
+            return self._fatal(now, f"{why} ({self.consecutive_failures} consecutive failures)")
+        delay = self.backoff_delay(self.consecutive_failures)
+        self.backoff_s = delay
+        self.backoff_until = now + delay
+        # STARTING -> BACKOFF, RUNNING -> BACKOFF
+        return self._to(now, State.BACKOFF, f"{why}; retry in {delay:.1f}s")
+
+    def backoff_delay(self, failures: int) -> float:
+        """initial * 2^(failures-1), capped, then +/- jitter (never above the cap)."""
+        base = min(self.restart.backoff_initial_s * 2.0 ** (failures - 1), self.restart.backoff_max_s)
+        if self._jitter:
+            base *= 1 + self._rng.uniform(-self._jitter, self._jitter)
+        return min(base, self.restart.backoff_max_s)
+
+    def _fatal(self, now: float, why: str) -> Transition:
+        self.running_since = None
+        self.next_probe_at = None
+        self.backoff_until = None
+        return self._to(now, State.FATAL, why)
+
+    def _to(self, now: float, new: State, reason: str) -> Transition:
+        old = self.state
+        if new not in ALLOWED[old]:
+            raise TransitionError(f"{self.model}: {old.name} -> {new.name} is not allowed ({reason})")
+        self.state = new
+        self.since = now
+        self.reason = reason
+        if new is not State.STARTING and new is not State.RUNNING:
+            self.next_probe_at = None
+        return Transition(self.model, old, new, reason)

@@ -1,0 +1,33 @@
+"""Builders for unit tests: DesiredModels and observed containers without manifests."""
+
+from __future__ import annotations
+
+from supervisor.core.observed import ContainerStatus, ObservedContainer
+from supervisor.core.spec import ContainerSpec, DesiredModel, HealthPolicy, Mount, RestartSettings
+
+
+def desired(name: str, *, port: int = 8081, ctx: int = 512, **kw: object) -> DesiredModel:
+    spec = ContainerSpec(
+        model=name,
+        image="llama-supervisor/llama-server:cpu-avx2",
+        image_id="sha256:" + "1" * 64,
+        argv=("--model", "/models/m.gguf", "--ctx-size", str(ctx), "--host", "0.0.0.0", "--port", "8080"),
+        model_sha256="a" * 64,
+        mounts=(Mount("/srv/m.gguf", "/models/m.gguf"),),
+        host_ip="127.0.0.1",
+        host_port=port,
+        memory_bytes=1 << 30,
+    )
+    return DesiredModel(
+        name=name, spec=spec, model_path="/srv/m.gguf",
+        health=kw.pop("health", HealthPolicy()),  # type: ignore[arg-type]
+        restart=kw.pop("restart", RestartSettings()),  # type: ignore[arg-type]
+    )
+
+
+def observed(d: DesiredModel | str, *, cid: str | None = None, status: ContainerStatus = "running",
+             config_hash: str | None = None) -> ObservedContainer:
+    name = d if isinstance(d, str) else d.name
+    h = config_hash if config_hash is not None else ("x" * 64 if isinstance(d, str) else d.spec.config_hash())
+    return ObservedContainer(id=cid or f"c-{name}", name=f"llama-supervisor-{name}", model=name,
+                             config_hash=h, status=status)

@@ -1,0 +1,223 @@
+"""The per-model state machine against a fake clock: exact backoff, FATAL, resets."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from supervisor.core.lifecycle import Lifecycle, ProbeOutcome, State
+from supervisor.core.spec import HealthPolicy, RestartPolicy, RestartSettings
+
+
+class FakeClock:
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, s: float) -> float:
+        self.now += s
+        return self.now
+
+
+def make(*, jitter: float = 0.0, max_failures: int = 5, policy: RestartPolicy = RestartPolicy.ALWAYS,
+         start_timeout: float = 60.0) -> Lifecycle:
+    return Lifecycle(
+        "m",
+        health=HealthPolicy(interval_s=2, timeout_s=2, failures=3, start_timeout_s=start_timeout),
+        restart=RestartSettings(policy=policy, max_failures=max_failures),
+        rng=random.Random(7),
+        jitter=jitter,
+    )
+
+
+def fail_start(lc: Lifecycle, clock: FakeClock) -> None:
+    lc.start_attempt(clock())
+    lc.container_started(clock())
+    lc.container_exited(clock.advance(0.1), exit_code=1, log_tail="boom")
+
+
+def test_start_then_healthy_is_running() -> None:
+    lc, clock = make(), FakeClock()
+    assert lc.wants_running(clock())
+    t = lc.start_attempt(clock())
+    assert t is not None and (t.from_state, t.to_state) == (State.STOPPED, State.STARTING)
+    lc.container_started(clock())
+    t = lc.probe(clock.advance(1), ProbeOutcome.OK)
+    assert t is not None and t.to_state is State.RUNNING
+    assert lc.uptime(clock.advance(5)) == pytest.approx(5)
+
+
+def test_exact_backoff_sequence_capped_at_60() -> None:
+    lc, clock = make(max_failures=100), FakeClock()
+    delays = []
+    for _ in range(9):
+        if lc.state is State.BACKOFF:
+            assert not lc.wants_running(clock())
+            assert lc.next_deadline() == lc.backoff_until
+            clock.now = lc.backoff_until  # type: ignore[assignment]
+            assert lc.wants_running(clock())
+        fail_start(lc, clock)
+        assert lc.state is State.BACKOFF
+        delays.append(lc.backoff_s)
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+
+
+def test_jitter_is_bounded() -> None:
+    lc = make(jitter=0.1, max_failures=100)
+    for n in range(1, 12):
+        base = min(2.0 ** (n - 1), 60.0)
+        for _ in range(50):
+            d = lc.backoff_delay(n)
+            assert base * 0.9 <= d <= min(base * 1.1, 60.0)
+
+
+def test_fatal_after_max_failures_keeps_reason() -> None:
+    lc, clock = make(max_failures=3), FakeClock()
+    for _ in range(3):
+        if lc.state is State.BACKOFF:
+            clock.now = lc.backoff_until  # type: ignore[assignment]
+        lc.start_attempt(clock())
+        lc.container_exited(clock.advance(0.1), exit_code=137, oom_killed=True, log_tail="ggml alloc failed")
+    assert lc.state is State.FATAL
+    assert "OOMKilled" in lc.reason and "ggml alloc failed" in lc.reason and "3 consecutive" in lc.reason
+    assert not lc.wants_running(clock.advance(3600))
+    assert lc.next_deadline() is None
+    # only an explicit start (or a manifest change) leaves FATAL
+    t = lc.start_requested(clock())
+    assert t is not None and t.to_state is State.STOPPED and lc.consecutive_failures == 0
+    assert lc.wants_running(clock())
+
+
+def test_manifest_change_leaves_fatal() -> None:
+    lc, clock = make(max_failures=1), FakeClock()
+    fail_start(lc, clock)
+    assert lc.state is State.FATAL
+    t = lc.config_changed(clock(), health=lc.health, restart=lc.restart)
+    assert t is not None and t.to_state is State.STOPPED and lc.wants_running(clock())
+
+
+def test_crash_after_stable_run_restarts_at_once_without_counting() -> None:
+    lc, clock = make(), FakeClock()
+    lc.start_attempt(clock())
+    lc.probe(clock.advance(1), ProbeOutcome.OK)
+    clock.advance(lc.restart.stable_after_s + 1)
+    t = lc.container_exited(clock(), exit_code=137)
+    assert t is not None and t.to_state is State.EXITED
+    assert lc.wants_running(clock()) and lc.consecutive_failures == 0
+
+
+def test_crash_soon_after_healthy_backs_off() -> None:
+    lc, clock = make(), FakeClock()
+    lc.start_attempt(clock())
+    lc.probe(clock.advance(1), ProbeOutcome.OK)
+    t = lc.container_exited(clock.advance(2), exit_code=139)
+    assert t is not None and t.to_state is State.BACKOFF and lc.consecutive_failures == 1
+    assert not lc.wants_running(clock())
+
+
+def test_backoff_resets_after_ten_minutes_healthy() -> None:
+    lc, clock = make(), FakeClock()
+    fail_start(lc, clock)
+    clock.now = lc.backoff_until  # type: ignore[assignment]
+    fail_start(lc, clock)
+    assert lc.consecutive_failures == 2
+    clock.now = lc.backoff_until  # type: ignore[assignment]
+    lc.start_attempt(clock())
+    lc.probe(clock.advance(1), ProbeOutcome.OK)
+    assert lc.next_deadline() is not None
+    lc.tick(clock.advance(599))
+    assert lc.consecutive_failures == 2
+    lc.tick(clock.advance(1))
+    assert lc.consecutive_failures == 0
+    # the next quick crash backs off from 1 s again
+    lc.start_attempt(clock())
+    lc.probe(clock.advance(1), ProbeOutcome.OK)
+    lc.container_exited(clock.advance(1), exit_code=1)
+    assert lc.backoff_s == 1
+
+
+def test_loading_is_progress_until_start_timeout() -> None:
+    lc, clock = make(start_timeout=30), FakeClock()
+    lc.start_attempt(clock())
+    for _ in range(29):
+        assert lc.probe(clock.advance(1), ProbeOutcome.LOADING) is None
+        assert lc.state is State.STARTING
+    assert lc.next_deadline() is not None
+    t = lc.probe(clock.advance(1), ProbeOutcome.LOADING)
+    assert t is not None and t.to_state is State.BACKOFF and "not healthy after 30s" in t.reason
+
+
+def test_start_timeout_via_tick() -> None:
+    lc, clock = make(start_timeout=10), FakeClock()
+    lc.start_attempt(clock())
+    assert lc.tick(clock.advance(9.9)) is None
+    t = lc.tick(clock.advance(0.1))
+    assert t is not None and t.to_state is State.BACKOFF
+
+
+def test_health_failures_restart_after_threshold() -> None:
+    lc, clock = make(), FakeClock()
+    lc.start_attempt(clock())
+    lc.probe(clock.advance(1), ProbeOutcome.OK)
+    clock.advance(100)
+    assert lc.probe(clock.advance(2), ProbeOutcome.FAILED, "timeout") is None
+    assert lc.probe(clock.advance(2), ProbeOutcome.FAILED, "timeout") is None
+    t = lc.probe(clock.advance(2), ProbeOutcome.FAILED, "timeout")
+    assert t is not None and t.to_state is State.EXITED and "health check failed 3x" in t.reason
+    assert lc.wants_running(clock()) and not lc.live
+
+
+def test_paused_while_running_restarts() -> None:
+    lc, clock = make(), FakeClock()
+    lc.start_attempt(clock())
+    lc.probe(clock.advance(1), ProbeOutcome.OK)
+    t = lc.hung(clock.advance(60), "container paused")
+    assert t is not None and t.to_state is State.EXITED and lc.wants_running(clock())
+
+
+def test_stop_and_restart_requests() -> None:
+    lc, clock = make(), FakeClock()
+    lc.start_attempt(clock())
+    lc.probe(clock.advance(1), ProbeOutcome.OK)
+    assert lc.stop_requested(clock()).to_state is State.STOPPING  # type: ignore[union-attr]
+    assert not lc.wants_running(clock())
+    assert lc.container_exited(clock(), exit_code=0).to_state is State.STOPPED  # type: ignore[union-attr]
+    assert not lc.wants_running(clock())
+    lc.start_requested(clock())
+    assert lc.wants_running(clock())
+    lc.start_attempt(clock())
+    lc.stop_requested(clock(), disable=False)
+    lc.stopped(clock())
+    assert lc.state is State.STOPPED and lc.wants_running(clock()) and lc.restarts == 1
+
+
+def test_policy_never_and_on_failure() -> None:
+    lc, clock = make(policy=RestartPolicy.NEVER), FakeClock()
+    fail_start(lc, clock)
+    assert lc.state is State.EXITED and not lc.wants_running(clock())
+    lc, clock = make(policy=RestartPolicy.ON_FAILURE), FakeClock()
+    lc.start_attempt(clock())
+    lc.probe(clock.advance(1), ProbeOutcome.OK)
+    lc.container_exited(clock.advance(100), exit_code=0)
+    assert lc.state is State.EXITED and not lc.wants_running(clock())
+
+
+def test_verification_failure_is_fatal_at_once() -> None:
+    lc, clock = make(), FakeClock()
+    lc.start_attempt(clock())
+    t = lc.start_failed(clock(), "model file sha256 mismatch", permanent=True)
+    assert t is not None and t.to_state is State.FATAL and "sha256" in lc.reason
+    lc2 = make()
+    lc2.start_attempt(clock())
+    assert lc2.start_failed(clock(), "docker: 500", permanent=False).to_state is State.BACKOFF  # type: ignore[union-attr]
+
+
+def test_adopt() -> None:
+    lc, clock = make(), FakeClock()
+    t = lc.adopt(clock())
+    assert t is not None and t.to_state is State.STARTING and lc.probe_due(clock())
+    lc.probe(clock(), ProbeOutcome.OK)
+    assert lc.state is State.RUNNING and lc.restarts == 0
