@@ -1,0 +1,393 @@
+"""llama-supervisorctl's daemon commands: status, start/stop/restart, reread/update/reload, tail, pid, shutdown, bench.
+
+They speak supervisorctl's language: `NAME: started`, `NAME: ERROR (reason)`, and
+its exit codes (0 all well, 3 some named model not running, 4 daemon unreachable
+or unknown name).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import click
+import httpx
+
+from supervisor import paths
+from supervisor.control.api import CommandResult
+from supervisor.control.client import ControlClient
+from supervisor.core.status import ModelStatus
+from supervisor.errors import SupervisorError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_NOT_RUNNING = 3
+EXIT_UNKNOWN = 4          # also: daemon unreachable (ControlError.exit_code)
+
+SYSTEM_SOCKET = Path("/run/llama-supervisor/control.sock")
+_SOCKET_KEY = "llama_supervisor.socket"
+_NO_SUCH_MODEL = "no such model"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CommandExit(click.ClickException):
+    """Ends a command with an exit code; prints `error: message` only when there is one."""
+
+    def __init__(self, exit_code: int, message: str = "") -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        if self.message:
+            click.echo(f"error: {self.message}", err=True, file=file)
+
+
+def _speaks_errors(fn: F) -> F:
+    """SupervisorError -> `error: ...` and its exit code, with or without ctl.main around us."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SupervisorError as e:
+            raise CommandExit(e.exit_code, str(e)) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+# --- the socket ------------------------------------------------------------------------------
+
+def _remember_socket(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.meta[_SOCKET_KEY] = value
+
+
+def resolve_socket(explicit: Path | None) -> Path:
+    """--socket, else LLAMA_SUPERVISOR_SOCKET, else paths.socket_path(); an operator who is not
+    root finds the system daemon's socket when their own per-user one does not exist."""
+    if explicit is not None:
+        return explicit
+    path = paths.socket_path()
+    if os.environ.get("LLAMA_SUPERVISOR_SOCKET") or path.exists():
+        return path
+    return SYSTEM_SOCKET if SYSTEM_SOCKET.exists() else path
+
+
+@contextmanager
+def _client(ctx: click.Context) -> Iterator[ControlClient]:
+    client = ControlClient(resolve_socket(ctx.meta.get(_SOCKET_KEY)))
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# --- status ----------------------------------------------------------------------------------
+
+def format_uptime(seconds: float) -> str:
+    return str(timedelta(seconds=int(seconds)))
+
+
+def describe(model: ModelStatus) -> str:
+    """The description column: where a running model is, or why it is not running."""
+    if model.state in ("RUNNING", "STARTING"):
+        parts = []
+        if model.port is not None:
+            parts.append(f"port {model.port}")
+        if model.container_id:
+            parts.append(f"container {model.container_id[:8]}")
+        if model.state == "RUNNING":
+            if model.uptime_s is not None:
+                parts.append(f"uptime {format_uptime(model.uptime_s)}")
+            parts.append(f"restarts {model.restarts}")
+        elif model.reason:
+            parts.append(model.reason)
+        return ", ".join(parts)
+    if model.reason:
+        return model.reason
+    if model.last_exit_code is not None and model.state in ("BACKOFF", "FATAL", "EXITED"):
+        return f"exited {model.last_exit_code}"
+    return ""
+
+
+def format_status(models: Sequence[ModelStatus]) -> list[str]:
+    """supervisorctl's layout: name column max(30, longest)+3 wide, state column 10 wide, description."""
+    width = max([30, *(len(m.name) for m in models)]) + 3
+    return [f"{m.name:<{width}}{m.state:<10}{describe(m)}".rstrip() for m in models]
+
+
+@click.command()
+@click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of model status objects.")
+@click.pass_context
+@_speaks_errors
+def status(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
+    """Show every model's state, or only NAME's. Exit 3 if one is not RUNNING, 4 for an unknown name."""
+    with _client(ctx) as client:
+        reply = client.status(names)
+    if as_json:
+        click.echo(json.dumps([m.to_json() for m in reply.models], indent=2))
+    else:
+        for line in format_status(reply.models):
+            click.echo(line)
+        if not reply.models and not names:
+            click.echo("no models: add a manifest to the manifest directory, then 'update'", err=True)
+    for name in reply.unknown:
+        click.echo(f"{name}: ERROR ({_NO_SUCH_MODEL})", err=as_json)
+    if reply.unknown:
+        raise CommandExit(EXIT_UNKNOWN)
+    if any(m.state != "RUNNING" for m in reply.models):
+        raise CommandExit(EXIT_NOT_RUNNING)
+
+
+# --- commands --------------------------------------------------------------------------------
+
+def _print_result(result: CommandResult, *, failed_exit: int) -> None:
+    """One `NAME: message` line per model, then the exit code the worst line deserves."""
+    for r in result.results:
+        click.echo(f"{r.name}: {r.message}" if r.ok else f"{r.name}: ERROR ({r.message})")
+    for name in result.unknown:
+        click.echo(f"{name}: ERROR ({_NO_SUCH_MODEL})")
+    if result.error:
+        click.echo(f"error: {result.error}", err=True)
+    if result.unknown:
+        raise CommandExit(EXIT_UNKNOWN)
+    if not result.ok or any(not r.ok for r in result.results):
+        raise CommandExit(failed_exit)
+
+
+_NAMES = click.argument("names", nargs=-1, required=True, metavar="NAME...|all")
+
+
+@click.command()
+@_NAMES
+@click.option("--no-wait", is_flag=True, help="Return once queued instead of waiting for RUNNING.")
+@click.pass_context
+@_speaks_errors
+def start(ctx: click.Context, names: tuple[str, ...], no_wait: bool) -> None:
+    """Start models and wait until each is RUNNING or has failed."""
+    with _client(ctx) as client:
+        _print_result(client.start(names, wait=not no_wait), failed_exit=EXIT_NOT_RUNNING)
+
+
+@click.command()
+@_NAMES
+@click.pass_context
+@_speaks_errors
+def stop(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Stop models (their containers are stopped, not removed)."""
+    with _client(ctx) as client:
+        _print_result(client.stop(names), failed_exit=EXIT_FAILED)
+
+
+@click.command()
+@_NAMES
+@click.option("--no-wait", is_flag=True, help="Return once queued instead of waiting for RUNNING.")
+@click.pass_context
+@_speaks_errors
+def restart(ctx: click.Context, names: tuple[str, ...], no_wait: bool) -> None:
+    """Stop then start models, waiting until each is RUNNING or has failed."""
+    with _client(ctx) as client:
+        _print_result(client.restart(names, wait=not no_wait), failed_exit=EXIT_NOT_RUNNING)
+
+
+def _print_changes(result: CommandResult) -> None:
+    if result.ok and not result.results and not result.error:
+        click.echo("No config updates to models")
+    _print_result(result, failed_exit=EXIT_FAILED)
+
+
+@click.command()
+@click.pass_context
+@_speaks_errors
+def reread(ctx: click.Context) -> None:
+    """Re-read the manifests and show what changed: NAME: available | changed | disappeared."""
+    with _client(ctx) as client:
+        _print_changes(client.reread())
+
+
+@click.command()
+@click.pass_context
+@_speaks_errors
+def update(ctx: click.Context) -> None:
+    """Re-read the manifests and apply the changes (only the models that changed)."""
+    with _client(ctx) as client:
+        _print_changes(client.update())
+
+
+@click.command()
+@click.pass_context
+@_speaks_errors
+def reload(ctx: click.Context) -> None:
+    """Re-read everything and apply it, returning when the daemon has (systemd's ExecReload)."""
+    with _client(ctx) as client:
+        result = client.reload()
+    _print_result(result, failed_exit=EXIT_FAILED)
+    click.echo("reloaded")
+
+
+@click.command()
+@click.option("--stop-models", is_flag=True, help="Stop every model container too (default: leave them running).")
+@click.pass_context
+@_speaks_errors
+def shutdown(ctx: click.Context, stop_models: bool) -> None:
+    """Stop the daemon; its models keep running unless --stop-models."""
+    with _client(ctx) as client:
+        result = client.shutdown(stop_models=stop_models)
+    _print_result(result, failed_exit=EXIT_FAILED)
+    click.echo("Shut down")
+
+
+@click.command()
+@click.pass_context
+@_speaks_errors
+def pid(ctx: click.Context) -> None:
+    """The daemon's process id."""
+    with _client(ctx) as client:
+        click.echo(str(client.pid()))
+
+
+@click.command()
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until interrupted.")
+@click.option("-n", "--lines", default=100, show_default=True, type=click.IntRange(min=0), help="Lines of history.")
+@click.pass_context
+@_speaks_errors
+def tail(ctx: click.Context, name: str, follow: bool, lines: int) -> None:
+    """The model container's log."""
+    out = sys.stdout.buffer
+    with _client(ctx) as client:
+        try:
+            for chunk in client.logs(name, lines=lines, follow=follow):
+                out.write(chunk)
+                out.flush()
+        except KeyboardInterrupt:
+            pass
+
+
+# --- bench -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BenchResult:
+    ttft_s: float
+    tokens: int
+    tokens_per_s: float
+    total_s: float
+
+
+def run_bench(url: str, *, prompt: str, max_tokens: int, api_key: str | None = None,
+              timeout: float = 300.0, http: httpx.Client | None = None) -> BenchResult:
+    """One streaming chat completion against a llama-server; tokens/s is generation only (after the first token)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    body = {
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    client = http or httpx.Client(timeout=timeout)
+    start = time.monotonic()
+    first: float | None = None
+    last = start
+    chunks = 0
+    reported: int | None = None
+    server_rate: float | None = None
+    try:
+        with client.stream("POST", url, json=body, headers=headers) as response:
+            if response.status_code != 200:
+                response.read()
+                hint = ": pass --api-key-file" if response.status_code == 401 else ""
+                raise SupervisorError(f"HTTP {response.status_code} from {url}{hint}: {response.text[:200]}")
+            for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                event = json.loads(data)
+                for choice in event.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    if delta.get("content") or delta.get("reasoning_content"):
+                        now = time.monotonic()
+                        first = first if first is not None else now
+                        last = now
+                        chunks += 1
+                timings = event.get("timings") or {}
+                usage = event.get("usage") or {}
+                reported = timings.get("predicted_n") or usage.get("completion_tokens") or reported
+                server_rate = timings.get("predicted_per_second") or server_rate
+    except httpx.HTTPError as e:
+        raise SupervisorError(f"request to {url} failed: {e}") from e
+    except ValueError as e:
+        raise SupervisorError(f"{url} streamed something that is not JSON: {e}") from e
+    finally:
+        if http is None:
+            client.close()
+    total = time.monotonic() - start
+    if first is None:
+        raise SupervisorError(f"{url} streamed no tokens")
+    tokens = int(reported or chunks)
+    if server_rate:
+        rate = float(server_rate)
+    elif tokens > 1 and last > first:
+        rate = (tokens - 1) / (last - first)
+    else:
+        rate = tokens / total
+    return BenchResult(ttft_s=first - start, tokens=tokens, tokens_per_s=rate, total_s=total)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File holding the model's API key (its server.api_key_file).")
+@click.option("--prompt", default="Write one sentence about the sea.", show_default=True)
+@click.option("--max-tokens", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the model's port is published on.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for the whole completion.")
+@click.pass_context
+@_speaks_errors
+def bench(ctx: click.Context, name: str, api_key_file: Path | None, prompt: str, max_tokens: int,
+          host: str, timeout: float) -> None:
+    """One real streaming completion straight to the model's port: time to first token, tokens/s, latency."""
+    with _client(ctx) as client:
+        reply = client.status((name,))
+    if reply.unknown:
+        click.echo(f"{name}: ERROR ({_NO_SUCH_MODEL})")
+        raise CommandExit(EXIT_UNKNOWN)
+    model = reply.models[0]
+    if model.state != "RUNNING" or model.port is None:
+        click.echo(f"{name}: ERROR (not running: {model.state}{', ' + model.reason if model.reason else ''})")
+        raise CommandExit(EXIT_NOT_RUNNING)
+    api_key = api_key_file.read_text().strip() if api_key_file else None
+    url = f"http://{host}:{model.port}/v1/chat/completions"
+    result = run_bench(url, prompt=prompt, max_tokens=max_tokens, api_key=api_key, timeout=timeout)
+    click.echo(f"{name} (port {model.port}, {result.tokens} tokens)")
+    click.echo(f"  time to first token  {result.ttft_s:.3f} s")
+    click.echo(f"  tokens/s             {result.tokens_per_s:.1f}")
+    click.echo(f"  total latency        {result.total_s:.3f} s")
+
+
+# --- registration ----------------------------------------------------------------------------
+
+COMMANDS = (status, start, stop, restart, reread, update, reload, shutdown, pid, tail, bench)
+
+
+def register(cli: click.Group) -> None:
+    if not any(p.name == "socket" for p in cli.params):
+        cli.params.append(click.Option(
+            ["--socket"], type=click.Path(dir_okay=False, path_type=Path), expose_value=False,
+            callback=_remember_socket,
+            help="The daemon's control socket (default: $LLAMA_SUPERVISOR_SOCKET or the standard place).",
+        ))
+    for command in COMMANDS:
+        cli.add_command(command)
