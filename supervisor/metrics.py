@@ -1,0 +1,114 @@
+"""Prometheus metrics for the daemon (opt-in): a MetricsSink over its own CollectorRegistry, served on a local port."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client.metrics import MetricWrapperBase
+
+from supervisor.errors import ConfigError
+
+STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
+_PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+_RECONCILE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0)
+
+
+class PrometheusMetrics:
+    """Implements control.api.MetricsSink; every series is labelled by model and dropped by `forget`."""
+
+    def __init__(self, *, namespace: str = "llama_supervisor") -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r, ns = self.registry, namespace
+        self.state = Gauge("model_state", "1 for the model's current state, 0 for the others",
+                           ["model", "state"], namespace=ns, registry=r)
+        self.restarts = Counter("restarts", "Container restarts by the supervisor",
+                                ["model"], namespace=ns, registry=r)
+        self.probe_latency = Histogram("health_probe_duration_seconds", "Latency of /health probes",
+                                       ["model", "result"], namespace=ns, registry=r, buckets=_PROBE_BUCKETS)
+        self.last_exit_code = Gauge("last_exit_code", "Exit code of the model's last container exit",
+                                    ["model"], namespace=ns, registry=r)
+        self.oom_kills = Counter("oom_kills", "Container exits the kernel's OOM killer caused",
+                                 ["model"], namespace=ns, registry=r)
+        self.verification_failures = Counter(
+            "verification_failures", "Image or model file checks that did not match the pins",
+            ["model", "what"], namespace=ns, registry=r)
+        self.reconcile_duration = Histogram("reconcile_duration_seconds", "Time one reconcile pass took",
+                                            namespace=ns, registry=r, buckets=_RECONCILE_BUCKETS)
+        self._labels: dict[str, set[tuple[MetricWrapperBase, tuple[str, ...]]]] = defaultdict(set)
+        self._lock = threading.Lock()
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def _track(self, model: str, metric: MetricWrapperBase, *labels: str) -> None:
+        with self._lock:
+            self._labels[model].add((metric, labels))
+
+    # --- MetricsSink ----------------------------------------------------------------------------
+
+    def model_state(self, model: str, state: str) -> None:
+        for s in dict.fromkeys((*STATES, state)):
+            self.state.labels(model, s).set(1 if s == state else 0)
+            self._track(model, self.state, model, s)
+
+    def restart(self, model: str, reason: str) -> None:
+        # The reason is free text: as a label it would grow series without bound; the logs carry it.
+        self.restarts.labels(model).inc()
+        self._track(model, self.restarts, model)
+
+    def probe(self, model: str, latency_s: float, ok: bool) -> None:
+        result = "ok" if ok else "failed"
+        self.probe_latency.labels(model, result).observe(latency_s)
+        self._track(model, self.probe_latency, model, result)
+
+    def exit(self, model: str, code: int | None, oom_killed: bool) -> None:
+        if code is not None:
+            self.last_exit_code.labels(model).set(code)
+            self._track(model, self.last_exit_code, model)
+        if oom_killed:
+            self.oom_kills.labels(model).inc()
+            self._track(model, self.oom_kills, model)
+
+    def verification_failure(self, model: str, what: str) -> None:
+        self.verification_failures.labels(model, what).inc()
+        self._track(model, self.verification_failures, model, what)
+
+    def reconcile(self, duration_s: float) -> None:
+        self.reconcile_duration.observe(duration_s)
+
+    def forget(self, model: str) -> None:
+        """Drop every series of a model whose manifest disappeared."""
+        with self._lock:
+            tracked = self._labels.pop(model, set())
+        for metric, labels in tracked:
+            try:
+                metric.remove(*labels)
+            except KeyError:
+                pass
+
+    # --- exposition -----------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The text a scrape gets."""
+        return generate_latest(self.registry)
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+        """Serve /metrics on addr:port from a daemon thread (local only unless addr says otherwise)."""
+        if self._server is not None:
+            return
+        try:
+            self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as e:
+            raise ConfigError(f"cannot serve metrics on {addr}:{port}: {e}") from e
+
+    @property
+    def port(self) -> int | None:
+        return self._server.server_port if self._server is not None else None
+
+    def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
