@@ -146,6 +146,10 @@ class Lifecycle:
     def probe_due(self, now: float) -> bool:
         return self.next_probe_at is not None and now >= self.next_probe_at
 
+    def probe_sent(self, now: float) -> None:
+        """A probe is in flight; if its result never comes, the next one is due after this."""
+        self.next_probe_at = now + self.health.timeout_s + self.health.interval_s
+
     def uptime(self, now: float) -> float | None:
         return now - self.running_since if self.running_since is not None and self.state is State.RUNNING else None
 

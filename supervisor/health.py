@@ -1,0 +1,86 @@
+"""HTTP probes of llama-server's /health, run off the loop thread.
+
+200 is healthy, 503 with "Loading model" is progress, anything else (another
+status, refused, timed out) is a failure. A paused container does not answer, so
+it shows as timeouts. Results go back to the loop as ProbeResult events.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from supervisor.core.events import Event, ProbeResult
+from supervisor.core.lifecycle import ProbeOutcome
+
+
+def health_url(host_ip: str, port: int) -> str:
+    host = "127.0.0.1" if host_ip in ("", "0.0.0.0") else ("[::1]" if host_ip == "::" else host_ip)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}/health"
+
+
+def probe_once(client: httpx.Client, url: str, timeout_s: float) -> tuple[ProbeOutcome, str]:
+    try:
+        r = client.get(url, timeout=timeout_s)
+    except httpx.TimeoutException:
+        return ProbeOutcome.FAILED, f"timed out after {timeout_s:g}s"
+    except httpx.HTTPError as e:
+        return ProbeOutcome.FAILED, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    if r.status_code == 200:
+        return ProbeOutcome.OK, "200"
+    if r.status_code == 503 and "loading model" in r.text.lower():
+        return ProbeOutcome.LOADING, "503 loading model"
+    return ProbeOutcome.FAILED, f"HTTP {r.status_code}: {r.text[:120]}"
+
+
+class Prober:
+    """A small pool that probes and posts; at most one probe in flight per model."""
+
+    def __init__(
+        self,
+        post: Callable[[Event], None],
+        *,
+        client: httpx.Client | None = None,
+        workers: int = 4,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._post = post
+        self._client = client or httpx.Client(trust_env=False)   # never a proxy for a local probe
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe")
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._in_flight: set[str] = set()
+
+    def in_flight(self, model: str) -> bool:
+        with self._lock:
+            return model in self._in_flight
+
+    def submit(self, model: str, container_id: str, *, host_ip: str, port: int, timeout_s: float) -> bool:
+        """False when a probe for this model is still running."""
+        with self._lock:
+            if model in self._in_flight:
+                return False
+            self._in_flight.add(model)
+        self._pool.submit(self._run, model, container_id, health_url(host_ip, port), timeout_s)
+        return True
+
+    def _run(self, model: str, container_id: str, url: str, timeout_s: float) -> None:
+        t0 = self._clock()
+        try:
+            outcome, detail = probe_once(self._client, url, timeout_s)
+        except Exception as e:  # never lose a probe: a bug here must still be reported as a failure
+            outcome, detail = ProbeOutcome.FAILED, f"probe error: {e!r}"
+        finally:
+            with self._lock:
+                self._in_flight.discard(model)
+        self._post(ProbeResult(model, container_id, outcome, self._clock() - t0, detail))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._client.close()

@@ -1,0 +1,50 @@
+"""The container runtime as the daemon sees it: a protocol, and labels that mark ownership.
+
+`DockerRuntime` (runtime/docker.py) implements it with the docker SDK; unit tests
+use a hand-written fake. Every method is one or a few engine calls and raises
+RuntimeUnavailable / RuntimeOperationError, never a docker exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from supervisor.core.observed import ObservedContainer
+from supervisor.core.spec import ContainerSpec
+
+LABEL_MANAGED = "io.llama-supervisor.managed"
+LABEL_MODEL = "io.llama-supervisor.model"
+LABEL_HASH = "io.llama-supervisor.config-hash"
+NAME_PREFIX = "llama-supervisor-"
+
+
+def container_name(model: str) -> str:
+    return NAME_PREFIX + model
+
+
+class Runtime(Protocol):
+    def list_managed(self) -> list[ObservedContainer]:
+        """Every container with the managed label, running or not (one engine call)."""
+
+    def inspect(self, container_id: str) -> ObservedContainer | None:
+        """None when the container no longer exists."""
+
+    def create(self, spec: ContainerSpec) -> str:
+        """Create (not start) the model's container; returns its ID."""
+
+    def start(self, container_id: str) -> None: ...
+
+    def stop(self, container_id: str, *, timeout_s: float) -> None:
+        """SIGTERM, then SIGKILL after timeout_s."""
+
+    def kill(self, container_id: str) -> None: ...
+
+    def unpause(self, container_id: str) -> None: ...
+
+    def remove(self, container_id: str) -> None:
+        """Force-remove; a container already gone is not an error."""
+
+    def log_tail(self, container_id: str, *, lines: int = 20) -> str: ...
+
+    def logs(self, container_id: str, *, lines: int = 100, follow: bool = False) -> Iterator[bytes]: ...

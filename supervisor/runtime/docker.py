@@ -1,0 +1,248 @@
+"""The Runtime protocol on the docker SDK (low-level API: one HTTP call per operation).
+
+Containers are created by image ID from a ContainerSpec, hardened (read-only root,
+tmpfs /tmp, no capabilities, no-new-privileges, non-root, read-only mounts, memory
+and pids limits), published on spec.host_ip only, with Docker's restart policy
+`no`: the daemon owns restarts. `calls` counts engine calls per operation, for
+tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import DeviceRequest, Mount
+
+from supervisor.core.observed import ContainerStatus, ObservedContainer
+from supervisor.core.spec import ContainerSpec
+from supervisor.errors import RuntimeOperationError, RuntimeUnavailable
+from supervisor.runtime import LABEL_HASH, LABEL_MANAGED, LABEL_MODEL, NAME_PREFIX, container_name
+
+_EXITED_RE = re.compile(r"^Exited \((-?\d+)\)")
+_STATUSES: frozenset[str] = frozenset({"created", "running", "paused", "restarting", "removing", "exited", "dead"})
+
+
+def labels(spec: ContainerSpec) -> dict[str, str]:
+    return {LABEL_MANAGED: "true", LABEL_MODEL: spec.model, LABEL_HASH: spec.config_hash()}
+
+
+def host_config_kwargs(spec: ContainerSpec) -> dict[str, Any]:
+    """Everything that goes into HostConfig; pure, so the hardening is unit-tested."""
+    kw: dict[str, Any] = {
+        "port_bindings": {f"{spec.container_port}/tcp": (spec.host_ip, spec.host_port)},
+        "read_only": spec.read_only_rootfs,
+        "tmpfs": {"/tmp": f"rw,noexec,nosuid,size={spec.tmpfs_size}"},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "mounts": [Mount(target=m.target, source=m.source, type="bind", read_only=m.read_only)
+                   for m in spec.mounts],
+        "pids_limit": spec.pids_limit,
+        "restart_policy": {"Name": "no"},
+        "init": False,
+    }
+    if spec.memory_bytes is not None:
+        kw["mem_limit"] = spec.memory_bytes
+        kw["memswap_limit"] = spec.memory_bytes      # no swap beyond the memory limit
+    if spec.nano_cpus is not None:
+        kw["nano_cpus"] = spec.nano_cpus
+    if spec.cpuset is not None:
+        kw["cpuset_cpus"] = spec.cpuset
+    if spec.gpu is not None:
+        ids = list(spec.gpu.device_ids)
+        kw["device_requests"] = [DeviceRequest(
+            driver=spec.gpu.vendor, device_ids=ids or None, count=0 if ids else -1,
+            capabilities=[list(spec.gpu.capabilities)],
+        )]
+    return kw
+
+
+def container_kwargs(spec: ContainerSpec) -> dict[str, Any]:
+    """Arguments of APIClient.create_container besides host_config (no environment: no secrets)."""
+    return {
+        "image": spec.image_id,
+        "command": list(spec.argv),
+        "name": container_name(spec.model),
+        "labels": labels(spec),
+        "ports": [(spec.container_port, "tcp")],
+        "user": spec.user,
+        "detach": True,
+    }
+
+
+def observed_from_inspect(d: dict[str, Any]) -> ObservedContainer:
+    state = d.get("State") or {}
+    lbl = (d.get("Config") or {}).get("Labels") or {}
+    status = state.get("Status", "dead")
+    return ObservedContainer(
+        id=d["Id"],
+        name=d.get("Name", "").lstrip("/"),
+        model=lbl.get(LABEL_MODEL, ""),
+        config_hash=lbl.get(LABEL_HASH, ""),
+        status=status if status in _STATUSES else "dead",
+        exit_code=state.get("ExitCode") if status in ("exited", "dead") else None,
+        oom_killed=bool(state.get("OOMKilled")),
+        started_at=state.get("StartedAt", ""),
+        image_id=d.get("Image", ""),
+    )
+
+
+def observed_from_list(d: dict[str, Any]) -> ObservedContainer:
+    lbl = d.get("Labels") or {}
+    status: ContainerStatus = d.get("State", "dead") if d.get("State") in _STATUSES else "dead"
+    m = _EXITED_RE.match(d.get("Status", ""))
+    names = d.get("Names") or [""]
+    return ObservedContainer(
+        id=d["Id"],
+        name=names[0].lstrip("/"),
+        model=lbl.get(LABEL_MODEL, ""),
+        config_hash=lbl.get(LABEL_HASH, ""),
+        status=status,
+        exit_code=int(m.group(1)) if m else None,
+        image_id=d.get("ImageID", ""),
+    )
+
+
+@contextmanager
+def _translate(op: str, target: str) -> Iterator[None]:
+    try:
+        yield
+    except docker.errors.APIError as e:
+        raise RuntimeOperationError(f"docker {op} {target}: {e.explanation or e}") from e
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+        raise RuntimeUnavailable(f"docker {op} {target}: engine unreachable ({e})") from e
+    except docker.errors.DockerException as e:
+        raise RuntimeUnavailable(f"docker {op} {target}: {e}") from e
+
+
+class DockerRuntime:
+    def __init__(self, client: docker.DockerClient | None = None, *, timeout_s: float = 60) -> None:
+        try:
+            self._client = client or docker.from_env(timeout=int(timeout_s))
+        except docker.errors.DockerException as e:
+            raise RuntimeUnavailable(f"docker engine unreachable: {e}") from e
+        self._api = self._client.api
+        self.calls: Counter[str] = Counter()
+
+    @property
+    def client(self) -> docker.DockerClient:
+        return self._client
+
+    @property
+    def call_count(self) -> int:
+        return sum(self.calls.values())
+
+    def _count(self, op: str) -> None:
+        self.calls[op] += 1
+
+    def list_managed(self) -> list[ObservedContainer]:
+        self._count("list")
+        with _translate("list", "containers"):
+            rows = self._api.containers(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
+        return [observed_from_list(r) for r in rows]
+
+    def inspect(self, container_id: str) -> ObservedContainer | None:
+        self._count("inspect")
+        with _translate("inspect", container_id[:12]):
+            try:
+                return observed_from_inspect(self._api.inspect_container(container_id))
+            except docker.errors.NotFound:
+                return None
+
+    def create(self, spec: ContainerSpec) -> str:
+        kw = container_kwargs(spec)
+        for attempt in (1, 2):
+            self._count("create")
+            try:
+                with _translate("create", kw["name"]):
+                    host_config = self._api.create_host_config(**host_config_kwargs(spec))
+                    return str(self._api.create_container(host_config=host_config, **kw)["Id"])
+            except RuntimeOperationError as e:
+                cause = e.__cause__
+                if attempt == 2 or not (isinstance(cause, docker.errors.APIError) and cause.status_code == 409):
+                    raise
+                self._clear_name(kw["name"])
+        raise AssertionError("unreachable")
+
+    def _clear_name(self, name: str) -> None:
+        """A container holds our name (a half-done recreate): remove it if it is ours."""
+        other = self.inspect(name)
+        if other is None:
+            return
+        if not name.startswith(NAME_PREFIX) or not other.model:
+            raise RuntimeOperationError(
+                f"container name {name} is taken by a container llama-supervisor does not manage; "
+                f"rename or remove it ('docker rm {name}')"
+            )
+        self.remove(other.id)
+
+    def start(self, container_id: str) -> None:
+        self._count("start")
+        with _translate("start", container_id[:12]):
+            self._api.start(container_id)
+
+    def stop(self, container_id: str, *, timeout_s: float) -> None:
+        self._count("stop")
+        try:
+            with _translate("stop", container_id[:12]):
+                self._api.stop(container_id, timeout=max(0, int(timeout_s)))
+        except RuntimeOperationError:
+            self.kill(container_id)     # stop failed (timeout on a wedged container): force it
+
+    def kill(self, container_id: str) -> None:
+        self._count("kill")
+        try:
+            with _translate("kill", container_id[:12]):
+                self._api.kill(container_id)
+        except RuntimeOperationError as e:
+            if "is not running" not in str(e):
+                raise
+
+    def unpause(self, container_id: str) -> None:
+        self._count("unpause")
+        try:
+            with _translate("unpause", container_id[:12]):
+                self._api.unpause(container_id)
+        except RuntimeOperationError as e:
+            if "is not paused" not in str(e):
+                raise
+
+    def remove(self, container_id: str) -> None:
+        self._count("remove")
+        with _translate("remove", container_id[:12]):
+            try:
+                self._api.remove_container(container_id, force=True)
+            except docker.errors.NotFound:
+                pass
+
+    def log_tail(self, container_id: str, *, lines: int = 20) -> str:
+        self._count("logs")
+        try:
+            with _translate("logs", container_id[:12]):
+                raw = self._api.logs(container_id, stdout=True, stderr=True, tail=lines)
+        except RuntimeOperationError:
+            return ""
+        return bytes(raw).decode(errors="replace")
+
+    def logs(self, container_id: str, *, lines: int = 100, follow: bool = False) -> Iterator[bytes]:
+        self._count("logs")
+        with _translate("logs", container_id[:12]):
+            if not follow:
+                yield bytes(self._api.logs(container_id, stdout=True, stderr=True, tail=lines))
+                return
+            stream = self._api.logs(container_id, stdout=True, stderr=True, tail=lines, stream=True, follow=True)
+        try:
+            yield from stream
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
+    def close(self) -> None:
+        self._client.close()

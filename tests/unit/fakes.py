@@ -1,0 +1,133 @@
+"""Hand-written fakes behind the daemon's protocols (supervisord's DummyOptions style)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import replace
+
+from supervisor.core.observed import ObservedContainer
+from supervisor.core.spec import ContainerSpec, DesiredModel
+from supervisor.errors import ModelMismatch
+from supervisor.runtime import container_name
+
+
+class FakeClock:
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, s: float) -> float:
+        self.now += s
+        return self.now
+
+
+class FakeRuntime:
+    """Containers as values in a dict; every call is recorded as (operation, argument)."""
+
+    def __init__(self) -> None:
+        self.containers: dict[str, ObservedContainer] = {}
+        self.calls: list[tuple[str, str]] = []
+        self._ids = itertools.count(1)
+        self.fail_next: dict[str, Exception] = {}
+
+    def _call(self, op: str, arg: str) -> None:
+        self.calls.append((op, arg))
+        if op in self.fail_next:
+            raise self.fail_next.pop(op)
+
+    def add(self, c: ObservedContainer) -> None:
+        self.containers[c.id] = c
+
+    def list_managed(self) -> list[ObservedContainer]:
+        self._call("list", "")
+        return list(self.containers.values())
+
+    def inspect(self, container_id: str) -> ObservedContainer | None:
+        self._call("inspect", container_id)
+        return self.containers.get(container_id)
+
+    def create(self, spec: ContainerSpec) -> str:
+        self._call("create", spec.model)
+        cid = f"id{next(self._ids)}-{spec.model}"
+        self.containers[cid] = ObservedContainer(
+            id=cid, name=container_name(spec.model), model=spec.model,
+            config_hash=spec.config_hash(), status="created", image_id=spec.image_id)
+        return cid
+
+    def _set(self, cid: str, **kw: object) -> None:
+        self.containers[cid] = replace(self.containers[cid], **kw)  # type: ignore[arg-type]
+
+    def start(self, container_id: str) -> None:
+        self._call("start", container_id)
+        self._set(container_id, status="running", exit_code=None, oom_killed=False)
+
+    def stop(self, container_id: str, *, timeout_s: float) -> None:
+        self._call("stop", container_id)
+        self._set(container_id, status="exited", exit_code=0)
+
+    def kill(self, container_id: str) -> None:
+        self._call("kill", container_id)
+        self._set(container_id, status="exited", exit_code=137)
+
+    def unpause(self, container_id: str) -> None:
+        self._call("unpause", container_id)
+        self._set(container_id, status="running")
+
+    def remove(self, container_id: str) -> None:
+        self._call("remove", container_id)
+        self.containers.pop(container_id, None)
+
+    def log_tail(self, container_id: str, *, lines: int = 20) -> str:
+        self._call("logs", container_id)
+        return "line 1\nerror: out of memory\n"
+
+    def logs(self, container_id: str, *, lines: int = 100, follow: bool = False) -> Iterator[bytes]:
+        self._call("logs", container_id)
+        yield b"hello\n"
+
+    # test helpers (not calls)
+    def crash(self, cid: str, code: int = 139, oom: bool = False) -> None:
+        self._set(cid, status="exited", exit_code=code, oom_killed=oom)
+
+    def pause(self, cid: str) -> None:
+        self._set(cid, status="paused")
+
+    def ops(self) -> list[str]:
+        return [op for op, _ in self.calls]
+
+
+class FakeVerifier:
+    def __init__(self) -> None:
+        self.bad_models: set[str] = set()
+        self.checked: list[str] = []
+
+    def check_model(self, desired: DesiredModel) -> None:
+        self.checked.append(desired.name)
+        if desired.name in self.bad_models:
+            raise ModelMismatch(f"model file {desired.model_path} has SHA-256 0000, the manifest pins 1111")
+
+    def check_image(self, desired: DesiredModel) -> None:
+        pass
+
+
+class FakeProber:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def submit(self, model: str, container_id: str, *, host_ip: str, port: int, timeout_s: float) -> bool:
+        self.sent.append((model, container_id))
+        return True
+
+
+class FakeNotifier:
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def ready(self) -> None: self.messages.append("READY")
+    def watchdog(self) -> None: pass
+    def status(self, text: str) -> None: self.messages.append(f"STATUS={text}")
+    def reloading(self) -> None: self.messages.append("RELOADING")
+    def stopping(self) -> None: self.messages.append("STOPPING")
