@@ -1,0 +1,337 @@
+"""Manifest + profile + image lock + host -> DesiredModel, with the llama-server argv checked against the lock.
+
+Everything here is pure except `load_desired`, the daemon's entry point, which
+reads the manifest directory and stats the model files. A model with a problem
+is left out and its problems returned (`file:line: what (fix: how)`); the rest
+still render.
+
+Default health start_timeout (seconds), when the manifest leaves it null:
+    10 + file_size / 100 MB + ctx_size / 4096, capped at 600
+(ctx_size 0, the model's own context, counts as 32768; an absent file as 0 bytes.)
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from supervisor import hardware, modelsrc
+from supervisor.core.spec import (
+    ContainerSpec,
+    DesiredModel,
+    GpuRequest,
+    HealthPolicy,
+    Mount,
+    RestartPolicy,
+    RestartSettings,
+)
+from supervisor.hardware import HostInfo
+from supervisor.lock import ImageLock, ImageRecord
+from supervisor.manifest.loader import ManifestSet, Origin, load_dir
+from supervisor.manifest.schema import ModelManifest, ProfileManifest
+
+IMAGE_REPO = "llama-supervisor/llama-server"
+CONTAINER_PORT = 8080
+MODEL_DIR = "/models"
+API_KEY_TARGET = "/run/secrets/api-key"
+DEFAULT_GPU_LAYERS = 99
+
+START_BASE_S = 10.0
+START_PER_BYTE_S = 1.0 / 100_000_000   # 1 s per 100 MB
+START_PER_TOKEN_S = 1.0 / 4096         # 1 s per 4096 tokens of context
+START_CAP_S = 600.0
+UNKNOWN_CTX = 32768
+
+# Spellings of one option, preferred first; the first the image knows is rendered.
+SPELLINGS: dict[str, tuple[str, ...]] = {
+    "model": ("--model", "-m"),
+    "host": ("--host",),
+    "port": ("--port",),
+    "ctx_size": ("--ctx-size", "-c"),
+    "parallel": ("--parallel", "-np"),
+    "batch_size": ("--batch-size", "-b"),
+    "threads": ("--threads", "-t"),
+    "flash_attn": ("--flash-attn", "-fa"),
+    "cache_type_k": ("--cache-type-k", "-ctk"),
+    "cache_type_v": ("--cache-type-v", "-ctv"),
+    "api_key_file": ("--api-key-file",),
+    "no_webui": ("--no-webui",),
+    "gpu_layers": ("--n-gpu-layers", "--gpu-layers", "-ngl"),
+}
+# The manifest key that owns each option (for messages and for extra_args that would override it).
+OWNER_KEY: dict[str, str] = {
+    "model": "source", "host": "server.host", "port": "server.port", "ctx_size": "server.ctx_size",
+    "parallel": "server.parallel", "batch_size": "server.batch_size", "threads": "server.threads",
+    "flash_attn": "server.flash_attn", "cache_type_k": "server.cache_type_k",
+    "cache_type_v": "server.cache_type_v", "api_key_file": "server.api_key_file",
+    "gpu_layers": "profile",
+}
+# Flags the supervisor sets itself; in extra_args they would break it or leak a secret.
+RESERVED: dict[str, str] = {
+    **{flag: OWNER_KEY[opt] for opt, flags in SPELLINGS.items() if opt in OWNER_KEY for flag in flags},
+    "--api-key": "server.api_key_file (a key on the command line shows in docker inspect)",
+    "--model-url": "source", "-mu": "source", "--hf-repo": "source", "-hf": "source", "-hfr": "source",
+    "--hf-file": "source", "-hff": "source",
+}
+# Old or other spellings -> (replacement tokens, flag the image must know for the replacement to apply).
+RENAMES: dict[str, tuple[tuple[str, ...], str]] = {
+    "--mlock": (("--load-mode", "mlock"), "--load-mode"),
+    "--embedding": (("--embeddings",), "--embeddings"),
+    "--embeddings": (("--embedding",), "--embedding"),
+    "--log-disable": (("--log-verbosity", "0"), "--log-verbosity"),
+}
+_NUMBER = re.compile(r"^-?[0-9.]+([eE][-+]?[0-9]+)?$")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What a model's profile (or auto) decides: image variant, threads, pinning, memory, GPU."""
+
+    variant: str
+    threads: int | None = None
+    cpuset: str | None = None
+    memory_bytes: int | None = None
+    gpu: GpuRequest | None = None
+    gpu_layers: int | None = None
+    profile_name: str = "auto"
+
+
+def image_tag(variant: str) -> str:
+    return f"{IMAGE_REPO}:{variant}"
+
+
+def model_host_path(manifest: ModelManifest) -> Path:
+    """Where the model file is on the host: source.path as given, else the model cache."""
+    if manifest.source.path is not None:
+        return Path(manifest.source.path)
+    return modelsrc.cache_path(manifest.source.sha256, manifest.source.filename)
+
+
+def default_start_timeout(file_size: int, ctx_size: int) -> float:
+    """See the module docstring: 10 s + 1 s per 100 MB + 1 s per 4096 tokens, at most 600 s."""
+    ctx = ctx_size if ctx_size > 0 else UNKNOWN_CTX
+    return min(START_CAP_S, START_BASE_S + max(0, file_size) * START_PER_BYTE_S + ctx * START_PER_TOKEN_S)
+
+
+def place(profile: ProfileManifest | None, host: HostInfo) -> Placement:
+    """The placement for a profile, or for `auto` (profile None): the best variant this host runs."""
+    if profile is None:
+        variant = hardware.best_variant(host)
+        if variant == "cuda":
+            return Placement(variant, gpu=GpuRequest("nvidia"), gpu_layers=DEFAULT_GPU_LAYERS)
+        return Placement(variant)
+    variant = profile.variant
+    if variant == "auto":
+        variant = "cuda" if profile.gpu is not None else hardware.best_cpu_variant(host)
+    gpu, layers = None, None
+    if profile.gpu is not None:
+        gpu, layers = GpuRequest("nvidia", device_ids=tuple(profile.gpu.device_ids)), profile.gpu.layers
+    elif variant == "cuda":
+        gpu, layers = GpuRequest("nvidia"), DEFAULT_GPU_LAYERS
+    return Placement(variant, profile.threads, profile.cpuset, profile.memory, gpu, layers, profile.name)
+
+
+def render(
+    manifest: ModelManifest,
+    *,
+    profile: ProfileManifest | None,
+    lock: ImageLock,
+    host: HostInfo,
+    origin: Origin,
+    model_path: str,
+    file_size: int,
+) -> tuple[DesiredModel | None, list[str]]:
+    """One model's DesiredModel, or None and its problems."""
+    problems: list[str] = []
+    name = manifest.name
+    placement = place(profile, host)
+    where_profile = origin.at("profile")
+    why_not = hardware.missing_for(placement.variant, host)
+    if why_not:
+        problems.append(
+            f"{where_profile}: model '{name}' needs image variant {placement.variant}, but {why_not}"
+            f" (fix: use profile auto or a profile with variant: auto)"
+        )
+        return None, problems
+    record = lock.get(placement.variant)
+    if record is None:
+        problems.append(
+            f"{where_profile}: model '{name}' needs image variant {placement.variant}, which is not in the"
+            f" image lock (fix: run 'llama-supervisorctl build {placement.variant}')"
+        )
+        return None, problems
+
+    server, res = manifest.server, manifest.resources
+    argv: list[str] = []
+
+    def add(option: str, *values: str, required: bool = True) -> None:
+        flag = next((f for f in SPELLINGS[option] if f in record.flags), None)
+        if flag is None:
+            if required:
+                key = OWNER_KEY.get(option, "")
+                problems.append(
+                    f"{origin.at(key)}: image {record.tag} ({record.version}) has none of"
+                    f" {', '.join(SPELLINGS[option])}, needed for {key or option}"
+                    f" (fix: rebuild the image with 'llama-supervisorctl build {record.variant}')"
+                )
+            return
+        argv.extend((flag, *values))
+
+    threads = server.threads or placement.threads or hardware.default_threads(
+        host, cpus=res.cpus, cpuset=res.cpuset or placement.cpuset
+    )
+    add("model", f"{MODEL_DIR}/{manifest.source.filename}")
+    add("host", "0.0.0.0")
+    add("port", str(CONTAINER_PORT))
+    add("ctx_size", str(server.ctx_size))
+    add("parallel", str(server.parallel))
+    add("batch_size", str(server.batch_size))
+    add("threads", str(threads))
+    add("flash_attn", server.flash_attn)
+    add("cache_type_k", server.cache_type_k)
+    add("cache_type_v", server.cache_type_v)
+    if server.api_key_file is not None:
+        add("api_key_file", API_KEY_TARGET)
+    add("no_webui", required=False)
+    if placement.gpu_layers is not None:
+        add("gpu_layers", str(placement.gpu_layers))
+    problems.extend(check_extra_args(server.extra_args, record, origin))
+    argv.extend(server.extra_args)
+    if problems:
+        return None, problems
+
+    mounts = [Mount(model_path, f"{MODEL_DIR}/{manifest.source.filename}", read_only=True)]
+    if server.api_key_file is not None:
+        mounts.append(Mount(server.api_key_file, API_KEY_TARGET, read_only=True))
+    spec = ContainerSpec(
+        model=name,
+        image=image_tag(placement.variant),
+        image_id=record.image_id,
+        argv=tuple(argv),
+        model_sha256=manifest.source.sha256,
+        mounts=tuple(mounts),
+        host_ip=server.host,
+        host_port=server.port,
+        container_port=CONTAINER_PORT,
+        memory_bytes=res.memory if res.memory is not None else placement.memory_bytes,
+        pids_limit=res.pids,
+        nano_cpus=int(res.cpus * 1e9) if res.cpus is not None else None,
+        cpuset=res.cpuset or placement.cpuset,
+        gpu=placement.gpu,
+    )
+    health = manifest.health
+    rs = manifest.restart
+    desired = DesiredModel(
+        name=name,
+        spec=spec,
+        health=HealthPolicy(
+            interval_s=health.interval,
+            timeout_s=health.timeout,
+            failures=health.failures,
+            start_timeout_s=(
+                health.start_timeout
+                if health.start_timeout is not None
+                else default_start_timeout(file_size, server.ctx_size)
+            ),
+        ),
+        restart=RestartSettings(
+            policy=RestartPolicy(rs.policy),
+            backoff_initial_s=rs.backoff_initial,
+            backoff_max_s=rs.backoff_max,
+            max_failures=rs.max_failures,
+        ),
+        model_path=model_path,
+        source_file=origin.file,
+        api_key_file=server.api_key_file,
+    )
+    return desired, problems
+
+
+def check_extra_args(extra_args: tuple[str, ...], record: ImageRecord, origin: Origin) -> list[str]:
+    """A problem for each flag in extra_args the image does not know or the supervisor owns."""
+    problems: list[str] = []
+    for i, token in enumerate(extra_args):
+        if not token.startswith("-") or token == "-" or _NUMBER.match(token):
+            continue  # a value
+        flag = token.split("=", 1)[0]
+        where = origin.at(f"server.extra_args.{i}")
+        if flag in RESERVED:
+            problems.append(
+                f"{where}: extra_args sets {flag}, which the supervisor renders itself"
+                f" (fix: remove it and use {RESERVED[flag]})"
+            )
+            continue
+        if flag in record.flags:
+            continue
+        problems.append(
+            f"{where}: {flag} is not a flag of llama-server in image {record.tag} ({record.version})"
+            f" (fix: {suggest(flag, record.flags)})"
+        )
+    return problems
+
+
+def suggest(flag: str, known: frozenset[str]) -> str:
+    """How to replace a flag the image does not know: a known rename, another spelling, the closest flag."""
+    rename = RENAMES.get(flag)
+    if rename is not None and rename[1] in known:
+        return f"use '{' '.join(rename[0])}'"
+    for spellings in SPELLINGS.values():
+        if flag in spellings:
+            other = next((f for f in spellings if f in known), None)
+            if other is not None:
+                return f"use '{other}'"
+    close = difflib.get_close_matches(flag, sorted(known), n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return "remove it; 'docker run --rm <image> --help' lists the flags"
+
+
+def render_all(
+    manifests: ManifestSet,
+    lock: ImageLock,
+    host: HostInfo,
+    *,
+    file_sizes: Mapping[str, int],
+) -> tuple[dict[str, DesiredModel], list[str]]:
+    """Every model that renders, and the problems of those that do not (file_sizes: by model name)."""
+    desired: dict[str, DesiredModel] = {}
+    problems: list[str] = []
+    for name in sorted(manifests.models):
+        manifest = manifests.models[name]
+        profile = None if manifest.profile == "auto" else manifests.profiles.get(manifest.profile)
+        model, found = render(
+            manifest,
+            profile=profile,
+            lock=lock,
+            host=host,
+            origin=manifests.model_origins.get(name, Origin("<unknown>", 1)),
+            model_path=str(model_host_path(manifest)),
+            file_size=file_sizes.get(name, 0),
+        )
+        problems.extend(found)
+        if model is not None:
+            desired[name] = model
+    return desired, problems
+
+
+def load_desired(
+    manifests_dir: Path | str, lock: ImageLock, host: HostInfo
+) -> tuple[dict[str, DesiredModel], list[str]]:
+    """Read the manifests (ManifestError propagates) and the model file sizes, then render_all."""
+    manifests = load_dir(manifests_dir)
+    return render_all(manifests, lock, host, file_sizes=stat_sizes(manifests))
+
+
+def stat_sizes(manifests: ManifestSet) -> dict[str, int]:
+    """Each model's file size in bytes (0 when the file is absent): the only I/O render needs."""
+    sizes = {}
+    for name, manifest in manifests.models.items():
+        try:
+            sizes[name] = os.stat(model_host_path(manifest)).st_size
+        except OSError:
+            sizes[name] = 0
+    return sizes
