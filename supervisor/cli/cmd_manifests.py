@@ -1,0 +1,106 @@
+"""`validate`, `hardware` and `schema`: the manifest commands of llama-supervisorctl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from supervisor import hardware, paths, render
+from supervisor.errors import ManifestError
+from supervisor.lock import read_lock
+from supervisor.manifest import load_dir
+from supervisor.manifest.jsonschema import schema_text, write_schema
+
+
+class _Invalid(click.ClickException):
+    """The summary line after the problems; exits 2 like every ConfigError."""
+
+    exit_code = ManifestError.exit_code
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(validate)
+    cli.add_command(hardware_cmd)
+    cli.add_command(schema)
+
+
+@click.command()
+@click.argument("directory", required=False, type=click.Path(path_type=Path))
+def validate(directory: Path | None) -> None:
+    """Check every manifest in DIRECTORY (default: the manifest directory); exit 2 on any problem.
+
+    When an image lock exists, the rendered llama-server arguments are checked
+    against the flags of the images it records too.
+    """
+    directory = directory or paths.manifests_dir()
+    try:
+        manifests = load_dir(directory)
+    except ManifestError as e:
+        for problem in e.problems:
+            click.echo(problem)
+        raise _Invalid(f"{len(e.problems)} problem(s) in {directory}") from None
+    lock_file = paths.lock_path()
+    problems: list[str] = []
+    if lock_file.exists():
+        _, problems = render.render_all(
+            manifests, read_lock(lock_file), hardware.detect(), file_sizes=render.stat_sizes(manifests)
+        )
+    else:
+        click.echo(f"note: no image lock at {lock_file}; llama-server flags not checked", err=True)
+    for problem in problems:
+        click.echo(problem)
+    if problems:
+        raise _Invalid(f"{len(problems)} problem(s) in {directory}")
+    click.echo(f"{len(manifests.models)} models, {len(manifests.profiles)} profiles: OK")
+
+
+@click.command("hardware")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def hardware_cmd(as_json: bool) -> None:
+    """Show the cores, memory, CPU flags and GPUs found, and what `profile: auto` picks."""
+    host = hardware.detect()
+    placement = render.place(None, host)
+    threads = hardware.default_threads(host)
+    flags = ["--threads", str(threads)]
+    if placement.gpu_layers is not None:
+        flags += ["--n-gpu-layers", str(placement.gpu_layers)]
+    notable = [f for f in hardware.NOTABLE_FLAGS if f in host.cpu_flags]
+    if as_json:
+        body = {
+            "cores": host.cores,
+            "memory_bytes": host.memory_bytes,
+            "arch": host.arch,
+            "cpu_flags": notable,
+            "gpus": [g._asdict() for g in host.gpus],
+            "variant": placement.variant,
+            "image": render.image_tag(placement.variant),
+            "runnable_variants": sorted(hardware.runnable_variants(host)),
+            "default_flags": flags,
+        }
+        click.echo(json.dumps(body, indent=2))
+        return
+    click.echo(f"cores:     {host.cores}")
+    click.echo(f"memory:    {host.memory_bytes / 1024**3:.1f} GiB")
+    click.echo(f"arch:      {host.arch}")
+    click.echo(f"cpu flags: {' '.join(notable) or '(none notable)'}")
+    if host.gpus:
+        for g in host.gpus:
+            click.echo(f"gpu {g.index}:     {g.name}, {g.vram_bytes / 1024**3:.1f} GiB")
+    else:
+        click.echo("gpus:      none (NVIDIA GPUs are detected with nvidia-ml-py when it is installed)")
+    click.echo(f"variant:   {placement.variant} ({render.image_tag(placement.variant)})")
+    click.echo(f"runnable:  {' '.join(sorted(hardware.runnable_variants(host)))}")
+    click.echo(f"defaults:  {' '.join(flags)}")
+
+
+@click.command()
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write the schema here (e.g. docs/manifest.schema.json) instead of printing it.")
+def schema(out: Path | None) -> None:
+    """Print or write the manifest JSON Schema (for yaml-language-server)."""
+    if out is None:
+        click.echo(schema_text(), nl=False)
+        return
+    click.echo(f"wrote {write_schema(out)}")
