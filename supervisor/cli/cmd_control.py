@@ -45,7 +45,7 @@ class CommandExit(click.ClickException):
 
     def __init__(self, exit_code: int, message: str = "") -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
 
     def show(self, file: IO[Any] | None = None) -> None:
         if self.message:

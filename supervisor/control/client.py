@@ -147,7 +147,9 @@ class ControlClient:
         try:
             data = response.json()
         except ValueError as e:
-            raise ControlError(f"the daemon on {self.path} sent a reply that is not JSON: {response.text[:200]!r}") from e
+            raise ControlError(
+                f"the daemon on {self.path} sent a reply that is not JSON: {response.text[:200]!r}"
+            ) from e
         if not isinstance(data, dict):
             raise ControlError(f"the daemon on {self.path} sent an unexpected reply: {data!r}")
         return data

@@ -303,7 +303,8 @@ class ControlServer:
         except BaseException:
             self._release_lock()
             raise
-        httpd = _UnixHTTPServer(str(self.path), _Handler, bind_and_activate=False)
+        address: Any = str(self.path)  # typeshed knows only AF_INET addresses
+        httpd = _UnixHTTPServer(address, _Handler, bind_and_activate=False)
         httpd.socket.close()
         httpd.socket = sock
         httpd.controller = self.controller

@@ -1,4 +1,4 @@
-"""systemd/llama-supervisor.service: the directives the daemon relies on, and `systemd-analyze verify` where it exists."""
+"""systemd/llama-supervisor.service: the directives the daemon relies on; `systemd-analyze verify` where it exists."""
 
 from __future__ import annotations
 
