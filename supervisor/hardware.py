@@ -10,8 +10,6 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
-
 import psutil
 
 AVX512 = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"})
@@ -21,7 +19,8 @@ NOTABLE_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", *sorted(AVX512)
                  "avx_vnni", "amx_int8", "neon", "asimd", "asimddp", "sve", "i8mm")
 
 
-class GpuInfo(NamedTuple):
+@dataclass(frozen=True)
+class GpuInfo:
     index: int
     name: str
     vram_bytes: int

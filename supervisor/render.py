@@ -73,6 +73,7 @@ OWNER_KEY: dict[str, str] = {
 # Flags the supervisor sets itself; in extra_args they would break it or leak a secret.
 RESERVED: dict[str, str] = {
     **{flag: OWNER_KEY[opt] for opt, flags in SPELLINGS.items() if opt in OWNER_KEY for flag in flags},
+    **{flag: "a profile with gpu.layers" for flag in SPELLINGS["gpu_layers"]},
     "--api-key": "server.api_key_file (a key on the command line shows in docker inspect)",
     "--model-url": "source", "-mu": "source", "--hf-repo": "source", "-hf": "source", "-hfr": "source",
     "--hf-file": "source", "-hff": "source",

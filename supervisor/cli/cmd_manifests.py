@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -73,7 +74,7 @@ def hardware_cmd(as_json: bool) -> None:
             "memory_bytes": host.memory_bytes,
             "arch": host.arch,
             "cpu_flags": notable,
-            "gpus": [g._asdict() for g in host.gpus],
+            "gpus": [asdict(g) for g in host.gpus],
             "variant": placement.variant,
             "image": render.image_tag(placement.variant),
             "runnable_variants": sorted(hardware.runnable_variants(host)),
