@@ -80,10 +80,10 @@ RESERVED: dict[str, str] = {
 }
 # Old or other spellings -> (replacement tokens, flag the image must know for the replacement to apply).
 RENAMES: dict[str, tuple[tuple[str, ...], str]] = {
-    "--mlock": (("--load-mode", "mlock"), "--load-mode"),
+    "--mlock": (("--load-mode", "mlock"), "--load-mode"),        # llama.cpp folded both into --load-mode
+    "--no-mmap": (("--load-mode", "none"), "--load-mode"),
     "--embedding": (("--embeddings",), "--embeddings"),
     "--embeddings": (("--embedding",), "--embedding"),
-    "--log-disable": (("--log-verbosity", "0"), "--log-verbosity"),
 }
 _NUMBER = re.compile(r"^-?[0-9.]+([eE][-+]?[0-9]+)?$")
 

@@ -120,12 +120,14 @@ def test_unknown_flag_names_the_closest() -> None:
 
 
 def test_mlock_suggests_load_mode_when_the_image_has_it() -> None:
-    flags = (FLAGS - {"--mlock"}) | {"--load-mode"}
+    flags = (FLAGS - {"--mlock", "--no-mmap"}) | {"--load-mode"}   # as in llama.cpp builds since --load-mode
     lock = ImageLock({"cpu-avx512": record("cpu-avx512", flags)})
-    _, problems = one(model("\n    - --mlock"), lock=lock)
+    _, problems = one(model("\n    - --mlock\n    - --no-mmap"), lock=lock)
     assert problems == [
         "m.yaml:8: --mlock is not a flag of llama-server in image llama-supervisor/llama-server:cpu-avx512"
-        " (version: 7000 (test)) (fix: use '--load-mode mlock')"
+        " (version: 7000 (test)) (fix: use '--load-mode mlock')",
+        "m.yaml:9: --no-mmap is not a flag of llama-server in image llama-supervisor/llama-server:cpu-avx512"
+        " (version: 7000 (test)) (fix: use '--load-mode none')",
     ]
     m, problems = one(model("[--mlock]"))          # an image that knows --mlock takes it as is
     assert problems == [] and m is not None
