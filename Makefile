@@ -27,7 +27,7 @@ image: venv base-images
 	$(BIN)/llama-supervisorctl build auto
 
 model: venv
-	$(BIN)/llama-supervisorctl fetch-model demo
+	$(BIN)/llama-supervisorctl fetch-model
 
 setup: image model
 

