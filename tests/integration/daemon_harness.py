@@ -1,0 +1,137 @@
+"""Runs llama-supervisord as a subprocess on a per-test manifest directory and reads its JSON log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+
+DAEMON = Path(sys.executable).with_name("llama-supervisord")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def model_yaml(name: str, port: int, model_path: Path, sha256: str, *, ctx: int = 512) -> str:
+    return f"""\
+kind: model
+name: {name}
+source:
+  path: {model_path}
+  sha256: {sha256}
+profile: auto
+server:
+  port: {port}
+  ctx_size: {ctx}
+  threads: 1
+health:
+  interval: 1
+  timeout: 1
+  failures: 2
+resources:
+  memory: 1g
+  pids: 128
+"""
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Daemon:
+    def __init__(self, manifests: Path, *, extra: list[str] | None = None) -> None:
+        self.manifests = manifests
+        self.sockdir = Path(tempfile.mkdtemp(prefix="lsd-"))
+        self.extra = extra or []
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[tuple[float, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> Daemon:
+        env = dict(os.environ)
+        self.proc = subprocess.Popen(
+            [str(DAEMON), "--manifests", str(self.manifests), "--socket", str(self.sockdir / "ctl.sock"),
+             "--log-format", "json", "--resync-interval", "5", "--stop-timeout", "3", *self.extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        return self
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                rec = {"event": line.rstrip()}
+            with self._lock:
+                self.lines.append((time.monotonic(), rec))
+
+    def find(self, pred: Callable[[dict[str, Any]], bool], since: float = 0.0) -> tuple[float, dict[str, Any]] | None:
+        with self._lock:
+            for t, rec in self.lines:
+                if t >= since and pred(rec):
+                    return t, rec
+        return None
+
+    def wait_log(self, pred: Callable[[dict[str, Any]], bool], timeout: float, what: str,
+                 since: float = 0.0) -> tuple[float, dict[str, Any]]:
+        return wait_for(lambda: self.find(pred, since), timeout, what)  # type: ignore[no-any-return]
+
+    def dump(self) -> str:
+        with self._lock:
+            return "\n".join(json.dumps(r) for _, r in self.lines[-60:])
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def container(client: docker.DockerClient, model: str) -> Any:
+    c = client.containers.get(f"llama-supervisor-{model}")
+    return c
+
+
+def identity(client: docker.DockerClient, model: str) -> tuple[str, str]:
+    c = container(client, model)
+    return c.id, c.attrs["State"]["StartedAt"]
+
+
+def remove_models(client: docker.DockerClient, models: list[str]) -> None:
+    for m in models:
+        for c in client.containers.list(all=True, filters={"label": f"io.llama-supervisor.model={m}"}):
+            c.remove(force=True)
