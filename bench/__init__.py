@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` measures, writes docs/BENCHMARKS.md."""
