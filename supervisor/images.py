@@ -13,6 +13,7 @@ import io
 import os
 import re
 import shutil
+import sys
 import tarfile
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,7 +34,6 @@ Progress = Callable[[str], None]
 REPO = "llama-supervisor/llama-server"
 BINARY = "/usr/local/bin/llama-server"
 LOCAL_BUILDER = "llama-supervisor/builder:bookworm"   # made by scripts/make-base-images
-IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
 
 CPU_VARIANTS = ("cpu-generic", "cpu-avx2", "cpu-avx512", "arm64")
 VARIANTS = (*CPU_VARIANTS, "cuda")
@@ -44,10 +44,23 @@ def tag_for(variant: str) -> str:
     return f"{REPO}:{variant}"
 
 
+def images_dir() -> Path:
+    """images/ of this checkout, else the copy a non-editable install put under <prefix>/share."""
+    candidates = [
+        Path(os.environ["LLAMA_SUPERVISOR_IMAGES_DIR"]) if os.environ.get("LLAMA_SUPERVISOR_IMAGES_DIR") else None,
+        Path(__file__).resolve().parent.parent / "images",
+        Path(sys.prefix) / "share" / "llama-supervisor" / "images",
+    ]
+    for c in candidates:
+        if c is not None and (c / "Dockerfile").is_file():
+            return c
+    raise BuildError("no images/Dockerfile found: set LLAMA_SUPERVISOR_IMAGES_DIR to the images/ directory")
+
+
 def dockerfile_for(variant: str) -> Path:
     if variant not in VARIANTS:
         raise BuildError(f"unknown variant {variant!r}: use one of {', '.join(VARIANTS)}")
-    return IMAGES_DIR / ("cuda.Dockerfile" if variant == "cuda" else "Dockerfile")
+    return images_dir() / ("cuda.Dockerfile" if variant == "cuda" else "Dockerfile")
 
 
 def client_from_env() -> docker.DockerClient:
