@@ -1,4 +1,8 @@
-"""llama-supervisorctl build | verify | fetch-model: images and models, before anything runs."""
+"""llama-supervisorctl build | verify | fetch-model: images and models, before anything runs.
+
+The docker SDK and the manifest schema are imported inside the commands, so
+that `llama-supervisorctl status` does not pay for them at start-up.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from supervisor import images, paths
+from supervisor import paths
 from supervisor.errors import ConfigError, ImageMismatch
 from supervisor.lock import read_lock, write_lock
 
@@ -49,7 +53,7 @@ def check_signature(lock_path: Path) -> None:
 def build(variant: str, source_spec: str | None, sha256: str | None, build_number: int | None,
           lock_file: Path | None, quiet: bool) -> None:
     """Build the llama-server image VARIANT (auto: the best for this host) and record it in the lock."""
-    from supervisor import source
+    from supervisor import images, source
 
     variant = _variant(variant)
     lock_path = lock_file or paths.lock_path()
@@ -70,6 +74,8 @@ def build(variant: str, source_spec: str | None, sha256: str | None, build_numbe
 @click.option("--lock", "lock_file", type=click.Path(path_type=Path), default=None)
 def verify(variants: tuple[str, ...], lock_file: Path | None) -> None:
     """Re-derive each locked image (default: all) and compare it with the lock."""
+    from supervisor import images
+
     lock_path = lock_file or paths.lock_path()
     check_signature(lock_path)
     lock = read_lock(lock_path)

@@ -8,11 +8,8 @@ from pathlib import Path
 
 import click
 
-from supervisor import hardware, paths, render
+from supervisor import paths
 from supervisor.errors import ManifestError
-from supervisor.lock import read_lock
-from supervisor.manifest import load_dir
-from supervisor.manifest.jsonschema import schema_text, write_schema
 
 
 class _Invalid(click.ClickException):
@@ -30,6 +27,10 @@ def register(cli: click.Group) -> None:
 @click.command()
 @click.argument("directory", required=False, type=click.Path(path_type=Path))
 def validate(directory: Path | None) -> None:
+    from supervisor import hardware, render
+    from supervisor.lock import read_lock
+    from supervisor.manifest import load_dir
+
     """Check every manifest in DIRECTORY (default: the manifest directory); exit 2 on any problem.
 
     When an image lock exists, the rendered llama-server arguments are checked
@@ -60,6 +61,8 @@ def validate(directory: Path | None) -> None:
 @click.command("hardware")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def hardware_cmd(as_json: bool) -> None:
+    from supervisor import hardware, render
+
     """Show the cores, memory, CPU flags and GPUs found, and what `profile: auto` picks."""
     host = hardware.detect()
     placement = render.place(None, host)
@@ -100,6 +103,8 @@ def hardware_cmd(as_json: bool) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write the schema here (e.g. docs/manifest.schema.json) instead of printing it.")
 def schema(out: Path | None) -> None:
+    from supervisor.manifest.jsonschema import schema_text, write_schema
+
     """Print or write the manifest JSON Schema (for yaml-language-server)."""
     if out is None:
         click.echo(schema_text(), nl=False)
