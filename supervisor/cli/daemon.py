@@ -59,10 +59,13 @@ def make_loader(manifests: Path, lock_path: Path) -> Any:
               help="Seconds a graceful stop may take before the container is killed.")
 @click.option("--stop-models-on-exit", is_flag=True,
               help="On SIGTERM/SIGINT stop the model containers (default: leave them running).")
+@click.option("--instance", default="default", show_default=True, envvar="LLAMA_SUPERVISOR_INSTANCE",
+              help="Name of this daemon's set of containers (label io.llama-supervisor.instance); "
+                   "two daemons on one engine need different names.")
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
 def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None, socket_group: str | None,
         metrics_port: int | None, resync_interval: float, stop_timeout: float, stop_models_on_exit: bool,
-        log_format: logs.LogFormat) -> None:
+        instance: str, log_format: logs.LogFormat) -> None:
     """Keep the llama-server containers the manifests describe alive."""
     logs.setup(log_format)
     run(
@@ -74,12 +77,13 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
         resync_interval=resync_interval,
         stop_timeout=stop_timeout,
         stop_models_on_exit=stop_models_on_exit,
+        instance=instance,
     )
 
 
 def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: str | None,
         metrics_port: int | None, resync_interval: float, stop_timeout: float,
-        stop_models_on_exit: bool) -> None:
+        stop_models_on_exit: bool, instance: str = "default") -> None:
     import docker
 
     from supervisor.daemon.controller import DaemonController
@@ -94,7 +98,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         raise ManifestError([f"{manifests}: not a directory; create it or pass --manifests DIR"])
 
     events: queue.Queue[Event] = queue.Queue()
-    runtime = DockerRuntime()
+    runtime = DockerRuntime(instance=instance)
     closers: list[Any] = []
     notifier, metrics, max_wait = _systemd_and_metrics(metrics_port, closers)
     sup = Supervisor(
@@ -109,7 +113,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
                               stop_models_on_exit=stop_models_on_exit, max_wait_s=max_wait),
     )
     closers.append(prober)
-    stream = DockerEventStream(lambda: docker.from_env(timeout=60), events.put)
+    stream = DockerEventStream(lambda: docker.from_env(timeout=60), events.put, instance=instance)
     watcher = ManifestWatcher(manifests, events.put)
 
     def record(signum: int, frame: FrameType | None) -> None:

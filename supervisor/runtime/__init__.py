@@ -16,6 +16,15 @@ from supervisor.core.spec import ContainerSpec
 LABEL_MANAGED = "io.llama-supervisor.managed"
 LABEL_MODEL = "io.llama-supervisor.model"
 LABEL_HASH = "io.llama-supervisor.config-hash"
+# Which daemon owns the container: two daemons on one engine (a test run beside
+# `make run`, two services) must never take each other's containers for orphans.
+LABEL_INSTANCE = "io.llama-supervisor.instance"
+DEFAULT_INSTANCE = "default"
+
+
+def owned_filter(instance: str) -> list[str]:
+    """The Docker label filter for this daemon's containers (list and events)."""
+    return [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={instance}"]
 NAME_PREFIX = "llama-supervisor-"
 
 

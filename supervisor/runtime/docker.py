@@ -23,14 +23,24 @@ from docker.types import DeviceRequest, Mount
 from supervisor.core.observed import ContainerStatus, ObservedContainer
 from supervisor.core.spec import ContainerSpec
 from supervisor.errors import RuntimeOperationError, RuntimeUnavailable
-from supervisor.runtime import LABEL_HASH, LABEL_MANAGED, LABEL_MODEL, NAME_PREFIX, container_name
+from supervisor.runtime import (
+    DEFAULT_INSTANCE,
+    LABEL_HASH,
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    LABEL_MODEL,
+    NAME_PREFIX,
+    container_name,
+    owned_filter,
+)
 
 _EXITED_RE = re.compile(r"^Exited \((-?\d+)\)")
 _STATUSES: frozenset[str] = frozenset({"created", "running", "paused", "restarting", "removing", "exited", "dead"})
 
 
-def labels(spec: ContainerSpec) -> dict[str, str]:
-    return {LABEL_MANAGED: "true", LABEL_MODEL: spec.model, LABEL_HASH: spec.config_hash()}
+def labels(spec: ContainerSpec, instance: str = DEFAULT_INSTANCE) -> dict[str, str]:
+    return {LABEL_MANAGED: "true", LABEL_INSTANCE: instance, LABEL_MODEL: spec.model,
+            LABEL_HASH: spec.config_hash()}
 
 
 def host_config_kwargs(spec: ContainerSpec) -> dict[str, Any]:
@@ -63,13 +73,13 @@ def host_config_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     return kw
 
 
-def container_kwargs(spec: ContainerSpec) -> dict[str, Any]:
+def container_kwargs(spec: ContainerSpec, instance: str = DEFAULT_INSTANCE) -> dict[str, Any]:
     """Arguments of APIClient.create_container besides host_config (no environment: no secrets)."""
     return {
         "image": spec.image_id,
         "command": list(spec.argv),
         "name": container_name(spec.model),
-        "labels": labels(spec),
+        "labels": labels(spec, instance),
         "ports": [(spec.container_port, "tcp")],
         "user": spec.user,
         "detach": True,
@@ -122,7 +132,9 @@ def _translate(op: str, target: str) -> Iterator[None]:
 
 
 class DockerRuntime:
-    def __init__(self, client: docker.DockerClient | None = None, *, timeout_s: float = 60) -> None:
+    def __init__(self, client: docker.DockerClient | None = None, *, timeout_s: float = 60,
+                 instance: str = DEFAULT_INSTANCE) -> None:
+        self.instance = instance
         try:
             self._client = client or docker.from_env(timeout=int(timeout_s))
         except docker.errors.DockerException as e:
@@ -144,7 +156,7 @@ class DockerRuntime:
     def list_managed(self) -> list[ObservedContainer]:
         self._count("list")
         with _translate("list", "containers"):
-            rows = self._api.containers(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
+            rows = self._api.containers(all=True, filters={"label": owned_filter(self.instance)})
         return [observed_from_list(r) for r in rows]
 
     def inspect(self, container_id: str) -> ObservedContainer | None:
@@ -156,7 +168,7 @@ class DockerRuntime:
                 return None
 
     def create(self, spec: ContainerSpec) -> str:
-        kw = container_kwargs(spec)
+        kw = container_kwargs(spec, self.instance)
         for attempt in (1, 2):
             self._count("create")
             try:
@@ -180,7 +192,21 @@ class DockerRuntime:
                 f"container name {name} is taken by a container llama-supervisor does not manage; "
                 f"rename or remove it ('docker rm {name}')"
             )
+        owner = self._instance_of(other.id)
+        if owner != self.instance:
+            raise RuntimeOperationError(
+                f"container name {name} belongs to llama-supervisor instance {owner or '(none)'!r}, "
+                f"not {self.instance!r}: give the model another name, or stop that daemon"
+            )
         self.remove(other.id)
+
+    def _instance_of(self, container_id: str) -> str:
+        with _translate("inspect", container_id[:12]):
+            try:
+                cfg = self._api.inspect_container(container_id).get("Config") or {}
+            except docker.errors.NotFound:
+                return ""
+        return str((cfg.get("Labels") or {}).get(LABEL_INSTANCE, ""))
 
     def start(self, container_id: str) -> None:
         self._count("start")

@@ -16,7 +16,7 @@ import docker
 import structlog
 
 from supervisor.core.events import ContainerAction, ContainerEvent, Event, Tick
-from supervisor.runtime import LABEL_MANAGED, LABEL_MODEL
+from supervisor.runtime import DEFAULT_INSTANCE, LABEL_MODEL, owned_filter
 
 log = structlog.get_logger("supervisor.runtime.events")
 
@@ -50,7 +50,9 @@ class DockerEventStream:
         *,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        instance: str = DEFAULT_INSTANCE,
     ) -> None:
+        self.instance = instance
         self._client_factory = client_factory
         self._post = post
         self._backoff_initial_s = backoff_initial_s
@@ -83,7 +85,7 @@ class DockerEventStream:
                 self._stream = client.api.events(
                     decode=True,
                     since=since,
-                    filters={"type": "container", "label": [f"{LABEL_MANAGED}=true"],
+                    filters={"type": "container", "label": owned_filter(self.instance),
                              "event": [a.value for a in ContainerAction]},
                 )
                 self.connected.set()

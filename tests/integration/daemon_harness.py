@@ -59,6 +59,14 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, step: float = 0
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def instance_for(manifests: Path) -> str:
+    """One daemon instance per manifest directory, the same across restarts of that daemon,
+    so concurrent test daemons never remove each other's containers as orphans."""
+    import hashlib
+
+    return "test-" + hashlib.sha256(str(manifests.resolve()).encode()).hexdigest()[:12]
+
+
 def healthy(port: int) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200
@@ -79,7 +87,8 @@ class Daemon:
         env = dict(os.environ)
         self.proc = subprocess.Popen(
             [str(DAEMON), "--manifests", str(self.manifests), "--socket", str(self.sockdir / "ctl.sock"),
-             "--log-format", "json", "--resync-interval", "5", "--stop-timeout", "3", *self.extra],
+             "--log-format", "json", "--resync-interval", "5", "--stop-timeout", "3",
+             "--instance", instance_for(self.manifests), *self.extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         )
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()

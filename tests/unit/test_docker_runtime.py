@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from supervisor.core.spec import GpuRequest
-from supervisor.runtime import LABEL_HASH, LABEL_MANAGED, LABEL_MODEL
+from supervisor.runtime import LABEL_HASH, LABEL_INSTANCE, LABEL_MANAGED, LABEL_MODEL
 from supervisor.runtime.docker import container_kwargs, host_config_kwargs, observed_from_inspect, observed_from_list
 from supervisor.runtime.events import parse
 
@@ -21,9 +21,10 @@ def test_container_is_hardened_and_published_on_loopback() -> None:
     assert hc["mem_limit"] == hc["memswap_limit"] == 1 << 30
     assert all(m["ReadOnly"] for m in hc["mounts"])
     assert "device_requests" not in hc
-    ck = container_kwargs(spec)
+    ck = container_kwargs(spec, "blue")
     assert ck["image"] == spec.image_id and ck["user"] == "65532:65532" and ck["name"] == "llama-supervisor-gemma"
-    assert ck["labels"] == {LABEL_MANAGED: "true", LABEL_MODEL: "gemma", LABEL_HASH: spec.config_hash()}
+    assert ck["labels"] == {LABEL_MANAGED: "true", LABEL_INSTANCE: "blue", LABEL_MODEL: "gemma",
+                            LABEL_HASH: spec.config_hash()}
     assert "environment" not in ck
 
 
