@@ -1,10 +1,10 @@
 """llama-supervisord against the real engine, the real image and the demo model, through real manifests.
 
 One daemon with two models serves the tests of this module in order (a model load
-costs seconds on a 2-core host); each test leaves both models healthy. Only one
-daemon may run at a time (each removes managed containers it has no manifest
-for), so the daemon-restart test lives in its own module. Every container a test
-creates carries a unique model name and is removed afterwards.
+costs seconds on a 2-core host); each test leaves both models healthy. Each
+test daemon has its own instance label (daemon_harness.instance_for), so daemons
+of other modules never take these containers for orphans. Every container a
+test creates carries a unique model name and is removed afterwards.
 """
 
 from __future__ import annotations
