@@ -360,6 +360,10 @@ class Supervisor:
             self._log_transition(slot.lc.tick(now))
         ran = False
         for _ in range(3):          # a stop that makes a restart possible plans again at once
+            if self._resync_now:
+                # An action failed part-way (a recreate that removed the old container, then
+                # failed to create or start): plan from what the engine has, not the stale cache.
+                self._resync(now)
             actions = plan(self._wants(now), list(self.cache.values()))
             if not actions:
                 break

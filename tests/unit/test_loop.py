@@ -11,11 +11,19 @@ import pytest
 from structlog.testing import capture_logs
 
 from supervisor.control.api import CommandResult, Reread, StartModels, StopModels
-from supervisor.core.events import ContainerAction, ContainerEvent, ControlRequest, Event, ProbeResult, SignalReceived
+from supervisor.core.events import (
+    ContainerAction,
+    ContainerEvent,
+    ControlRequest,
+    Event,
+    ManifestsChanged,
+    ProbeResult,
+    SignalReceived,
+)
 from supervisor.core.lifecycle import ProbeOutcome, State
 from supervisor.core.spec import DesiredModel, RestartSettings
 from supervisor.daemon.loop import LoopSettings, Supervisor
-from supervisor.errors import ManifestError
+from supervisor.errors import ManifestError, RuntimeOperationError
 
 from .fakes import FakeClock, FakeNotifier, FakeProber, FakeRuntime, FakeVerifier
 from .helpers import desired, observed
@@ -273,3 +281,18 @@ def test_missed_exit_is_repaired_by_resync() -> None:
     h.runtime.crash(h.cid("a"), 139)            # no event: the stream was down
     h.step()
     assert h.state("a") is State.STARTING and ("start", h.cid("a")) in h.runtime.calls
+
+
+def test_recreate_that_fails_after_removing_the_old_container_plans_from_a_fresh_list() -> None:
+    h = Harness([desired("a", port=18081)])
+    h.step()
+    h.healthy("a")
+    old = h.cid("a")
+    h.runtime.fail_next["start"] = RuntimeOperationError("docker start: injected")
+    h.models = {"a": desired("a", port=18081, ctx=1024)}
+    with capture_logs() as logs:
+        h.step(ManifestsChanged())
+    assert old not in h.runtime.containers
+    # no action on the removed container: the failure made the loop list again before re-planning
+    assert ("stop", old) not in h.runtime.calls[h.runtime.calls.index(("remove", old)) + 1:]
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["start failed"]
