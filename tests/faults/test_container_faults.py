@@ -133,6 +133,31 @@ def test_kills_soon_after_start_back_off_then_fatal_and_stay_down(
     assert not d.find(lambda r: r.get("model") == name and r.get("to") == "STARTING", since=t2)
 
 
+def test_pause_soon_after_start_counts_toward_backoff_and_is_restarted_healthy(
+    shared: Shared, docker_client: docker.DockerClient, victim: list[str], untouched: None
+) -> None:
+    d = shared.daemon
+    name, port = uid("fpause"), new_port()
+    victim.append(name)
+    t0 = time.monotonic()
+    write_manifest(shared.dir, name, fault_yaml(name, port, shared.demo, shared.sha, max_failures=3,
+                                                backoff_initial=0.5))
+    transition(d, name, "RUNNING", since=t0)
+    cid, started = identity(docker_client, name)
+    t1 = time.monotonic()
+    docker_client.api.pause(cid)                      # hung within stable_after of healthy: a failure
+    rec = transition(d, name, "BACKOFF", since=t1, timeout=10)
+    assert "paused" in rec["reason"] and "retry in" in rec["reason"], rec
+    transition(d, name, "RUNNING", since=t1)
+    wait_for(lambda: healthy(port), 10, f"{name} healthy again")
+    print(f"\npause soon after start -> healthy again {time.monotonic() - t1:.2f} s")
+    st = status(d, name)
+    assert st is not None and st.state == "RUNNING" and st.restarts == 1, st
+    new_id, new_started = identity(docker_client, name)
+    assert new_started != started and docker_client.containers.get(new_id).status == "running"
+    assert len(containers_of(docker_client, name)) == 1
+
+
 def test_oom_killed_is_reported_counted_and_fatal_without_a_loop(
     shared: Shared, docker_client: docker.DockerClient, victim: list[str], untouched: None
 ) -> None:
