@@ -21,7 +21,7 @@ import docker
 import httpx
 import pytest
 
-from integration.daemon_harness import Daemon, healthy, identity, remove_models, wait_for
+from integration.daemon_harness import DAEMON, Daemon, healthy, identity, remove_models, wait_for
 
 from .conftest import LOAD_TIMEOUT, Shared
 from .helpers import fault_yaml, new_port, status, uid, write_manifest
@@ -255,13 +255,14 @@ def test_control_socket_is_0660_and_a_second_daemon_is_refused_naming_the_first(
     empty = tmp_path / "other"
     empty.mkdir()
     second = subprocess.run(
-        [str(Path(os.sys.executable).with_name("llama-supervisord")), "--manifests", str(empty),
+        [str(DAEMON), "--manifests", str(empty),
          "--socket", str(sock), "--log-format", "json", "--instance", uid("second")],
         capture_output=True, text=True, timeout=30,
     )
     out = second.stdout + second.stderr
     assert second.returncode != 0, out
     assert str(d.proc.pid) in out, out
+    print(f"\nsecond daemon: exit {second.returncode}: {out.strip().splitlines()[-1]}")
     assert d.proc.poll() is None
     assert status(d, shared.steady) is not None           # the first daemon still answers on its socket
 
