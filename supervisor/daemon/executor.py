@@ -119,13 +119,19 @@ class Executor:
         return self.runtime.inspect(cid)
 
     def _stop(self, cid: str, current: ObservedContainer | None, *, reason: str, kill: bool) -> None:
-        """Graceful first, force after the timeout; a paused container is unpaused first."""
-        if current is not None and current.status == "paused":
-            self.runtime.unpause(cid)
+        """Graceful first, force after the timeout.
+
+        A kill goes to a paused container as it is (the engine delivers SIGKILL
+        to a frozen cgroup); unpausing first would let the hung server answer
+        for a moment before it dies. Only a graceful stop unpauses, so that the
+        server can handle SIGTERM.
+        """
         if kill:
             log.info("kill", model=current.model if current else "", container=cid[:12], reason=reason)
             self.runtime.kill(cid)
             return
+        if current is not None and current.status == "paused":
+            self.runtime.unpause(cid)
         log.info("stop", model=current.model if current else "", container=cid[:12], reason=reason,
                  timeout_s=self.stop_timeout_s)
         self.runtime.stop(cid, timeout_s=self.stop_timeout_s)
