@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from enum import Enum
 from typing import Literal
 
@@ -55,6 +56,12 @@ class ContainerSpec:
 
     def config_hash(self) -> str:
         """sha256 of canonical JSON (sorted keys): stable across key order and runs."""
+        return self._config_hash
+
+    @cached_property
+    def _config_hash(self) -> str:
+        # The spec is frozen, so its hash is computed once: the planner asks for
+        # it for every model on every pass.
         blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
