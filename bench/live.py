@@ -146,7 +146,8 @@ class Fleet:
         if ctx is not None:
             self.ctx[model] = ctx
         tmp = self.dir / f".{model}.tmp"
-        tmp.write_text(model_yaml(model, self.port[model], self.demo, DEMO_SHA256, ctx=self.ctx[model]))
+        tmp.write_text(model_yaml(model, self.port[model], self.demo, DEMO_SHA256, ctx=self.ctx[model],
+                                  fast_probes=False))
         tmp.rename(self.dir / f"{model}.yaml")
 
     def start_daemon(self) -> Daemon:

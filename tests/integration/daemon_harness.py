@@ -27,7 +27,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def model_yaml(name: str, port: int, model_path: Path, sha256: str, *, ctx: int = 512) -> str:
+def model_yaml(name: str, port: int, model_path: Path, sha256: str, *, ctx: int = 512,
+               fast_probes: bool = True) -> str:
+    """A light model manifest. fast_probes: probe every 1 s (tests); False keeps the daemon's defaults
+    (benchmarks of idle cost measure what an operator gets)."""
+    health = "health:\n  interval: 1\n  timeout: 1\n  failures: 2\n" if fast_probes else ""
     return f"""\
 kind: model
 name: {name}
@@ -39,11 +43,7 @@ server:
   port: {port}
   ctx_size: {ctx}
   threads: 1
-health:
-  interval: 1
-  timeout: 1
-  failures: 2
-resources:
+{health}resources:
   memory: 1g
   pids: 128
 """
