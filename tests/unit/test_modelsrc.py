@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from supervisor import modelsrc
-from supervisor.errors import ModelMismatch
+from supervisor.errors import FetchError, ModelMismatch
 from supervisor.manifest.schema import ModelSource
 
 
@@ -98,3 +102,48 @@ def test_fetch_from_pypi_like_target_copies_a_shipped_file(tmp_path: Path, monke
     assert hashlib.sha256(got.read_bytes()).hexdigest() == digest
     assert got.stat().st_mode & 0o777 == 0o644          # readable by the container's uid 65532
     assert not list(got.parent.glob(".*.part"))
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    root = tmp_path / "www"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Files, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_fetch_from_a_url_verifies_before_the_file_appears(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http_dir: tuple[Path, str]
+) -> None:
+    monkeypatch.setenv("LLAMA_SUPERVISOR_CACHE_DIR", str(tmp_path / "cache"))
+    root, base = http_dir
+    digest = gguf(root / "tiny.gguf", b"\x03\x00\x00\x00" + b"w" * (3 << 20))
+    lines: list[str] = []
+    got = modelsrc.fetch(ModelSource(sha256=digest, url=f"{base}/tiny.gguf"), progress=lines.append)
+    assert got == modelsrc.cache_path(digest, "tiny.gguf")
+    assert got.read_bytes() == (root / "tiny.gguf").read_bytes()
+    assert any("MiB (33%)" in line for line in lines) and any(line.endswith("3 MiB, done") for line in lines), lines
+    wrong = ModelSource(sha256="2" * 64, url=f"{base}/tiny.gguf")
+    with pytest.raises(ModelMismatch, match="SHA-256"):
+        modelsrc.fetch(wrong)
+    assert not modelsrc.cache_path("2" * 64, "tiny.gguf").exists()  # nothing unverified is left in place
+
+
+def test_fetch_from_a_missing_url_is_a_fetch_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http_dir: tuple[Path, str]
+) -> None:
+    monkeypatch.setenv("LLAMA_SUPERVISOR_CACHE_DIR", str(tmp_path / "cache"))
+    _, base = http_dir
+    with pytest.raises(FetchError, match="could not download .*404"):
+        modelsrc.fetch(ModelSource(sha256="3" * 64, url=f"{base}/absent.gguf"))
