@@ -41,7 +41,7 @@ test: setup
 	$(BIN)/pytest -ra tests
 
 bench: setup
-	$(BIN)/python -m bench.run --out docs/BENCHMARKS.md
+	$(BIN)/python -m bench.run --out docs/BENCHMARKS.md $(BENCH_ARGS)
 
 soak: setup
 	$(BIN)/python -m bench.soak --duration $(or $(DURATION),600)
