@@ -343,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="3 runs, 10 s idle window: a smoke test, not for the doc")
     ap.add_argument("--cold-build", action="store_true", help="also time docker build --no-cache of cpu-generic")
     a = ap.parse_args(argv)
+    import logging
+
+    from supervisor import logs
+
+    logs.setup("console", level=logging.WARNING)   # the in-process servers' request logs are noise here
     live.env_ready()
     runs = 3 if a.quick else max(5, a.runs)
     idle_s = 10.0 if a.quick else 30.0
@@ -385,7 +390,7 @@ def render_doc(r: Report, info: dict[str, str], *, variant: str, runs: int, n_mo
     lines = [BEGIN, "## Results (`python -m bench.run`)", ""]
     lines.append("Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ".  ")
     lines.append(f"Image variant `{variant}`; {runs} runs per live figure; N={n_models} models under the real "
-                 f"daemon (demo model, ctx_size 512, threads 1, health every 1 s); whole run "
+                 f"daemon (demo model, ctx_size 512, threads 1, default health settings: probe every 2 s); whole run "
                  f"{elapsed / 60:.1f} min{' (--quick: a smoke test)' if quick else ''}.  ")
     lines.append(f"Host load: {quiet}.")
     lines += ["", r.table(), ""]
