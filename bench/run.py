@@ -19,7 +19,6 @@ import platform
 import re
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter

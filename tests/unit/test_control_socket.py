@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import grp
 import os
-import shutil
 import socket
 import stat
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -51,13 +49,6 @@ class FakeController:
 def quiet_logs() -> Iterator[None]:
     with capture_logs():
         yield
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="lsv-", dir="/tmp"))  # short: sun_path holds 107 bytes
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_socket_is_0660_in_a_new_0755_directory(sock_dir: Path) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -104,13 +102,6 @@ class FakeController:
 def quiet_logs() -> Iterator[None]:
     with capture_logs():  # the server runs in this process: keep its log lines out of the CLI's stdout
         yield
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="lsv-", dir="/tmp"))  # short: sun_path holds 107 bytes
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
