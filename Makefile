@@ -7,7 +7,8 @@ BIN      := $(VENV)/bin
 STATE    ?= $(CURDIR)/var
 export LLAMA_SUPERVISOR_STATE_DIR ?= $(STATE)/state
 export LLAMA_SUPERVISOR_CACHE_DIR ?= $(STATE)/cache
-export LLAMA_SUPERVISOR_SOCKET    ?= $(STATE)/run/control.sock
+# The control socket stays at its standard place (paths.socket_path), so that
+# llama-supervisorctl in another shell finds the daemon `make run` started.
 export LLAMA_SUPERVISOR_MANIFESTS ?= $(CURDIR)/manifests
 
 .PHONY: venv base-images image model setup run test unit bench soak clean
