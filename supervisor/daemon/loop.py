@@ -622,9 +622,14 @@ class Supervisor:
             return
         slot = self.slots.get(t.model)
         level = "warning" if t.to_state in (State.BACKOFF, State.FATAL, State.EXITED) else "info"
+        where = {}
+        if slot and t.to_state is State.RUNNING:     # tell the operator where the model answers
+            spec = slot.desired.spec
+            host = "127.0.0.1" if spec.host_ip in ("", "0.0.0.0") else spec.host_ip
+            where["url"] = f"http://{host}:{spec.host_port}"
         getattr(log, level)("transition", model=t.model, reason=t.reason,
                             container=(slot.container_id or "")[:12] if slot else "",
-                            **{"from": t.from_state.name, "to": t.to_state.name})
+                            **{"from": t.from_state.name, "to": t.to_state.name}, **where)
         self.metrics.model_state(t.model, t.to_state.name)
 
     def _publish(self) -> None:

@@ -299,3 +299,13 @@ def test_recreate_that_fails_after_removing_the_old_container_plans_from_a_fresh
     # no action on the removed container: the failure made the loop list again before re-planning
     assert ("stop", old) not in h.runtime.calls[h.runtime.calls.index(("remove", old)) + 1:]
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["start failed"]
+
+
+def test_running_transition_says_where_the_model_answers() -> None:
+    h = Harness([desired("a")])
+    h.step()
+    with capture_logs() as logs:
+        h.healthy("a")
+    (running,) = [e for e in logs if e["event"] == "transition" and e["to"] == "RUNNING"]
+    port = h.sup.slots["a"].desired.spec.host_port
+    assert running["url"] == f"http://127.0.0.1:{port}"
