@@ -1,17 +1,19 @@
-"""Manifests: YAML `kind: model` / `kind: profile` documents, their schema, loader and diff."""
+"""Manifests: YAML `kind: model` / `kind: profile` documents, their schema and loader.
+
+What a re-read changes is computed on the rendered models (core.planner.diff), so
+that a profile or image change counts as well as a manifest edit.
+"""
 
 from __future__ import annotations
 
-from supervisor.manifest.loader import ManifestDiff, ManifestSet, Origin, diff, load_dir, load_text
+from supervisor.manifest.loader import ManifestSet, Origin, load_dir, load_text
 from supervisor.manifest.schema import ModelManifest, ProfileManifest
 
 __all__ = [
-    "ManifestDiff",
     "ManifestSet",
     "ModelManifest",
     "Origin",
     "ProfileManifest",
-    "diff",
     "load_dir",
     "load_text",
 ]

@@ -59,28 +59,6 @@ class ManifestSet:
     profile_origins: Mapping[str, Origin] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class ManifestDiff:
-    added: tuple[str, ...] = ()
-    changed: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.added or self.changed or self.removed)
-
-
-def diff(old: ManifestSet, new: ManifestSet) -> ManifestDiff:
-    """Models added, changed (their manifest or the profile they use) and removed, each sorted."""
-    added = sorted(new.models.keys() - old.models.keys())
-    removed = sorted(old.models.keys() - new.models.keys())
-    changed = []
-    for name in sorted(new.models.keys() & old.models.keys()):
-        a, b = old.models[name], new.models[name]
-        if a != b or old.profiles.get(b.profile) != new.profiles.get(b.profile):
-            changed.append(name)
-    return ManifestDiff(tuple(added), tuple(changed), tuple(removed))
-
-
 def is_manifest_file(path: Path) -> bool:
     """*.yaml / *.yml, not hidden, not an editor's temp or backup file."""
     name = path.name
