@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from integration.daemon_harness import Daemon, free_port
+from integration.daemon_harness import Daemon, free_port, model_yaml
 from supervisor.control.client import ControlClient
 from supervisor.core.status import ModelStatus
 
@@ -18,30 +18,11 @@ def uid(prefix: str) -> str:
 def fault_yaml(name: str, port: int, model_path: Path, sha256: str, *, memory: str = "1g",
                max_failures: int = 3, backoff_initial: float = 0.5, api_key_file: Path | None = None,
                ctx: int = 512) -> str:
-    key = f"  api_key_file: {api_key_file}\n" if api_key_file else ""
-    return f"""\
-kind: model
-name: {name}
-source:
-  path: {model_path}
-  sha256: {sha256}
-profile: auto
-server:
-  port: {port}
-  ctx_size: {ctx}
-  threads: 1
-{key}health:
-  interval: 1
-  timeout: 1
-  failures: 2
-restart:
-  backoff_initial: {backoff_initial}
-  backoff_max: 2
-  max_failures: {max_failures}
-resources:
-  memory: {memory}
-  pids: 128
-"""
+    """The harness's light manifest with a short backoff, so crash loops reach FATAL in seconds."""
+    restart = (f"restart:\n  backoff_initial: {backoff_initial}\n  backoff_max: 2\n"
+               f"  max_failures: {max_failures}\n")
+    return model_yaml(name, port, model_path, sha256, ctx=ctx, memory=memory, api_key_file=api_key_file,
+                      restart=restart)
 
 
 def write_manifest(directory: Path, name: str, text: str) -> Path:

@@ -28,10 +28,12 @@ def free_port() -> int:
 
 
 def model_yaml(name: str, port: int, model_path: Path, sha256: str, *, ctx: int = 512,
-               fast_probes: bool = True) -> str:
+               fast_probes: bool = True, memory: str = "1g", api_key_file: Path | None = None,
+               restart: str = "") -> str:
     """A light model manifest. fast_probes: probe every 1 s (tests); False keeps the daemon's defaults
-    (benchmarks of idle cost measure what an operator gets)."""
+    (benchmarks of idle cost measure what an operator gets). restart: a whole `restart:` section."""
     health = "health:\n  interval: 1\n  timeout: 1\n  failures: 2\n" if fast_probes else ""
+    key = f"  api_key_file: {api_key_file}\n" if api_key_file else ""
     return f"""\
 kind: model
 name: {name}
@@ -43,8 +45,8 @@ server:
   port: {port}
   ctx_size: {ctx}
   threads: 1
-{health}resources:
-  memory: 1g
+{key}{health}{restart}resources:
+  memory: {memory}
   pids: 128
 """
 
