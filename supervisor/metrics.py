@@ -13,6 +13,7 @@ from supervisor.errors import ConfigError
 
 STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
 _PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 _RECONCILE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0)
 
 
@@ -37,6 +38,16 @@ class PrometheusMetrics:
             ["model", "what"], namespace=ns, registry=r)
         self.reconcile_duration = Histogram("reconcile_duration_seconds", "Time one reconcile pass took",
                                             namespace=ns, registry=r, buckets=_RECONCILE_BUCKETS)
+        self.evictions = Counter("evictions", "On-demand models stopped by the scheduler, by reason (memory, idle)",
+                                 ["model", "reason"], namespace=ns, registry=r)
+        self.requests = Counter("gateway_requests", "Gateway requests by model and HTTP status",
+                                ["model", "code"], namespace=ns, registry=r)
+        self.queue_depth = Gauge("gateway_queue_depth", "Requests waiting for the model to be ready",
+                                 ["model"], namespace=ns, registry=r)
+        self.start_wait = Histogram("gateway_start_wait_seconds", "Time a request waited for its model to be ready",
+                                    ["model"], namespace=ns, registry=r, buckets=_WAIT_BUCKETS)
+        self.bytes_streamed = Counter("gateway_response_bytes", "Response bytes the gateway passed to clients",
+                                      ["model"], namespace=ns, registry=r)
         self._labels: dict[str, set[tuple[MetricWrapperBase, tuple[str, ...]]]] = defaultdict(set)
         self._lock = threading.Lock()
         self._server: WSGIServer | None = None
@@ -77,6 +88,28 @@ class PrometheusMetrics:
 
     def reconcile(self, duration_s: float) -> None:
         self.reconcile_duration.observe(duration_s)
+
+    def eviction(self, model: str, reason: str) -> None:
+        self.evictions.labels(model, reason).inc()
+        self._track(model, self.evictions, model, reason)
+
+    # --- the gateway's (called from its thread) -------------------------------------------------
+
+    def gateway_request(self, model: str, code: int) -> None:
+        self.requests.labels(model, str(code)).inc()
+        self._track(model, self.requests, model, str(code))
+
+    def gateway_queue(self, model: str, depth: int) -> None:
+        self.queue_depth.labels(model).set(depth)
+        self._track(model, self.queue_depth, model)
+
+    def gateway_wait(self, model: str, seconds: float) -> None:
+        self.start_wait.labels(model).observe(seconds)
+        self._track(model, self.start_wait, model)
+
+    def gateway_bytes(self, model: str, n: int) -> None:
+        self.bytes_streamed.labels(model).inc(n)
+        self._track(model, self.bytes_streamed, model)
 
     def forget(self, model: str) -> None:
         """Drop every series of a model whose manifest disappeared."""

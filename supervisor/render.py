@@ -19,16 +19,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor import hardware, modelsrc
+from supervisor import gguf, hardware, modelsrc
 from supervisor.core.spec import (
     ContainerSpec,
     DesiredModel,
     GpuRequest,
     HealthPolicy,
+    LoadPolicy,
     Mount,
     RestartPolicy,
     RestartSettings,
+    Serving,
 )
+from supervisor.gguf import GgufFacts
 from supervisor.hardware import HostInfo
 from supervisor.lock import ImageLock, ImageRecord
 from supervisor.manifest.loader import ManifestSet, Origin, load_dir
@@ -110,6 +113,28 @@ def model_host_path(manifest: ModelManifest) -> Path:
     return modelsrc.host_path(manifest.source)
 
 
+# Bytes per KV cache element for each cache type (quantized blocks hold 32 values).
+KV_ELEMENT_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
+                    "iq4_nl": 18 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32}
+# Beyond weights and KV cache: compute buffers, the HTTP server, the runtime. Calibrated on the demo
+# model (docs/BENCHMARKS.md, "memory counted vs measured").
+OVERHEAD_BYTES = 128 * 1024 * 1024
+OVERHEAD_FRACTION = 0.10
+
+
+def estimate_memory(file_size: int, facts: GgufFacts | None, *, ctx_size: int, cache_type_k: str,
+                    cache_type_v: str) -> tuple[int, str]:
+    """What a model needs loaded: weights + KV cache + overhead, and how that was found."""
+    kv = 0
+    if facts is not None:
+        kv = facts.kv_bytes(ctx_size, k_bytes_per_elem=KV_ELEMENT_BYTES.get(cache_type_k, 2.0),
+                            v_bytes_per_elem=KV_ELEMENT_BYTES.get(cache_type_v, 2.0))
+    total = int(file_size + kv + OVERHEAD_BYTES + OVERHEAD_FRACTION * file_size)
+    mib = 1024 * 1024
+    kv_part = f"KV {kv // mib} MiB" if facts is not None else "KV unknown (not a readable GGUF header)"
+    return total, f"estimate: file {file_size // mib} MiB + {kv_part} + overhead"
+
+
 def default_start_timeout(file_size: int, ctx_size: int) -> float:
     """See the module docstring: 10 s + 1 s per 100 MB + 1 s per 4096 tokens, at most 600 s."""
     ctx = ctx_size if ctx_size > 0 else UNKNOWN_CTX
@@ -143,6 +168,7 @@ def render(
     origin: Origin,
     model_path: str,
     file_size: int,
+    facts: GgufFacts | None = None,
 ) -> tuple[DesiredModel | None, list[str]]:
     """One model's DesiredModel, or None and its problems."""
     problems: list[str] = []
@@ -214,7 +240,7 @@ def render(
         model_sha256=manifest.source.sha256,
         mounts=tuple(mounts),
         host_ip=server.host,
-        host_port=server.port,
+        host_port=server.port or 0,
         container_port=CONTAINER_PORT,
         memory_bytes=res.memory if res.memory is not None else placement.memory_bytes,
         pids_limit=res.pids,
@@ -246,8 +272,28 @@ def render(
         model_path=model_path,
         source_file=origin.file,
         api_key_file=server.api_key_file,
+        serving=serving(manifest, spec, placement, file_size, facts),
     )
     return desired, problems
+
+
+def serving(manifest: ModelManifest, spec: ContainerSpec, placement: Placement, file_size: int,
+            facts: GgufFacts | None) -> Serving:
+    """Gateway settings and what the model counts against the budgets: its memory limit when it has
+    one (the most it can take), else the estimate; on a GPU profile the estimate counts as GPU memory."""
+    server = manifest.server
+    estimate, basis = estimate_memory(file_size, facts, ctx_size=server.ctx_size,
+                                      cache_type_k=server.cache_type_k, cache_type_v=server.cache_type_v)
+    memory, memory_basis = (spec.memory_bytes, "limit") if spec.memory_bytes is not None else (estimate, basis)
+    return Serving(
+        aliases=tuple(manifest.aliases),
+        lifecycle=LoadPolicy(manifest.lifecycle),
+        idle_ttl_s=manifest.idle_ttl,
+        max_queue=manifest.max_queue,
+        memory_bytes=memory,
+        gpu_memory_bytes=estimate if placement.gpu is not None else 0,
+        memory_basis=memory_basis,
+    )
 
 
 def check_extra_args(extra_args: tuple[str, ...], record: ImageRecord, origin: Origin) -> list[str]:
@@ -295,8 +341,9 @@ def render_all(
     host: HostInfo,
     *,
     file_sizes: Mapping[str, int],
+    facts: Mapping[str, GgufFacts | None] | None = None,
 ) -> tuple[dict[str, DesiredModel], list[str]]:
-    """Every model that renders, and the problems of those that do not (file_sizes: by model name)."""
+    """Every model that renders, and the problems of those that do not (file_sizes, facts: by model name)."""
     desired: dict[str, DesiredModel] = {}
     problems: list[str] = []
     for name in sorted(manifests.models):
@@ -310,6 +357,7 @@ def render_all(
             origin=manifests.model_origins.get(name, Origin("<unknown>", 1)),
             model_path=str(model_host_path(manifest)),
             file_size=file_sizes.get(name, 0),
+            facts=(facts or {}).get(name),
         )
         problems.extend(found)
         if model is not None:
@@ -322,7 +370,25 @@ def load_desired(
 ) -> tuple[dict[str, DesiredModel], list[str]]:
     """Read the manifests (ManifestError propagates) and the model file sizes, then render_all."""
     manifests = load_dir(manifests_dir)
-    return render_all(manifests, lock, host, file_sizes=stat_sizes(manifests))
+    sizes = stat_sizes(manifests)
+    facts = {name: _facts(model_host_path(m), sizes[name]) for name, m in manifests.models.items()}
+    return render_all(manifests, lock, host, file_sizes=sizes, facts=facts)
+
+
+_FACTS: dict[tuple[str, int, int], GgufFacts | None] = {}
+
+
+def _facts(path: Path, size: int) -> GgufFacts | None:
+    """GGUF facts, read once per file version (path, size, mtime): a re-read of the manifests is cheap."""
+    try:
+        key = (str(path), size, os.stat(path).st_mtime_ns)
+    except OSError:
+        return None
+    if key not in _FACTS:
+        if len(_FACTS) > 256:
+            _FACTS.clear()
+        _FACTS[key] = gguf.facts(path)
+    return _FACTS[key]
 
 
 def stat_sizes(manifests: ManifestSet) -> dict[str, int]:

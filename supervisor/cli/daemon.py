@@ -13,7 +13,9 @@ import queue
 import signal
 import sys
 import threading
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -24,7 +26,7 @@ import structlog
 from supervisor import __version__, logs, paths
 from supervisor.core.events import Event, SignalReceived
 from supervisor.core.spec import DesiredModel
-from supervisor.errors import ManifestError, SupervisorError
+from supervisor.errors import ConfigError, ManifestError, SupervisorError
 
 log = structlog.get_logger("supervisor.daemon")
 
@@ -62,12 +64,25 @@ def make_loader(manifests: Path, lock_path: Path) -> Any:
 @click.option("--instance", default="default", show_default=True, envvar="LLAMA_SUPERVISOR_INSTANCE",
               help="Name of this daemon's set of containers (label io.llama-supervisor.instance); "
                    "two daemons on one engine need different names.")
+@click.option("--gateway-listen", default="127.0.0.1:8080", show_default=True, envvar="LLAMA_SUPERVISOR_GATEWAY",
+              help="Serve the OpenAI-compatible gateway for every model on HOST:PORT.")
+@click.option("--no-gateway", is_flag=True, help="No gateway: each model only on its own port.")
+@click.option("--gateway-api-keys-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Require 'Authorization: Bearer KEY' at the gateway; one key per line (# comments).")
+@click.option("--gateway-max-body", default="16m", show_default=True, help="Largest request body the gateway takes.")
+@click.option("--memory-budget", default="auto", show_default=True,
+              help="RAM the models may count together (e.g. 12g); auto: 90%% of this host's, none: no budget.")
+@click.option("--gpu-memory-budget", default="auto", show_default=True,
+              help="GPU memory GPU-profile models may count together; auto: 90%% of the GPUs', none: no budget.")
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
 def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None, socket_group: str | None,
         metrics_port: int | None, resync_interval: float, stop_timeout: float, stop_models_on_exit: bool,
-        instance: str, log_format: logs.LogFormat) -> None:
-    """Keep the llama-server containers the manifests describe alive."""
+        instance: str, gateway_listen: str, no_gateway: bool, gateway_api_keys_file: Path | None,
+        gateway_max_body: str, memory_budget: str, gpu_memory_budget: str, log_format: logs.LogFormat) -> None:
+    """Keep the llama-server containers the manifests describe alive, and serve them on one endpoint."""
     logs.setup(log_format)
+    gateway = None if no_gateway else GatewayOptions(
+        listen=gateway_listen, api_keys_file=gateway_api_keys_file, max_body=_size(gateway_max_body, "--gateway-max-body"))
     run(
         manifests=manifests or paths.manifests_dir(),
         lock_path=lock_path or paths.lock_path(),
@@ -78,15 +93,65 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
         stop_timeout=stop_timeout,
         stop_models_on_exit=stop_models_on_exit,
         instance=instance,
+        gateway=gateway,
+        budgets=(memory_budget, gpu_memory_budget),
     )
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    listen: str = "127.0.0.1:8080"
+    api_keys_file: Path | None = None
+    max_body: int = 16 * 1024 * 1024
+
+
+def _size(value: str, option: str) -> int:
+    from supervisor.manifest.schema import parse_memory
+
+    try:
+        size = parse_memory(value)
+    except ValueError as e:
+        raise ConfigError(f"{option} {value!r}: {e}") from None
+    assert isinstance(size, int)
+    return size
+
+
+def make_budget(memory: str, gpu_memory: str, host: Any) -> Any:
+    """auto: 90% of what the host has (RAM; the GPUs' memory, none without GPUs); none: no budget."""
+    from supervisor.core.scheduler import Budget
+
+    def one(value: str, option: str, total: int) -> int | None:
+        if value == "none":
+            return None
+        if value == "auto":
+            return int(total * 0.9) if total else None
+        return _size(value, option)
+
+    return Budget(one(memory, "--memory-budget", host.memory_bytes),
+                  one(gpu_memory, "--gpu-memory-budget", sum(g.vram_bytes for g in host.gpus)))
+
+
+def read_api_keys(path: Path) -> frozenset[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ConfigError(f"--gateway-api-keys-file {path}: {e.strerror} (fix: give a readable file)") from e
+    keys = frozenset(k for line in lines if (k := line.split("#", 1)[0].strip()))
+    if not keys:
+        raise ConfigError(f"--gateway-api-keys-file {path}: no key in it (fix: one key per line)")
+    return keys
 
 
 def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: str | None,
         metrics_port: int | None, resync_interval: float, stop_timeout: float,
-        stop_models_on_exit: bool, instance: str = "default") -> None:
+        stop_models_on_exit: bool, instance: str = "default", gateway: GatewayOptions | None = None,
+        budgets: tuple[str, str] = ("auto", "auto")) -> None:
     import docker
 
+    from supervisor import hardware
+    from supervisor.core.events import Tick
     from supervisor.daemon.controller import DaemonController
+    from supervisor.daemon.demand import Demand
     from supervisor.daemon.executor import LockVerifier
     from supervisor.daemon.loop import LoopSettings, Supervisor
     from supervisor.daemon.watcher import ManifestWatcher
@@ -98,6 +163,8 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         raise ManifestError([f"{manifests}: not a directory; create it or pass --manifests DIR"])
 
     events: queue.Queue[Event] = queue.Queue()
+    budget = make_budget(*budgets, hardware.detect())
+    api_keys = read_api_keys(gateway.api_keys_file) if gateway and gateway.api_keys_file else frozenset()
     runtime = DockerRuntime(instance=instance)
     closers: list[Any] = []
     notifier, metrics, max_wait = _systemd_and_metrics(metrics_port, closers)
@@ -111,7 +178,11 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         metrics=metrics,
         settings=LoopSettings(resync_interval_s=resync_interval, stop_timeout_s=stop_timeout,
                               stop_models_on_exit=stop_models_on_exit, max_wait_s=max_wait),
+        demand=Demand(time.monotonic, wake=lambda: events.put(Tick())),
+        budget=budget,
     )
+    log.info("memory budgets", memory_mib=budget.memory_bytes and budget.memory_bytes >> 20,
+             gpu_memory_mib=budget.gpu_memory_bytes and budget.gpu_memory_bytes >> 20)
     closers.append(prober)
     stream = DockerEventStream(lambda: docker.from_env(timeout=60), events.put, instance=instance)
     watcher = ManifestWatcher(manifests, events.put)
@@ -127,9 +198,12 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         stream.connected.wait(5)      # so no die event is missed between the first list and the stream
         watcher.start()
         closers[:0] = [watcher, stream]
-        server = _control_server(DaemonController(sup), socket_path, socket_group)
+        controller = DaemonController(sup)
+        server = _control_server(controller, socket_path, socket_group)
         if server is not None:
             closers.insert(0, server)
+        if gateway is not None:
+            closers.insert(0, _gateway(controller, gateway, api_keys, metrics))
         loop = threading.Thread(target=sup.run, name="loop")
         loop.start()
         while loop.is_alive():
@@ -170,6 +244,16 @@ def _systemd_and_metrics(metrics_port: int | None, closers: list[Any]) -> tuple[
         metrics = pm
         log.info("metrics", url=f"http://127.0.0.1:{metrics_port}/metrics")
     return notifier, metrics, max_wait
+
+
+def _gateway(controller: Any, options: GatewayOptions, api_keys: frozenset[str], metrics: Any) -> Any:
+    from supervisor.gateway.app import GatewaySettings, create_app
+    from supervisor.gateway.server import GatewayServer
+
+    app = create_app(controller, GatewaySettings(max_body_bytes=options.max_body, api_keys=api_keys), metrics)
+    server = GatewayServer(app, options.listen)
+    server.start()
+    return server
 
 
 def _control_server(controller: Any, path: Path, group: str | None) -> Any:

@@ -10,69 +10,29 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Protocol
+
+# The command values live in the core (supervisor/core/commands.py); re-exported here for callers.
+from supervisor.core.commands import (
+    Command,
+    CommandResult,
+    ModelResult,
+    Reload,
+    Reread,
+    RestartModels,
+    Shutdown,
+    StartModels,
+    StopModels,
+    Update,
+)
 
 from supervisor.core.status import ModelStatus
 
 API_VERSION = "v1"
 
-
-# --- commands (control socket -> loop) -------------------------------------------------------
-
-@dataclass(frozen=True)
-class StartModels:
-    names: tuple[str, ...]          # ("all",) means every model
-    wait: bool = True               # reply when RUNNING or failed, not at once
-
-
-@dataclass(frozen=True)
-class StopModels:
-    names: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class RestartModels:
-    names: tuple[str, ...]
-    wait: bool = True
-
-
-@dataclass(frozen=True)
-class Reread:
-    """Parse manifests and report the diff without applying it."""
-
-
-@dataclass(frozen=True)
-class Update:
-    """Parse manifests and apply the diff (only what changed)."""
-
-
-@dataclass(frozen=True)
-class Reload:
-    """As SIGHUP: re-read everything and apply; replies when the reconcile ran."""
-
-
-@dataclass(frozen=True)
-class Shutdown:
-    stop_models: bool = False
-
-
-Command = StartModels | StopModels | RestartModels | Reread | Update | Reload | Shutdown
-
-
-@dataclass(frozen=True)
-class ModelResult:
-    name: str
-    ok: bool
-    message: str                    # "started", "stopped", "available", "changed", "disappeared", or the error
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    ok: bool
-    results: tuple[ModelResult, ...] = ()
-    error: str | None = None        # whole-command error, e.g. invalid manifests with every file:line
-    unknown: tuple[str, ...] = field(default=())  # names that match no model
+__all__ = ["API_VERSION", "Command", "CommandResult", "Controller", "MetricsSink", "ModelResult", "Notifier",
+           "NullMetrics", "NullNotifier", "Reload", "Reread", "RestartModels", "Shutdown", "StartModels",
+           "StopModels", "Update"]
 
 
 class Controller(Protocol):
@@ -113,7 +73,13 @@ class MetricsSink(Protocol):
     def exit(self, model: str, code: int | None, oom_killed: bool) -> None: ...
     def verification_failure(self, model: str, what: str) -> None: ...
     def reconcile(self, duration_s: float) -> None: ...
+    def eviction(self, model: str, reason: str) -> None: ...
     def forget(self, model: str) -> None: ...
+    # the gateway's (from its own thread)
+    def gateway_request(self, model: str, code: int) -> None: ...
+    def gateway_queue(self, model: str, depth: int) -> None: ...
+    def gateway_wait(self, model: str, seconds: float) -> None: ...
+    def gateway_bytes(self, model: str, n: int) -> None: ...
 
 
 class NullMetrics:
@@ -123,4 +89,9 @@ class NullMetrics:
     def exit(self, model: str, code: int | None, oom_killed: bool) -> None: pass
     def verification_failure(self, model: str, what: str) -> None: pass
     def reconcile(self, duration_s: float) -> None: pass
+    def eviction(self, model: str, reason: str) -> None: pass
     def forget(self, model: str) -> None: pass
+    def gateway_request(self, model: str, code: int) -> None: pass
+    def gateway_queue(self, model: str, depth: int) -> None: pass
+    def gateway_wait(self, model: str, seconds: float) -> None: pass
+    def gateway_bytes(self, model: str, n: int) -> None: pass

@@ -24,12 +24,7 @@ class StatusReply:
 
 
 def model_status_from_json(data: dict[str, Any]) -> ModelStatus:
-    return ModelStatus(
-        name=data["name"], state=data["state"], port=data.get("port"),
-        container_id=data.get("container_id"), image_id=data.get("image_id"),
-        uptime_s=data.get("uptime_s"), restarts=int(data.get("restarts") or 0),
-        last_exit_code=data.get("last_exit_code"), reason=data.get("reason") or "",
-    )
+    return ModelStatus.from_json(data)
 
 
 def command_result_from_json(data: dict[str, Any]) -> CommandResult:

@@ -1,7 +1,7 @@
 """Everything that can happen to the daemon, as values on the loop's one queue.
 
 Producers (the manifest watcher, the Docker events stream, the prober, the control
-server, signal handlers, timers) only build one of these and put it on the queue;
+server, the gateway, signal handlers, timers) only build one of these and put it on the queue;
 the loop thread dispatches on the type with `match`.
 """
 
@@ -11,7 +11,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import Enum
 
-from supervisor.control.api import Command, CommandResult
+from supervisor.core.commands import Command, CommandResult, Readiness
 from supervisor.core.lifecycle import ProbeOutcome
 
 
@@ -55,6 +55,15 @@ class ControlRequest:
     future: Future[CommandResult]
 
 
+@dataclass(frozen=True, eq=False)
+class EnsureRunning:
+    """The gateway has a request for `model`: answer when it is RUNNING (starting it, and making room
+    under the memory budget, if it is on-demand), or at once if it cannot be."""
+
+    model: str
+    future: Future[Readiness]
+
+
 @dataclass(frozen=True)
 class SignalReceived:
     signum: int
@@ -67,4 +76,4 @@ class Tick:
     resync: bool = False
 
 
-Event = ManifestsChanged | ContainerEvent | ProbeResult | ControlRequest | SignalReceived | Tick
+Event = ManifestsChanged | ContainerEvent | ProbeResult | ControlRequest | EnsureRunning | SignalReceived | Tick

@@ -19,3 +19,4 @@ class ObservedContainer:
     oom_killed: bool = False
     started_at: str = ""       # Docker's State.StartedAt, as given
     image_id: str = ""
+    host_port: int | None = None   # the published port as bound now (the engine's pick when the spec says 0)

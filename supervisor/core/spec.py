@@ -40,7 +40,7 @@ class ContainerSpec:
     model_sha256: str
     mounts: tuple[Mount, ...]
     host_ip: str                     # 127.0.0.1 unless the manifest asks otherwise
-    host_port: int
+    host_port: int                   # 0: the engine picks a free port (reported in ObservedContainer.host_port)
     container_port: int = 8080
     memory_bytes: int | None = None
     pids_limit: int = 256
@@ -90,6 +90,29 @@ class RestartSettings:
     stable_after_s: float = 10.0      # a crash later than this after healthy restarts at once
 
 
+class LoadPolicy(str, Enum):
+    ALWAYS = "always"          # kept running
+    ON_DEMAND = "on-demand"    # started by a gateway request, stopped after idle_ttl_s without one
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How the gateway serves a model and what it counts against the memory budgets (not hashed:
+    none of it shapes the container)."""
+
+    aliases: tuple[str, ...] = ()
+    lifecycle: LoadPolicy = LoadPolicy.ALWAYS
+    idle_ttl_s: float = 300.0
+    max_queue: int = 64
+    memory_bytes: int = 0             # counted against the RAM budget
+    gpu_memory_bytes: int = 0         # counted against the GPU memory budget (GPU profiles only)
+    memory_basis: str = ""            # how memory_bytes was found: "limit" or "estimate: ..."
+
+    @property
+    def on_demand(self) -> bool:
+        return self.lifecycle is LoadPolicy.ON_DEMAND
+
+
 @dataclass(frozen=True)
 class DesiredModel:
     """One model as the manifests want it."""
@@ -101,3 +124,4 @@ class DesiredModel:
     model_path: str = ""              # host path of the GGUF file (verified before every create)
     source_file: str = ""             # the manifest it came from, for messages
     api_key_file: str | None = None
+    serving: Serving = field(default_factory=Serving)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,25 @@ class ModelStatus:
     restarts: int
     last_exit_code: int | None
     reason: str                      # why it is in this state (exit code, OOMKilled, last log line...)
+    lifecycle: str = "always"        # always | on-demand
+    aliases: tuple[str, ...] = ()
+    memory_counted: int | None = None    # bytes counted against the memory budget
+    memory_basis: str = ""               # "limit", or how the estimate was made
+    memory_used: int | None = None       # bytes the container uses now (its cgroup), when known
+    idle_s: float | None = None          # seconds since its last gateway request
+    ttl_left_s: float | None = None      # on-demand and running: seconds until it is stopped when idle
+    inflight: int = 0                    # gateway requests in flight
+    waiting: int = 0                     # gateway requests waiting for it to be ready
 
     def to_json(self) -> dict[str, object]:
-        return asdict(self)
+        d = asdict(self)
+        d["aliases"] = list(self.aliases)
+        return d
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelStatus:
+        """The inverse of to_json; fields a daemon of another version did not send keep their defaults."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["aliases"] = tuple(values.get("aliases") or ())
+        return cls(**values)

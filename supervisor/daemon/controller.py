@@ -1,4 +1,5 @@
-"""The Controller the control server calls from its threads: snapshots and queued commands only."""
+"""The Controller the control server calls, and the Backend the gateway calls, from their threads:
+snapshots and queued commands only."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 
 from supervisor.control.api import Command, CommandResult
-from supervisor.core.events import ControlRequest
+from supervisor.core.commands import Readiness
+from supervisor.core.events import ControlRequest, EnsureRunning
+from supervisor.core.routing import Route
 from supervisor.core.status import ModelStatus
+from supervisor.daemon.demand import Demand
 from supervisor.daemon.loop import Supervisor
 from supervisor.errors import ControlError
 
@@ -30,6 +34,23 @@ class DaemonController:
             fut.set_result(CommandResult(ok=False, error="daemon shutting down"))
             return fut
         self._sup.post(ControlRequest(command, fut))
+        return fut
+
+    # --- the gateway's Backend ------------------------------------------------------------------
+
+    @property
+    def demand(self) -> Demand:
+        return self._sup.demand
+
+    def routes(self) -> dict[str, Route]:
+        return self._sup.routes()
+
+    def ensure(self, model: str) -> Future[Readiness]:
+        fut: Future[Readiness] = Future()
+        if self._sup.stopping or self._sup.done.is_set():
+            fut.set_result(Readiness("shutting_down", "the daemon is shutting down"))
+            return fut
+        self._sup.post(EnsureRunning(model, fut))
         return fut
 
     def logs(self, name: str, *, lines: int = 100, follow: bool = False) -> Iterator[bytes]:

@@ -1,10 +1,14 @@
 """The one loop thread: it owns every model's state, fed by a queue of typed events.
 
 Each iteration waits on the queue until the next deadline (`queue.get(timeout=)`,
-never sleep), handles what arrived, ticks the lifecycles, plans and applies the
-actions one model at a time, sends due probes and publishes a status snapshot.
-Unchanged models get no Docker call: only a resync (every ~30 s, or after the
-events stream reconnects) lists containers.
+never sleep), handles what arrived, ticks the lifecycles, schedules on-demand models,
+plans and applies the actions one model at a time, sends due probes and publishes a
+status snapshot and the gateway's routes. Unchanged models get no Docker call: only a
+resync (every ~30 s, or after the events stream reconnects) lists containers.
+
+This module holds the iteration, the manifests, the reconcile and shutdown; the parts
+for container events (containers.py), commands (commands.py) and the gateway's requests
+(ondemand.py) are mixed in, all over the state declared in state.py.
 """
 
 from __future__ import annotations
@@ -17,44 +21,36 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
-from typing import Protocol, assert_never
+from typing import assert_never
 
 import structlog
 
-from supervisor.control.api import (
-    Command,
-    CommandResult,
-    MetricsSink,
-    ModelResult,
-    Notifier,
-    NullMetrics,
-    NullNotifier,
-    Reload,
-    Reread,
-    RestartModels,
-    Shutdown,
-    StartModels,
-    StopModels,
-    Update,
-)
+from supervisor.control.api import CommandResult, MetricsSink, Notifier, NullMetrics, NullNotifier
 from supervisor.core.actions import Action, Create, Recreate, Remove, Start, Stop
+from supervisor.core.commands import Readiness
 from supervisor.core.events import (
-    ContainerAction,
     ContainerEvent,
     ControlRequest,
+    EnsureRunning,
     Event,
     ManifestsChanged,
     ProbeResult,
     SignalReceived,
     Tick,
 )
-from supervisor.core.lifecycle import Lifecycle, ProbeOutcome, State, Transition
+from supervisor.core.lifecycle import Lifecycle, State
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.planner import UP, Diff, Want, diff, plan
+from supervisor.core.routing import Route, route_table
+from supervisor.core.scheduler import Budget
 from supervisor.core.spec import DesiredModel
 from supervisor.core.status import ModelStatus
+from supervisor.daemon.commands import Commands
+from supervisor.daemon.containers import ContainerEvents, _last_lines
+from supervisor.daemon.demand import Demand
 from supervisor.daemon.executor import Executor, Verifier
+from supervisor.daemon.ondemand import OnDemand
+from supervisor.daemon.state import LoopSettings, ProbeSink, Slot, Waiter
 from supervisor.errors import (
     ManifestError,
     RuntimeOperationError,
@@ -66,40 +62,12 @@ from supervisor.runtime import Runtime
 
 log = structlog.get_logger("supervisor.daemon")
 
+MEMORY_SAMPLE_S = 10.0
+
 LoadDesired = Callable[[], Mapping[str, DesiredModel]]   # raises ManifestError (or another ConfigError)
 
 
-class ProbeSink(Protocol):
-    def submit(self, model: str, container_id: str, *, host_ip: str, port: int, timeout_s: float) -> bool: ...
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    resync_interval_s: float = 30.0
-    stop_timeout_s: float = 10.0
-    stop_models_on_exit: bool = False
-    max_wait_s: float = 5.0            # wake at least this often (systemd watchdog, waiter deadlines)
-    command_timeout_s: float = 300.0   # a start/stop waiter gives up after this
-
-
-@dataclass
-class Slot:
-    desired: DesiredModel
-    lc: Lifecycle
-    container_id: str | None = None    # the container the lifecycle tracks
-
-
-@dataclass
-class Waiter:
-    kind: str                           # "start" | "stop"
-    names: tuple[str, ...]
-    future: Future[CommandResult]
-    deadline: float
-    unknown: tuple[str, ...] = ()
-    attempted: set[str] = field(default_factory=set)
-
-
-class Supervisor:
+class Supervisor(ContainerEvents, Commands, OnDemand):
     def __init__(
         self,
         *,
@@ -113,6 +81,8 @@ class Supervisor:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         settings: LoopSettings = LoopSettings(),
+        demand: Demand | None = None,
+        budget: Budget = Budget(),
     ) -> None:
         self.events = events
         self.runtime = runtime
@@ -124,6 +94,8 @@ class Supervisor:
         self.clock = clock
         self.rng = rng or random.Random()
         self.settings = settings
+        self.demand = demand or Demand(clock)
+        self.budget = budget
 
         self.slots: dict[str, Slot] = {}
         self.cache: dict[str, ObservedContainer] = {}     # container ID -> what we last saw
@@ -136,7 +108,10 @@ class Supervisor:
         self._waiters: list[Waiter] = []
         self._after_reconcile: list[tuple[Future[CommandResult], CommandResult]] = []
         self._ready_sent = False
+        self._pending: dict[str, list[Future[Readiness]]] = {}
         self._snapshot: tuple[ModelStatus, ...] = ()
+        self._routes: dict[str, Route] = {}
+        self._memory_seen: dict[str, tuple[float, int | None]] = {}   # model -> (when sampled, bytes)
         self._snapshot_lock = threading.Lock()
         self.done = threading.Event()
 
@@ -148,6 +123,11 @@ class Supervisor:
     def snapshot(self) -> tuple[ModelStatus, ...]:
         with self._snapshot_lock:
             return self._snapshot
+
+    def routes(self) -> dict[str, Route]:
+        """Every model name and alias -> where the gateway sends its requests (as last published)."""
+        with self._snapshot_lock:
+            return self._routes
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -187,6 +167,8 @@ class Supervisor:
         deadlines = [self._resync_at, now + self.settings.max_wait_s]
         deadlines += [d for s in self.slots.values() if (d := s.lc.next_deadline()) is not None]
         deadlines += [w.deadline for w in self._waiters]
+        if (idle := self._idle_deadline(now)) is not None:
+            deadlines.append(idle)
         if self._resync_now:
             return 0.0
         return max(0.0, min(deadlines) - now)
@@ -203,6 +185,8 @@ class Supervisor:
                 self._reload(apply=True, origin=origin)
             case ControlRequest(command=cmd, future=fut):
                 self._on_command(cmd, fut)
+            case EnsureRunning():
+                self._on_ensure(ev)
             case SignalReceived(signum=signum):
                 self._on_signal(signum)
             case Tick(resync=resync):
@@ -221,80 +205,6 @@ class Supervisor:
             self._begin_shutdown(stop_models=self.settings.stop_models_on_exit)
         else:
             log.warning("signal ignored", signum=signum)
-
-    def _slot_of(self, container_id: str, model: str) -> Slot | None:
-        slot = self.slots.get(model)
-        if slot is None or slot.container_id != container_id:
-            return None
-        return slot
-
-    def _on_container_event(self, ev: ContainerEvent) -> None:
-        now = self.clock()
-        slot = self._slot_of(ev.container_id, ev.model)
-        match ev.action:
-            case ContainerAction.DIE | ContainerAction.DESTROY:
-                if ev.container_id not in self.cache and slot is None:
-                    return
-                # Docker reports our own kills too, possibly after we started the container again
-                # in place: ask the engine what the container is now instead of trusting the event.
-                self._refresh_exit(ev.container_id, now, event=ev)
-            case ContainerAction.OOM:
-                log.warning("container OOM", model=ev.model, container=ev.container_id[:12])
-            case ContainerAction.PAUSE:
-                if ev.container_id in self.cache:
-                    self.cache[ev.container_id] = replace(self.cache[ev.container_id], status="paused")
-                if slot is not None:
-                    self._log_transition(slot.lc.hung(now, "container paused (hung): restart"))
-            case ContainerAction.UNPAUSE:
-                if ev.container_id in self.cache and self.cache[ev.container_id].status == "paused":
-                    self.cache[ev.container_id] = replace(self.cache[ev.container_id], status="running")
-            case ContainerAction.START:
-                if ev.container_id not in self.cache and ev.model:
-                    self._resync_now = True     # someone else started one of ours: look at everything
-            case _:
-                assert_never(ev.action)
-
-    def _refresh_exit(self, container_id: str, now: float, *, event: ContainerEvent | None) -> None:
-        """Re-inspect a container that died (or vanished) and tell its lifecycle."""
-        try:
-            c = self.runtime.inspect(container_id)
-        except (RuntimeOperationError, RuntimeUnavailable) as e:
-            log.warning("inspect failed", container=container_id[:12], error=str(e))
-            self._resync_now = True
-            return
-        if c is None:
-            old = self.cache.pop(container_id, None)
-            model = old.model if old else (event.model if event else "")
-            slot = self._slot_of(container_id, model)
-            if slot is not None:
-                slot.container_id = None
-                self.metrics.exit(model, event.exit_code if event else None, False)
-                self._log_transition(slot.lc.container_exited(
-                    now, exit_code=event.exit_code if event else None, log_tail="container was removed"))
-            return
-        self.cache[container_id] = c
-        if c.status in UP:
-            return                              # a stale die: it was started again since
-        slot = self._slot_of(container_id, c.model)
-        if slot is None or not slot.lc.live:
-            return
-        tail = self.runtime.log_tail(container_id, lines=5) if slot.lc.state is not State.STOPPING else ""
-        log.warning("container exited", model=c.model, container=container_id[:12], exit_code=c.exit_code,
-                    oom_killed=c.oom_killed,
-                    detected_after_ms=_since_ms(event.time_ns) if event and event.time_ns else None)
-        self.metrics.exit(c.model, c.exit_code, c.oom_killed)
-        self._log_transition(slot.lc.container_exited(
-            now, exit_code=c.exit_code, oom_killed=c.oom_killed, log_tail=_last_lines(tail, 3)))
-
-    def _on_probe(self, ev: ProbeResult) -> None:
-        slot = self.slots.get(ev.model)
-        if slot is None or slot.container_id != ev.container_id:
-            return
-        self.metrics.probe(ev.model, ev.latency_s, ev.outcome is ProbeOutcome.OK)
-        if ev.outcome is not ProbeOutcome.OK and slot.lc.state is State.RUNNING:
-            log.info("probe failed", model=ev.model, detail=ev.detail, failures=slot.lc.probe_failures + 1,
-                     threshold=slot.lc.health.failures)
-        self._log_transition(slot.lc.probe(self.clock(), ev.outcome, ev.detail))
 
     # --- manifests -----------------------------------------------------------------------------
 
@@ -328,18 +238,25 @@ class Supervisor:
                 log.info("model removed from manifests", model=name)
                 del self.slots[name]
                 self.metrics.forget(name)
+                self.demand.forget(name)
+                self._answer(name, "unknown", f"model {name!r} was removed from the manifests")
             for name in d.added:
                 m = new[name]
                 log.info("model added", model=name, source=m.source_file, port=m.spec.host_port)
-                self.slots[name] = Slot(m, Lifecycle(name, health=m.health, restart=m.restart, rng=self.rng))
+                # an on-demand model waits for its first request (or is adopted if it is running)
+                self.slots[name] = Slot(m, Lifecycle(name, health=m.health, restart=m.restart, rng=self.rng,
+                                                     enabled=not m.serving.on_demand))
                 self.metrics.model_state(name, State.STOPPED.name)
             for name in d.changed:
                 m = new[name]
                 slot = self.slots[name]
                 log.info("model changed", model=name, source=m.source_file,
                          config_changed=slot.desired.spec != m.spec)
+                was_on_demand = slot.desired.serving.on_demand
                 slot.desired = m
                 self._log_transition(slot.lc.config_changed(now, health=m.health, restart=m.restart))
+                if was_on_demand and not m.serving.on_demand:
+                    self._log_transition(slot.lc.start_requested(now, reason="lifecycle changed to always"))
             if not d.empty or origin == "start":
                 log.info("manifests applied", origin=origin, added=d.added, changed=d.changed, removed=d.removed)
             return d
@@ -360,6 +277,7 @@ class Supervisor:
             self._log_transition(slot.lc.tick(now))
         ran = False
         for _ in range(3):          # a stop that makes a restart possible plans again at once
+            self._schedule(now)     # on-demand starts, evictions, idle stops
             if self._resync_now:
                 # An action failed part-way (a recreate that removed the old container, then
                 # failed to create or start): plan from what the engine has, not the stale cache.
@@ -401,7 +319,7 @@ class Supervisor:
                     self._refresh_exit(slot.container_id, now, event=None)   # an exit the events missed
                 elif c.status == "paused":
                     self._log_transition(lc.hung(now, "container paused (hung): restart"))
-            elif lc.state is State.STOPPED and lc.enabled:
+            elif lc.state is State.STOPPED and (lc.enabled or slot.desired.serving.on_demand):
                 # adoption: a container we left running (daemon restart) whose config still matches
                 want_hash = slot.desired.spec.config_hash()
                 match = [c for c in listed if c.model == slot.desired.name and c.config_hash == want_hash
@@ -409,6 +327,8 @@ class Supervisor:
                 if match:
                     slot.container_id = match[0].id
                     log.info("adopted", model=slot.desired.name, container=match[0].id[:12])
+                    lc.enabled = True
+                    self.demand.touch(slot.desired.name)   # an adopted on-demand model gets a full idle TTL
                     self._log_transition(lc.adopt(now))
         self.metrics.reconcile(time.monotonic() - t0)
 
@@ -487,94 +407,6 @@ class Supervisor:
         else:
             self.cache[cid] = after
 
-    def _send_probes(self, now: float) -> None:
-        for name, slot in self.slots.items():
-            lc = slot.lc
-            if not lc.live or lc.state is State.STOPPING or slot.container_id is None or not lc.probe_due(now):
-                continue
-            spec = slot.desired.spec
-            if self.prober.submit(name, slot.container_id, host_ip=spec.host_ip, port=spec.host_port,
-                                  timeout_s=slot.desired.health.timeout_s):
-                lc.probe_sent(now)
-
-    # --- commands ------------------------------------------------------------------------------
-
-    def _names(self, names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        if "all" in names:
-            return tuple(sorted(self.slots)), ()
-        return tuple(n for n in names if n in self.slots), tuple(n for n in names if n not in self.slots)
-
-    def _on_command(self, cmd: Command, fut: Future[CommandResult]) -> None:
-        if not fut.set_running_or_notify_cancel():
-            return
-        now = self.clock()
-        match cmd:
-            case StartModels(names=names, wait=wait) | RestartModels(names=names, wait=wait):
-                known, unknown = self._names(names)
-                for n in known:
-                    lc = self.slots[n].lc
-                    if isinstance(cmd, RestartModels) and lc.live:
-                        self._log_transition(lc.stop_requested(now, disable=False, reason="restart requested"))
-                    else:
-                        self._log_transition(lc.start_requested(now))
-                if wait and known:
-                    self._waiters.append(Waiter("start", known, fut, now + self.settings.command_timeout_s,
-                                                unknown))
-                else:
-                    fut.set_result(CommandResult(ok=not unknown, results=tuple(
-                        ModelResult(n, True, "starting") for n in known), unknown=unknown))
-            case StopModels(names=names):
-                known, unknown = self._names(names)
-                for n in known:
-                    self._log_transition(self.slots[n].lc.stop_requested(now))
-                self._waiters.append(Waiter("stop", known, fut, now + self.settings.command_timeout_s, unknown))
-            case Reread():
-                d = self._reload(apply=False, origin="reread")
-                fut.set_result(_diff_result(d, self.problems))
-            case Update():
-                d = self._reload(apply=True, origin="update")
-                fut.set_result(_diff_result(d, self.problems))
-            case Reload():
-                d = self._reload(apply=True, origin="reload")
-                self._after_reconcile.append((fut, _diff_result(d, self.problems)))
-            case Shutdown(stop_models=stop_models):
-                self._begin_shutdown(stop_models=stop_models)
-                fut.set_result(CommandResult(ok=True))
-            case _:
-                assert_never(cmd)
-
-    def _check_waiters(self, now: float) -> None:
-        keep: list[Waiter] = []
-        for w in self._waiters:
-            results: list[ModelResult] = []
-            pending = False
-            for n in w.names:
-                slot = self.slots.get(n)
-                if slot is None:
-                    results.append(ModelResult(n, False, "disappeared from the manifests"))
-                    continue
-                st = slot.lc.state
-                if w.kind == "start":
-                    if st is State.RUNNING:
-                        results.append(ModelResult(n, True, "started"))
-                    elif st in (State.FATAL, State.BACKOFF, State.EXITED):
-                        results.append(ModelResult(n, False, f"{st.name}: {slot.lc.reason}"))
-                    else:
-                        pending = True
-                else:
-                    if st in (State.STOPPED, State.FATAL, State.EXITED, State.BACKOFF):
-                        results.append(ModelResult(n, True, "stopped"))
-                    else:
-                        pending = True
-            if pending and now < w.deadline:
-                keep.append(w)
-                continue
-            if pending:
-                results.append(ModelResult(",".join(w.names), False, "timed out waiting"))
-            w.future.set_result(CommandResult(ok=all(r.ok for r in results) and not w.unknown,
-                                              results=tuple(results), unknown=w.unknown))
-        self._waiters = keep
-
     # --- shutdown ------------------------------------------------------------------------------
 
     def _begin_shutdown(self, *, stop_models: bool) -> None:
@@ -587,6 +419,7 @@ class Supervisor:
         for w in self._waiters:
             w.future.set_result(CommandResult(ok=False, error="daemon shutting down"))
         self._waiters.clear()
+        self._answer_all("shutting_down", "the daemon is shutting down")
         for fut, result in self._after_reconcile:
             fut.set_result(result)
         self._after_reconcile.clear()
@@ -597,6 +430,8 @@ class Supervisor:
                 break
             if isinstance(ev, ControlRequest) and ev.future.set_running_or_notify_cancel():
                 ev.future.set_result(CommandResult(ok=False, error="daemon shutting down"))
+            elif isinstance(ev, EnsureRunning) and ev.future.set_running_or_notify_cancel():
+                ev.future.set_result(Readiness("shutting_down", "the daemon is shutting down"))
         if not stop_models:
             log.info("leaving model containers running", models=sorted(self.slots))
             return
@@ -617,39 +452,56 @@ class Supervisor:
 
     # --- reporting -----------------------------------------------------------------------------
 
-    def _log_transition(self, t: Transition | None) -> None:
-        if t is None:
-            return
-        slot = self.slots.get(t.model)
-        level = "warning" if t.to_state in (State.BACKOFF, State.FATAL, State.EXITED) else "info"
-        where = {}
-        if slot and t.to_state is State.RUNNING:     # tell the operator where the model answers
-            spec = slot.desired.spec
-            host = "127.0.0.1" if spec.host_ip in ("", "0.0.0.0") else spec.host_ip
-            where["url"] = f"http://{host}:{spec.host_port}"
-        getattr(log, level)("transition", model=t.model, reason=t.reason,
-                            container=(slot.container_id or "")[:12] if slot else "",
-                            **{"from": t.from_state.name, "to": t.to_state.name}, **where)
-        self.metrics.model_state(t.model, t.to_state.name)
-
     def _publish(self) -> None:
         now = self.clock()
-        statuses = []
+        statuses, routes = [], []
         for name, slot in sorted(self.slots.items()):
+            lc, serving = slot.lc, slot.desired.serving
             c = self.cache.get(slot.container_id) if slot.container_id else None
+            host, port = self._endpoint(slot)
+            u = self.demand.usage(name)
+            last = u.last_used if u.last_used is not None else None
+            ttl_left = None
+            if serving.on_demand and lc.state is State.RUNNING:
+                ttl_left = max(0.0, (last if last is not None else lc.since) + serving.idle_ttl_s - now)
             statuses.append(ModelStatus(
-                name=name, state=slot.lc.state.name, port=slot.desired.spec.host_port,
+                name=name, state=lc.state.name, port=port,
                 container_id=slot.container_id, image_id=c.image_id if c else slot.desired.spec.image_id,
-                uptime_s=slot.lc.uptime(now), restarts=slot.lc.restarts,
-                last_exit_code=slot.lc.last_exit_code, reason=slot.lc.reason,
+                uptime_s=lc.uptime(now), restarts=lc.restarts,
+                last_exit_code=lc.last_exit_code, reason=lc.reason,
+                lifecycle=serving.lifecycle.value, aliases=serving.aliases,
+                memory_counted=serving.memory_bytes or None, memory_basis=serving.memory_basis,
+                memory_used=self._memory_used(name, slot, now),
+                idle_s=None if last is None else max(0.0, now - last), ttl_left_s=ttl_left,
+                inflight=u.inflight, waiting=u.waiting,
+            ))
+            routes.append(Route(
+                name=name, state=lc.state.name, host=host, port=port if lc.live else None,
+                aliases=serving.aliases, on_demand=serving.on_demand, enabled=lc.enabled, reason=lc.reason,
+                api_key_file=slot.desired.api_key_file, start_timeout_s=slot.desired.health.start_timeout_s,
+                max_queue=serving.max_queue,
             ))
         snap = tuple(statuses)
+        table = route_table(tuple(routes))
         with self._snapshot_lock:
             changed = snap != self._snapshot
             self._snapshot = snap
+            self._routes = table
+        self._answer_ready(table)
         if changed:
             running = sum(1 for s in snap if s.state == State.RUNNING.name)
             self.notifier.status(f"{running}/{len(snap)} models running")
+
+    def _memory_used(self, name: str, slot: Slot, now: float) -> int | None:
+        """The container's memory use, sampled at most every MEMORY_SAMPLE_S while it runs."""
+        if slot.container_id is None or slot.lc.state is not State.RUNNING:
+            self._memory_seen.pop(name, None)
+            return None
+        seen = self._memory_seen.get(name)
+        if seen is None or now - seen[0] >= MEMORY_SAMPLE_S:
+            seen = (now, self.runtime.memory_usage(slot.container_id))
+            self._memory_seen[name] = seen
+        return seen[1]
 
 
 def _start_reason(action: Create | Recreate | Start) -> str:
@@ -662,22 +514,3 @@ def _start_reason(action: Create | Recreate | Start) -> str:
             return "starting container in place"
         case _:
             assert_never(action)
-
-
-def _diff_result(d: Diff | None, problems: list[str]) -> CommandResult:
-    if d is None:
-        return CommandResult(ok=False, error="\n".join(problems) or "manifests are invalid")
-    results = [ModelResult(n, True, "available") for n in d.added]
-    results += [ModelResult(n, True, "changed") for n in d.changed]
-    results += [ModelResult(n, True, "disappeared") for n in d.removed]
-    return CommandResult(ok=True, results=tuple(results))
-
-
-def _last_lines(text: str, n: int) -> str:
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return " | ".join(lines[-n:])
-
-
-def _since_ms(time_ns: int) -> int:
-    """Docker's event time is wall clock (the engine's); only used for a log field."""
-    return max(0, (time.time_ns() - time_ns) // 1_000_000)

@@ -359,8 +359,28 @@ def _describe(cls: type[BaseModel], err: Any, origin: Origin) -> _Problem:
     return _Problem(origin.file, line, f"{prefix}{msg}{got} (fix: {fix})")
 
 
+def _alias_clash(m: ModelManifest, origin: Origin, models: Mapping[str, ModelManifest],
+                 origins: Mapping[str, Origin]) -> _Problem | None:
+    """The gateway routes by name or alias, so each must name one model."""
+    for i, alias in enumerate(m.aliases):
+        if alias == m.name or alias in m.aliases[:i]:
+            return _Problem(origin.file, origin.line_of(f"aliases.{i}"),
+                            f"alias '{alias}' of model '{m.name}' is repeated (fix: remove it)")
+        for other, om in models.items():
+            if alias == other or alias in om.aliases:
+                return _Problem(origin.file, origin.line_of(f"aliases.{i}"),
+                                f"alias '{alias}' of model '{m.name}' already names model '{other}' at"
+                                f" {origins[other]} (fix: remove the alias or rename one of them)")
+    for other, om in models.items():
+        if m.name in om.aliases:
+            return _Problem(origin.file, origin.line,
+                            f"model name '{m.name}' is already an alias of model '{other}' at"
+                            f" {origins[other]} (fix: rename the model or remove the alias)")
+    return None
+
+
 def _assemble(docs: list[_Doc], problems: list[_Problem]) -> ManifestSet:
-    """Cross-document checks: unique names and ports, profiles that exist."""
+    """Cross-document checks: unique names, aliases and ports, profiles that exist."""
     models: dict[str, ModelManifest] = {}
     profiles: dict[str, ProfileManifest] = {}
     model_origins: dict[str, Origin] = {}
@@ -380,7 +400,7 @@ def _assemble(docs: list[_Doc], problems: list[_Problem]) -> ManifestSet:
             problems.append(_Problem(origin.file, origin.line, f"model name '{m.name}' is already used at"
                                      f" {model_origins[m.name]} (fix: rename one of them)"))
             continue
-        other = ports.get(m.server.port)
+        other = ports.get(m.server.port) if m.server.port is not None else None
         if other is not None:
             problems.append(_Problem(
                 origin.file, origin.line_of("server.port"),
@@ -388,9 +408,14 @@ def _assemble(docs: list[_Doc], problems: list[_Problem]) -> ManifestSet:
                 f" {model_origins[other].at('server.port')} (fix: give one of them another server.port)",
             ))
             continue
+        taken = _alias_clash(m, origin, models, model_origins)
+        if taken is not None:
+            problems.append(taken)
+            continue
         models[m.name] = m
         model_origins[m.name] = origin
-        ports[m.server.port] = m.name
+        if m.server.port is not None:
+            ports[m.server.port] = m.name
     for name, m in models.items():
         if m.profile != "auto" and m.profile not in profiles:
             origin = model_origins[name]

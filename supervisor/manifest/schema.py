@@ -71,6 +71,8 @@ MemorySize = Annotated[
 _ARGS_SCHEMA = WithJsonSchema({"type": "array", "items": {"type": ["string", "number"]}})
 Seconds = Annotated[float, Field(gt=0, le=86400)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
+Alias = Annotated[str, Field(pattern=ALIAS_PATTERN, max_length=128)]
 Cpuset = Annotated[str, Field(pattern=CPUSET_PATTERN)]
 CacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
 Variant = Literal["cpu-generic", "cpu-avx2", "cpu-avx512", "arm64", "cuda"]
@@ -134,7 +136,11 @@ class ModelSource(_Strict):
 
 
 class ServerSettings(_Strict):
-    port: int = Field(ge=1, le=65535, description="a host port 1-65535, unique across models")
+    port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="a host port 1-65535, unique across models, or null to let the engine pick a free loopback"
+                    " port (the model is then reached through the gateway)",
+    )
     host: str = Field(default="127.0.0.1", description="an IP address to publish on, 127.0.0.1 by default")
     ctx_size: int = Field(default=4096, ge=0, le=1 << 24, description="a context size in tokens, 0 for the model's own")
     parallel: int = Field(default=1, ge=1, le=256, description="a number of parallel slots, 1-256")
@@ -212,6 +218,21 @@ class ModelManifest(_Strict):
 
     kind: Literal["model"] = Field(description="model")
     name: Name = Field(description="a name of lowercase letters, digits and dashes, unique")
+    aliases: tuple[Alias, ...] = Field(
+        default=(), max_length=32,
+        description="other names the gateway routes to this model, e.g. [gpt-4o-mini, small]",
+    )
+    lifecycle: Literal["always", "on-demand"] = Field(
+        default="always",
+        description="always (kept running) or on-demand (started by a gateway request, stopped when idle)",
+    )
+    idle_ttl: Seconds = Field(
+        default=300.0, description="seconds an on-demand model may sit without a request before it is stopped"
+    )
+    max_queue: int = Field(
+        default=64, ge=1, le=10000,
+        description="requests that may wait for this model while it starts; more get 429, e.g. 64",
+    )
     source: ModelSource = Field(description="where the GGUF file comes from: path, url, hf or pypi, with sha256")
     profile: str = Field(default="auto", min_length=1, description="a profile name, or auto")
     server: ServerSettings = Field(description="llama-server settings; port is required")

@@ -57,3 +57,6 @@ class Runtime(Protocol):
     def log_tail(self, container_id: str, *, lines: int = 20) -> str: ...
 
     def logs(self, container_id: str, *, lines: int = 100, follow: bool = False) -> Iterator[bytes]: ...
+
+    def memory_usage(self, container_id: str) -> int | None:
+        """Bytes the container uses now (its cgroup's figure), None when it cannot be read cheaply."""

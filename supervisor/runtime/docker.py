@@ -46,7 +46,9 @@ def labels(spec: ContainerSpec, instance: str = DEFAULT_INSTANCE) -> dict[str, s
 def host_config_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     """Everything that goes into HostConfig; pure, so the hardening is unit-tested."""
     kw: dict[str, Any] = {
-        "port_bindings": {f"{spec.container_port}/tcp": (spec.host_ip, spec.host_port)},
+        # host_port 0: a one-tuple asks the engine for a free port on host_ip (read back on inspect)
+        "port_bindings": {f"{spec.container_port}/tcp": (spec.host_ip, spec.host_port) if spec.host_port
+                          else (spec.host_ip,)},
         "read_only": spec.read_only_rootfs,
         "tmpfs": {"/tmp": f"rw,noexec,nosuid,size={spec.tmpfs_size}"},
         "cap_drop": ["ALL"],
@@ -100,7 +102,17 @@ def observed_from_inspect(d: dict[str, Any]) -> ObservedContainer:
         oom_killed=bool(state.get("OOMKilled")),
         started_at=state.get("StartedAt", ""),
         image_id=d.get("Image", ""),
+        host_port=_bound_port(((d.get("NetworkSettings") or {}).get("Ports") or {}).values()),
     )
+
+
+def _bound_port(bindings: Any) -> int | None:
+    """The first published host port in inspect's NetworkSettings.Ports values."""
+    for entries in bindings:
+        for b in entries or ():
+            if str(b.get("HostPort", "")).isdigit():
+                return int(b["HostPort"])
+    return None
 
 
 def observed_from_list(d: dict[str, Any]) -> ObservedContainer:
@@ -116,6 +128,7 @@ def observed_from_list(d: dict[str, Any]) -> ObservedContainer:
         status=status,
         exit_code=int(m.group(1)) if m else None,
         image_id=d.get("ImageID", ""),
+        host_port=next((int(p["PublicPort"]) for p in d.get("Ports") or () if p.get("PublicPort")), None),
     )
 
 
@@ -270,5 +283,28 @@ class DockerRuntime:
             if close is not None:
                 close()
 
+    def memory_usage(self, container_id: str) -> int | None:
+        """From the container's cgroup file (no engine call); None where the layout is not known."""
+        return cgroup_memory(container_id)
+
     def close(self) -> None:
         self._client.close()
+
+
+# Where a container's memory figure lives: cgroup v2 (systemd or cgroupfs driver), then v1.
+_CGROUP_MEMORY = (
+    "/sys/fs/cgroup/system.slice/docker-{id}.scope/memory.current",
+    "/sys/fs/cgroup/docker/{id}/memory.current",
+    "/sys/fs/cgroup/memory/docker/{id}/memory.usage_in_bytes",
+    "/sys/fs/cgroup/memory/system.slice/docker-{id}.scope/memory.usage_in_bytes",
+)
+
+
+def cgroup_memory(container_id: str, templates: tuple[str, ...] = _CGROUP_MEMORY) -> int | None:
+    for t in templates:
+        try:
+            with open(t.format(id=container_id), "rb") as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+    return None

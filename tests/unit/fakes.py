@@ -32,6 +32,7 @@ class FakeRuntime:
         self.calls: list[tuple[str, str]] = []
         self._ids = itertools.count(1)
         self.fail_next: dict[str, Exception] = {}
+        self.memory: dict[str, int] = {}
 
     def _call(self, op: str, arg: str) -> None:
         self.calls.append((op, arg))
@@ -87,6 +88,9 @@ class FakeRuntime:
     def logs(self, container_id: str, *, lines: int = 100, follow: bool = False) -> Iterator[bytes]:
         self._call("logs", container_id)
         yield b"hello\n"
+
+    def memory_usage(self, container_id: str) -> int | None:
+        return self.memory.get(container_id)       # a file read in the real runtime: not a recorded call
 
     # test helpers (not calls)
     def crash(self, cid: str, code: int = 139, oom: bool = False) -> None:

@@ -83,7 +83,7 @@ def garbled(draw: st.DrawFn) -> str:
 KINDS = ("garbled", "wrong_type", "unknown_key", "huge_number", "unicode", "truncated", "duplicate_name",
          "duplicate_port", "yaml_bomb", "recursive_alias", "unknown_flag", "missing_profile", "bad_kind")
 RENDER_ONLY = frozenset({"unknown_flag"})    # caught when rendered against the image lock, not by load_dir
-NULLABLE = {("server", "threads"), ("resources", "memory")}
+NULLABLE = {("server", "threads"), ("server", "port"), ("resources", "memory")}   # port null: the engine picks
 SECONDS = {("health", "interval"), ("restart", "backoff_initial")}
 
 

@@ -19,7 +19,7 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module.split(".")[0])
             if node.module.startswith("supervisor.") and not node.module.startswith(
-                ("supervisor.core", "supervisor.control.api", "supervisor.errors")
+                ("supervisor.core", "supervisor.errors")
             ):
                 names.add(node.module)
     return names
@@ -37,3 +37,15 @@ def test_runtime_protocol_module_imports_no_docker() -> None:
     init = CORE.parent / "runtime" / "__init__.py"
     if init.exists():
         assert "docker" not in _imports(init)
+
+
+def test_core_imports_nothing_from_the_outer_layers() -> None:
+    """The core may use the core and the error tree; control, daemon, runtime, gateway and cli use it."""
+    outer = ("supervisor.control", "supervisor.daemon", "supervisor.runtime", "supervisor.cli",
+             "supervisor.gateway")
+    for f in sorted(CORE.glob("*.py")):
+        tree = ast.parse(f.read_text(), str(f))
+        mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        bad = sorted(m for m in mods if m.startswith(outer))
+        assert not bad, f"{f.name} imports {bad}"

@@ -1,0 +1,85 @@
+"""Commands to the loop thread and their results, as values.
+
+The control socket and the gateway build these; the loop executes them and completes
+the future it was handed. They live in the core so that the core imports nothing
+from control, daemon, runtime or cli (a layer test holds that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from supervisor.core.routing import Route
+
+
+@dataclass(frozen=True)
+class StartModels:
+    names: tuple[str, ...]          # ("all",) means every model
+    wait: bool = True               # reply when RUNNING or failed, not at once
+
+
+@dataclass(frozen=True)
+class StopModels:
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RestartModels:
+    names: tuple[str, ...]
+    wait: bool = True
+
+
+@dataclass(frozen=True)
+class Reread:
+    """Parse manifests and report the diff without applying it."""
+
+
+@dataclass(frozen=True)
+class Update:
+    """Parse manifests and apply the diff (only what changed)."""
+
+
+@dataclass(frozen=True)
+class Reload:
+    """As SIGHUP: re-read everything and apply; replies when the reconcile ran."""
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    stop_models: bool = False
+
+
+Command = StartModels | StopModels | RestartModels | Reread | Update | Reload | Shutdown
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    name: str
+    ok: bool
+    message: str                    # "started", "stopped", "available", "changed", "disappeared", or the error
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    ok: bool
+    results: tuple[ModelResult, ...] = ()
+    error: str | None = None        # whole-command error, e.g. invalid manifests with every file:line
+    unknown: tuple[str, ...] = field(default=())  # names that match no model
+
+
+ReadinessCode = Literal["ok", "unknown", "fatal", "stopped", "too_big", "shutting_down"]
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """The loop's answer to EnsureRunning: the model is RUNNING at `route`, or why it will not be."""
+
+    code: ReadinessCode
+    message: str = ""
+    route: Route | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "ok"
+

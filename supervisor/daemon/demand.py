@@ -1,0 +1,114 @@
+"""Requests per model, shared by the gateway's thread and the loop thread.
+
+The one piece of state two threads touch, kept tiny and under one lock, because the
+race it closes is real: the loop must never stop a model between the moment the
+gateway decided to send it a request and the moment the request is in flight.
+`enter` (gateway) and `try_drain` (loop) are atomic with respect to each other: once
+a model is draining no new request enters it, and it is only drained while nothing
+is in flight.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Usage:
+    inflight: int
+    waiting: int
+    last_used: float | None
+    draining: bool
+
+
+class Demand:
+    def __init__(self, clock: Callable[[], float], wake: Callable[[], None] = lambda: None) -> None:
+        self._clock = clock
+        self._wake = wake                       # tells the loop to look again (posts a Tick)
+        self._lock = threading.Lock()
+        self._inflight: dict[str, int] = {}
+        self._waiting: dict[str, int] = {}
+        self._last_used: dict[str, float] = {}
+        self._draining: set[str] = set()
+        self.contended = False                  # the loop waits for memory: wake it when a model frees up
+
+    # --- the gateway -------------------------------------------------------------------------
+
+    def enter(self, model: str, *, touch: bool = True) -> bool:
+        """A request is about to be sent; False if the model is being drained (wait for it instead).
+        touch=False: in flight, but not use that keeps an on-demand model loaded (monitoring)."""
+        with self._lock:
+            if model in self._draining:
+                return False
+            self._inflight[model] = self._inflight.get(model, 0) + 1
+            if touch:
+                self._last_used[model] = self._clock()
+            return True
+
+    def leave(self, model: str, *, touch: bool = True) -> None:
+        with self._lock:
+            n = self._inflight.get(model, 0) - 1
+            self._inflight[model] = max(0, n)
+            if touch:
+                self._last_used[model] = self._clock()
+            wake = n <= 0 and (model in self._draining or self.contended)
+        if wake:
+            self._wake()
+
+    def wait_begin(self, model: str, limit: int) -> bool:
+        """Join the model's queue of requests waiting for it to be ready; False when it is full."""
+        with self._lock:
+            n = self._waiting.get(model, 0)
+            if n >= limit:
+                return False
+            self._waiting[model] = n + 1
+            return True
+
+    def wait_end(self, model: str) -> None:
+        with self._lock:
+            n = self._waiting.get(model, 0) - 1
+            self._waiting[model] = max(0, n)
+            wake = n <= 0 and self.contended
+        if wake:
+            self._wake()
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def usage(self, model: str) -> Usage:
+        with self._lock:
+            return Usage(self._inflight.get(model, 0), self._waiting.get(model, 0),
+                         self._last_used.get(model), model in self._draining)
+
+    def touch(self, model: str) -> None:
+        """Count now as the model's last use (it was just started, or adopted)."""
+        with self._lock:
+            self._last_used[model] = self._clock()
+
+    def mark_draining(self, model: str) -> None:
+        """No new request may enter; those in flight finish."""
+        with self._lock:
+            self._draining.add(model)
+
+    def try_drain(self, model: str) -> bool:
+        """If nothing is in flight or waiting, mark it draining and answer True: it may be stopped now."""
+        with self._lock:
+            if self._inflight.get(model, 0) or self._waiting.get(model, 0):
+                return False
+            self._draining.add(model)
+            return True
+
+    def undrain(self, model: str) -> None:
+        with self._lock:
+            self._draining.discard(model)
+
+    def draining(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._draining)
+
+    def forget(self, model: str) -> None:
+        with self._lock:
+            for d in (self._inflight, self._waiting, self._last_used):
+                d.pop(model, None)
+            self._draining.discard(model)

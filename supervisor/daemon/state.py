@@ -1,0 +1,111 @@
+"""The loop's state and the types its parts share: settings, a model's slot, a command's waiter.
+
+`Supervisor` (loop.py) is assembled from parts, one concern each: container events and
+probes (containers.py), control commands (commands.py), the gateway's requests and
+on-demand scheduling (ondemand.py). Each part is a class over `LoopState`, so every
+attribute the loop thread owns is declared once, here.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
+
+from supervisor.control.api import CommandResult, MetricsSink, Notifier
+from supervisor.core.commands import Readiness
+from supervisor.core.events import Event
+from supervisor.core.lifecycle import Lifecycle, State, Transition
+from supervisor.core.observed import ObservedContainer
+from supervisor.core.planner import Diff
+from supervisor.core.scheduler import Budget
+from supervisor.core.spec import DesiredModel
+from supervisor.daemon.demand import Demand
+from supervisor.daemon.executor import Executor
+from supervisor.runtime import Runtime
+
+log = structlog.get_logger("supervisor.daemon")
+
+
+class ProbeSink(Protocol):
+    def submit(self, model: str, container_id: str, *, host_ip: str, port: int, timeout_s: float) -> bool: ...
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    resync_interval_s: float = 30.0
+    stop_timeout_s: float = 10.0
+    stop_models_on_exit: bool = False
+    max_wait_s: float = 5.0            # wake at least this often (systemd watchdog, waiter deadlines)
+    command_timeout_s: float = 300.0   # a start/stop waiter gives up after this
+
+
+@dataclass
+class Slot:
+    desired: DesiredModel
+    lc: Lifecycle
+    container_id: str | None = None    # the container the lifecycle tracks
+
+
+@dataclass
+class Waiter:
+    kind: str                           # "start" | "stop"
+    names: tuple[str, ...]
+    future: Future[CommandResult]
+    deadline: float
+    unknown: tuple[str, ...] = ()
+    attempted: set[str] = field(default_factory=set)
+
+
+class LoopState:
+    """What the loop thread owns (assigned in Supervisor.__init__)."""
+
+    events: queue.Queue[Event]
+    runtime: Runtime
+    executor: Executor
+    prober: ProbeSink
+    notifier: Notifier
+    metrics: MetricsSink
+    clock: Callable[[], float]
+    rng: random.Random
+    settings: LoopSettings
+    demand: Demand
+    budget: Budget
+    slots: dict[str, Slot]
+    cache: dict[str, ObservedContainer]       # container ID -> what we last saw
+    stopping: bool
+    _resync_now: bool
+    _waiters: list[Waiter]
+    _pending: dict[str, list[Future[Readiness]]]   # model -> gateway requests waiting for it, in arrival order
+
+    if TYPE_CHECKING:   # defined by Supervisor (loop.py), called by the parts
+        def _reload(self, *, apply: bool, origin: str) -> Diff | None: ...
+        def _begin_shutdown(self, *, stop_models: bool) -> None: ...
+
+    def _endpoint(self, slot: Slot) -> tuple[str, int | None]:
+        """Where the model answers: its published address, and the port bound now (the engine's pick
+        when the manifest gave none)."""
+        spec = slot.desired.spec
+        host = "127.0.0.1" if spec.host_ip in ("", "0.0.0.0") else spec.host_ip
+        c = self.cache.get(slot.container_id) if slot.container_id else None
+        port = c.host_port if c is not None and c.host_port else (spec.host_port or None)
+        return host, port
+
+    def _log_transition(self, t: Transition | None) -> None:
+        if t is None:
+            return
+        slot = self.slots.get(t.model)
+        level = "warning" if t.to_state in (State.BACKOFF, State.FATAL, State.EXITED) else "info"
+        where = {}
+        if slot and t.to_state is State.RUNNING:     # tell the operator where the model answers
+            host, port = self._endpoint(slot)
+            where["url"] = f"http://{host}:{port}"
+        getattr(log, level)("transition", model=t.model, reason=t.reason,
+                            container=(slot.container_id or "")[:12] if slot else "",
+                            **{"from": t.from_state.name, "to": t.to_state.name}, **where)
+        self.metrics.model_state(t.model, t.to_state.name)

@@ -1,0 +1,258 @@
+"""The gateway's ASGI app: routing by `model`, waiting for a model to be ready, forwarding.
+
+Starlette for routing and requests; the forwarding itself is a small ASGI response
+(`supervisor.gateway.proxy`) so that a client's disconnect cancels the upstream request
+at once, and chunks pass through as they come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route as HttpRoute
+
+from supervisor.control.api import MetricsSink, NullMetrics
+from supervisor.core.commands import Readiness
+from supervisor.core.routing import Route
+from supervisor.daemon.demand import Demand
+from supervisor.gateway import errors
+from supervisor.gateway.errors import GatewayError
+from supervisor.gateway.proxy import Lease, ProxyResponse, Upstream
+
+log = structlog.get_logger("supervisor.gateway")
+
+RUNNING = "RUNNING"
+PROXY_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
+
+
+class Backend(Protocol):
+    """What the gateway needs from the daemon (DaemonController implements it)."""
+
+    demand: Demand
+
+    def routes(self) -> Mapping[str, Route]: ...
+
+    def ensure(self, model: str) -> Future[Readiness]: ...
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    max_body_bytes: int = 16 * 1024 * 1024
+    api_keys: frozenset[str] = field(default=frozenset(), repr=False)   # never logged
+    wait_grace_s: float = 30.0          # beyond the model's start timeout: time to make room for it
+    retry_delay_s: float = 0.1          # first pause before re-sending a request the model never got
+
+
+class Gateway:
+    """The handlers, over a Backend; `app` is the ASGI application."""
+
+    def __init__(self, backend: Backend, settings: GatewaySettings = GatewaySettings(),
+                 metrics: MetricsSink | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.metrics = metrics or NullMetrics()
+        self.clock = clock
+        self.upstream = Upstream()
+        self.app = Starlette(
+            routes=[
+                HttpRoute("/health", self.health, methods=["GET"]),
+                HttpRoute("/v1/models", self.list_models, methods=["GET"]),
+                HttpRoute("/v1/models/{model:path}", self.get_model, methods=["GET"]),
+                HttpRoute("/v1/{path:path}", self.openai, methods=["POST"]),
+                HttpRoute("/upstream/{model}/{path:path}", self.raw, methods=PROXY_METHODS),
+            ],
+            lifespan=self._lifespan,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        yield
+        await self.upstream.aclose()
+
+    # --- handlers ------------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        routes = _unique(self.backend.routes())
+        states: dict[str, int] = {}
+        for r in routes:
+            states[r.state] = states.get(r.state, 0) + 1
+        return JSONResponse({"status": "ok", "models": len(routes), "states": states})
+
+    async def list_models(self, request: Request) -> Response:
+        self._authorize(request)
+        data = []
+        for r in _unique(self.backend.routes()):
+            entry = {"id": r.name, "object": "model", "created": 0, "owned_by": "llama-supervisor",
+                     "state": r.state, "lifecycle": "on-demand" if r.on_demand else "always",
+                     "aliases": list(r.aliases)}
+            data.append(entry)
+            data += [{**entry, "id": alias, "alias_of": r.name} for alias in r.aliases]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def get_model(self, request: Request) -> Response:
+        self._authorize(request)
+        name = request.path_params["model"]
+        r = self.backend.routes().get(name)
+        if r is None:
+            raise self._not_found(name)
+        return JSONResponse({"id": name, "object": "model", "created": 0, "owned_by": "llama-supervisor",
+                             "state": r.state, "alias_of": r.name if name != r.name else None})
+
+    async def openai(self, request: Request) -> Response:
+        """Any /v1/* POST with a JSON `model`: routed to that model, started if it is on-demand."""
+        self._authorize(request)
+        body = await self._body(request)
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise errors.bad_request("the body is not JSON (fix: send a JSON object with \"model\")") from None
+        name = doc.get("model") if isinstance(doc, dict) else None
+        if not isinstance(name, str) or not name:
+            raise errors.bad_request("the request has no \"model\" (fix: add \"model\": \"<name or alias>\")")
+        route = self.backend.routes().get(name)
+        if route is None:
+            raise self._not_found(name)
+        model = route.name
+        path = "/v1/" + request.path_params["path"]
+        deadline = self.clock() + route.start_timeout_s + self.settings.wait_grace_s
+        try:
+            lease = await self.acquire(model, deadline=deadline)
+        except GatewayError as e:
+            self.metrics.gateway_request(model, e.status)
+            raise
+        return ProxyResponse(
+            gateway=self, lease=lease, method="POST", path=path, query=request.url.query, body=body,
+            headers=_forward_headers(request.headers), deadline=deadline,
+        )
+
+    async def raw(self, request: Request) -> Response:
+        """/upstream/<model>/<path>: a model's own endpoints (/health, /slots, /metrics, web UI), only
+        while it runs; it starts nothing and does not count as use."""
+        self._authorize(request)
+        name = request.path_params["model"]
+        route = self.backend.routes().get(name)
+        if route is None:
+            raise self._not_found(name)
+        body = await self._body(request)
+        if route.state != RUNNING or route.url is None or not self.backend.demand.enter(route.name, touch=False):
+            raise errors.unavailable(f"model '{route.name}' is {route.state}, not running"
+                                     " (/upstream/ does not start models: send a /v1/ request)", "model_not_running")
+        return ProxyResponse(
+            gateway=self, lease=Lease(route, self.clock(), touch=False), method=request.method,
+            path="/" + request.path_params["path"], query=request.url.query, body=body,
+            headers=_forward_headers(request.headers), deadline=self.clock(), retries=0,
+        )
+
+    # --- waiting for a model -----------------------------------------------------------------
+
+    async def acquire(self, model: str, *, deadline: float) -> Lease:
+        """Enter the model's in-flight count once it is RUNNING; wait for it (bounded queue) otherwise."""
+        demand = self.backend.demand
+        route = self.backend.routes().get(model)
+        if route is not None and route.state == RUNNING and route.url is not None and demand.enter(model):
+            return Lease(route, self.clock())
+        limit = route.max_queue if route is not None else 1
+        if not demand.wait_begin(model, limit):
+            raise errors.queue_full(model, limit, retry_after_s=max(1, int(route.start_timeout_s // 4) if route else 1))
+        t0 = self.clock()
+        self.metrics.gateway_queue(model, demand.usage(model).waiting)
+        try:
+            while True:
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    raise errors.start_timeout(model, self.clock() - t0)
+                future = self.backend.ensure(model)
+                try:
+                    ready = await asyncio.wait_for(asyncio.wrap_future(future), timeout=remaining)
+                except asyncio.TimeoutError:
+                    future.cancel()
+                    raise errors.start_timeout(model, self.clock() - t0) from None
+                if not ready.ok or ready.route is None:
+                    raise _refusal(ready)
+                if demand.enter(model):       # before wait_end: never seen idle in between
+                    self.metrics.gateway_wait(model, self.clock() - t0)
+                    return Lease(ready.route, self.clock())
+                # draining again (another model needs the room): ask once more
+        finally:
+            demand.wait_end(model)
+            self.metrics.gateway_queue(model, demand.usage(model).waiting)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _authorize(self, request: Request) -> None:
+        keys = self.settings.api_keys
+        if not keys:
+            return
+        given = request.headers.get("authorization", "")
+        token = given[7:].strip() if given[:7].lower() == "bearer " else ""
+        if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
+            raise errors.unauthorized()
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise errors.too_large(limit)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise errors.too_large(limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _not_found(self, name: str) -> GatewayError:
+        routes = self.backend.routes()
+        return errors.not_found(name, sorted({r.name for r in routes.values()}))
+
+
+def _refusal(ready: Readiness) -> GatewayError:
+    match ready.code:
+        case "unknown":
+            return errors.GatewayError(404, ready.message, type="invalid_request_error", code="model_not_found")
+        case "too_big":
+            return errors.unavailable(ready.message, "insufficient_memory")
+        case "fatal":
+            return errors.unavailable(ready.message, "model_fatal")
+        case "stopped":
+            return errors.unavailable(ready.message, "model_stopped")
+        case "shutting_down" | "ok":
+            return errors.unavailable(ready.message or "the daemon is shutting down", "shutting_down")
+
+
+def _unique(routes: Mapping[str, Route]) -> list[Route]:
+    return sorted({r.name: r for r in routes.values()}.values(), key=lambda r: r.name)
+
+
+# Request headers the upstream gets: content negotiation only. The client's Authorization is the
+# gateway's key, never the model's: the gateway adds the model's own key itself.
+_PASS = ("content-type", "accept", "accept-encoding", "user-agent")
+
+
+def _forward_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k in _PASS if (v := headers.get(k)) is not None}
+
+
+async def error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return exc.response()
+
+
+def create_app(backend: Backend, settings: GatewaySettings = GatewaySettings(),
+               metrics: MetricsSink | None = None) -> Any:
+    gw = Gateway(backend, settings, metrics)
+    gw.app.add_exception_handler(GatewayError, error_handler)
+    return gw.app

@@ -1,0 +1,72 @@
+"""The gateway's errors, answered in OpenAI's shape: {"error": {"message", "type", "code"}}."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from starlette.responses import Response
+
+
+class GatewayError(Exception):
+    """A request the gateway answers itself, with an HTTP status and an OpenAI error body."""
+
+    def __init__(self, status: int, message: str, *, type: str, code: str,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.headers = dict(headers or {})
+
+    def body(self) -> bytes:
+        return json.dumps({"error": {"message": self.message, "type": self.type, "code": self.code}}).encode()
+
+    def response(self) -> Response:
+        return Response(self.body(), status_code=self.status, headers=self.headers, media_type="application/json")
+
+    def sse_event(self) -> bytes:
+        """The same error as a server-sent event, for a stream cut after it began."""
+        return b"data: " + self.body() + b"\n\n"
+
+
+def not_found(model: str, known: list[str]) -> GatewayError:
+    listed = ", ".join(known) or "none"
+    return GatewayError(404, f"model '{model}' does not exist; the models here are: {listed}",
+                        type="invalid_request_error", code="model_not_found")
+
+
+def bad_request(message: str) -> GatewayError:
+    return GatewayError(400, message, type="invalid_request_error", code="invalid_request")
+
+
+def too_large(limit: int) -> GatewayError:
+    return GatewayError(413, f"request body over {limit} bytes (fix: send less, or raise --gateway-max-body)",
+                        type="invalid_request_error", code="request_too_large")
+
+
+def unauthorized() -> GatewayError:
+    return GatewayError(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                        type="invalid_request_error", code="invalid_api_key",
+                        headers={"WWW-Authenticate": "Bearer"})
+
+
+def queue_full(model: str, limit: int, retry_after_s: int) -> GatewayError:
+    return GatewayError(429, f"model '{model}' already has {limit} requests waiting for it to be ready"
+                        f" (its max_queue); retry after {retry_after_s}s",
+                        type="rate_limit_error", code="queue_full", headers={"Retry-After": str(retry_after_s)})
+
+
+def unavailable(message: str, code: str) -> GatewayError:
+    return GatewayError(503, message, type="server_error", code=code)
+
+
+def start_timeout(model: str, waited_s: float) -> GatewayError:
+    return GatewayError(504, f"model '{model}' was not ready after {waited_s:.0f}s",
+                        type="server_error", code="start_timeout")
+
+
+def upstream_failed(model: str, detail: str) -> GatewayError:
+    return GatewayError(502, f"model '{model}' failed during the request ({detail}); it is being restarted",
+                        type="server_error", code="upstream_error")

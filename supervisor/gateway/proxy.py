@@ -1,0 +1,183 @@
+"""Forwarding one request to a model's llama-server, as a small ASGI response.
+
+- Chunks pass through as they arrive (`aiter_raw`), never buffered, so SSE streams flow.
+- A client that disconnects cancels the upstream exchange at once (a task watches
+  `http.disconnect`), which closes the upstream connection: llama-server then stops
+  generating and frees the slot.
+- A request the model never received (connection refused: it crashed, the loop is
+  restarting it) waits for the model again and is sent when it is healthy; one that
+  failed after it was sent is retried once at most (a request that itself crashes the
+  server must not loop), then answered 502. A stream cut after it began gets an SSE
+  error event, then its end.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx
+import structlog
+
+from supervisor.core.routing import Route
+from supervisor.gateway import errors
+from supervisor.gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from supervisor.gateway.app import Gateway
+
+log = structlog.get_logger("supervisor.gateway")
+
+# Failures that mean the request never reached llama-server (safe to send again).
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+# Failures after it may have been sent, before any response byte.
+_LOST = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ReadTimeout, httpx.WriteTimeout)
+_HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
+               b"proxy-authenticate", b"proxy-authorization"}
+
+
+@dataclass
+class Lease:
+    """A request counted in flight for `route`'s model (Demand.enter); left exactly once."""
+
+    route: Route
+    since: float
+    touch: bool = True
+
+
+@dataclass
+class Upstream:
+    """The one pooled HTTP client to every model, and the models' own API keys."""
+
+    _client: httpx.AsyncClient | None = None
+    _keys: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(connect=5.0, read=None, write=60.0, pool=None),
+                limits=httpx.Limits(max_connections=1024, max_keepalive_connections=64),
+                follow_redirects=False,
+            )
+        return self._client
+
+    def key(self, path: str | None) -> str | None:
+        """The model's key from its api_key_file, re-read when the file changes."""
+        if path is None:
+            return None
+        try:
+            mtime = os.stat(path).st_mtime_ns
+            cached = self._keys.get(path)
+            if cached is None or cached[0] != mtime:
+                with open(path, encoding="utf-8") as f:
+                    cached = (mtime, f.read().strip())
+                self._keys[path] = cached
+            return cached[1]
+        except OSError as e:
+            log.error("cannot read the model's api_key_file", path=path, error=type(e).__name__)
+            return None
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+class ProxyResponse:
+    def __init__(self, *, gateway: Gateway, lease: Lease, method: str, path: str, query: str, body: bytes,
+                 headers: dict[str, str], deadline: float, retries: int = 1) -> None:
+        self.gw = gateway
+        self.lease: Lease | None = lease
+        self.model = lease.route.name
+        self.method, self.path, self.query, self.body = method, path, query, body
+        self.headers = headers
+        self.deadline = deadline
+        self.retries = retries
+        self.status = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                async def disconnected() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    log.info("client disconnected: upstream request cancelled", model=self.model)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(disconnected)
+                await self._exchange(send)
+                tg.cancel_scope.cancel()
+        finally:
+            self._leave()
+            self.gw.metrics.gateway_request(self.model, self.status or 499)
+
+    def _leave(self) -> None:
+        if self.lease is not None:
+            self.gw.backend.demand.leave(self.model, touch=self.lease.touch)
+            self.lease = None
+
+    async def _exchange(self, send: Any) -> None:
+        client = self.gw.upstream.client()
+        delay, lost = self.gw.settings.retry_delay_s, 0
+        while True:
+            assert self.lease is not None
+            route = self.lease.route
+            headers = dict(self.headers)
+            key = self.gw.upstream.key(route.api_key_file)
+            if key:
+                headers["authorization"] = f"Bearer {key}"
+            url = f"{route.url}{self.path}" + (f"?{self.query}" if self.query else "")
+            try:
+                response = await client.send(client.build_request(self.method, url, headers=headers,
+                                                                  content=self.body), stream=True)
+            except (*_NOT_SENT, *_LOST) as e:
+                self._leave()
+                lost += not isinstance(e, _NOT_SENT)
+                if lost > self.retries or self.gw.clock() >= self.deadline:
+                    await self._error(send, errors.upstream_failed(self.model, type(e).__name__))
+                    return
+                log.info("model unreachable: waiting for it, then sending again", model=self.model,
+                         error=type(e).__name__, retry_in_s=delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                try:
+                    self.lease = await self.gw.acquire(self.model, deadline=self.deadline)
+                except GatewayError as ge:
+                    await self._error(send, ge)
+                    return
+                continue
+            try:
+                await self._relay(response, send)
+            finally:
+                await response.aclose()
+            return
+
+    async def _relay(self, response: httpx.Response, send: Any) -> None:
+        self.status = response.status_code
+        headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP]
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        sse = response.headers.get("content-type", "").startswith("text/event-stream")
+        sent = 0
+        try:
+            async for chunk in response.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                sent += len(chunk)
+        except _LOST as e:
+            log.warning("model failed mid-response", model=self.model, error=type(e).__name__, bytes_sent=sent,
+                        streaming=sse)
+            if not sse:
+                raise               # the client sees a cut connection: the body cannot be mended
+            event = errors.upstream_failed(self.model, "the stream was cut").sse_event()
+            await send({"type": "http.response.body", "body": event + b"data: [DONE]\n\n", "more_body": True})
+        finally:
+            self.gw.metrics.gateway_bytes(self.model, sent)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _error(self, send: Any, err: GatewayError) -> None:
+        self.status = err.status
+        headers = [(b"content-type", b"application/json"), *((k.lower().encode(), v.encode())
+                                                              for k, v in err.headers.items())]
+        await send({"type": "http.response.start", "status": err.status, "headers": headers})
+        await send({"type": "http.response.body", "body": err.body(), "more_body": False})
