@@ -256,7 +256,7 @@ def test_control_socket_is_0660_and_a_second_daemon_is_refused_naming_the_first(
     empty.mkdir()
     second = subprocess.run(
         [str(DAEMON), "--manifests", str(empty),
-         "--socket", str(sock), "--log-format", "json", "--instance", uid("second")],
+         "--socket", str(sock), "--log-format", "json", "--instance", uid("second"), "--no-gateway"],
         capture_output=True, text=True, timeout=30,
     )
     out = second.stdout + second.stderr

@@ -27,24 +27,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def model_yaml(name: str, port: int, model_path: Path, sha256: str, *, ctx: int = 512,
+def model_yaml(name: str, port: int | None, model_path: Path, sha256: str, *, ctx: int = 512,
                fast_probes: bool = True, memory: str = "1g", api_key_file: Path | None = None,
-               restart: str = "") -> str:
+               restart: str = "", serving: str = "", parallel: int = 1) -> str:
     """A light model manifest. fast_probes: probe every 1 s (tests); False keeps the daemon's defaults
-    (benchmarks of idle cost measure what an operator gets). restart: a whole `restart:` section."""
+    (benchmarks of idle cost measure what an operator gets). restart: a whole `restart:` section.
+    port None: the engine picks one (reached through the gateway). serving: top-level gateway keys
+    (aliases, lifecycle, idle_ttl, max_queue) as YAML lines."""
     health = "health:\n  interval: 1\n  timeout: 1\n  failures: 2\n" if fast_probes else ""
     key = f"  api_key_file: {api_key_file}\n" if api_key_file else ""
+    port_line = f"  port: {port}\n" if port is not None else ""
     return f"""\
 kind: model
 name: {name}
-source:
+{serving}source:
   path: {model_path}
   sha256: {sha256}
 profile: auto
 server:
-  port: {port}
-  ctx_size: {ctx}
+{port_line}  ctx_size: {ctx}
   threads: 1
+  parallel: {parallel}
 {key}{health}{restart}resources:
   memory: {memory}
   pids: 128
@@ -81,6 +84,10 @@ class Daemon:
         self.manifests = manifests
         self.sockdir = Path(tempfile.mkdtemp(prefix="lsd-"))
         self.extra = extra or []
+        # every test daemon gets its own gateway port: concurrent daemons never fight over 8080
+        self.gateway_port = free_port()
+        if not any(a in ("--no-gateway", "--gateway-listen") for a in self.extra):
+            self.extra += ["--gateway-listen", f"127.0.0.1:{self.gateway_port}"]
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[tuple[float, dict[str, Any]]] = []
         self._lock = threading.Lock()
@@ -120,6 +127,10 @@ class Daemon:
     def dump(self) -> str:
         with self._lock:
             return "\n".join(json.dumps(r) for _, r in self.lines[-60:])
+
+    @property
+    def gateway(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
 
     def terminate(self, timeout: float = 30) -> int:
         assert self.proc is not None
