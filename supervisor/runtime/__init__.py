@@ -22,9 +22,27 @@ LABEL_INSTANCE = "io.llama-supervisor.instance"
 DEFAULT_INSTANCE = "default"
 
 
+# A throwaway container that reads facts from an image (its binary's hash, its
+# --version and --help): `purpose=inspect`, `managed=false` and no model label,
+# so owned_filter never lists it and no daemon adopts or removes it as a model.
+LABEL_PURPOSE = "io.llama-supervisor.purpose"
+LABEL_IMAGE = "io.llama-supervisor.image"
+PURPOSE_INSPECT = "inspect"
+
+
 def owned_filter(instance: str) -> list[str]:
     """The Docker label filter for this daemon's containers (list and events)."""
     return [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={instance}"]
+
+
+def inspect_labels(image: str, *, instance: str | None = None) -> dict[str, str]:
+    """Labels of an inspect container: whose it is (instance, when a daemon made it) and which image it reads."""
+    labels = {LABEL_PURPOSE: PURPOSE_INSPECT, LABEL_MANAGED: "false", LABEL_IMAGE: image}
+    if instance is not None:
+        labels[LABEL_INSTANCE] = instance
+    return labels
+
+
 NAME_PREFIX = "llama-supervisor-"
 
 
