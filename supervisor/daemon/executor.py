@@ -50,7 +50,7 @@ class LockVerifier:
 
         self._lock_path = lock_path
         self._read_lock = read_lock
-        self._images = images.ImageVerifier(client, instance=instance)  # type: ignore[arg-type]
+        self._images = images.ImageVerifier(client, instance=instance)
         self._models = modelsrc.ModelVerifier()
 
     def check_model(self, desired: DesiredModel) -> None:
