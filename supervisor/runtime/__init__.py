@@ -23,8 +23,8 @@ DEFAULT_INSTANCE = "default"
 
 
 # A throwaway container that reads facts from an image (its binary's hash, its
-# --version and --help): `purpose=inspect`, `managed=false` and no model label,
-# so owned_filter never lists it and no daemon adopts or removes it as a model.
+# --version and --help): `purpose=inspect`, `managed=false`, no model, so that
+# owned_filter never lists it and no daemon adopts or removes it as a model.
 LABEL_PURPOSE = "io.llama-supervisor.purpose"
 LABEL_IMAGE = "io.llama-supervisor.image"
 PURPOSE_INSPECT = "inspect"
@@ -36,11 +36,13 @@ def owned_filter(instance: str) -> list[str]:
 
 
 def inspect_labels(image: str, *, instance: str | None = None) -> dict[str, str]:
-    """Labels of an inspect container: whose it is (instance, when a daemon made it) and which image it reads."""
-    labels = {LABEL_PURPOSE: PURPOSE_INSPECT, LABEL_MANAGED: "false", LABEL_IMAGE: image}
-    if instance is not None:
-        labels[LABEL_INSTANCE] = instance
-    return labels
+    """Labels of an inspect container: whose it is (a daemon's instance, empty from the CLI), which image it reads.
+
+    A container inherits its image's labels: every label a daemon reads is set
+    here, so a wrong image labelled `managed=true` cannot pass its probe off as a model.
+    """
+    return {LABEL_PURPOSE: PURPOSE_INSPECT, LABEL_MANAGED: "false", LABEL_MODEL: "", LABEL_HASH: "",
+            LABEL_INSTANCE: instance or "", LABEL_IMAGE: image}
 
 
 NAME_PREFIX = "llama-supervisor-"

@@ -7,7 +7,8 @@ lock are never touched:
 
 - builder: the builder base image as it is (a unique LABEL on top gives it an
   ID of its own, so that no other engineer's build container counts as ours);
-- no_binary: FROM scratch holding one text file;
+- no_binary: FROM scratch holding one text file, and labelled as a model
+  container of instance HOSTILE (a container inherits its image's labels);
 - version_fails: FROM scratch whose /usr/local/bin/llama-server is a static
   binary that prints a line and exits 1;
 - hangs: the same, but the binary never exits (only the probe's timeout ends it).
@@ -48,6 +49,7 @@ pytestmark = pytest.mark.docker
 
 CTL = str(Path(sys.executable).with_name("llama-supervisorctl"))
 KINDS = ("builder", "no_binary", "version_fails")
+HOSTILE = f"hostile-{uuid.uuid4().hex[:6]}"
 
 FAILS_C = b"""#include <stdio.h>
 int main(int argc, char **argv) {
@@ -98,7 +100,10 @@ def wrong(docker_client: docker.DockerClient, image_record: ImageRecord) -> Iter
         _build(docker_client, tags["builder"],
                {"Dockerfile": f"FROM {images.LOCAL_BUILDER}\nLABEL io.llama-supervisor.test={run}\n".encode()})
         _build(docker_client, tags["no_binary"],
-               {"Dockerfile": b"FROM scratch\nCOPY readme.txt /readme.txt\n", "readme.txt": b"not an image\n"})
+               {"Dockerfile": ("FROM scratch\nCOPY readme.txt /readme.txt\n"
+                               f"LABEL io.llama-supervisor.managed=true io.llama-supervisor.instance={HOSTILE} "
+                               "io.llama-supervisor.model=hostile io.llama-supervisor.config-hash=x\n").encode(),
+                "readme.txt": b"not an image\n"})
         _build(docker_client, tags["version_fails"], binaries, target="version_fails")
         _build(docker_client, tags["hangs"], binaries, target="hangs")
         yield tags
@@ -145,8 +150,8 @@ class Watch:
         assert len(created) == creates, self.events
         for attrs in created:
             assert attrs[LABEL_PURPOSE] == "inspect" and attrs[LABEL_MANAGED] == "false", attrs
-            assert attrs["name"].startswith(NAME_PREFIX) and "io.llama-supervisor.model" not in attrs, attrs
-            assert attrs.get(LABEL_INSTANCE) == instance, attrs
+            assert attrs["name"].startswith(NAME_PREFIX) and attrs["io.llama-supervisor.model"] == "", attrs
+            assert attrs[LABEL_INSTANCE] == (instance or ""), attrs
         ids = {e["Actor"]["ID"] for e in self.events if e["Action"] == "create"}
         assert ids == {e["Actor"]["ID"] for e in self.events if e["Action"] == "destroy"}, self.events
 
@@ -238,18 +243,19 @@ def test_a_binary_that_never_exits_is_a_mismatch_and_its_container_is_removed(
 
 
 def test_an_inspect_container_is_never_listed_as_a_model_and_goes_when_its_user_fails(
-    docker_client: docker.DockerClient, image_record: ImageRecord,
+    docker_client: docker.DockerClient, wrong: dict[str, str],
 ) -> None:
-    instance = f"probe-{uuid.uuid4().hex[:6]}"
-    runtime = DockerRuntime(docker_client, instance=instance)
-    probe = ImageProbe(docker_client, instance=instance)
-    with pytest.raises(RuntimeError, match="the caller failed"):
-        with probe.container(image_record.image_id, images.BINARY, ["--version"]) as cid:
+    """Read from the image labelled as a model of instance HOSTILE: its probe still is no model of HOSTILE's."""
+    image_id = docker_client.images.get(wrong["no_binary"]).id
+    probe = ImageProbe(docker_client, instance=HOSTILE)
+    with Watch(docker_client, image_id) as watch, pytest.raises(RuntimeError, match="the caller failed"):
+        with probe.container(image_id, images.BINARY, ["--version"]) as cid:
             labels = docker_client.api.inspect_container(cid)["Config"]["Labels"]
-            assert labels == {LABEL_PURPOSE: "inspect", LABEL_MANAGED: "false", LABEL_INSTANCE: instance,
-                              LABEL_IMAGE: image_record.image_id}
-            assert cid not in {c.id for c in runtime.list_managed()}
+            assert {k: labels[k] for k in (LABEL_PURPOSE, LABEL_MANAGED, LABEL_INSTANCE, LABEL_IMAGE,
+                                          "io.llama-supervisor.model")} == {
+                LABEL_PURPOSE: "inspect", LABEL_MANAGED: "false", LABEL_INSTANCE: HOSTILE,
+                LABEL_IMAGE: image_id, "io.llama-supervisor.model": ""}
+            assert cid not in {c.id for c in DockerRuntime(docker_client, instance=HOSTILE).list_managed()}
             assert cid not in {c.id for c in DockerRuntime(docker_client).list_managed()}
             raise RuntimeError("the caller failed")
-    with pytest.raises(docker.errors.NotFound):
-        docker_client.api.inspect_container(cid)
+    watch.assert_clean(creates=1, instance=HOSTILE)

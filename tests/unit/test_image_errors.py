@@ -68,8 +68,8 @@ def test_no_daemon_label_filter_matches_an_inspect_container(instance: str | Non
     for daemon_instance in ("default", "blue"):
         wanted = [f.split("=", 1) for f in owned_filter(daemon_instance)]
         assert not all(labels.get(k) == v for k, v in wanted), (labels, daemon_instance)
-    assert LABEL_MODEL not in labels and labels["io.llama-supervisor.purpose"] == "inspect"
-    assert labels.get("io.llama-supervisor.instance") == instance
+    assert labels[LABEL_MODEL] == "" and labels["io.llama-supervisor.purpose"] == "inspect"
+    assert labels["io.llama-supervisor.instance"] == (instance or "")
 
 
 @pytest.fixture
