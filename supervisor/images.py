@@ -4,18 +4,19 @@
 the build log as progress, then derives the image's lock record from the image
 itself: ID, SHA-256 of the llama-server binary, `--version`, the flags its
 `--help` lists. `derive` does the same for verify, so a retagged image or a
-changed binary shows up as a field that differs from the lock.
+changed binary shows up as a field that differs from the lock. The fields read
+from the image's metadata come first and need no container; the rest are read
+through supervisor.probe, whose containers are labelled and always removed.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import shutil
 import sys
-import tarfile
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,10 +24,19 @@ import docker
 import docker.errors
 from docker.models.images import Image
 
+import requests.exceptions
+
 from supervisor import paths
-from supervisor.errors import BuildError, ImageMismatch, RuntimeUnavailable
-from supervisor.hashing import sha256_chunks
+from supervisor.errors import (
+    BuildError,
+    ImageMismatch,
+    RuntimeOperationError,
+    RuntimeUnavailable,
+    SupervisorError,
+)
 from supervisor.lock import ImageLock, ImageRecord, compare
+from supervisor.probe import ENGINE_HINT, ImageProbe
+from supervisor.runtime.docker import UNREACHABLE_HINT, engine_errors
 from supervisor.source import SourceTarball
 
 Progress = Callable[[str], None]
@@ -68,11 +78,8 @@ def client_from_env() -> docker.DockerClient:
         client = docker.from_env(timeout=600)
         client.ping()
         return client
-    except docker.errors.DockerException as e:
-        raise RuntimeUnavailable(
-            f"cannot reach the Docker engine ({e}): start it (systemctl start docker) "
-            "or set DOCKER_HOST, and make sure this user may use its socket"
-        ) from e
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+        raise RuntimeUnavailable(f"cannot reach the Docker engine ({e}): {UNREACHABLE_HINT}") from e
 
 
 def build(
@@ -104,25 +111,31 @@ def build(
     shutil.copyfile(dockerfile, context / "Dockerfile")
     progress(f"build {tag_for(variant)} from {source.origin} (SHA-256 {source.sha256[:12]}...)")
     tail: list[str] = []
+    with engine_errors("build", tag_for(variant)):      # the engine went away mid-build
+        try:
+            stream = client.api.build(
+                path=str(context), dockerfile="Dockerfile", tag=tag_for(variant),
+                buildargs=buildargs, decode=True, rm=True, forcerm=True, nocache=no_cache,
+                platform=f"linux/{ARCH.get(variant, 'amd64')}" if variant == "arm64" else None,
+            )
+            for chunk in stream:
+                if "error" in chunk:
+                    raise BuildError(
+                        f"building {tag_for(variant)} failed: {chunk['error'].strip()}\n"
+                        + "\n".join(tail[-20:])
+                    )
+                text = (chunk.get("stream") or chunk.get("status") or "").rstrip()
+                for line in text.splitlines():
+                    tail = (tail + [line])[-40:]
+                    progress(line)
+        except docker.errors.APIError as e:
+            raise BuildError(f"building {tag_for(variant)} failed: {e}") from e
     try:
-        stream = client.api.build(
-            path=str(context), dockerfile="Dockerfile", tag=tag_for(variant),
-            buildargs=buildargs, decode=True, rm=True, forcerm=True, nocache=no_cache,
-            platform=f"linux/{ARCH.get(variant, 'amd64')}" if variant == "arm64" else None,
-        )
-        for chunk in stream:
-            if "error" in chunk:
-                raise BuildError(
-                    f"building {tag_for(variant)} failed: {chunk['error'].strip()}\n"
-                    + "\n".join(tail[-20:])
-                )
-            text = (chunk.get("stream") or chunk.get("status") or "").rstrip()
-            for line in text.splitlines():
-                tail = (tail + [line])[-40:]
-                progress(line)
-    except docker.errors.APIError as e:
-        raise BuildError(f"building {tag_for(variant)} failed: {e}") from e
-    return derive(client, tag_for(variant), built_at=_now())
+        return derive(client, tag_for(variant), built_at=_now())
+    except ImageMismatch as e:
+        raise BuildError(
+            f"built {tag_for(variant)}, but {e}; the lock is left as it was: fix images/Dockerfile and build again"
+        ) from e
 
 
 def _context_dir(source: SourceTarball) -> Path:
@@ -139,11 +152,12 @@ def _context_dir(source: SourceTarball) -> Path:
 
 
 def _has_image(client: docker.DockerClient, ref: str) -> bool:
-    try:
-        client.images.get(ref)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
+    with engine_errors("inspect image", ref, hint=ENGINE_HINT):
+        try:
+            client.images.get(ref)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
 
 
 def _now() -> str:
@@ -176,55 +190,105 @@ def parse_help_flags(help_text: str) -> frozenset[str]:
     return frozenset(flags)
 
 
-def _run(client: docker.DockerClient, image_id: str, args: list[str]) -> str:
-    try:
-        out = client.containers.run(
-            image_id, args, remove=True, network_disabled=True, read_only=True,
-            cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
-            stdout=True, stderr=True, mem_limit="512m",
-        )
-    except docker.errors.ContainerError as e:  # --version exits 0; anything else is a broken image
-        raise ImageMismatch(f"{image_id[:19]}: llama-server {' '.join(args)} failed: {e}") from e
-    return out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+PROBED = ("binary_sha256", "version", "flags")     # the fields read through a container
 
 
-def binary_sha256(client: docker.DockerClient, image_id: str) -> str:
-    """SHA-256 of the llama-server binary, read from a created (never started) container."""
-    container = client.containers.create(image_id, network_disabled=True)
-    try:
-        stream, _ = container.get_archive(BINARY)
-        blob = b"".join(stream)
-    finally:
-        container.remove(force=True)
-    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
-        member = tar.getmember(os.path.basename(BINARY))
-        f = tar.extractfile(member)
-        if f is None:
-            raise ImageMismatch(f"{image_id[:19]}: {BINARY} is not a regular file")
-        return sha256_chunks(iter(lambda: f.read(1 << 20), b""))
+@dataclass(frozen=True)
+class Derived:
+    """What could be read from an image: its record, and why each field that could not be read is missing.
+
+    A missing field keeps its empty value in `record`. `engine_error` is set when
+    the engine, not the image, failed while the probed fields were read.
+    """
+
+    record: ImageRecord
+    unknown: dict[str, str] = field(default_factory=dict)
+    engine_error: SupervisorError | None = None
 
 
-def derive(client: docker.DockerClient, ref: str, *, built_at: str = "") -> ImageRecord:
-    """Everything the lock records, read from the image now."""
-    try:
-        image: Image = client.images.get(ref)
-    except docker.errors.ImageNotFound as e:
-        raise ImageMismatch(f"image {ref} is not present: build it with 'llama-supervisorctl build'") from e
+def get_image(client: docker.DockerClient, ref: str, *, variant: str = "") -> Image:
+    with engine_errors("inspect image", ref, hint=ENGINE_HINT):
+        try:
+            return client.images.get(ref)
+        except docker.errors.ImageNotFound as e:
+            build = "llama-supervisorctl build" + (f" {variant}" if variant else "")
+            raise ImageMismatch(f"image {ref} is not present: build it with '{build}'") from e
+
+
+def _from_metadata(image: Image, ref: str, built_at: str) -> ImageRecord:
+    """The fields that need no container: the ID under the tag and the image's labels."""
     labels = image.labels or {}
-    version = _run(client, image.id, ["--version"]).strip()
-    help_text = _run(client, image.id, ["--help"])
+    build = labels.get("io.llama-supervisor.llama-build", "")
     return ImageRecord(
         variant=labels.get("io.llama-supervisor.variant", ""),
         tag=ref,
-        image_id=image.id,
-        binary_sha256=binary_sha256(client, image.id),
-        version=_version_line(version),
-        build_number=int(labels.get("io.llama-supervisor.llama-build", "0") or 0),
-        flags=parse_help_flags(help_text),
+        image_id=str(image.id),
+        binary_sha256="",
+        version="",
+        build_number=int(build) if build.isdigit() else 0,
+        flags=frozenset(),
         source_sha256=labels.get("io.llama-supervisor.source-sha256", ""),
         built_at=built_at or str(image.attrs.get("Created", "")),
         architecture=str(image.attrs.get("Architecture", "")),
     )
+
+
+def _output(probe: ImageProbe, image_id: str, arg: str) -> str:
+    ran = probe.run(image_id, BINARY, [arg])
+    if ran.exit_code != 0:
+        raise ImageMismatch(f"'llama-server {arg}' exited {ran.exit_code}: {ran.last_line()}")
+    return ran.output
+
+
+def derive_all(client: docker.DockerClient, ref: str, *, built_at: str = "",
+               probe: ImageProbe | None = None) -> Derived:
+    """Everything the lock records, read from the image now, as far as it can be read.
+
+    ImageMismatch only when there is no image under `ref`; a binary that is
+    missing, fails or hangs leaves its fields unknown, with the reason.
+    """
+    image = get_image(client, ref)
+    record = _from_metadata(image, ref, built_at)
+    probe = probe or ImageProbe(client)
+    image_id = record.image_id
+    readers: dict[str, Callable[[], object]] = {
+        "binary_sha256": lambda: probe.file_sha256(image_id, BINARY),
+        "version": lambda: _version_line(_output(probe, image_id, "--version").strip()),
+        "flags": lambda: parse_help_flags(_output(probe, image_id, "--help")),
+    }
+    values: dict[str, object] = {}
+    unknown: dict[str, str] = {}
+    engine_error: SupervisorError | None = None
+    for name, read in readers.items():
+        if engine_error is not None:
+            unknown[name] = "not read: the engine failed"
+        elif "binary_sha256" in unknown:
+            unknown[name] = f"not run: {unknown['binary_sha256']}"
+        else:
+            try:
+                values[name] = read()
+            except ImageMismatch as e:
+                unknown[name] = str(e)
+            except (RuntimeOperationError, RuntimeUnavailable) as e:
+                engine_error = e
+                unknown[name] = f"not read: {e}"
+    return Derived(replace(record, **values), unknown, engine_error)  # type: ignore[arg-type]
+
+
+def derive(client: docker.DockerClient, ref: str, *, built_at: str = "") -> ImageRecord:
+    """The complete record (for the lock); ImageMismatch naming every field that could not be read."""
+    derived = derive_all(client, ref, built_at=built_at)
+    if derived.engine_error is not None:
+        raise derived.engine_error
+    if derived.unknown:
+        reasons = dict.fromkeys(derived.unknown.values())          # in order, each once
+        raise ImageMismatch(f"{ref}: {'; '.join(reasons)}")
+    return derived.record
+
+
+def binary_sha256(client: docker.DockerClient, image_id: str) -> str:
+    """SHA-256 of the llama-server binary, read from a created (never started) inspect container."""
+    return ImageProbe(client).file_sha256(image_id, BINARY)
 
 
 def _version_line(text: str) -> str:
@@ -234,13 +298,35 @@ def _version_line(text: str) -> str:
     return text.splitlines()[-1].strip() if text else ""
 
 
-def verify(client: docker.DockerClient, lock: ImageLock, variant: str) -> list[str]:
-    """What differs between the lock's record for `variant` and the image under its tag."""
+def differences(expected: ImageRecord, derived: Derived) -> list[str]:
+    """lock.compare's lines ('field: lock X, image Y'); a field that could not be read says why."""
+    lines: dict[str, str] = {}
+    for line in compare(expected, derived.record):
+        name = line.split(":", 1)[0]
+        lines[name] = line + "(none)" if line.endswith(", image ") else line
+    for name, why in derived.unknown.items():
+        locked = f"{len(expected.flags)} flags" if name == "flags" else getattr(expected, name)
+        lines[name] = f"{name}: lock {locked}, image unknown ({why})"
+    order = ("image_id", "binary_sha256", "version", "build_number", "source_sha256", "variant", "flags")
+    return [lines[n] for n in order if n in lines] + [v for n, v in lines.items() if n not in order]
+
+
+def verify(client: docker.DockerClient, lock: ImageLock, variant: str, *,
+           probe: ImageProbe | None = None) -> list[str]:
+    """What differs between the lock's record for `variant` and the image under its tag.
+
+    The fields that need no container are compared first: when they already
+    differ, an engine failure while reading the rest is reported beside them
+    rather than hiding them; when they match, that failure is raised.
+    """
     record = lock.get(variant)
     if record is None:
         raise ImageMismatch(f"no {variant} image in the lock: run 'llama-supervisorctl build {variant}'")
-    actual = derive(client, record.tag)
-    return compare(record, actual)
+    derived = derive_all(client, record.tag, probe=probe)
+    diffs = differences(record, derived)
+    if derived.engine_error is not None and all(d.split(":", 1)[0] in PROBED for d in diffs):
+        raise derived.engine_error
+    return diffs
 
 
 class ImageVerifier:
@@ -249,17 +335,20 @@ class ImageVerifier:
     The tag must still name the locked image ID (a retag is refused), and the
     binary inside that image must hash as recorded. The binary hash is kept per
     image ID: layers of a given ID do not change under a running engine, and a
-    re-derive costs a container create and a 20 MB copy.
+    re-derive costs a container create and a 20 MB copy. Engine failures come
+    out as RuntimeUnavailable / RuntimeOperationError (retryable), a wrong
+    image as ImageMismatch (permanent).
     """
 
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(self, client: docker.DockerClient, *, instance: str | None = None) -> None:
         self._client = client
+        self._probe = ImageProbe(client, instance=instance)
         self._binary_ok: set[tuple[str, str]] = set()
 
     def check(self, record: ImageRecord) -> None:
         try:
-            image = self._client.images.get(record.tag)
-        except docker.errors.ImageNotFound as e:
+            image = get_image(self._client, record.tag)
+        except ImageMismatch as e:
             raise ImageMismatch(
                 f"image {record.tag} is gone: run 'llama-supervisorctl build {record.variant}'"
             ) from e
@@ -272,7 +361,12 @@ class ImageVerifier:
         key = (record.image_id, record.binary_sha256)
         if key in self._binary_ok:
             return
-        actual = binary_sha256(self._client, record.image_id)
+        try:
+            actual = self._probe.file_sha256(record.image_id, BINARY)
+        except ImageMismatch as e:
+            raise ImageMismatch(
+                f"{record.tag}: {e}: refusing to start; rebuild with 'llama-supervisorctl build {record.variant}'"
+            ) from e
         if actual != record.binary_sha256:
             raise ImageMismatch(
                 f"llama-server in {record.tag} has SHA-256 {actual}, the lock has {record.binary_sha256}: "

@@ -38,7 +38,12 @@ def check_signature(lock_path: Path) -> None:
     sig = lock_path.with_name(lock_path.name + ".asc")
     if not sig.exists():
         raise ImageMismatch(f"a keyring is configured but {sig} is missing: sign the lock with 'gpg --detach-sign --armor {lock_path}'")
-    proc = subprocess.run(["gpgv", "--keyring", keyring, str(sig), str(lock_path)], capture_output=True, text=True)
+    try:
+        proc = subprocess.run(["gpgv", "--keyring", keyring, str(sig), str(lock_path)], capture_output=True, text=True)
+    except FileNotFoundError as e:
+        raise ConfigError(
+            "LLAMA_SUPERVISOR_LOCK_KEYRING is set but gpgv is not installed: install it (apt install gpgv)"
+        ) from e
     if proc.returncode != 0:
         raise ImageMismatch(f"{sig} does not verify {lock_path} with {keyring}:\n{proc.stderr.strip()}")
 
@@ -58,8 +63,8 @@ def build(variant: str, source_spec: str | None, sha256: str | None, build_numbe
     variant = _variant(variant)
     lock_path = lock_file or paths.lock_path()
     started = time.monotonic()
+    client = images.client_from_env()     # before fetching a source it could not build
     src = source.resolve(source_spec, sha256=sha256, build_number=build_number, progress=_say)
-    client = images.client_from_env()
     record = images.build(client, variant, src, progress=(lambda _: None) if quiet else _say)
     lock = read_lock(lock_path).with_record(record)
     write_lock(lock_path, lock)

@@ -171,7 +171,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
     sup = Supervisor(
         events=events,
         runtime=runtime,
-        verifier=LockVerifier(runtime.client, lock_path),
+        verifier=LockVerifier(runtime.client, lock_path, instance=instance),
         load_desired=make_loader(manifests, lock_path),
         prober=(prober := Prober(events.put)),
         notifier=notifier,

@@ -40,15 +40,17 @@ class LockVerifier:
     """The real checks: supervisor.modelsrc.ModelVerifier and supervisor.images.ImageVerifier.
 
     Imported lazily so the daemon's core paths do not depend on them being importable in tests.
+    The image check's inspect containers carry `instance`, so an operator sees whose they are;
+    they are never model containers (runtime.inspect_labels).
     """
 
-    def __init__(self, client: object, lock_path: Path) -> None:
+    def __init__(self, client: object, lock_path: Path, *, instance: str | None = None) -> None:
         from supervisor import images, modelsrc
         from supervisor.lock import read_lock
 
         self._lock_path = lock_path
         self._read_lock = read_lock
-        self._images = images.ImageVerifier(client)
+        self._images = images.ImageVerifier(client, instance=instance)
         self._models = modelsrc.ModelVerifier()
 
     def check_model(self, desired: DesiredModel) -> None:

@@ -22,9 +22,29 @@ LABEL_INSTANCE = "io.llama-supervisor.instance"
 DEFAULT_INSTANCE = "default"
 
 
+# A throwaway container that reads facts from an image (its binary's hash, its
+# --version and --help): `purpose=inspect`, `managed=false`, no model, so that
+# owned_filter never lists it and no daemon adopts or removes it as a model.
+LABEL_PURPOSE = "io.llama-supervisor.purpose"
+LABEL_IMAGE = "io.llama-supervisor.image"
+PURPOSE_INSPECT = "inspect"
+
+
 def owned_filter(instance: str) -> list[str]:
     """The Docker label filter for this daemon's containers (list and events)."""
     return [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={instance}"]
+
+
+def inspect_labels(image: str, *, instance: str | None = None) -> dict[str, str]:
+    """Labels of an inspect container: whose it is (a daemon's instance, empty from the CLI), which image it reads.
+
+    A container inherits its image's labels: every label a daemon reads is set
+    here, so a wrong image labelled `managed=true` cannot pass its probe off as a model.
+    """
+    return {LABEL_PURPOSE: PURPOSE_INSPECT, LABEL_MANAGED: "false", LABEL_MODEL: "", LABEL_HASH: "",
+            LABEL_INSTANCE: instance or "", LABEL_IMAGE: image}
+
+
 NAME_PREFIX = "llama-supervisor-"
 
 

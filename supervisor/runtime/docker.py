@@ -132,16 +132,26 @@ def observed_from_list(d: dict[str, Any]) -> ObservedContainer:
     )
 
 
+UNREACHABLE_HINT = ("start it (systemctl start docker) or set DOCKER_HOST, "
+                    "and make sure this user may use its socket")
+
+
 @contextmanager
-def _translate(op: str, target: str) -> Iterator[None]:
+def engine_errors(op: str, target: str, *, hint: str = "") -> Iterator[None]:
+    """docker SDK and transport errors -> RuntimeOperationError / RuntimeUnavailable, `raise ... from e`.
+
+    The one place an engine error is translated: the runtime, the image probe and
+    the image build all go through it. `hint` says what to do when one call fails.
+    """
     try:
         yield
     except docker.errors.APIError as e:
-        raise RuntimeOperationError(f"docker {op} {target}: {e.explanation or e}") from e
-    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
-        raise RuntimeUnavailable(f"docker {op} {target}: engine unreachable ({e})") from e
+        raise RuntimeOperationError(
+            f"docker {op} {target}: {e.explanation or e}" + (f": {hint}" if hint else "")) from e
+    except requests.exceptions.RequestException as e:     # refused, timed out, cut mid-stream
+        raise RuntimeUnavailable(f"docker {op} {target}: engine unreachable ({e}): {UNREACHABLE_HINT}") from e
     except docker.errors.DockerException as e:
-        raise RuntimeUnavailable(f"docker {op} {target}: {e}") from e
+        raise RuntimeUnavailable(f"docker {op} {target}: {e}: {UNREACHABLE_HINT}") from e
 
 
 class DockerRuntime:
@@ -151,7 +161,7 @@ class DockerRuntime:
         try:
             self._client = client or docker.from_env(timeout=int(timeout_s))
         except docker.errors.DockerException as e:
-            raise RuntimeUnavailable(f"docker engine unreachable: {e}") from e
+            raise RuntimeUnavailable(f"docker engine unreachable: {e}: {UNREACHABLE_HINT}") from e
         self._api = self._client.api
         self.calls: Counter[str] = Counter()
 
@@ -168,13 +178,13 @@ class DockerRuntime:
 
     def list_managed(self) -> list[ObservedContainer]:
         self._count("list")
-        with _translate("list", "containers"):
+        with engine_errors("list", "containers"):
             rows = self._api.containers(all=True, filters={"label": owned_filter(self.instance)})
         return [observed_from_list(r) for r in rows]
 
     def inspect(self, container_id: str) -> ObservedContainer | None:
         self._count("inspect")
-        with _translate("inspect", container_id[:12]):
+        with engine_errors("inspect", container_id[:12]):
             try:
                 return observed_from_inspect(self._api.inspect_container(container_id))
             except docker.errors.NotFound:
@@ -185,7 +195,7 @@ class DockerRuntime:
         for attempt in (1, 2):
             self._count("create")
             try:
-                with _translate("create", kw["name"]):
+                with engine_errors("create", kw["name"]):
                     host_config = self._api.create_host_config(**host_config_kwargs(spec))
                     return str(self._api.create_container(host_config=host_config, **kw)["Id"])
             except RuntimeOperationError as e:
@@ -214,7 +224,7 @@ class DockerRuntime:
         self.remove(other.id)
 
     def _instance_of(self, container_id: str) -> str:
-        with _translate("inspect", container_id[:12]):
+        with engine_errors("inspect", container_id[:12]):
             try:
                 cfg = self._api.inspect_container(container_id).get("Config") or {}
             except docker.errors.NotFound:
@@ -223,13 +233,13 @@ class DockerRuntime:
 
     def start(self, container_id: str) -> None:
         self._count("start")
-        with _translate("start", container_id[:12]):
+        with engine_errors("start", container_id[:12]):
             self._api.start(container_id)
 
     def stop(self, container_id: str, *, timeout_s: float) -> None:
         self._count("stop")
         try:
-            with _translate("stop", container_id[:12]):
+            with engine_errors("stop", container_id[:12]):
                 self._api.stop(container_id, timeout=max(0, int(timeout_s)))
         except RuntimeOperationError:
             self.kill(container_id)     # stop failed (timeout on a wedged container): force it
@@ -237,7 +247,7 @@ class DockerRuntime:
     def kill(self, container_id: str) -> None:
         self._count("kill")
         try:
-            with _translate("kill", container_id[:12]):
+            with engine_errors("kill", container_id[:12]):
                 self._api.kill(container_id)
         except RuntimeOperationError as e:
             if "is not running" not in str(e):
@@ -246,7 +256,7 @@ class DockerRuntime:
     def unpause(self, container_id: str) -> None:
         self._count("unpause")
         try:
-            with _translate("unpause", container_id[:12]):
+            with engine_errors("unpause", container_id[:12]):
                 self._api.unpause(container_id)
         except RuntimeOperationError as e:
             if "is not paused" not in str(e):
@@ -254,7 +264,7 @@ class DockerRuntime:
 
     def remove(self, container_id: str) -> None:
         self._count("remove")
-        with _translate("remove", container_id[:12]):
+        with engine_errors("remove", container_id[:12]):
             try:
                 self._api.remove_container(container_id, force=True)
             except docker.errors.NotFound:
@@ -263,7 +273,7 @@ class DockerRuntime:
     def log_tail(self, container_id: str, *, lines: int = 20) -> str:
         self._count("logs")
         try:
-            with _translate("logs", container_id[:12]):
+            with engine_errors("logs", container_id[:12]):
                 raw = self._api.logs(container_id, stdout=True, stderr=True, tail=lines)
         except RuntimeOperationError:
             return ""
@@ -271,7 +281,7 @@ class DockerRuntime:
 
     def logs(self, container_id: str, *, lines: int = 100, follow: bool = False) -> Iterator[bytes]:
         self._count("logs")
-        with _translate("logs", container_id[:12]):
+        with engine_errors("logs", container_id[:12]):
             if not follow:
                 yield bytes(self._api.logs(container_id, stdout=True, stderr=True, tail=lines))
                 return
