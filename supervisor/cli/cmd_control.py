@@ -98,8 +98,28 @@ def format_uptime(seconds: float) -> str:
     return str(timedelta(seconds=int(seconds)))
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
 def describe(model: ModelStatus) -> str:
-    """The description column: where a running model is, or why it is not running."""
+    """The description column: where a running model is, or why it is not running; for an on-demand
+    model also when it was last used and when it stops; the memory it counts (and uses)."""
+    parts = [_describe_state(model)] if _describe_state(model) else []
+    if model.lifecycle == "on-demand":
+        on_demand = "on-demand"
+        if model.idle_s is not None:
+            on_demand += f", last request {format_uptime(model.idle_s)} ago"
+        if model.ttl_left_s is not None:
+            on_demand += f", stops when idle in {format_uptime(model.ttl_left_s)}"
+        parts.append(on_demand)
+    if model.memory_counted is not None:
+        used = f"{_mib(model.memory_used)} used of " if model.memory_used is not None else ""
+        parts.append(f"memory {used}{_mib(model.memory_counted)} counted")
+    return ", ".join(parts)
+
+
+def _describe_state(model: ModelStatus) -> str:
     if model.state in ("RUNNING", "STARTING"):
         parts = []
         if model.port is not None:
@@ -146,8 +166,33 @@ def status(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
         click.echo(f"{name}: ERROR ({_NO_SUCH_MODEL})", err=as_json)
     if reply.unknown:
         raise CommandExit(EXIT_UNKNOWN)
-    if any(m.state != "RUNNING" for m in reply.models):
+    if any(not _as_wanted(m) for m in reply.models):
         raise CommandExit(EXIT_NOT_RUNNING)
+
+
+def _as_wanted(m: ModelStatus) -> bool:
+    """RUNNING, or an on-demand model stopped until its next request (its normal idle state)."""
+    return m.state == "RUNNING" or (m.lifecycle == "on-demand" and m.state == "STOPPED")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="The OpenAI-style list, as JSON.")
+@click.pass_context
+@_speaks_errors
+def models(ctx: click.Context, as_json: bool) -> None:
+    """What the gateway serves: each model with its aliases, lifecycle, state and memory counted."""
+    with _client(ctx) as client:
+        reply = client.status(())
+    if as_json:
+        click.echo(json.dumps([{"id": m.name, "aliases": list(m.aliases), "lifecycle": m.lifecycle,
+                                "state": m.state, "memory_counted": m.memory_counted} for m in reply.models],
+                              indent=2))
+        return
+    width = max([20, *(len(m.name) for m in reply.models)]) + 2
+    click.echo(f"{'MODEL':<{width}}{'STATE':<10}{'LIFECYCLE':<11}{'MEMORY':>10}  ALIASES")
+    for m in reply.models:
+        mem = _mib(m.memory_counted) if m.memory_counted is not None else "-"
+        click.echo(f"{m.name:<{width}}{m.state:<10}{m.lifecycle:<11}{mem:>10}  {', '.join(m.aliases) or '-'}")
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -379,7 +424,7 @@ def bench(ctx: click.Context, name: str, api_key_file: Path | None, prompt: str,
 
 # --- registration ----------------------------------------------------------------------------
 
-COMMANDS = (status, start, stop, restart, reread, update, reload, shutdown, pid, tail, bench)
+COMMANDS = (status, models, start, stop, restart, reread, update, reload, shutdown, pid, tail, bench)
 
 
 def register(cli: click.Group) -> None:

@@ -60,12 +60,13 @@ class Gateway:
     """The handlers, over a Backend; `app` is the ASGI application."""
 
     def __init__(self, backend: Backend, settings: GatewaySettings = GatewaySettings(),
-                 metrics: MetricsSink | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 metrics: MetricsSink | None = None, clock: Callable[[], float] = time.monotonic,
+                 upstream: Upstream | None = None) -> None:
         self.backend = backend
         self.settings = settings
         self.metrics = metrics or NullMetrics()
         self.clock = clock
-        self.upstream = Upstream()
+        self.upstream = upstream or Upstream()
         self.app = Starlette(
             routes=[
                 HttpRoute("/health", self.health, methods=["GET"]),
@@ -252,7 +253,7 @@ async def error_handler(request: Request, exc: Exception) -> Response:
 
 
 def create_app(backend: Backend, settings: GatewaySettings = GatewaySettings(),
-               metrics: MetricsSink | None = None) -> Any:
-    gw = Gateway(backend, settings, metrics)
+               metrics: MetricsSink | None = None, upstream: Upstream | None = None) -> Any:
+    gw = Gateway(backend, settings, metrics, upstream=upstream)
     gw.app.add_exception_handler(GatewayError, error_handler)
     return gw.app

@@ -51,6 +51,7 @@ class Lease:
 class Upstream:
     """The one pooled HTTP client to every model, and the models' own API keys."""
 
+    transport: httpx.AsyncBaseTransport | None = None     # tests: httpx.MockTransport
     _client: httpx.AsyncClient | None = None
     _keys: dict[str, tuple[int, str]] = field(default_factory=dict)
 
@@ -59,7 +60,7 @@ class Upstream:
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(connect=5.0, read=None, write=60.0, pool=None),
                 limits=httpx.Limits(max_connections=1024, max_keepalive_connections=64),
-                follow_redirects=False,
+                follow_redirects=False, transport=self.transport,
             )
         return self._client
 
@@ -96,6 +97,7 @@ class ProxyResponse:
         self.deadline = deadline
         self.retries = retries
         self.status = 0
+        self.finished = False         # the last byte is on its way: a disconnect now is the normal end
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -103,7 +105,8 @@ class ProxyResponse:
                 async def disconnected() -> None:
                     while (await receive())["type"] != "http.disconnect":
                         pass
-                    log.info("client disconnected: upstream request cancelled", model=self.model)
+                    if not self.finished:
+                        log.info("client disconnected: upstream request cancelled", model=self.model)
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(disconnected)
@@ -173,6 +176,7 @@ class ProxyResponse:
             await send({"type": "http.response.body", "body": event + b"data: [DONE]\n\n", "more_body": True})
         finally:
             self.gw.metrics.gateway_bytes(self.model, sent)
+        self.finished = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _error(self, send: Any, err: GatewayError) -> None:
@@ -180,4 +184,5 @@ class ProxyResponse:
         headers = [(b"content-type", b"application/json"), *((k.lower().encode(), v.encode())
                                                               for k, v in err.headers.items())]
         await send({"type": "http.response.start", "status": err.status, "headers": headers})
+        self.finished = True
         await send({"type": "http.response.body", "body": err.body(), "more_body": False})

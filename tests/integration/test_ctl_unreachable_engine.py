@@ -30,6 +30,7 @@ ARGS: dict[str, list[str]] = {
     "hardware": [],
     "schema": [],
     "status": [],
+    "models": [],
     "start": ["m"],
     "stop": ["m"],
     "restart": ["m"],

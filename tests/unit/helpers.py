@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from supervisor.core.observed import ContainerStatus, ObservedContainer
-from supervisor.core.spec import ContainerSpec, DesiredModel, HealthPolicy, Mount, RestartSettings
+from supervisor.core.spec import ContainerSpec, DesiredModel, HealthPolicy, Mount, RestartSettings, Serving
 
 
 def desired(name: str, *, port: int = 8081, ctx: int = 512, **kw: object) -> DesiredModel:
@@ -22,6 +22,7 @@ def desired(name: str, *, port: int = 8081, ctx: int = 512, **kw: object) -> Des
         name=name, spec=spec, model_path="/srv/m.gguf",
         health=kw.pop("health", HealthPolicy()),  # type: ignore[arg-type]
         restart=kw.pop("restart", RestartSettings()),  # type: ignore[arg-type]
+        serving=kw.pop("serving", Serving(memory_bytes=1 << 30, memory_basis="limit")),  # type: ignore[arg-type]
     )
 
 

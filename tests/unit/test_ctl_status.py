@@ -280,3 +280,16 @@ def test_bench_against_a_streaming_server(sock_dir: Path, tmp_path: Path) -> Non
     finally:
         http.shutdown()
         http.server_close()
+
+
+def test_on_demand_models_show_last_use_ttl_and_memory_and_idle_is_not_a_failure() -> None:
+    from supervisor.cli.cmd_control import _as_wanted, describe
+
+    running = model("chat", "RUNNING", port=32768, container_id="0123456789abcdef", uptime_s=65, lifecycle="on-demand",
+                    idle_s=12.4, ttl_left_s=287.6, memory_counted=1 << 30, memory_used=88 * 2**20)
+    assert describe(running) == ("port 32768, container 01234567, uptime 0:01:05, restarts 0, on-demand,"
+                                 " last request 0:00:12 ago, stops when idle in 0:04:47,"
+                                 " memory 88 MiB used of 1024 MiB counted")
+    idle = model("chat", "STOPPED", reason="stopped", lifecycle="on-demand", memory_counted=1 << 30)
+    assert describe(idle) == "stopped, on-demand, memory 1024 MiB counted"
+    assert _as_wanted(idle) and not _as_wanted(model("fixed", "STOPPED"))

@@ -1,0 +1,163 @@
+"""The loop's gateway side, driven by hand: EnsureRunning answered when RUNNING, on-demand starts,
+evictions under the budget, idle stops on a fake clock, refusals, and Demand's atomic drain."""
+
+from __future__ import annotations
+
+import queue
+import random
+from concurrent.futures import Future
+
+from structlog.testing import capture_logs
+
+from supervisor.core.commands import Readiness
+from supervisor.core.events import EnsureRunning, Event, ProbeResult
+from supervisor.core.lifecycle import ProbeOutcome, State
+from supervisor.core.scheduler import Budget
+from supervisor.core.spec import DesiredModel, LoadPolicy, Serving
+from supervisor.daemon.demand import Demand
+from supervisor.daemon.loop import Supervisor
+
+from .fakes import FakeClock, FakeProber, FakeRuntime, FakeVerifier
+from .helpers import desired
+
+G = 1 << 30
+
+
+def od(name: str, *, mem: int = G, ttl: float = 300.0, lifecycle: LoadPolicy = LoadPolicy.ON_DEMAND) -> DesiredModel:
+    return desired(name, port=0, serving=Serving(aliases=(f"{name}-alias",), lifecycle=lifecycle, idle_ttl_s=ttl,
+                                                 memory_bytes=mem, memory_basis="limit"))
+
+
+class Rig:
+    def __init__(self, models: list[DesiredModel], budget: Budget = Budget()) -> None:
+        self.runtime, self.clock, self.prober = FakeRuntime(), FakeClock(), FakeProber()
+        self.q: queue.Queue[Event] = queue.Queue()
+        self.woken = 0
+        self.demand = Demand(self.clock, wake=self._wake)
+        self.sup = Supervisor(events=self.q, runtime=self.runtime, verifier=FakeVerifier(),
+                              load_desired=lambda: {m.name: m for m in models}, prober=self.prober,
+                              clock=self.clock, rng=random.Random(1), demand=self.demand, budget=budget)
+        self.sup._reload(apply=True, origin="start")
+        self.step()
+
+    def _wake(self) -> None:
+        self.woken += 1
+
+    def step(self, *events: Event) -> None:
+        for e in events:
+            self.q.put(e)
+        self.sup.iteration(block=False)
+
+    def ask(self, model: str) -> Future[Readiness]:
+        fut: Future[Readiness] = Future()
+        self.step(EnsureRunning(model, fut))
+        return fut
+
+    def state(self, model: str) -> State:
+        return self.sup.slots[model].lc.state
+
+    def healthy(self, model: str) -> None:
+        cid = self.sup.slots[model].container_id
+        assert cid is not None
+        self.runtime.containers[cid] = self.runtime.containers[cid].__class__(
+            **{**self.runtime.containers[cid].__dict__, "host_port": 40000 + len(model)})
+        self.sup.cache[cid] = self.runtime.containers[cid]
+        self.step(ProbeResult(model, cid, ProbeOutcome.OK, 0.01))
+
+
+def test_on_demand_models_wait_for_a_request_then_the_answer_comes_at_running() -> None:
+    r = Rig([od("a")])
+    assert r.state("a") is State.STOPPED and r.runtime.ops() == ["list"]
+    fut = r.ask("a")
+    assert r.state("a") is State.STARTING and "create" in r.runtime.ops()
+    assert not fut.done(), "no answer before the model is healthy"
+    r.healthy("a")
+    ready = fut.result(0)
+    assert ready.ok and ready.route is not None and ready.route.url == "http://127.0.0.1:40001"
+    assert r.sup.routes()["a-alias"].name == "a"
+
+
+def test_a_request_for_b_evicts_idle_a_first_then_starts_b() -> None:
+    r = Rig([od("a"), od("b")], Budget(memory_bytes=G + G // 2))
+    r.ask("a")
+    r.healthy("a")
+    fut = r.ask("b")
+    ops = r.runtime.ops()
+    assert ops.index("stop") < len(ops) - 1 - ops[::-1].index("create"), f"stop a before creating b: {ops}"
+    assert r.state("a") is State.STOPPED and r.state("b") is State.STARTING
+    r.healthy("b")
+    assert fut.result(0).ok
+
+
+def test_a_model_with_a_request_in_flight_is_only_stopped_when_it_is_done() -> None:
+    r = Rig([od("a"), od("b")], Budget(memory_bytes=G + G // 2))
+    r.ask("a")
+    r.healthy("a")
+    assert r.demand.enter("a")
+    fut = r.ask("b")
+    assert r.state("a") is State.RUNNING and r.state("b") is State.STOPPED, "a is busy: b waits"
+    assert not r.demand.enter("a"), "a is draining: no new request enters it"
+    r.demand.leave("a")
+    assert r.woken >= 1, "the last request out wakes the loop"
+    r.step()
+    assert r.state("a") is State.STOPPED and r.state("b") is State.STARTING
+    r.healthy("b")
+    assert fut.result(0).ok
+
+
+def test_always_on_models_are_never_evicted_and_too_big_is_refused_at_once() -> None:
+    r = Rig([od("fixed", lifecycle=LoadPolicy.ALWAYS), od("big", mem=2 * G)], Budget(memory_bytes=2 * G))
+    assert r.state("fixed") is State.STARTING
+    fut = r.ask("big")
+    ready = fut.result(0)
+    assert ready.code == "too_big" and "needs 2048 MiB" in ready.message
+    assert r.state("fixed") is State.STARTING and r.state("big") is State.STOPPED
+
+
+def test_idle_model_is_stopped_after_its_ttl_on_the_fake_clock() -> None:
+    r = Rig([od("a", ttl=30.0)])
+    r.ask("a")
+    r.healthy("a")
+    r.demand.enter("a")
+    r.demand.leave("a")
+    r.clock.advance(29)
+    r.step()
+    assert r.state("a") is State.RUNNING
+    assert r.sup._wait_s() <= 1.0 + 1e-9, "the loop wakes when the TTL runs out"
+    r.clock.advance(1)
+    with capture_logs() as logs:
+        r.step()
+    assert r.state("a") is State.STOPPED
+    assert any(e["event"] == "transition" and e["to"] == "STOPPING" and e["reason"] == "idle for 30s" for e in logs)
+    fut = r.ask("a")
+    assert r.state("a") is State.STARTING, "the next request starts it again"
+    r.healthy("a")
+    assert fut.result(0).ok
+
+
+def test_fatal_unknown_and_operator_stopped_are_answered_with_their_reason() -> None:
+    r = Rig([od("a"), od("always", lifecycle=LoadPolicy.ALWAYS)])
+    r.sup.slots["a"].lc.state = State.FATAL
+    r.sup.slots["a"].lc.reason = "verification failed: model sha256 differs"
+    assert r.ask("a").result(0).code == "fatal"
+    assert "sha256 differs" in r.ask("a").result(0).message
+    assert r.ask("nope").result(0).code == "unknown"
+    r.sup.slots["always"].lc.enabled = False
+    r.sup.slots["always"].lc.state = State.STOPPED
+    stopped = r.ask("always").result(0)
+    assert stopped.code == "stopped" and "llama-supervisorctl start always" in stopped.message
+
+
+def test_demand_drain_is_atomic_against_enter() -> None:
+    d = Demand(FakeClock())
+    assert d.enter("m")
+    assert not d.try_drain("m"), "in flight: not drained"
+    assert d.enter("m"), "a failed try_drain leaves the model open"
+    d.leave("m")
+    d.leave("m")
+    assert d.wait_begin("m", limit=1) and not d.wait_begin("m", limit=1)
+    assert not d.try_drain("m"), "a request waiting for it: not drained"
+    d.wait_end("m")
+    assert d.try_drain("m") and not d.enter("m")
+    d.undrain("m")
+    assert d.enter("m")
