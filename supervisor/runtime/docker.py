@@ -158,6 +158,7 @@ class DockerRuntime:
     def __init__(self, client: docker.DockerClient | None = None, *, timeout_s: float = 60,
                  instance: str = DEFAULT_INSTANCE) -> None:
         self.instance = instance
+        self._pids: dict[str, int] = {}      # container ID -> its process on this host (from inspect)
         try:
             self._client = client or docker.from_env(timeout=int(timeout_s))
         except docker.errors.DockerException as e:
@@ -186,9 +187,13 @@ class DockerRuntime:
         self._count("inspect")
         with engine_errors("inspect", container_id[:12]):
             try:
-                return observed_from_inspect(self._api.inspect_container(container_id))
+                d = self._api.inspect_container(container_id)
             except docker.errors.NotFound:
+                self._pids.pop(container_id, None)
                 return None
+        pid = (d.get("State") or {}).get("Pid") or 0
+        self._pids[d["Id"]] = int(pid)
+        return observed_from_inspect(d)
 
     def create(self, spec: ContainerSpec) -> str:
         kw = container_kwargs(spec, self.instance)
@@ -294,7 +299,14 @@ class DockerRuntime:
                 close()
 
     def memory_usage(self, container_id: str) -> int | None:
-        """From the container's cgroup file (no engine call); None where the layout is not known."""
+        """No engine call: the resident set of the container's process (the pid its last inspect gave;
+        it counts the model's mapped pages, which the cgroup charges to whoever read the file first),
+        else the cgroup's figure; None where neither can be read."""
+        pid = self._pids.get(container_id)
+        if pid:
+            rss = process_rss(pid)
+            if rss is not None:
+                return rss
         return cgroup_memory(container_id)
 
     def close(self) -> None:
@@ -308,6 +320,17 @@ _CGROUP_MEMORY = (
     "/sys/fs/cgroup/memory/docker/{id}/memory.usage_in_bytes",
     "/sys/fs/cgroup/memory/system.slice/docker-{id}.scope/memory.usage_in_bytes",
 )
+
+
+def process_rss(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def cgroup_memory(container_id: str, templates: tuple[str, ...] = _CGROUP_MEMORY) -> int | None:

@@ -1,0 +1,74 @@
+"""The GGUF header reader on files written here: the fields a memory estimate needs, arrays skipped,
+and hostile or truncated headers answered with None, never a huge allocation."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from supervisor import gguf
+from supervisor.render import estimate_memory
+
+
+def _s(text: str) -> bytes:
+    b = text.encode()
+    return struct.pack("<Q", len(b)) + b
+
+
+def _kv_u32(key: str, v: int) -> bytes:
+    return _s(key) + struct.pack("<I", 4) + struct.pack("<I", v)
+
+
+def write(path: Path, *, kvs: list[bytes], version: int = 3, n_kv: int | None = None) -> Path:
+    head = b"GGUF" + struct.pack("<I", version) + struct.pack("<Q", 0) + struct.pack("<Q", len(kvs) if n_kv is None else n_kv)
+    path.write_bytes(head + b"".join(kvs))
+    return path
+
+
+def gemma_like(path: Path) -> Path:
+    vocab = _s("tokenizer.ggml.tokens") + struct.pack("<I", 9) + struct.pack("<I", 8) + struct.pack("<Q", 3)
+    vocab += _s("<pad>") + _s("hello") + _s("world")
+    scores = _s("tokenizer.ggml.scores") + struct.pack("<I", 9) + struct.pack("<I", 6) + struct.pack("<Q", 3)
+    scores += struct.pack("<3f", 0.0, 1.0, 2.0)
+    return write(path, kvs=[
+        _s("general.architecture") + struct.pack("<I", 8) + _s("gemma3"),
+        vocab, scores,
+        _kv_u32("gemma3.block_count", 18), _kv_u32("gemma3.embedding_length", 640),
+        _kv_u32("gemma3.attention.head_count", 4), _kv_u32("gemma3.attention.head_count_kv", 1),
+        _kv_u32("gemma3.attention.key_length", 256), _kv_u32("gemma3.attention.value_length", 256),
+        _kv_u32("gemma3.context_length", 32768),
+    ])
+
+
+def test_reads_the_memory_fields_past_the_vocabulary(tmp_path: Path) -> None:
+    f = gguf.facts(gemma_like(tmp_path / "m.gguf"))
+    assert f == gguf.GgufFacts("gemma3", n_layer=18, n_embd=640, n_head=4, n_head_kv=1, key_length=256,
+                               value_length=256, context_length=32768)
+    # 18 layers x 1 KV head x (256 + 256) x 2 bytes (f16) = 18 KiB per token
+    assert f.kv_bytes(2048, k_bytes_per_elem=2, v_bytes_per_elem=2) == 2048 * 18 * 1024
+    assert f.kv_bytes(0, k_bytes_per_elem=2, v_bytes_per_elem=2) == 32768 * 18 * 1024, "ctx 0: the model's own"
+
+
+def test_hostile_or_broken_headers_give_none(tmp_path: Path) -> None:
+    assert gguf.facts(tmp_path / "absent.gguf") is None
+    (tmp_path / "text.gguf").write_text("not a gguf")
+    assert gguf.facts(tmp_path / "text.gguf") is None
+    assert gguf.facts(write(tmp_path / "v9.gguf", kvs=[], version=9)) is None
+    assert gguf.facts(write(tmp_path / "many.gguf", kvs=[], n_kv=10**12)) is None
+    huge = _s("x")[:0] + struct.pack("<Q", 2**40) + b"key"
+    assert gguf.facts(write(tmp_path / "huge.gguf", kvs=[huge], n_kv=1)) is None
+    whole = gemma_like(tmp_path / "whole.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(whole[: len(whole) // 2])
+    assert gguf.facts(tmp_path / "cut.gguf") is None
+    assert gguf.facts(write(tmp_path / "noarch.gguf", kvs=[_kv_u32("llama.block_count", 2)])) is None
+
+
+def test_estimate_is_file_plus_kv_plus_overhead_and_says_how(tmp_path: Path) -> None:
+    f = gguf.facts(gemma_like(tmp_path / "m.gguf"))
+    size = 253_113_024
+    total, basis = estimate_memory(size, f, ctx_size=2048, cache_type_k="q8_0", cache_type_v="f16")
+    kv = 2048 * 18 * (256 * 34 / 32 + 256 * 2)
+    assert total == int(size + kv + 128 * 2**20 + 0.1 * size)
+    assert basis == "estimate: file 241 MiB + KV 27 MiB + overhead"
+    unknown, why = estimate_memory(size, None, ctx_size=2048, cache_type_k="f16", cache_type_v="f16")
+    assert unknown == int(size + 128 * 2**20 + 0.1 * size) and "KV unknown" in why
