@@ -68,7 +68,7 @@ LABEL org.opencontainers.image.title="llama-server" \
 ENV HOME=/tmp LLAMA_CACHE=/tmp NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 65532:65532
 EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=5s --start-period=600s --retries=3 \
+HEALTHCHECK --interval=5s --timeout=5s --start-period=600s --retries=3 \
     CMD ["/usr/local/bin/llama-healthcheck", "8080"]
 ENTRYPOINT ["/usr/local/bin/llama-server"]
 CMD ["--help"]

@@ -31,7 +31,8 @@ def _manifests_option(f):  # type: ignore[no-untyped-def]
                         help="The manifest directory (default: the daemon's).")(f)
 
 
-def _render(target: str, manifests_dir: Path | None, image_refs: dict[str, str], namespace: str | None) -> str:
+def _render(target: str, manifests_dir: Path | None, image_refs: dict[str, str], namespace: str | None,
+            swarm_nodes: int = 1) -> str:
     from supervisor import export, hardware, render
     from supervisor.lock import read_lock
     from supervisor.manifest import load_dir
@@ -54,7 +55,8 @@ def _render(target: str, manifests_dir: Path | None, image_refs: dict[str, str],
         click.echo(problem, err=True)
     if problems:
         raise _Invalid(f"{len(problems)} problem(s) in {directory}: nothing rendered")
-    options = export.Options(image_refs=image_refs, namespace=namespace, node_memory_bytes=host.memory_bytes)
+    options = export.Options(image_refs=image_refs, namespace=namespace, node_memory_bytes=host.memory_bytes,
+                             swarm_nodes=swarm_nodes)
     return export.render_target(target, models, options)
 
 
@@ -79,14 +81,16 @@ def _parse_refs(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--namespace", default=None, help="kubernetes: the namespace of every object.")
 @click.option("--image-ref", "image_refs", multiple=True, metavar="VARIANT=REF@sha256:DIGEST",
               help="Use this pushed, digest-pinned image for a variant (repeatable).")
+@click.option("--swarm-nodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="swarm: nodes in the swarm; updates start the new task first only with two or more.")
 def render_cmd(target: str, out: Path | None, manifests_dir: Path | None, namespace: str | None,
-               image_refs: tuple[str, ...]) -> None:
+               image_refs: tuple[str, ...], swarm_nodes: int) -> None:
     """Render the manifests for Compose, Swarm or Kubernetes (same input, same bytes)."""
     from supervisor import export
 
     if namespace is not None and target != "kubernetes":
         raise click.BadParameter("only the kubernetes target has namespaces", param_hint="--namespace")
-    text = _render(target, manifests_dir, _parse_refs(image_refs), namespace)
+    text = _render(target, manifests_dir, _parse_refs(image_refs), namespace, swarm_nodes)
     if out is None:
         click.echo(text, nl=False)
         return
@@ -112,7 +116,8 @@ def deploy_swarm(manifests_dir: Path | None, stack: str, wait_s: float) -> None:
 
     client = client_from_env()
     swarm_deploy.require_swarm(client)
-    text = _render("swarm", manifests_dir, {}, None)
+    nodes = len(client.api.nodes(filters={"role": "worker"})) + len(client.api.nodes(filters={"role": "manager"}))
+    text = _render("swarm", manifests_dir, {}, None, swarm_nodes=nodes)
     stack_file = paths.state_dir() / "swarm" / f"{stack}.yaml"
     stack_file.parent.mkdir(parents=True, exist_ok=True)
     stack_file.write_text(text)

@@ -39,14 +39,17 @@ class Options:
     image_refs: variant -> image reference to write instead of the local tag,
         e.g. a pushed `<repo>@sha256:<digest>` (Kubernetes pulls by digest).
     namespace: Kubernetes namespace for every object (None: the kubectl context's).
-    node_memory_bytes: memory of the node a Swarm service lands on; an update
-        starts the new task first only when every model's limit plus one more
-        copy of this one fits.
+    node_memory_bytes: memory of one node; an update starts the new copy first
+        only when every model's limit plus one more copy of this one fits.
+    swarm_nodes: nodes of the swarm. A model's host-mode port is taken on the
+        node that runs it, so a Swarm update can start the new task first only
+        on another node: start-first needs two nodes (and the memory).
     """
 
     image_refs: Mapping[str, str] = field(default_factory=dict)
     namespace: str | None = None
     node_memory_bytes: int = 0
+    swarm_nodes: int = 1
 
 
 @dataclass(frozen=True)

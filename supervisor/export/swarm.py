@@ -64,7 +64,9 @@ def service(model: ExportModel, models: list[ExportModel], options: Options) -> 
     resources: dict[str, Any] = {"limits": limits}
     if reservations:
         resources["reservations"] = reservations
-    order = "start-first" if start_first(model, models, options.node_memory_bytes) else "stop-first"
+    # The published host port is held by the old task on its node: a new one can start first only elsewhere.
+    order = ("start-first" if options.swarm_nodes > 1 and start_first(model, models, options.node_memory_bytes)
+             else "stop-first")
     svc: dict[str, Any] = {
         "image": model.image(options),
         "command": list(spec.argv),

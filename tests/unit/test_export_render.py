@@ -177,9 +177,12 @@ def test_swarm_service_maps_restart_update_and_ports() -> None:
     assert qwen["secrets"][0]["target"] == "api-key" and doc["secrets"] == {
         "qwen-gpu-api-key": {"file": "/etc/llama-supervisor/keys/qwen"}}
     assert qwen["networks"] != tiny["networks"]                     # models cannot reach each other
-    # start-first only when every limit is known and two copies fit: qwen has a profile memory of 8g
-    assert qwen["deploy"]["update_config"]["order"] == "start-first"
-    small = swarm.document(models, export.Options(node_memory_bytes=9 << 30))
+    # one node: the old task holds the host port, so the new one cannot start first
+    assert qwen["deploy"]["update_config"]["order"] == "stop-first"
+    # start-first with a second node and when every limit is known and two copies fit (qwen: 8g from its profile)
+    two = swarm.document(models, export.Options(node_memory_bytes=64 << 30, swarm_nodes=2))
+    assert two["services"]["qwen-gpu"]["deploy"]["update_config"]["order"] == "start-first"
+    small = swarm.document(models, export.Options(node_memory_bytes=9 << 30, swarm_nodes=2))
     assert small["services"]["qwen-gpu"]["deploy"]["update_config"]["order"] == "stop-first"
 
 
