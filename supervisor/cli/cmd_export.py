@@ -6,12 +6,17 @@ import json
 import re
 import time
 from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from supervisor import paths
 from supervisor.errors import ConfigError, ManifestError
+
+if TYPE_CHECKING:
+    from supervisor.export.swarm_deploy import ServiceState
 
 EXIT_NOT_RUNNING = 3
 _IMAGE_REF = re.compile(r"^([a-z0-9-]+)=(\S+@sha256:[0-9a-f]{64})$")
@@ -26,7 +31,10 @@ def register(cli: click.Group) -> None:
     cli.add_command(deploy)
 
 
-def _manifests_option(f):  # type: ignore[no-untyped-def]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _manifests_option(f: F) -> F:
     return click.option("--manifests", "manifests_dir", type=click.Path(path_type=Path), default=None,
                         help="The manifest directory (default: the daemon's).")(f)
 
@@ -116,8 +124,7 @@ def deploy_swarm(manifests_dir: Path | None, stack: str, wait_s: float) -> None:
 
     client = client_from_env()
     swarm_deploy.require_swarm(client)
-    nodes = len(client.api.nodes(filters={"role": "worker"})) + len(client.api.nodes(filters={"role": "manager"}))
-    text = _render("swarm", manifests_dir, {}, None, swarm_nodes=nodes)
+    text = _render("swarm", manifests_dir, {}, None, swarm_nodes=swarm_deploy.node_count(client))
     stack_file = paths.state_dir() / "swarm" / f"{stack}.yaml"
     stack_file.parent.mkdir(parents=True, exist_ok=True)
     stack_file.write_text(text)
@@ -169,13 +176,15 @@ def deploy_remove(stack: str) -> None:
     click.echo(swarm_deploy.remove(stack) or f"removed stack {stack}")
 
 
-def _print_states(states: list) -> None:  # type: ignore[type-arg]
+def _print_states(states: list[ServiceState]) -> None:
     width = max((len(s.model) for s in states), default=0)
     for s in states:
         word = "RUNNING" if s.converged else "STARTING" if any(
             t in ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting") for t in s.task_states
         ) else "DOWN"
         detail = f"{s.service} {s.running}/{s.desired} tasks running, hash {s.config_hash[:12]}"
+        if s.update and s.update != "completed":
+            detail += f", update {s.update}"
         if s.error and not s.converged:
             detail += f", last error: {s.error}"
         click.echo(f"{s.model:<{width}}  {word:<8}  {detail}")

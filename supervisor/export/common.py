@@ -167,10 +167,10 @@ class _Dumper(yaml.SafeDumper):
 
 
 def dump(doc: object) -> str:
-    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=4096,
-                     allow_unicode=True)
+    return str(yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=4096,
+                     allow_unicode=True))
 
 
 def dump_all(docs: list[object]) -> str:
-    return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=4096,
-                         allow_unicode=True, explicit_start=True)
+    return str(yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=4096,
+                             allow_unicode=True, explicit_start=True))

@@ -58,7 +58,6 @@ def service(model: ExportModel, options: Options) -> dict[str, Any]:
     spec = model.desired.spec
     svc: dict[str, Any] = {
         "image": model.image(options),
-        "pull_policy": "never" if model.variant not in options.image_refs else "missing",
         "command": list(spec.argv),
         "user": spec.user,
         "read_only": spec.read_only_rootfs,
@@ -77,6 +76,8 @@ def service(model: ExportModel, options: Options) -> dict[str, Any]:
         "labels": docker_labels(model),
         "networks": [NETWORK],
     }
+    if model.variant not in options.image_refs:
+        svc["pull_policy"] = "never"            # the image exists only locally: never ask a registry
     if spec.memory_bytes is not None:
         svc["mem_limit"] = byte_size(spec.memory_bytes)
         svc["memswap_limit"] = byte_size(spec.memory_bytes)

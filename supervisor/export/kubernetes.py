@@ -58,7 +58,7 @@ def selector(model: ExportModel) -> dict[str, str]:
     return {"app.kubernetes.io/name": "llama-server", "app.kubernetes.io/instance": model.name}
 
 
-def annotations(model: ExportModel) -> dict[str, str]:
+def object_annotations(model: ExportModel) -> dict[str, str]:
     return {
         f"{ANNOTATION}/config-hash": model.config_hash,
         f"{ANNOTATION}/image-id": model.image_id,
@@ -71,7 +71,7 @@ def metadata(model: ExportModel, options: Options, name: str | None = None) -> d
     if options.namespace:
         meta["namespace"] = options.namespace
     meta["labels"] = labels(model)
-    meta["annotations"] = annotations(model)
+    meta["annotations"] = object_annotations(model)
     return meta
 
 

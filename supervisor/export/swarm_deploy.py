@@ -35,10 +35,13 @@ class ServiceState:
     running: int                     # tasks running (healthy, when the image has a health check)
     task_states: tuple[str, ...]     # current states of the tasks swarm still tracks, newest first
     error: str                       # the newest task's error, if any
+    update: str = ""                 # the service's UpdateStatus.State: updating, completed, rollback_*...
 
     @property
     def converged(self) -> bool:
-        return self.running >= self.desired > 0
+        """Every replica running and no update or rollback under way."""
+        settled = self.update in ("", "completed", "rollback_completed")
+        return settled and self.running >= self.desired > 0
 
 
 def swarm_state(client: docker.DockerClient) -> str:
@@ -57,6 +60,14 @@ def require_swarm(client: docker.DockerClient) -> None:
             f"this Docker engine is not a swarm manager (swarm state: {state}): run 'docker swarm init'"
             " (one node is enough), or deploy the stack file on a manager"
         )
+
+
+def node_count(client: docker.DockerClient) -> int:
+    """Nodes of the swarm this engine manages (render's start-first rule needs two)."""
+    try:
+        return max(1, len(client.api.nodes()))
+    except docker.errors.DockerException as e:
+        raise RuntimeOperationError(f"docker node ls: {e}") from e
 
 
 def deploy(stack_file: Path, stack: str = DEFAULT_STACK, *, docker_cli: str = "docker") -> str:
@@ -111,6 +122,7 @@ def _state(client: docker.DockerClient, svc: dict[str, Any]) -> ServiceState:
         running=sum(1 for s in current if s == "running"),
         task_states=tuple(current),
         error=newest_error,
+        update=str((svc.get("UpdateStatus") or {}).get("State", "")),
     )
 
 

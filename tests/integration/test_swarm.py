@@ -1,8 +1,8 @@
 """Swarm as a runtime target, end to end on the local engine in single-node swarm mode.
 
 The module turns swarm mode on only if the engine is not in it, and leaves it
-(`docker swarm leave --force`) only in that case, so the engine ends as it
-was found. Its stack has a unique name and two models with unique names; the
+(`docker swarm leave --force`, then removes the docker_gwbridge network swarm
+init made) only in that case, so the engine ends as it was found. Its stack has a unique name and two models with unique names; the
 stack is removed at the end whatever happened. The tests run in order on one
 deployment (a model load costs seconds on a 2-core host).
 """
@@ -31,6 +31,7 @@ from .daemon_harness import free_port, healthy, model_yaml, wait_for
 pytestmark = pytest.mark.docker
 
 CONVERGE_S = 180.0
+GWBRIDGE = "docker_gwbridge"
 
 
 class Stack:
@@ -65,6 +66,7 @@ class Stack:
 def swarm_engine(docker_client: docker.DockerClient) -> Iterator[docker.DockerClient]:
     state = swarm_deploy.swarm_state(docker_client)
     turned_on = False
+    had_gwbridge = bool(docker_client.networks.list(names=[GWBRIDGE]))
     if state == "inactive":
         docker_client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
         turned_on = True
@@ -76,6 +78,11 @@ def swarm_engine(docker_client: docker.DockerClient) -> Iterator[docker.DockerCl
         if turned_on:
             docker_client.swarm.leave(force=True)
             assert swarm_deploy.swarm_state(docker_client) == "inactive"
+            # swarm init made docker_gwbridge and leave keeps it: remove it too, as the engine was
+            if not had_gwbridge:
+                for net in docker_client.networks.list(names=[GWBRIDGE]):
+                    if net.name == GWBRIDGE:
+                        net.remove()
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +149,12 @@ def test_a_changed_manifest_updates_only_that_service(stack: Stack, swarm_engine
     (a_task,) = swarm_deploy.task_containers(swarm_engine, stack.service(stack.a))
     (b_task,) = swarm_deploy.task_containers(swarm_engine, stack.service(stack.b))
     stack.write(stack.b, ctx=1024)
-    stack.render()
-    swarm_deploy.deploy(stack.file, stack.name)
+    cli = click.Group()
+    cmd_export.register(cli)          # the operator's path: render + docker stack deploy + wait
+    result = CliRunner().invoke(cli, ["deploy", "swarm", "--manifests", str(stack.dir), "--stack", stack.name,
+                                      "--wait", str(CONVERGE_S)])
+    assert result.exit_code == 0, result.output
+    assert "deployed" in result.output
 
     def b_replaced() -> bool:
         tasks = swarm_deploy.task_containers(swarm_engine, stack.service(stack.b))
