@@ -74,6 +74,7 @@ def docker_run_argv(spec: ContainerSpec, name: str) -> list[str]:
             "--tmpfs", f"/tmp:rw,noexec,nosuid,size={spec.tmpfs_size}",
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
             "--pids-limit", str(spec.pids_limit), "--restart", "no",
+            "--cpu-shares", str(spec.cpu_shares),
             "-p", f"{spec.host_ip}:{spec.host_port}:{spec.container_port}"]
     if spec.read_only_rootfs:
         argv.append("--read-only")

@@ -43,11 +43,20 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release \
     cmake --build build --target llama-server -j"$(nproc)" && \
     mkdir -p /out && strip -o /out/llama-server build/bin/llama-server
 
+# The Docker-native health check (see images/Dockerfile): static, no shell, no curl.
+FROM nvidia/cuda:${CUDA_VERSION}-devel-${UBUNTU} AS healthcheck
+COPY healthcheck.c /src/healthcheck.c
+RUN mkdir -p /out && \
+    gcc -std=c11 -D_DEFAULT_SOURCE -O2 -Wall -Wextra -Werror -static \
+      -o /out/llama-healthcheck /src/healthcheck.c && \
+    strip /out/llama-healthcheck
+
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU}
 ARG VARIANT=cuda
 ARG SOURCE_SHA256
 ARG LLAMA_BUILD_NUMBER=0
 COPY --from=build /out/llama-server /usr/local/bin/llama-server
+COPY --from=healthcheck /out/llama-healthcheck /usr/local/bin/llama-healthcheck
 RUN groupadd -g 65532 nonroot && useradd -u 65532 -g 65532 -d /tmp -s /usr/sbin/nologin nonroot
 LABEL org.opencontainers.image.title="llama-server" \
       org.opencontainers.image.description="llama.cpp llama-server, CUDA, built by llama-supervisor" \
@@ -59,5 +68,7 @@ LABEL org.opencontainers.image.title="llama-server" \
 ENV HOME=/tmp LLAMA_CACHE=/tmp NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 65532:65532
 EXPOSE 8080
+HEALTHCHECK --interval=5s --timeout=5s --start-period=600s --retries=3 \
+    CMD ["/usr/local/bin/llama-healthcheck", "8080"]
 ENTRYPOINT ["/usr/local/bin/llama-server"]
 CMD ["--help"]

@@ -41,7 +41,6 @@ from supervisor.source import SourceTarball
 
 Progress = Callable[[str], None]
 
-REPO = "llama-supervisor/llama-server"
 BINARY = "/usr/local/bin/llama-server"
 LOCAL_BUILDER = "llama-supervisor/builder:bookworm"   # made by scripts/make-base-images
 
@@ -51,7 +50,7 @@ ARCH = {"arm64": "arm64"}  # everything else is amd64
 
 
 def tag_for(variant: str) -> str:
-    return f"{REPO}:{variant}"
+    return f"{paths.image_repo()}:{variant}"
 
 
 def images_dir() -> Path:
@@ -109,6 +108,7 @@ def build(
         if builder:
             buildargs["BUILDER"] = builder
     shutil.copyfile(dockerfile, context / "Dockerfile")
+    shutil.copyfile(dockerfile.parent / "healthcheck.c", context / "healthcheck.c")
     progress(f"build {tag_for(variant)} from {source.origin} (SHA-256 {source.sha256[:12]}...)")
     tail: list[str] = []
     with engine_errors("build", tag_for(variant)):      # the engine went away mid-build
@@ -139,7 +139,7 @@ def build(
 
 
 def _context_dir(source: SourceTarball) -> Path:
-    """A context that holds only source.tar.gz (hard-linked when possible)."""
+    """A context that holds source.tar.gz (hard-linked when possible); build adds the Dockerfile and healthcheck.c."""
     context = paths.state_dir() / "build-context" / source.sha256
     context.mkdir(parents=True, exist_ok=True)
     target = context / "source.tar.gz"

@@ -4,12 +4,25 @@
     LLAMA_SUPERVISOR_CACHE_DIR   downloaded sources and models      (root: /var/cache/llama-supervisor)
     LLAMA_SUPERVISOR_MANIFESTS   the manifest directory             (root: /etc/llama-supervisor/manifests)
     LLAMA_SUPERVISOR_SOCKET      the control socket                 (root: /run/llama-supervisor/control.sock)
+    LLAMA_SUPERVISOR_IMAGE_REPO  the repository of built images     (llama-supervisor/llama-server)
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+
+DEFAULT_IMAGE_REPO = "llama-supervisor/llama-server"
+
+
+def image_repo() -> str:
+    """Where `build` tags images and manifests render from: <repo>:<variant>.
+
+    An override keeps a checkout that changes images/Dockerfile from retagging
+    the images other checkouts on the same engine have locked.
+    """
+    return os.environ.get("LLAMA_SUPERVISOR_IMAGE_REPO") or DEFAULT_IMAGE_REPO
 
 
 def _is_root() -> bool:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor import gguf, hardware, modelsrc
+from supervisor import gguf, hardware, modelsrc, paths
 from supervisor.core.spec import (
     ContainerSpec,
     DesiredModel,
@@ -37,7 +37,6 @@ from supervisor.lock import ImageLock, ImageRecord
 from supervisor.manifest.loader import ManifestSet, Origin, load_dir
 from supervisor.manifest.schema import ModelManifest, ProfileManifest
 
-IMAGE_REPO = "llama-supervisor/llama-server"
 CONTAINER_PORT = 8080
 MODEL_DIR = "/models"
 API_KEY_TARGET = "/run/secrets/api-key"
@@ -105,7 +104,7 @@ class Placement:
 
 
 def image_tag(variant: str) -> str:
-    return f"{IMAGE_REPO}:{variant}"
+    return f"{paths.image_repo()}:{variant}"
 
 
 def model_host_path(manifest: ModelManifest) -> Path:
@@ -249,6 +248,7 @@ def render(
         nano_cpus=int(res.cpus * 1e9) if res.cpus is not None else None,
         cpuset=res.cpuset or placement.cpuset,
         gpu=placement.gpu,
+        cpu_shares=res.cpu_shares,
     )
     health = manifest.health
     rs = manifest.restart

@@ -25,7 +25,7 @@ def _register() -> None:
     from supervisor.cli import cmd_images
 
     cmd_images.register(cli)
-    for name in ("cmd_manifests", "cmd_control"):
+    for name in ("cmd_manifests", "cmd_control", "cmd_export"):
         try:
             module = __import__(f"supervisor.cli.{name}", fromlist=["register"])
         except ModuleNotFoundError as e:

@@ -50,6 +50,8 @@ class ContainerSpec:
     user: str = "65532:65532"
     read_only_rootfs: bool = True
     tmpfs_size: str = "64m"
+    cpu_shares: int = 512            # relative CPU weight; docker's default is 1024 (CIS 5.11)
+    network: str = "llama-supervisor"  # a user-defined bridge without ICC, not docker0 (CIS 5.29)
 
     def canonical(self) -> dict[str, object]:
         return asdict(self)

@@ -203,6 +203,10 @@ class Resources(_Strict):
     cpus: float | None = Field(default=None, gt=0, le=1024, description="a CPU limit such as 2.0")
     cpuset: Cpuset | None = Field(default=None, description="CPUs to pin to, such as 0-3 or 0,2")
     pids: int = Field(default=256, ge=16, le=65536, description="a process limit, e.g. 256")
+    cpu_shares: int = Field(
+        default=512, ge=2, le=262144,
+        description="a relative CPU weight under contention, e.g. 512 (docker's default is 1024)",
+    )
 
 
 class GpuSettings(_Strict):

@@ -1,9 +1,10 @@
 """The Runtime protocol on the docker SDK (low-level API: one HTTP call per operation).
 
 Containers are created by image ID from a ContainerSpec, hardened (read-only root,
-tmpfs /tmp, no capabilities, no-new-privileges, non-root, read-only mounts, memory
-and pids limits), published on spec.host_ip only, with Docker's restart policy
-`no`: the daemon owns restarts. `calls` counts engine calls per operation, for
+tmpfs /tmp, no capabilities, no-new-privileges, non-root, read-only mounts, memory,
+pids and CPU-weight limits, a bridge network of their own with inter-container
+traffic off), published on spec.host_ip only, with Docker's restart policy
+`no`: the daemon owns restarts (CIS Docker Benchmark section 5: docs/DESIGN.md). `calls` counts engine calls per operation, for
 tests and benchmarks.
 """
 
@@ -58,6 +59,8 @@ def host_config_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         "pids_limit": spec.pids_limit,
         "restart_policy": {"Name": "no"},
         "init": False,
+        "cpu_shares": spec.cpu_shares,
+        "network_mode": spec.network,
     }
     if spec.memory_bytes is not None:
         kw["mem_limit"] = spec.memory_bytes
@@ -165,6 +168,7 @@ class DockerRuntime:
             raise RuntimeUnavailable(f"docker engine unreachable: {e}: {UNREACHABLE_HINT}") from e
         self._api = self._client.api
         self.calls: Counter[str] = Counter()
+        self._networks: set[str] = set()
 
     @property
     def client(self) -> docker.DockerClient:
@@ -196,6 +200,7 @@ class DockerRuntime:
         return observed_from_inspect(d)
 
     def create(self, spec: ContainerSpec) -> str:
+        self._ensure_network(spec.network)
         kw = container_kwargs(spec, self.instance)
         for attempt in (1, 2):
             self._count("create")
@@ -209,6 +214,23 @@ class DockerRuntime:
                     raise
                 self._clear_name(kw["name"])
         raise AssertionError("unreachable")
+
+    def _ensure_network(self, name: str) -> None:
+        """The models' bridge network, made once: inter-container traffic off, so models cannot reach each other."""
+        if name in self._networks:
+            return
+        self._count("network")
+        with _translate("network", name):
+            if not any(n.get("Name") == name for n in self._api.networks(names=[name])):
+                try:
+                    self._api.create_network(
+                        name, driver="bridge", check_duplicate=True, labels={LABEL_MANAGED: "true"},
+                        options={"com.docker.network.bridge.enable_icc": "false"},
+                    )
+                except docker.errors.APIError as e:
+                    if e.status_code != 409:      # another daemon made it first
+                        raise
+        self._networks.add(name)
 
     def _clear_name(self, name: str) -> None:
         """A container holds our name (a half-done recreate): remove it if it is ours."""

@@ -19,7 +19,7 @@ import docker
 import pytest
 
 from integration.daemon_harness import Daemon, free_port, model_yaml, remove_models
-from supervisor import images
+from supervisor import images, paths
 from supervisor.lock import ImageLock, ImageRecord, write_lock
 
 from .helpers import status, uid, write_manifest
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture
 def scratch_tag(docker_client: docker.DockerClient, image_record: ImageRecord) -> Iterator[str]:
-    tag = f"llama-supervisor/llama-server:fault-{uuid.uuid4().hex[:8]}"
+    tag = f"{paths.image_repo()}:fault-{uuid.uuid4().hex[:8]}"
     docker_client.images.get(image_record.image_id).tag(tag)
     yield tag
     docker_client.images.remove(tag, force=True)

@@ -12,7 +12,7 @@ import docker
 import httpx
 import pytest
 
-from supervisor import images
+from supervisor import images, paths
 from supervisor.errors import ImageMismatch
 from supervisor.lock import ImageLock, ImageRecord
 
@@ -28,7 +28,7 @@ def free_port() -> int:
 @pytest.fixture
 def scratch_tag(docker_client: docker.DockerClient, image_record: ImageRecord):
     """A throwaway tag on the real image, so tampering never touches the real tag."""
-    tag = f"llama-supervisor/llama-server:test-{uuid.uuid4().hex[:8]}"
+    tag = f"{paths.image_repo()}:test-{uuid.uuid4().hex[:8]}"
     docker_client.images.get(image_record.image_id).tag(tag)
     yield tag
     docker_client.images.remove(tag, force=True)

@@ -18,6 +18,7 @@ def test_container_is_hardened_and_published_on_loopback() -> None:
     assert hc["security_opt"] == ["no-new-privileges:true"]
     assert hc["tmpfs"] == {"/tmp": "rw,noexec,nosuid,size=64m"}
     assert hc["restart_policy"] == {"Name": "no"}
+    assert hc["cpu_shares"] == 512 and hc["network_mode"] == "llama-supervisor"
     assert hc["mem_limit"] == hc["memswap_limit"] == 1 << 30
     assert all(m["ReadOnly"] for m in hc["mounts"])
     assert "device_requests" not in hc

@@ -9,6 +9,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from supervisor import paths
 from supervisor.cli import cmd_manifests
 from supervisor.lock import ImageLock, write_lock
 from supervisor.manifest.jsonschema import schema_text
@@ -55,7 +56,7 @@ def test_hardware_json(cli: click.Group) -> None:
     assert result.exit_code == 0, result.output
     body = json.loads(result.output)
     assert body["variant"] in body["runnable_variants"]
-    assert body["image"] == f"llama-supervisor/llama-server:{body['variant']}"
+    assert body["image"] == f"{paths.image_repo()}:{body['variant']}"
     assert body["default_flags"][0] == "--threads"
 
 

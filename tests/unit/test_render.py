@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import modelsrc
+from supervisor import modelsrc, paths
 from supervisor.core.spec import GpuRequest, Mount, RestartPolicy
 from supervisor.errors import ManifestError
 from supervisor.hardware import GpuInfo, HostInfo
@@ -37,6 +37,21 @@ def record(variant: str, flags: frozenset[str] = FLAGS) -> ImageRecord:
 
 
 LOCK = ImageLock({v: record(v) for v in ("cpu-generic", "cpu-avx2", "cpu-avx512", "cuda")})
+
+
+@pytest.fixture(autouse=True)
+def default_image_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests spell the default repository; a checkout's override must not leak in."""
+    monkeypatch.delenv("LLAMA_SUPERVISOR_IMAGE_REPO", raising=False)
+
+
+def test_image_repo_override_names_the_rendered_image(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LLAMA_SUPERVISOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("LLAMA_SUPERVISOR_IMAGE_REPO", "elsewhere/llama-server")
+    desired, problems = render_all(load_dir(FIXTURES / "valid"), LOCK, HOST, file_sizes={})
+    assert problems == []
+    assert desired["gemma"].spec.image == "elsewhere/llama-server:cpu-avx512"
+    assert paths.image_repo() == "elsewhere/llama-server"
 
 
 def test_valid_fixture_renders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
