@@ -208,6 +208,10 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         loop.start()
         while loop.is_alive():
             loop.join(0.5)
+        if not sup.done.is_set():
+            # The loop thread died of a bug (its traceback is above): exit non-zero so that
+            # systemd's Restart=on-failure starts a new daemon, which adopts the containers.
+            raise SupervisorError("the loop thread died unexpectedly (see the traceback above)")
     finally:
         for c in closers:
             try:

@@ -17,7 +17,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import httpx
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request

@@ -220,7 +220,7 @@ class DockerRuntime:
         if name in self._networks:
             return
         self._count("network")
-        with _translate("network", name):
+        with engine_errors("network", name):
             if not any(n.get("Name") == name for n in self._api.networks(names=[name])):
                 try:
                     self._api.create_network(
