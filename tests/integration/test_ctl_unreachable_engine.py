@@ -41,8 +41,10 @@ ARGS: dict[str, list[str]] = {
     "pid": [],
     "tail": ["m"],
     "bench": ["m"],
+    "render": ["compose"],
+    "deploy": ["status"],
 }
-NEEDS_ENGINE = {"build", "verify"}
+NEEDS_ENGINE = {"build", "verify", "deploy"}
 
 
 @pytest.fixture(scope="module")

@@ -122,8 +122,15 @@ def test_manifest_edit_recreates_only_that_model(pair: tuple[Pair, Daemon], dock
     old_a, _ = identity(docker_client, p.a)
     other = identity(docker_client, p.b)
     p.write(p.a, ctx=640)
+
+    def recreated() -> bool:
+        try:
+            return identity(docker_client, p.a)[0] != old_a
+        except docker.errors.NotFound:      # between the old container's removal and the new one's create
+            return False
+
     try:
-        wait_for(lambda: identity(docker_client, p.a)[0] != old_a, 30, "model a recreated")
+        wait_for(recreated, 30, "model a recreated")
         wait_for(lambda: healthy(p.port[p.a]), LOAD_TIMEOUT, "recreated model healthy")
     except AssertionError:
         print(d.dump())
