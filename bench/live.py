@@ -91,12 +91,12 @@ def docker_run_argv(spec: ContainerSpec, name: str) -> list[str]:
 class Floor:
     """Bare Docker with the daemon's own spec for one light model: `docker run` and `docker start`."""
 
-    def __init__(self, demo: Path) -> None:
+    def __init__(self, demo: Path, *, memory: str = "1g") -> None:
         self.tag = uuid.uuid4().hex[:6]
         self.dir = Path(tempfile.mkdtemp(prefix="bench-floor-"))
         self.model = f"bench{self.tag}-floor"
         self.port = free_port()
-        (self.dir / "m.yaml").write_text(model_yaml(self.model, self.port, demo, DEMO_SHA256))
+        (self.dir / "m.yaml").write_text(model_yaml(self.model, self.port, demo, DEMO_SHA256, memory=memory))
         self.spec = render_one(self.dir)[self.model].spec
         self.name = f"bench-floor-{self.tag}"
 
