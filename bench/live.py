@@ -182,6 +182,15 @@ class Fleet:
     def container_id(self, model: str) -> str:
         return str(self.client.containers.get(f"llama-supervisor-{model}").id)
 
+    def new_container_id(self, model: str, old: set[str]) -> str | None:
+        """The model's container ID if it is not one of `old`; None while there is none (a recreate
+        removes the old container before it creates the new one) or it is still an old one."""
+        try:
+            cid = self.container_id(model)
+        except docker.errors.NotFound:
+            return None
+        return cid if cid not in old else None
+
     def identity(self, model: str) -> tuple[str, str]:
         c = self.client.containers.get(f"llama-supervisor-{model}")
         return str(c.id), str(c.attrs["State"]["StartedAt"])
