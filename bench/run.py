@@ -18,6 +18,7 @@ import datetime
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import threading
@@ -396,9 +397,12 @@ def main(argv: list[str] | None = None) -> int:
         with CrowdWatch() as watch:
             print("gateway...", flush=True)
             bench_gateway(g, quick=a.quick)
-        crowd = watch.seen
         elapsed = time.monotonic() - started
-        text = render_gateway_doc(g, info, variant=variant, elapsed=elapsed, quiet=host_load(crowd), quick=a.quick)
+        quiet = host_load(watch.seen)
+        if watch.loads:
+            quiet += (f" 1-minute load average at the checks every 10 s: median {statistics.median(watch.loads):.1f}, "
+                      f"max {max(watch.loads):.1f} (on {os.cpu_count()} cores)")
+        text = render_gateway_doc(g, info, variant=variant, elapsed=elapsed, quiet=quiet, quick=a.quick)
         print(g.table("ratio to direct / floor"))
         if a.out:
             write_section(a.out, text, markers=(GW_BEGIN, GW_END), after=END)
@@ -416,6 +420,7 @@ class CrowdWatch:
     def __init__(self, every_s: float = 10.0) -> None:
         self.every_s = every_s
         self._seen: set[str] = set()
+        self.loads: list[float] = []            # 1-minute load average at each check
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="crowd-watch", daemon=True)
 
@@ -423,6 +428,7 @@ class CrowdWatch:
         while True:
             names = live.other_containers(set())
             self._seen |= {n for n in names if not n.startswith(("llama-supervisor-bench", "bench-floor-"))}
+            self.loads.append(os.getloadavg()[0])
             if self._stop.wait(self.every_s):
                 return
 
@@ -442,9 +448,9 @@ class CrowdWatch:
 def host_load(crowd: list[str]) -> str:
     """Other engineers' containers seen at the checks: the figures were taken beside them."""
     if not crowd:
-        return "quiet: `docker ps` showed no containers but this benchmark's at every check"
+        return "quiet: `docker ps` showed no containers but this benchmark's at every check."
     return (f"**shared**: other containers were running during this run ({', '.join(crowd[:8])}"
-            f"{', ...' if len(crowd) > 8 else ''}), so CPU-bound figures are noisier than on a quiet host")
+            f"{', ...' if len(crowd) > 8 else ''}), so CPU-bound figures are noisier than on a quiet host.")
 
 
 def render_doc(r: Report, info: dict[str, str], *, variant: str, runs: int, n_models: int, elapsed: float,
@@ -454,7 +460,7 @@ def render_doc(r: Report, info: dict[str, str], *, variant: str, runs: int, n_mo
     lines.append(f"Image variant `{variant}`; {runs} runs per live figure; N={n_models} models under the real "
                  f"daemon (demo model, ctx_size 512, threads 1, default health settings: probe every 2 s); whole run "
                  f"{elapsed / 60:.1f} min{' (--quick: a smoke test)' if quick else ''}.  ")
-    lines.append(f"Host load: {quiet}.")
+    lines.append(f"Host load: {quiet}")
     lines += ["", r.table(), ""]
     if r.notes:
         lines += ["Notes:", ""] + [f"- {n}" for n in r.notes] + [""]
@@ -474,7 +480,7 @@ def render_gateway_doc(r: Report, info: dict[str, str], *, variant: str, elapsed
                  f"default health settings), every figure beside the direct path or the bare-Docker floor measured "
                  f"in this same run; whole section {elapsed / 60:.1f} min{' (--quick: a smoke test)' if quick else ''}"
                  ".  ")
-    lines.append(f"Host load: {quiet}.")
+    lines.append(f"Host load: {quiet}")
     lines += ["", r.table("ratio to direct / floor"), ""]
     if r.notes:
         lines += ["Notes:", ""] + [f"- {n}" for n in r.notes] + [""]
