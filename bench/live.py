@@ -92,12 +92,12 @@ def docker_run_argv(spec: ContainerSpec, name: str) -> list[str]:
 class Floor:
     """Bare Docker with the daemon's own spec for one light model: `docker run` and `docker start`."""
 
-    def __init__(self, demo: Path) -> None:
+    def __init__(self, demo: Path, *, memory: str = "1g") -> None:
         self.tag = uuid.uuid4().hex[:6]
         self.dir = Path(tempfile.mkdtemp(prefix="bench-floor-"))
         self.model = f"bench{self.tag}-floor"
         self.port = free_port()
-        (self.dir / "m.yaml").write_text(model_yaml(self.model, self.port, demo, DEMO_SHA256))
+        (self.dir / "m.yaml").write_text(model_yaml(self.model, self.port, demo, DEMO_SHA256, memory=memory))
         self.spec = render_one(self.dir)[self.model].spec
         self.name = f"bench-floor-{self.tag}"
 
@@ -182,6 +182,15 @@ class Fleet:
 
     def container_id(self, model: str) -> str:
         return str(self.client.containers.get(f"llama-supervisor-{model}").id)
+
+    def new_container_id(self, model: str, old: set[str]) -> str | None:
+        """The model's container ID if it is not one of `old`; None while there is none (a recreate
+        removes the old container before it creates the new one) or it is still an old one."""
+        try:
+            cid = self.container_id(model)
+        except docker.errors.NotFound:
+            return None
+        return cid if cid not in old else None
 
     def identity(self, model: str) -> tuple[str, str]:
         c = self.client.containers.get(f"llama-supervisor-{model}")

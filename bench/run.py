@@ -1,13 +1,14 @@
 """`make bench`: every benchmark of docs/BENCHMARKS.md in one run, side by side with bare Docker.
 
-    python -m bench.run --out docs/BENCHMARKS.md [--runs N] [--quick] [--cold-build]
+    python -m bench.run --out docs/BENCHMARKS.md [--runs N] [--quick] [--cold-build] [--only main|gateway]
 
 Order: machine, micro-benchmarks (planner, status), image size and cached build, then one real
 llama-supervisord supervising N light models, interleaved per run with the bare-Docker floor
 (`docker run` and `docker start` of the same spec): SIGKILL, `docker pause`, a manifest edit; then
 the daemon's RSS and idle CPU; then a manifest edit under the loop run in this process, with every
-Docker call attributed to a model. Every figure is measured here; nothing is carried over except the
-cold build time, which is quoted from README.md unless --cold-build is given.
+Docker call attributed to a model; last the gateway's section (bench/gateway.py, its own block in the
+document). Every figure is measured here; nothing is carried over except the cold build time, which is
+quoted from README.md unless --cold-build is given.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import datetime
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -63,8 +66,8 @@ class Report:
     def value_row(self, metric: str, value: str, *, target: str = "-", met: bool | None = None) -> None:
         self.rows.append(Row(metric, value, "-", target, "-", "-" if met is None else ("yes" if met else "**no**")))
 
-    def table(self) -> str:
-        head = "| metric | median | p99 | target | ratio to floor | met? |\n|---|---|---|---|---|---|\n"
+    def table(self, ratio_head: str = "ratio to floor") -> str:
+        head = f"| metric | median | p99 | target | {ratio_head} | met? |\n|---|---|---|---|---|---|\n"
         return head + "".join(f"| {r.metric} | {r.median} | {r.p99} | {r.target} | {r.ratio} | {r.met} |\n"
                               for r in self.rows)
 
@@ -314,7 +317,7 @@ def bench_edit_calls(r: Report, *, runs: int) -> None:
             ids_changed = {fleet.container_id(changed)}
             t0 = time.monotonic()
             fleet.write(changed, ctx=640 if fleet.ctx[changed] == 512 else 512)
-            live.wait_for(lambda: fleet.container_id(changed) not in ids_changed, 60, "recreated", step=0.05)
+            live.wait_for(lambda: fleet.new_container_id(changed, ids_changed), 60, "recreated", step=0.05)
             healthy_s.append(live.until_healthy(fleet.port[changed]) - t0)
             time.sleep(1.0)        # let the first probes of the new container land in the window
             ids_changed.add(fleet.container_id(changed))
@@ -350,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=int, default=3, help="N models under the real daemon (default 3)")
     ap.add_argument("--quick", action="store_true", help="3 runs, 10 s idle window: a smoke test, not for the doc")
     ap.add_argument("--cold-build", action="store_true", help="also time docker build --no-cache of cpu-generic")
+    ap.add_argument("--only", choices=("all", "main", "gateway"), default="all",
+                    help="main: every section but the gateway's; gateway: only the gateway's (issue 8)")
     a = ap.parse_args(argv)
     import logging
 
@@ -363,34 +368,89 @@ def main(argv: list[str] | None = None) -> int:
     from supervisor import hardware
 
     variant = hardware.best_variant(hardware.detect())
-    started = time.monotonic()
-    r = Report()
     info = machine()
-    before = live.other_containers(set())
-    print("micro...", flush=True)
-    bench_micro(r, a.quick)
-    print("image...", flush=True)
-    bench_image(r, variant, cold_build=a.cold_build)
-    print(f"live: {runs} runs, {a.models} models...", flush=True)
-    f_run, f_start, crowd = bench_live(r, runs=runs, n_models=a.models, idle_s=idle_s)
-    print("manifest edit, calls per model...", flush=True)
-    bench_edit_calls(r, runs=runs)
-    crowd = sorted(set(crowd) | set(before))
-    elapsed = time.monotonic() - started
+    if a.only in ("all", "main"):
+        started = time.monotonic()
+        r = Report()
+        before = live.other_containers(set())
+        print("micro...", flush=True)
+        bench_micro(r, a.quick)
+        print("image...", flush=True)
+        bench_image(r, variant, cold_build=a.cold_build)
+        print(f"live: {runs} runs, {a.models} models...", flush=True)
+        f_run, f_start, crowd = bench_live(r, runs=runs, n_models=a.models, idle_s=idle_s)
+        print("manifest edit, calls per model...", flush=True)
+        bench_edit_calls(r, runs=runs)
+        crowd = sorted(set(crowd) | set(before))
+        elapsed = time.monotonic() - started
+        text = render_doc(r, info, variant=variant, runs=runs, n_models=a.models, elapsed=elapsed,
+                          quiet=host_load(crowd), quick=a.quick)
+        print(r.table())
+        if a.out:
+            write_section(a.out, text)
+            print(f"wrote {a.out}")
+    if a.only in ("all", "gateway"):
+        from bench.gateway import bench_gateway
 
-    quiet = ("quiet: `docker ps` showed no containers but this benchmark's at every check" if not crowd else
-             f"**shared**: other containers were running during this run ({', '.join(crowd[:8])}"
-             f"{', ...' if len(crowd) > 8 else ''}), so CPU-bound figures are noisier than on a quiet host")
-    text = render_doc(r, info, variant=variant, runs=runs, n_models=a.models, elapsed=elapsed, quiet=quiet,
-                      quick=a.quick)
-    print(r.table())
-    if a.out:
-        write_section(a.out, text)
-        print(f"wrote {a.out}")
+        started = time.monotonic()
+        g = Report()
+        with CrowdWatch() as watch:
+            print("gateway...", flush=True)
+            bench_gateway(g, quick=a.quick)
+        elapsed = time.monotonic() - started
+        quiet = host_load(watch.seen)
+        if watch.loads:
+            quiet += (f" 1-minute load average at the checks every 10 s: median {statistics.median(watch.loads):.1f}, "
+                      f"max {max(watch.loads):.1f} (on {os.cpu_count()} cores)")
+        text = render_gateway_doc(g, info, variant=variant, elapsed=elapsed, quiet=quiet, quick=a.quick)
+        print(g.table("ratio to direct / floor"))
+        if a.out:
+            write_section(a.out, text, markers=(GW_BEGIN, GW_END), after=END)
+            print(f"wrote {a.out}")
     return 0
 
 
 BEGIN, END = "<!-- bench.run:begin -->", "<!-- bench.run:end -->"
+GW_BEGIN, GW_END = "<!-- bench.gateway:begin -->", "<!-- bench.gateway:end -->"
+
+
+class CrowdWatch:
+    """`docker ps` every 10 s in the background: the containers that ran beside this benchmark."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._seen: set[str] = set()
+        self.loads: list[float] = []            # 1-minute load average at each check
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="crowd-watch", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            names = live.other_containers(set())
+            self._seen |= {n for n in names if not n.startswith(("llama-supervisor-bench", "bench-floor-"))}
+            self.loads.append(os.getloadavg()[0])
+            if self._stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> CrowdWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    @property
+    def seen(self) -> list[str]:
+        return sorted(self._seen)
+
+
+def host_load(crowd: list[str]) -> str:
+    """Other engineers' containers seen at the checks: the figures were taken beside them."""
+    if not crowd:
+        return "quiet: `docker ps` showed no containers but this benchmark's at every check."
+    return (f"**shared**: other containers were running during this run ({', '.join(crowd[:8])}"
+            f"{', ...' if len(crowd) > 8 else ''}), so CPU-bound figures are noisier than on a quiet host.")
 
 
 def render_doc(r: Report, info: dict[str, str], *, variant: str, runs: int, n_models: int, elapsed: float,
@@ -400,7 +460,7 @@ def render_doc(r: Report, info: dict[str, str], *, variant: str, runs: int, n_mo
     lines.append(f"Image variant `{variant}`; {runs} runs per live figure; N={n_models} models under the real "
                  f"daemon (demo model, ctx_size 512, threads 1, default health settings: probe every 2 s); whole run "
                  f"{elapsed / 60:.1f} min{' (--quick: a smoke test)' if quick else ''}.  ")
-    lines.append(f"Host load: {quiet}.")
+    lines.append(f"Host load: {quiet}")
     lines += ["", r.table(), ""]
     if r.notes:
         lines += ["Notes:", ""] + [f"- {n}" for n in r.notes] + [""]
@@ -412,13 +472,39 @@ def render_doc(r: Report, info: dict[str, str], *, variant: str, runs: int, n_mo
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the generated section of `path` (between the markers), keeping the hand-written rest."""
+def render_gateway_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: float, quiet: str,
+                       quick: bool) -> str:
+    lines = [GW_BEGIN, "## Gateway (`python -m bench.run --only gateway`)", ""]
+    lines.append("Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ".  ")
+    lines.append(f"Image variant `{variant}`; one real llama-supervisord with its gateway (demo model, threads 1, "
+                 f"default health settings), every figure beside the direct path or the bare-Docker floor measured "
+                 f"in this same run; whole section {elapsed / 60:.1f} min{' (--quick: a smoke test)' if quick else ''}"
+                 ".  ")
+    lines.append(f"Host load: {quiet}")
+    lines += ["", r.table("ratio to direct / floor"), ""]
+    if r.notes:
+        lines += ["Notes:", ""] + [f"- {n}" for n in r.notes] + [""]
+    lines += ["### How to reproduce (gateway)", "",
+              "Environment as above, after `make setup`; the gateway section alone: "
+              "`.venv/bin/python -m bench.run --only gateway --out docs/BENCHMARKS.md`; everything: `make bench`.", ""]
+    lines += [f"- **{what}**: {how}" for what, how in r.how]
+    lines += ["", GW_END]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str, *, markers: tuple[str, str] = (BEGIN, END),
+                  after: str | None = None) -> None:
+    """Replace the generated section of `path` (between the markers), keeping the hand-written rest.
+    A section not there yet goes right after the line `after`, if given and present, else at the end."""
+    begin, end = markers
     old = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        _, tail = rest.split(end, 1)
         new = head + section.rstrip("\n") + tail
+    elif after is not None and after in old:
+        head, tail = old.split(after, 1)
+        new = head + after + "\n\n" + section.rstrip("\n") + tail
     else:
         new = old.rstrip("\n") + "\n\n" + section
     path.write_text(new)

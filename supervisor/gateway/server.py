@@ -31,7 +31,11 @@ class GatewayServer:
     def __init__(self, app: Any, listen: str) -> None:
         self.host, port = parse_listen(listen)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not the default 0: asyncio turns Nagle off (TCP_NODELAY) on accepted connections
+        # only when the socket says TCP, and uvicorn writes a response in pieces (headers, body, end),
+        # so with Nagle on each later piece waits for the client's delayed ACK: 40 ms a request.
+        self._sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # inherited by accepted sockets
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self._sock.bind((self.host, port))
