@@ -279,7 +279,11 @@ class ProcessRuntime:
     def _observed(self, rec: ProcessRecord) -> ObservedContainer:
         if rec.status == "running":
             why = proof(rec)
-            if why is not None:
+            child = self._children.get(rec.pid) if rec.pid is not None else None
+            if why is not None and child is not None and child.poll() is not None:
+                rec.status, rec.exit_code = "exited", _exit_code(child.returncode)   # our child: reap it now
+                self._save(rec)
+            elif why is not None:
                 if "reused" in why or "another command" in why:
                     log.warning("process record does not prove its pid; not adopted, never signalled",
                                 model=rec.model, pid=rec.pid, reason=why)
@@ -358,6 +362,12 @@ class ProcessRuntime:
 
     def create(self, spec: ContainerSpec) -> str:
         self.calls["create"] += 1
+        try:
+            return self._create(spec)
+        except OSError as e:
+            raise RuntimeOperationError(f"create process record for {spec.model}: {e}") from e
+
+    def _create(self, spec: ContainerSpec) -> str:
         from supervisor import binaries
         from supervisor.lock import read_lock
 
@@ -391,7 +401,10 @@ class ProcessRuntime:
             rec = self._require(container_id)
             if rec.status == "running" and proof(rec) is None:
                 return                           # already running, as `docker start` of a running container
-            self._launch(rec)
+            try:
+                self._launch(rec)
+            except OSError as e:
+                raise RuntimeOperationError(f"launch {rec.model}: {e}") from e
 
     def _launch(self, rec: ProcessRecord) -> None:
         bin_fd = os.open(rec.binary, os.O_RDONLY | os.O_CLOEXEC)

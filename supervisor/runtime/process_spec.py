@@ -82,9 +82,10 @@ def parse_user(user: str) -> tuple[int, int]:
 
 def rlimits(spec: ContainerSpec, *, memory_by_cgroup: bool) -> tuple[Rlimit, ...]:
     """No core dumps, a file-descriptor cap, a uid-wide process ceiling; address space when no cgroup can
-    cap memory (RLIMIT_AS counts mappings, the model's mmap included: stricter than a cgroup's RSS limit)."""
+    cap memory (RLIMIT_AS counts mappings, the model's mmap included: stricter than a cgroup's RSS limit).
+    Never RLIMIT_AS with a GPU: the CUDA driver reserves far more address space than it ever backs."""
     limits = [Rlimit("RLIMIT_CORE", 0, 0), Rlimit("RLIMIT_NOFILE", NOFILE, NOFILE),
               Rlimit("RLIMIT_NPROC", NPROC_CEILING, NPROC_CEILING)]
-    if spec.memory_bytes is not None and not memory_by_cgroup:
+    if spec.memory_bytes is not None and not memory_by_cgroup and spec.gpu is None:
         limits.append(Rlimit("RLIMIT_AS", spec.memory_bytes, spec.memory_bytes))
     return tuple(limits)

@@ -77,8 +77,9 @@ def healthy(port: int) -> bool:
 
 
 class Daemon:
-    def __init__(self, manifests: Path, *, extra: list[str] | None = None) -> None:
+    def __init__(self, manifests: Path, *, extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.manifests = manifests
+        self.env = env or {}
         self.sockdir = Path(tempfile.mkdtemp(prefix="lsd-"))
         self.extra = extra or []
         self.proc: subprocess.Popen[str] | None = None
@@ -86,7 +87,7 @@ class Daemon:
         self._lock = threading.Lock()
 
     def start(self) -> Daemon:
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         self.proc = subprocess.Popen(
             [str(DAEMON), "--manifests", str(self.manifests), "--socket", str(self.sockdir / "ctl.sock"),
              "--log-format", "json", "--resync-interval", "5", "--stop-timeout", "3",

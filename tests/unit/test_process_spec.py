@@ -81,6 +81,12 @@ def test_limits_memory_by_cgroup_else_address_space() -> None:
     names = {r.name: r for r in rlimits(m.spec, memory_by_cgroup=False)}
     assert names["RLIMIT_AS"].soft == names["RLIMIT_AS"].hard == 1 << 30
     assert parse_user("65532:65532") == (65532, 65532) and parse_user("1000") == (1000, 1000)
+    from dataclasses import replace
+
+    from supervisor.core.spec import GpuRequest
+
+    gpu = replace(m.spec, gpu=GpuRequest("nvidia"))
+    assert "RLIMIT_AS" not in {r.name for r in rlimits(gpu, memory_by_cgroup=False)}
 
 
 def test_lock_records_binaries_and_renders_them_for_processes(tmp_path: Path) -> None:
