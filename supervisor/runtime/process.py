@@ -407,6 +407,13 @@ class ProcessRuntime:
                 raise RuntimeOperationError(f"launch {rec.model}: {e}") from e
 
     def _launch(self, rec: ProcessRecord) -> None:
+        from supervisor import binaries
+        from supervisor.lock import read_lock
+
+        locked = binaries.binary_for(read_lock(self.lock_path), rec.image_id)
+        if locked is None or (locked.path, locked.sha256) != (rec.binary, rec.binary_sha256):
+            raise ImageMismatch(f"{rec.model}: binary {rec.binary} ({rec.image_id[:27]}) is not the one "
+                                f"{self.lock_path} records: refusing to launch")
         bin_fd = os.open(rec.binary, os.O_RDONLY | os.O_CLOEXEC)
         try:
             actual = _sha256_fd(bin_fd)

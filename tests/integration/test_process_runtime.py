@@ -28,6 +28,7 @@ import pytest
 from supervisor import binaries, paths
 from supervisor.lock import BinaryRecord, ImageLock, ImageRecord, write_lock
 from supervisor.runtime.process import ProcessRecord, proc_info, proof
+from supervisor.runtime.process_spec import host_argv, process_env
 
 from .daemon_harness import Daemon, free_port, healthy, instance_for, model_yaml, wait_for
 
@@ -319,18 +320,29 @@ def test_record_with_a_reused_pid_is_never_signalled_nor_adopted(
     manifests = tmp_path / "manifests"
     manifests.mkdir()
     name, port = one_model(manifests, demo_model, "pr")
-    desired, problems = render.load_desired(manifests, read_lock(lock_file).for_process(), hardware.detect())
+    lock = read_lock(lock_file)
+    desired, problems = render.load_desired(manifests, lock.for_process(), hardware.detect())
     assert problems == []
+    spec = desired[name].spec
+    binary = next(iter(lock.binaries.values()))
+    workdir = records_dir(manifests).parent / "work" / ("f" * 64)     # where the runtime puts it
+    workdir.parent.mkdir(parents=True)
+    workdir.parent.chmod(0o711)
+    workdir.mkdir(mode=0o700)
+    uid = 65532 if os.geteuid() == 0 else None
+    if uid is not None:
+        os.chown(workdir, uid, uid)
     stranger = subprocess.Popen(["sleep", "600"], start_new_session=True)    # alive, not ours
     try:
         info = proc_info(stranger.pid)
         assert info is not None
+        # What a daemon would have written for this model, but the pid now belongs to another process.
         stale = ProcessRecord(
-            id="f" * 64, model=name, config_hash=desired[name].spec.config_hash(), instance=instance_for(manifests),
-            image_id=desired[name].spec.image_id, binary="/nonexistent", binary_sha256="0" * 64,
-            argv=["sleep", "600"], env={}, uid=None, gid=None, rlimits=[], memory_bytes=None, pids_limit=64,
-            workdir=str(tmp_path / "w"), log=str(tmp_path / "l.log"), created_at="", status="running",
-            pid=stranger.pid, start_time=info.start_time + 1,   # the pid is alive, but it is not that process
+            id="f" * 64, model=name, config_hash=spec.config_hash(), instance=instance_for(manifests),
+            image_id=spec.image_id, binary=binary.path, binary_sha256=binary.sha256,
+            argv=list(host_argv(spec)), env=process_env(spec, str(workdir)), uid=uid, gid=uid, rlimits=[],
+            memory_bytes=None, pids_limit=64, workdir=str(workdir), log=str(tmp_path / "l.log"), created_at="",
+            status="running", pid=stranger.pid, start_time=info.start_time + 1,
         )
         records_dir(manifests).mkdir(parents=True)
         (records_dir(manifests) / f"{stale.id}.json").write_text(json.dumps(stale.__dict__))
