@@ -103,6 +103,11 @@ def floor(binary: str, runs: int) -> Sample:
     return Sample(tuple(values))
 
 
+def _vals(sample: object) -> str:
+    assert isinstance(sample, Sample)
+    return " ".join(f"{v:.2f}" for v in sample.values)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
@@ -133,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         f"| start -> /health 200 | {proc['start'].fmt()} | {dock['start'].fmt()} | {bare.fmt()} |",
         f"| SIGKILL -> /health 200 | {proc['sigkill'].fmt()} | {dock['sigkill'].fmt()} | - |",
         f"| daemon RSS after start | {proc['rss_mib']:.1f} MiB | {dock['rss_mib']:.1f} MiB | - |",
+        "",
+        f"Values (s): process start {_vals(proc['start'])}, SIGKILL {_vals(proc['sigkill'])}; Docker start "
+        f"{_vals(dock['start'])}, SIGKILL {_vals(dock['sigkill'])}; bare {_vals(bare)}.",
         "",
         "start: `start` on the control socket after a `stop`; SIGKILL: kill -9 of the model's process "
         "(Docker: `docker kill -s KILL`) once stable 10 s; bare: the binary run by hand with the same flags.",

@@ -154,6 +154,28 @@ def proof(rec: ProcessRecord) -> str | None:
     return None
 
 
+def unreachable_by(path: Path, uid: int, gid: int, *, need: int) -> str | None:
+    """Why `uid`/`gid` cannot open `path` for `need` (4 read, 1 execute), judged from the mode bits; None if it can."""
+    def allowed(st: os.stat_result, bits: int) -> bool:
+        if st.st_uid == uid:
+            return bool(st.st_mode & (bits << 6))
+        if st.st_gid == gid:
+            return bool(st.st_mode & (bits << 3))
+        return bool(st.st_mode & bits)
+
+    try:
+        for parent in reversed(path.parents):
+            st = os.stat(parent)
+            if not allowed(st, 1):
+                return f"directory {parent} is {oct(st.st_mode & 0o777)}, owner {st.st_uid}"
+        st = os.stat(path)
+    except OSError as e:
+        return str(e)
+    if not allowed(st, need):
+        return f"{path} is {oct(st.st_mode & 0o777)}, owner {st.st_uid}"
+    return None
+
+
 def _exit_code(returncode: int) -> int:
     """Popen's -N for a signal as the engine reports it: 128 + N."""
     return 128 - returncode if returncode < 0 else returncode
@@ -378,6 +400,15 @@ class ProcessRuntime:
                                 f"'llama-supervisorctl build --native VARIANT'")
         root = os.geteuid() == 0
         uid, gid = parse_user(spec.user) if root else (None, None)
+        if uid is not None and gid is not None:
+            for path, need in ((Path(binary.path), 5), *((Path(m.source), 4) for m in spec.mounts)):
+                why = unreachable_by(path, uid, gid, need=need)
+                if why is not None:
+                    raise RuntimeOperationError(
+                        f"{spec.model}: uid {uid} cannot {'run' if need == 5 else 'read'} {path} ({why}): "
+                        f"make it and its directories readable by others (chmod o+rX), or move the state "
+                        f"and cache dirs (LLAMA_SUPERVISOR_STATE_DIR, LLAMA_SUPERVISOR_CACHE_DIR)"
+                    )
         workdir = self.work_dir / rid
         workdir.mkdir(mode=0o700)
         if uid is not None:

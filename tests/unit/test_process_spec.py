@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,32 @@ def test_process_runtime_without_a_binary_is_refused_with_the_fix(tmp_path: Path
         choose("podman", instance="t", lock_path=lock, post=lambda ev: None)  # type: ignore[arg-type]
 
 
+def test_reachability_by_another_uid_is_read_from_mode_bits() -> None:
+    import tempfile
+
+    from supervisor.runtime.process import unreachable_by
+
+    tmp_path = Path(tempfile.mkdtemp(dir="/tmp"))      # pytest's own tmp root is 0700
+    d = tmp_path / "private"
+    d.mkdir()
+    f = d / "model.gguf"
+    f.write_text("x")
+    tmp_path.chmod(0o755)
+    f.chmod(0o644)
+    d.chmod(0o750)
+    why = unreachable_by(f, 65532, 65532, need=4)
+    assert why is not None and str(d) in why and "0o750" in why
+    d.chmod(0o755)
+    assert unreachable_by(f, 65532, 65532, need=4) is None
+    f.chmod(0o640)
+    assert "0o640" in (unreachable_by(f, 65532, 65532, need=4) or "")
+    assert unreachable_by(f, os.stat(f).st_uid, 0, need=4) is None       # the owner may read it
+    assert "No such file" in (unreachable_by(d / "none", 65532, 65532, need=4) or "")
+    import shutil
+
+    shutil.rmtree(tmp_path)
+
+
 def _record(pid: int | None, start_time: int | None, argv: list[str]) -> ProcessRecord:
     return ProcessRecord(id="r", model="m", config_hash="h", instance="i", image_id="x", binary="/b",
                          binary_sha256="s", argv=argv, env={}, uid=None, gid=None, rlimits=[], memory_bytes=None,
@@ -167,8 +194,6 @@ def _record(pid: int | None, start_time: int | None, argv: list[str]) -> Process
 
 
 def test_proof_of_a_pid_needs_start_time_and_command_line() -> None:
-    import os
-
     me = proc_info(os.getpid())
     assert me is not None
     argv = Path(f"/proc/{os.getpid()}/cmdline").read_bytes().decode().split("\0")[:-1]
