@@ -71,6 +71,9 @@ def measure(runtime: str, lock: Path, runs: int) -> dict[str, Sample | float]:
                 fleet.client.api.kill(fleet.container_id(model), signal="SIGKILL")
             wait_down(fleet.port[model])
             kills.append(live.until_healthy(fleet.port[model]) - t0)
+            path = [f"{r.get('to')}({r.get('reason', '')[:60]})" for t, r in list(fleet.daemon.lines)
+                    if t >= t0 and r.get("event") == "transition" and r.get("model") == model]
+            print(f"{runtime} SIGKILL -> healthy {kills[-1]:.2f} s via {' > '.join(path)}", file=sys.stderr)
         return {"start": Sample(tuple(starts)), "sigkill": Sample(tuple(kills)), "rss_mib": rss}
     finally:
         if fleet.daemon.proc and fleet.daemon.proc.poll() is None:

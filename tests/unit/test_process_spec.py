@@ -201,3 +201,25 @@ def test_proof_of_a_pid_needs_start_time_and_command_line() -> None:
     assert "reused" in (proof(_record(os.getpid(), me.start_time + 1, argv)) or "")
     assert "another command line" in (proof(_record(os.getpid(), me.start_time, ["llama-server"])) or "")
     assert proof(_record(None, None, argv)) == "never started"
+
+
+def test_log_rotation_keeps_three_and_a_writer_keeps_appending(tmp_path: Path) -> None:
+    from supervisor.runtime.process import _shift, _tail
+
+    log = tmp_path / "m.log"
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)    # as the model process holds it
+    try:
+        for i in range(4):
+            os.write(fd, f"run {i} line a\nrun {i} line b\n".encode())
+            _shift(log, copy=True)                           # while it writes: copy, then truncate
+        os.write(fd, b"after the last rotation\n")
+    finally:
+        os.close(fd)
+    assert log.read_bytes() == b"after the last rotation\n"  # O_APPEND: no hole of zeros at the old offset
+    assert (tmp_path / "m.log.1").read_text() == "run 3 line a\nrun 3 line b\n"
+    assert (tmp_path / "m.log.3").read_text() == "run 1 line a\nrun 1 line b\n"
+    assert not (tmp_path / "m.log.4").exists()
+    assert _tail(tmp_path / "m.log.1", 1) == b"run 3 line b\n"
+    _shift(log)                                              # before a launch: a plain rename
+    assert not log.exists() and (tmp_path / "m.log.1").read_text() == "after the last rotation\n"
+    assert _tail(log, 5) == b""
