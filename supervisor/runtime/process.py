@@ -209,6 +209,10 @@ class DeathWatch:
         self._stop.set()
         os.write(self._wake_w, b"x")
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._sel.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def _run(self) -> None:
         while not self._stop.is_set():
