@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,8 +61,11 @@ def measure(runtime: str, lock: Path, runs: int) -> dict[str, Sample | float]:
                 t0 = time.monotonic()
                 c.start([model], wait=False)
                 starts.append(live.until_healthy(fleet.port[model]) - t0)
+                fleet.daemon.wait_log(lambda r: r.get("event") == "transition" and r.get("model") == model
+                                      and r.get("to") == "RUNNING", live.LOAD_TIMEOUT_S, "RUNNING", since=t0)
+        # t0 is now the last start's time: its RUNNING is the first one logged since
         for _ in range(runs):
-            fleet.wait_stable(model)
+            wait_stable_since(fleet, model, t0)
             if runtime == "process":
                 pid = process_pid(fleet, model)
                 t0 = time.monotonic()
@@ -74,6 +78,8 @@ def measure(runtime: str, lock: Path, runs: int) -> dict[str, Sample | float]:
             path = [f"{r.get('to')}({r.get('reason', '')[:60]})" for t, r in list(fleet.daemon.lines)
                     if t >= t0 and r.get("event") == "transition" and r.get("model") == model]
             print(f"{runtime} SIGKILL -> healthy {kills[-1]:.2f} s via {' > '.join(path)}", file=sys.stderr)
+            if any(step.startswith("BACKOFF") for step in path):
+                raise RuntimeError(f"{runtime}: the kill was counted as a failed start, not timed: {path}")
         return {"start": Sample(tuple(starts)), "sigkill": Sample(tuple(kills)), "rss_mib": rss}
     finally:
         if fleet.daemon.proc and fleet.daemon.proc.poll() is None:
@@ -81,6 +87,21 @@ def measure(runtime: str, lock: Path, runs: int) -> dict[str, Sample | float]:
                 c.shutdown(stop_models=True)
             fleet.daemon.proc.wait(60)
         fleet.close()
+        shutil.rmtree(paths.state_dir() / "processes" / instance_for(fleet.dir), ignore_errors=True)
+
+
+def wait_stable_since(fleet: live.Fleet, model: str, t0: float) -> None:
+    """Until the daemon has logged RUNNING for the model after t0, and then stable_after_s more.
+
+    live.Fleet.wait_stable takes the last RUNNING of the whole log, which can be the one before the
+    restart being measured (/health answers before the daemon's next probe): a kill then lands in
+    STARTING and counts as a failed start (BACKOFF), not as a crash after a stable run."""
+    assert fleet.daemon is not None
+    t_run, _ = fleet.daemon.wait_log(lambda r: r.get("event") == "transition" and r.get("model") == model
+                                     and r.get("to") == "RUNNING", live.LOAD_TIMEOUT_S, f"{model} RUNNING", since=t0)
+    remaining = t_run + live.STABLE_AFTER_S + 0.5 - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
 
 
 def wait_down(port: int) -> None:
