@@ -93,9 +93,10 @@ def measure(runtime: str, lock: Path, runs: int) -> dict[str, Sample | float]:
 def wait_stable_since(fleet: live.Fleet, model: str, t0: float) -> None:
     """Until the daemon has logged RUNNING for the model after t0, and then stable_after_s more.
 
-    live.Fleet.wait_stable takes the last RUNNING of the whole log, which can be the one before the
-    restart being measured (/health answers before the daemon's next probe): a kill then lands in
-    STARTING and counts as a failed start (BACKOFF), not as a crash after a stable run."""
+    live.Fleet.wait_stable takes the last RUNNING in the log, right where the caller has waited for
+    the restart's own RUNNING (bench.run does). Here /health answers before the daemon's next probe,
+    so that would be the previous RUNNING: a kill would land in STARTING and count as a failed
+    start (BACKOFF), not as a crash after a stable run."""
     assert fleet.daemon is not None
     t_run, _ = fleet.daemon.wait_log(lambda r: r.get("event") == "transition" and r.get("model") == model
                                      and r.get("to") == "RUNNING", live.LOAD_TIMEOUT_S, f"{model} RUNNING", since=t0)
