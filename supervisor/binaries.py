@@ -79,7 +79,7 @@ def detect_compute_capabilities() -> list[tuple[int, int]]:
         pynvml.nvmlInit()
         try:
             return [tuple(pynvml.nvmlDeviceGetCudaComputeCapability(pynvml.nvmlDeviceGetHandleByIndex(i)))
-                    for i in range(pynvml.nvmlDeviceGetCount())]  # type: ignore[misc]
+                    for i in range(pynvml.nvmlDeviceGetCount())]
         finally:
             pynvml.nvmlShutdown()
     except Exception:  # no module, no driver, no device: try nvidia-smi

@@ -110,7 +110,7 @@ class ProcessRecord:
     @classmethod
     def from_json(cls, d: dict[str, object]) -> ProcessRecord:
         d = dict(d)
-        d["rlimits"] = [tuple(r) for r in d.get("rlimits") or []]  # type: ignore[union-attr]
+        d["rlimits"] = [tuple(r) for r in d.get("rlimits") or []]  # type: ignore[attr-defined]
         return cls(**d)  # type: ignore[arg-type]
 
 
