@@ -3,7 +3,9 @@
 A JSON file (default: <state dir>/images.lock.json), one record per variant.
 `verify` re-derives every field from the local image and compares; the flags
 set is what manifests are checked against (a flag the image's llama-server
-does not know is a validation error). Pure: reading and writing the file is
+does not know is a validation error). A second section, `binaries`, records
+the host binaries the process runtime runs (compiled natively or taken out of
+a locked image), with the same facts keyed by variant. Pure: reading and writing the file is
 the only I/O here, and comparisons are plain functions.
 """
 
@@ -45,21 +47,77 @@ class ImageRecord:
         return cls(**d)  # type: ignore[arg-type]
 
 
+BINARY_ID_PREFIX = "binary-sha256:"
+
+
+@dataclass(frozen=True)
+class BinaryRecord:
+    """A llama-server binary on the host, for the process runtime."""
+
+    variant: str
+    path: str                        # absolute path of the binary (under the state dir)
+    sha256: str                      # of the file; checked before every launch
+    version: str
+    build_number: int
+    flags: frozenset[str]
+    source_sha256: str
+    built_at: str
+    origin: str                      # "native" (compiled here) or "image:<image ID>" (taken out of it)
+    architecture: str = "amd64"
+
+    @property
+    def binary_id(self) -> str:
+        """What a ContainerSpec's image_id holds for a process: the binary's content address."""
+        return BINARY_ID_PREFIX + self.sha256
+
+    def as_image_record(self) -> ImageRecord:
+        """The view render needs (flags, version, ID): a process spec is rendered like a container's."""
+        return ImageRecord(
+            variant=self.variant, tag=self.path, image_id=self.binary_id, binary_sha256=self.sha256,
+            version=self.version, build_number=self.build_number, flags=self.flags,
+            source_sha256=self.source_sha256, built_at=self.built_at, architecture=self.architecture,
+        )
+
+    def to_json(self) -> dict[str, object]:
+        d = asdict(self)
+        d["flags"] = sorted(self.flags)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> BinaryRecord:
+        d = dict(d)
+        d["flags"] = frozenset(d.get("flags") or ())  # type: ignore[arg-type]
+        return cls(**d)  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class ImageLock:
     images: dict[str, ImageRecord] = field(default_factory=dict)
+    binaries: dict[str, BinaryRecord] = field(default_factory=dict)
 
     def get(self, variant: str) -> ImageRecord | None:
         return self.images.get(variant)
 
     def with_record(self, record: ImageRecord) -> ImageLock:
-        return ImageLock({**self.images, record.variant: record})
+        return ImageLock({**self.images, record.variant: record}, self.binaries)
+
+    def with_binary(self, record: BinaryRecord) -> ImageLock:
+        return ImageLock(self.images, {**self.binaries, record.variant: record})
+
+    def binary_by_id(self, binary_id: str) -> BinaryRecord | None:
+        return next((b for b in self.binaries.values() if b.binary_id == binary_id), None)
+
+    def for_process(self) -> ImageLock:
+        """The lock as render sees it under the process runtime: each variant is its host binary."""
+        return ImageLock({k: b.as_image_record() for k, b in self.binaries.items()}, self.binaries)
 
     def dumps(self) -> str:
-        body = {
+        body: dict[str, object] = {
             "version": LOCK_VERSION,
             "images": {k: v.to_json() for k, v in sorted(self.images.items())},
         }
+        if self.binaries:
+            body["binaries"] = {k: v.to_json() for k, v in sorted(self.binaries.items())}
         return json.dumps(body, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -68,7 +126,8 @@ class ImageLock:
             body = json.loads(text)
             if body.get("version") != LOCK_VERSION:
                 raise ValueError(f"lock version {body.get('version')!r}, expected {LOCK_VERSION}")
-            return cls({k: ImageRecord.from_json(v) for k, v in body["images"].items()})
+            return cls({k: ImageRecord.from_json(v) for k, v in body["images"].items()},
+                       {k: BinaryRecord.from_json(v) for k, v in (body.get("binaries") or {}).items()})
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ConfigError(
                 f"{origin}: not a valid image lock ({e}); rebuild it with 'llama-supervisorctl build'"

@@ -162,6 +162,8 @@ def status(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
             click.echo(line)
         if not reply.models and not names:
             click.echo("no models: add a manifest to the manifest directory, then 'update'", err=True)
+        if reply.runtime and not names:
+            click.echo(f"runtime: {reply.runtime}", err=True)
     for name in reply.unknown:
         click.echo(f"{name}: ERROR ({_NO_SUCH_MODEL})", err=as_json)
     if reply.unknown:

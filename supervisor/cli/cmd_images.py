@@ -55,14 +55,26 @@ def check_signature(lock_path: Path) -> None:
 @click.option("--build-number", type=int, default=None, help="llama.cpp build number for a non-default source.")
 @click.option("--lock", "lock_file", type=click.Path(path_type=Path), default=None, help="Image lock to update.")
 @click.option("--quiet", is_flag=True, help="Only the result, not the build log.")
+@click.option("--native", is_flag=True,
+              help="A host binary for --runtime process instead of an image: compiled with the host's cmake "
+                   "and compiler into the state dir, recorded in the lock's binaries.")
+@click.option("--from-image", is_flag=True,
+              help="With --native: take the binary out of the locked image (seconds, needs Docker).")
+@click.option("--cuda-arch", default=None, help="With --native cuda: CMAKE_CUDA_ARCHITECTURES (default: detected).")
+@click.option("--jobs", "-j", type=int, default=None, help="With --native: parallel compile jobs (default: all cores).")
 def build(variant: str, source_spec: str | None, sha256: str | None, build_number: int | None,
-          lock_file: Path | None, quiet: bool) -> None:
+          lock_file: Path | None, quiet: bool, native: bool, from_image: bool, cuda_arch: str | None,
+          jobs: int | None) -> None:
     """Build the llama-server image VARIANT (auto: the best for this host) and record it in the lock."""
     from supervisor import images, source
 
     variant = _variant(variant)
     lock_path = lock_file or paths.lock_path()
     started = time.monotonic()
+    if native or from_image:
+        _build_native(variant, lock_path, source_spec=source_spec, sha256=sha256, build_number=build_number,
+                      quiet=quiet, from_image=from_image, cuda_arch=cuda_arch, jobs=jobs)
+        return
     client = images.client_from_env()     # before fetching a source it could not build
     src = source.resolve(source_spec, sha256=sha256, build_number=build_number, progress=_say)
     record = images.build(client, variant, src, progress=(lambda _: None) if quiet else _say)
@@ -71,6 +83,32 @@ def build(variant: str, source_spec: str | None, sha256: str | None, build_numbe
     click.echo(
         f"{variant}: built {record.tag} {record.image_id[:19]} in {time.monotonic() - started:.1f}s; "
         f"{record.version}; {len(record.flags)} flags; lock {lock_path}"
+    )
+
+
+def _build_native(variant: str, lock_path: Path, *, source_spec: str | None, sha256: str | None,
+                  build_number: int | None, quiet: bool, from_image: bool, cuda_arch: str | None,
+                  jobs: int | None) -> None:
+    from supervisor import binaries, images, source
+
+    started = time.monotonic()
+    progress = (lambda _: None) if quiet else _say
+    lock = read_lock(lock_path)
+    if from_image:
+        image = lock.get(variant)
+        if image is None:
+            raise ConfigError(f"no {variant} image in {lock_path}: run 'llama-supervisorctl build {variant}' first, "
+                              f"or compile with 'llama-supervisorctl build --native {variant}'")
+        record = binaries.from_image(images.client_from_env(), image, progress=progress)
+    else:
+        if variant == "cuda" and cuda_arch is None:
+            cuda_arch = binaries.cuda_architectures(binaries.detect_compute_capabilities())
+        src = source.resolve(source_spec, sha256=sha256, build_number=build_number, progress=_say)
+        record = binaries.build_native(variant, src, progress=progress, jobs=jobs, cuda_arch=cuda_arch)
+    write_lock(lock_path, read_lock(lock_path).with_binary(record))
+    click.echo(
+        f"{variant}: {record.path} SHA-256 {record.sha256[:12]} ({record.origin}) in "
+        f"{time.monotonic() - started:.1f}s; {record.version}; {len(record.flags)} flags; lock {lock_path}"
     )
 
 

@@ -71,6 +71,12 @@ def hardware_cmd(as_json: bool) -> None:
     if placement.gpu_layers is not None:
         flags += ["--n-gpu-layers", str(placement.gpu_layers)]
     notable = [f for f in hardware.NOTABLE_FLAGS if f in host.cpu_flags]
+    from supervisor.lock import read_lock
+    from supervisor.runtime.choose import docker_unreachable
+
+    no_docker = docker_unreachable()
+    runtime_auto = "docker" if no_docker is None else "process"
+    binaries = {v: b.path for v, b in sorted(read_lock(paths.lock_path()).binaries.items())}
     if as_json:
         body = {
             "cores": host.cores,
@@ -82,6 +88,9 @@ def hardware_cmd(as_json: bool) -> None:
             "image": render.image_tag(placement.variant),
             "runnable_variants": sorted(hardware.runnable_variants(host)),
             "default_flags": flags,
+            "runtime_auto": runtime_auto,
+            "docker": no_docker or "answers",
+            "native_binaries": binaries,
         }
         click.echo(json.dumps(body, indent=2))
         return
@@ -97,6 +106,10 @@ def hardware_cmd(as_json: bool) -> None:
     click.echo(f"variant:   {placement.variant} ({render.image_tag(placement.variant)})")
     click.echo(f"runnable:  {' '.join(sorted(hardware.runnable_variants(host)))}")
     click.echo(f"defaults:  {' '.join(flags)}")
+    click.echo(f"runtime:   --runtime auto picks {runtime_auto}"
+               + (" (the Docker engine answers)" if no_docker is None else f" (no Docker engine: {no_docker})"))
+    click.echo("binaries:  " + (" ".join(f"{v}={p}" for v, p in binaries.items())
+                                or "none (llama-supervisorctl build --native VARIANT)"))
 
 
 @click.command()

@@ -31,15 +31,18 @@ from supervisor.errors import ConfigError, ManifestError, SupervisorError
 log = structlog.get_logger("supervisor.daemon")
 
 
-def make_loader(manifests: Path, lock_path: Path) -> Any:
-    """render.load_desired, with a fresh lock per read; any problem makes the whole set invalid."""
+def make_loader(manifests: Path, lock_path: Path, lock_view: Any = None) -> Any:
+    """render.load_desired, with a fresh lock per read; any problem makes the whole set invalid.
+
+    lock_view: what the runtime renders against (the process runtime: the lock's binaries)."""
     from supervisor import hardware, render
     from supervisor.lock import read_lock
 
     host = hardware.detect()
+    view = lock_view or (lambda lock: lock)
 
     def load() -> Mapping[str, DesiredModel]:
-        desired, problems = render.load_desired(manifests, read_lock(lock_path), host)
+        desired, problems = render.load_desired(manifests, view(read_lock(lock_path)), host)
         if problems:
             raise ManifestError(problems)
         return desired
@@ -75,11 +78,16 @@ def make_loader(manifests: Path, lock_path: Path) -> Any:
 @click.option("--gpu-memory-budget", default="auto", show_default=True,
               help="GPU memory GPU-profile models may count together; auto: 90%% of the GPUs', none: no budget.")
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
+@click.option("--runtime", "runtime_kind", type=click.Choice(["docker", "process", "auto"]), default="docker",
+              show_default=True, envvar="LLAMA_SUPERVISOR_RUNTIME",
+              help="Run models as Docker containers, as host processes (the lock's native binary), or "
+                   "auto: Docker when the engine answers, else processes.")
 def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None, socket_group: str | None,
         metrics_port: int | None, resync_interval: float, stop_timeout: float, stop_models_on_exit: bool,
         instance: str, gateway_listen: str, no_gateway: bool, gateway_api_keys_file: Path | None,
-        gateway_max_body: str, memory_budget: str, gpu_memory_budget: str, log_format: logs.LogFormat) -> None:
-    """Keep the llama-server containers the manifests describe alive, and serve them on one endpoint."""
+        gateway_max_body: str, memory_budget: str, gpu_memory_budget: str, log_format: logs.LogFormat,
+        runtime_kind: str) -> None:
+    """Keep the llama-server models the manifests describe alive, and serve them on one endpoint."""
     logs.setup(log_format)
     gateway = None if no_gateway else GatewayOptions(
         listen=gateway_listen, api_keys_file=gateway_api_keys_file, max_body=_size(gateway_max_body, "--gateway-max-body"))
@@ -95,6 +103,7 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
         instance=instance,
         gateway=gateway,
         budgets=(memory_budget, gpu_memory_budget),
+        runtime_kind=runtime_kind,
     )
 
 
@@ -145,19 +154,15 @@ def read_api_keys(path: Path) -> frozenset[str]:
 def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: str | None,
         metrics_port: int | None, resync_interval: float, stop_timeout: float,
         stop_models_on_exit: bool, instance: str = "default", gateway: GatewayOptions | None = None,
-        budgets: tuple[str, str] = ("auto", "auto")) -> None:
-    import docker
-
+        budgets: tuple[str, str] = ("auto", "auto"), runtime_kind: str = "docker") -> None:
     from supervisor import hardware
     from supervisor.core.events import Tick
     from supervisor.daemon.controller import DaemonController
     from supervisor.daemon.demand import Demand
-    from supervisor.daemon.executor import LockVerifier
     from supervisor.daemon.loop import LoopSettings, Supervisor
     from supervisor.daemon.watcher import ManifestWatcher
     from supervisor.health import Prober
-    from supervisor.runtime.docker import DockerRuntime
-    from supervisor.runtime.events import DockerEventStream
+    from supervisor.runtime.choose import choose
 
     if not manifests.is_dir():
         raise ManifestError([f"{manifests}: not a directory; create it or pass --manifests DIR"])
@@ -165,14 +170,17 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
     events: queue.Queue[Event] = queue.Queue()
     budget = make_budget(*budgets, hardware.detect())
     api_keys = read_api_keys(gateway.api_keys_file) if gateway and gateway.api_keys_file else frozenset()
-    runtime = DockerRuntime(instance=instance)
+    wiring = choose(runtime_kind, instance=instance, lock_path=lock_path, post=events.put)  # type: ignore[arg-type]
+    runtime = wiring.runtime
+    log.info("runtime", runtime=wiring.kind, why=wiring.why, **({"confinement": wiring.confinement}
+                                                                 if wiring.confinement else {}))
     closers: list[Any] = []
     notifier, metrics, max_wait = _systemd_and_metrics(metrics_port, closers)
     sup = Supervisor(
         events=events,
         runtime=runtime,
-        verifier=LockVerifier(runtime.client, lock_path, instance=instance),
-        load_desired=make_loader(manifests, lock_path),
+        verifier=wiring.verifier,
+        load_desired=make_loader(manifests, lock_path, wiring.lock_view),
         prober=(prober := Prober(events.put)),
         notifier=notifier,
         metrics=metrics,
@@ -184,7 +192,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
     log.info("memory budgets", memory_mib=budget.memory_bytes and budget.memory_bytes >> 20,
              gpu_memory_mib=budget.gpu_memory_bytes and budget.gpu_memory_bytes >> 20)
     closers.append(prober)
-    stream = DockerEventStream(lambda: docker.from_env(timeout=60), events.put, instance=instance)
+    stream = wiring.events
     watcher = ManifestWatcher(manifests, events.put)
 
     def record(signum: int, frame: FrameType | None) -> None:
@@ -194,10 +202,11 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         signal.signal(sig, record)
 
     try:
-        stream.start()
-        stream.connected.wait(5)      # so no die event is missed between the first list and the stream
+        if stream is not None:
+            stream.start()
+            stream.connected.wait(5)  # so no die event is missed between the first list and the stream
         watcher.start()
-        closers[:0] = [watcher, stream]
+        closers[:0] = [watcher, *([stream] if stream is not None else [])]
         controller = DaemonController(sup)
         server = _control_server(controller, socket_path, socket_group)
         if server is not None:
@@ -219,7 +228,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
             except Exception as e:  # best effort at exit: report and go on closing the rest
                 log.warning("close failed", what=type(c).__name__, error=str(e))
         runtime.close()
-        log.info("exited", docker_calls=runtime.call_count)
+        log.info("exited", runtime=wiring.kind, runtime_calls=runtime.call_count)
 
 
 def _systemd_and_metrics(metrics_port: int | None, closers: list[Any]) -> tuple[Any, Any, float]:

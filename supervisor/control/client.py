@@ -21,6 +21,7 @@ START_HINT = "start it with 'systemctl start llama-supervisor' or 'make run'"
 class StatusReply:
     models: tuple[ModelStatus, ...]
     unknown: tuple[str, ...] = ()
+    runtime: str = ""                   # docker | process (empty from a daemon that does not say)
 
 
 def model_status_from_json(data: dict[str, Any]) -> ModelStatus:
@@ -71,6 +72,7 @@ class ControlClient:
         return StatusReply(
             models=tuple(model_status_from_json(m) for m in body.get("models", ())),
             unknown=tuple(body.get("unknown", ())),
+            runtime=str(body.get("runtime", "")),
         )
 
     def logs(self, name: str, *, lines: int = 100, follow: bool = False) -> Iterator[bytes]:

@@ -151,7 +151,10 @@ class _Handler(BaseHTTPRequestHandler):
         models = self.server.controller.status(names)
         known = {m.name for m in models}
         unknown = [n for n in dict.fromkeys(names) if n not in known]
-        body = {"models": [m.to_json() for m in models], "unknown": unknown}
+        body: dict[str, Any] = {"models": [m.to_json() for m in models], "unknown": unknown}
+        runtime = getattr(self.server.controller, "runtime", None)
+        if runtime is not None:
+            body["runtime"] = runtime()
         if unknown:
             body["error"] = f"no such model: {', '.join(unknown)}"
         self._send_json(HTTPStatus.NOT_FOUND if unknown else HTTPStatus.OK, body)

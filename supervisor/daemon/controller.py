@@ -62,5 +62,9 @@ class DaemonController:
             raise ControlError(f"{name}: no container yet ({found[0].state}: {found[0].reason})")
         return self._sup.runtime.logs(cid, lines=lines, follow=follow)
 
+    def runtime(self) -> str:
+        """docker or process: the adapter this daemon runs models with."""
+        return str(getattr(self._sup.runtime, "kind", "docker"))
+
     def pid(self) -> int:
         return os.getpid()

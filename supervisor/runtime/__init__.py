@@ -48,6 +48,18 @@ def inspect_labels(image: str, *, instance: str | None = None) -> dict[str, str]
 NAME_PREFIX = "llama-supervisor-"
 
 
+def process_rss(pid: int) -> int | None:
+    """A host process's resident set in bytes (/proc/PID/status VmRSS), None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def container_name(model: str) -> str:
     return NAME_PREFIX + model
 

@@ -33,6 +33,7 @@ from supervisor.runtime import (
     NAME_PREFIX,
     container_name,
     owned_filter,
+    process_rss,
 )
 
 _EXITED_RE = re.compile(r"^Exited \((-?\d+)\)")
@@ -342,17 +343,6 @@ _CGROUP_MEMORY = (
     "/sys/fs/cgroup/memory/docker/{id}/memory.usage_in_bytes",
     "/sys/fs/cgroup/memory/system.slice/docker-{id}.scope/memory.usage_in_bytes",
 )
-
-
-def process_rss(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def cgroup_memory(container_id: str, templates: tuple[str, ...] = _CGROUP_MEMORY) -> int | None:

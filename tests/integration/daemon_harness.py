@@ -80,8 +80,9 @@ def healthy(port: int) -> bool:
 
 
 class Daemon:
-    def __init__(self, manifests: Path, *, extra: list[str] | None = None) -> None:
+    def __init__(self, manifests: Path, *, extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.manifests = manifests
+        self.env = env or {}
         self.sockdir = Path(tempfile.mkdtemp(prefix="lsd-"))
         self.extra = extra or []
         # every test daemon gets its own gateway port: concurrent daemons never fight over 8080
@@ -93,7 +94,7 @@ class Daemon:
         self._lock = threading.Lock()
 
     def start(self) -> Daemon:
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         self.proc = subprocess.Popen(
             [str(DAEMON), "--manifests", str(self.manifests), "--socket", str(self.sockdir / "ctl.sock"),
              "--log-format", "json", "--resync-interval", "5", "--stop-timeout", "3",
