@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor import hardware, modelsrc
+from supervisor import hardware, hostfile, modelsrc
 from supervisor.core.spec import (
     ContainerSpec,
     DesiredModel,
@@ -143,8 +143,13 @@ def render(
     origin: Origin,
     model_path: str,
     file_size: int,
+    api_key_path: str | None = None,
 ) -> tuple[DesiredModel | None, list[str]]:
-    """One model's DesiredModel, or None and its problems."""
+    """One model's DesiredModel, or None and its problems.
+
+    model_path and api_key_path are the host paths to mount: load_desired passes
+    them resolved through symlinks (see supervisor.hostfile).
+    """
     problems: list[str] = []
     name = manifest.name
     placement = place(profile, host)
@@ -205,7 +210,7 @@ def render(
 
     mounts = [Mount(model_path, f"{MODEL_DIR}/{manifest.source.filename}", read_only=True)]
     if server.api_key_file is not None:
-        mounts.append(Mount(server.api_key_file, API_KEY_TARGET, read_only=True))
+        mounts.append(Mount(api_key_path or server.api_key_file, API_KEY_TARGET, read_only=True))
     spec = ContainerSpec(
         model=name,
         image=image_tag(placement.variant),
@@ -295,8 +300,14 @@ def render_all(
     host: HostInfo,
     *,
     file_sizes: Mapping[str, int],
+    model_paths: Mapping[str, str] | None = None,
+    key_paths: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, DesiredModel], list[str]]:
-    """Every model that renders, and the problems of those that do not (file_sizes: by model name)."""
+    """Every model that renders, and the problems of those that do not.
+
+    file_sizes, model_paths and key_paths are by model name (see host_files); a
+    model absent from model_paths mounts its path as the manifest gives it.
+    """
     desired: dict[str, DesiredModel] = {}
     problems: list[str] = []
     for name in sorted(manifests.models):
@@ -308,8 +319,9 @@ def render_all(
             lock=lock,
             host=host,
             origin=manifests.model_origins.get(name, Origin("<unknown>", 1)),
-            model_path=str(model_host_path(manifest)),
+            model_path=(model_paths or {}).get(name) or str(model_host_path(manifest)),
             file_size=file_sizes.get(name, 0),
+            api_key_path=(key_paths or {}).get(name),
         )
         problems.extend(found)
         if model is not None:
@@ -320,9 +332,50 @@ def render_all(
 def load_desired(
     manifests_dir: Path | str, lock: ImageLock, host: HostInfo
 ) -> tuple[dict[str, DesiredModel], list[str]]:
-    """Read the manifests (ManifestError propagates) and the model file sizes, then render_all."""
+    """Read the manifests (ManifestError propagates) and check their host files, then render_all."""
     manifests = load_dir(manifests_dir)
-    return render_all(manifests, lock, host, file_sizes=stat_sizes(manifests))
+    files = host_files(manifests)
+    desired, problems = render_all(manifests, lock, host, file_sizes=files.sizes, model_paths=files.models,
+                                   key_paths=files.keys)
+    for name in files.refused:
+        desired.pop(name, None)
+    return desired, files.problems + problems
+
+
+@dataclass(frozen=True)
+class HostFiles:
+    """The host files of a set of manifests, resolved and checked (by model name)."""
+
+    sizes: dict[str, int]
+    models: dict[str, str]       # resolved model file paths: what is hashed and mounted
+    keys: dict[str, str]         # resolved api_key_file paths
+    problems: list[str]
+    refused: frozenset[str]      # models with a problem here
+
+
+def host_files(manifests: ManifestSet) -> HostFiles:
+    """Resolve and check every model's source file and key file (supervisor.hostfile): the I/O render needs."""
+    sizes: dict[str, int] = {}
+    models: dict[str, str] = {}
+    keys: dict[str, str] = {}
+    problems: list[str] = []
+    refused: set[str] = set()
+    for name, manifest in manifests.models.items():
+        origin = manifests.model_origins.get(name, Origin("<unknown>", 1))
+        key = "source.path" if manifest.source.path else "source"
+        f, problem = hostfile.inspect(str(model_host_path(manifest)), what=f"model '{name}': model file")
+        if problem:
+            problems.append(f"{origin.at(key)}: {problem}")
+            refused.add(name)
+        models[name], sizes[name] = f.resolved, f.size
+        if manifest.server.api_key_file is not None:
+            k, problem = hostfile.inspect(manifest.server.api_key_file, what=f"model '{name}': api_key_file",
+                                          allowed=hostfile.KEY_ALLOWED)
+            if problem:
+                problems.append(f"{origin.at('server.api_key_file')}: {problem}")
+                refused.add(name)
+            keys[name] = k.resolved
+    return HostFiles(sizes, models, keys, problems, frozenset(refused))
 
 
 def stat_sizes(manifests: ManifestSet) -> dict[str, int]:
