@@ -78,6 +78,33 @@ RESERVED: dict[str, str] = {
     "--model-url": "source", "-mu": "source", "--hf-repo": "source", "-hf": "source", "-hfr": "source",
     "--hf-file": "source", "-hff": "source",
 }
+# Flags nobody may set: they change where the server listens, reads or writes beyond what the
+# manifest owns, fetch from elsewhere, run code, or put a secret on the command line.
+_FORBIDDEN_GROUPS: dict[str, tuple[str, ...]] = {
+    # where the server listens, and how: the daemon probes http://host:port/health
+    "changes where or how the server listens (the daemon publishes and probes host:port/health)": (
+        "--reuse-port", "--api-prefix", "--ssl-key-file", "--ssl-cert-file"),
+    # where it writes: logs go to stdout (docker logs, rotated); nothing else is kept
+    "writes files (logs go to docker's rotated log: llama-supervisorctl tail)": (
+        "--log-file", "--log-prompts-dir", "--logits-output-dir", "-o", "--output", "--output-file",
+        "--slot-save-path", "--prompt-cache", "--prompt-cache-all", "-lcd", "--lookup-cache-dynamic"),
+    # what it reads or fetches besides the verified model: files, URLs, other servers
+    "reads or fetches something besides the verified model file": (
+        "--path", "--media-path", "--models-dir", "--models-preset", "--lora", "--lora-scaled",
+        "--control-vector", "--control-vector-scaled", "-mm", "--mmproj", "-mmu", "--mmproj-url",
+        "-md", "--model-draft", "--spec-draft-model", "-hfd", "-hfrd", "--hf-repo-draft", "--spec-draft-hf",
+        "-dr", "--docker-repo", "--rpc", "--grammar-file", "-jf", "--json-schema-file",
+        "--chat-template-file", "-sysf", "--system-prompt-file", "-f", "--file", "-bf", "--binary-file",
+        "--context-file", "--in-file", "--positive-file", "--negative-file", "--tts-speaker-file",
+        "--ui-config-file", "--webui-config-file", "-lcs", "--lookup-cache-static", "--video-ffmpeg-dir",
+        "--ui-mcp-proxy", "--webui-mcp-proxy"),
+    # what runs code or reads secrets onto the command line (docker inspect shows Cmd)
+    "lets the model read, write and execute in the container": ("--tools", "--tools-runtime"),
+    "puts a secret on the command line, where docker inspect shows it": ("-hft", "--hf-token"),
+}
+FORBIDDEN: dict[str, str] = {flag: why for why, flags in _FORBIDDEN_GROUPS.items() for flag in flags}
+# A flag whose name ends so reads, writes or fetches something outside the manifest (future flags too).
+RESERVED_SUFFIXES = ("-file", "-path", "-dir", "-url", "-repo", "-token", "-proxy", "-key")
 # Old or other spellings -> (replacement tokens, flag the image must know for the replacement to apply).
 RENAMES: dict[str, tuple[tuple[str, ...], str]] = {
     "--mlock": (("--load-mode", "mlock"), "--load-mode"),        # llama.cpp folded both into --load-mode
@@ -259,14 +286,31 @@ def check_extra_args(extra_args: tuple[str, ...], record: ImageRecord, origin: O
     """A problem for each flag in extra_args the image does not know or the supervisor owns."""
     problems: list[str] = []
     for i, token in enumerate(extra_args):
+        where = origin.at(f"server.extra_args.{i}")
+        if not token or any(ord(c) < 32 or ord(c) == 127 for c in token):
+            problems.append(f"{where}: extra_args item {i} is empty or holds a control character"
+                            f" (fix: one plain argument per item)")
+            continue
         if not token.startswith("-") or token == "-" or _NUMBER.match(token):
             continue  # a value
-        flag = token.split("=", 1)[0]
-        where = origin.at(f"server.extra_args.{i}")
+        flag, eq, value = token.partition("=")
+        if eq and value.startswith("-") and not _NUMBER.match(value):
+            problems.append(f"{where}: the value of {flag} looks like a flag ({value!r})"
+                            f" (fix: give the value as the next item, or remove it)")
+            continue
         if flag in RESERVED:
             problems.append(
                 f"{where}: extra_args sets {flag}, which the supervisor renders itself"
                 f" (fix: remove it and use {RESERVED[flag]})"
+            )
+            continue
+        if flag in FORBIDDEN:
+            problems.append(f"{where}: extra_args sets {flag}, which {FORBIDDEN[flag]} (fix: remove it)")
+            continue
+        if flag.endswith(RESERVED_SUFFIXES) and not flag.startswith("--no-"):
+            problems.append(
+                f"{where}: extra_args sets {flag}, which reads, writes or fetches something outside what the"
+                f" manifest owns (fix: remove it; only the verified model file is mounted)"
             )
             continue
         if flag in record.flags:
