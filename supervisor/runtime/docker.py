@@ -10,6 +10,7 @@ tests and benchmarks.
 from __future__ import annotations
 
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +36,11 @@ from supervisor.runtime import (
 )
 
 _EXITED_RE = re.compile(r"^Exited \((-?\d+)\)")
+# A container's log is untrusted bytes: the tail that becomes a model's `reason` (status, logs,
+# metrics) is cut to size and stripped of terminal escapes and other control characters.
+MAX_TAIL_BYTES = 64 * 1024
+MAX_LINE_CHARS = 300
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _STATUSES: frozenset[str] = frozenset({"created", "running", "paused", "restarting", "removing", "exited", "dead"})
 
 
@@ -86,6 +92,13 @@ def container_kwargs(spec: ContainerSpec, instance: str = DEFAULT_INSTANCE) -> d
     }
 
 
+def clean_log(raw: bytes) -> str:
+    """Log bytes as text fit for a status line: valid UTF-8, no control characters, lines cut short."""
+    text = _CONTROL.sub("", raw.decode(errors="replace").replace("\t", " "))
+    return "".join((ln if len(ln) <= MAX_LINE_CHARS else ln[:MAX_LINE_CHARS] + "...") + "\n"
+                   for ln in text.splitlines())
+
+
 def observed_from_inspect(d: dict[str, Any]) -> ObservedContainer:
     state = d.get("State") or {}
     lbl = (d.get("Config") or {}).get("Labels") or {}
@@ -117,6 +130,39 @@ def observed_from_list(d: dict[str, Any]) -> ObservedContainer:
         exit_code=int(m.group(1)) if m else None,
         image_id=d.get("ImageID", ""),
     )
+
+
+class LogStream:
+    """A followed container log. `close()` is safe from any thread and ends a blocked read at once
+    (the docker SDK's CancellableStream shuts its socket down), which a generator's close() is not."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._closed = threading.Event()
+
+    def __iter__(self) -> LogStream:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._closed.is_set():
+            raise StopIteration
+        try:
+            return bytes(next(self._stream))
+        except (OSError, ValueError, AttributeError, requests.exceptions.RequestException):
+            if self._closed.is_set():      # the read was cut by close(): a normal end
+                raise StopIteration from None
+            raise
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - the stream is going away either way; nothing to report
+                pass
 
 
 @contextmanager
@@ -254,21 +300,16 @@ class DockerRuntime:
                 raw = self._api.logs(container_id, stdout=True, stderr=True, tail=lines)
         except RuntimeOperationError:
             return ""
-        return bytes(raw).decode(errors="replace")
+        return clean_log(bytes(raw)[-MAX_TAIL_BYTES:])
 
     def logs(self, container_id: str, *, lines: int = 100, follow: bool = False) -> Iterator[bytes]:
+        """The log's last `lines`; with follow, a LogStream that another thread may close at any time."""
         self._count("logs")
         with _translate("logs", container_id[:12]):
             if not follow:
-                yield bytes(self._api.logs(container_id, stdout=True, stderr=True, tail=lines))
-                return
+                return iter((bytes(self._api.logs(container_id, stdout=True, stderr=True, tail=lines)),))
             stream = self._api.logs(container_id, stdout=True, stderr=True, tail=lines, stream=True, follow=True)
-        try:
-            yield from stream
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+        return LogStream(stream)
 
     def close(self) -> None:
         self._client.close()
