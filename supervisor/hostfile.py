@@ -6,7 +6,8 @@ manifests are read, and the *resolved* path is what render mounts and what the
 verifier hashes; so a symlink the manifest names cannot be pointed elsewhere
 between the check and the mount. Refused, with the manifest's file:line:
 anything that is not a regular file (a directory, a device, a FIFO, a socket:
-the Docker socket above all) and anything under a system tree (REFUSED), by
+the Docker socket above all) and anything under a system tree (REFUSED; a key
+file may live under /etc), by
 the path as written or as resolved.
 """
 
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 # interfaces: a model or a key never lives there, and mounting one into a
 # container would hand it host secrets or the Docker socket (/var/run/docker.sock).
 REFUSED: tuple[str, ...] = ("/proc", "/sys", "/dev", "/etc", "/run", "/var/run", "/boot")
-# A key file may live under /etc/llama-supervisor (the service's own configuration).
-KEY_ALLOWED: tuple[str, ...] = ("/etc/llama-supervisor",)
+# Key files conventionally live under /etc (e.g. /etc/llama-supervisor/keys), so /etc is allowed for them.
+KEY_REFUSED: tuple[str, ...] = tuple(t for t in REFUSED if t != "/etc")
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,10 @@ class HostFile:
     exists: bool
 
 
-def refused_tree(path: str, *, allowed: tuple[str, ...] = ()) -> str | None:
+def refused_tree(path: str, *, refused: tuple[str, ...] = REFUSED) -> str | None:
     """The system tree `path` lies in (pure, on the string), or None."""
     norm = posixpath.normpath(path)
-    if any(_under(norm, a) for a in allowed):
-        return None
-    return next((tree for tree in REFUSED if _under(norm, tree)), None)
+    return next((tree for tree in refused if _under(norm, tree)), None)
 
 
 def _under(path: str, tree: str) -> bool:
@@ -59,7 +58,7 @@ def kind_of(mode: int) -> str:
     return "not a regular file"
 
 
-def inspect(path: str, *, what: str, allowed: tuple[str, ...] = ()) -> tuple[HostFile, str | None]:
+def inspect(path: str, *, what: str, refused: tuple[str, ...] = REFUSED) -> tuple[HostFile, str | None]:
     """Resolve `path` and check it; the problem (without file:line) or None.
 
     A file that does not exist is not a problem here (the launch-time check says
@@ -68,7 +67,7 @@ def inspect(path: str, *, what: str, allowed: tuple[str, ...] = ()) -> tuple[Hos
     """
     resolved = os.path.realpath(path)
     for p in (path, resolved):
-        tree = refused_tree(p, allowed=allowed)
+        tree = refused_tree(p, refused=refused)
         if tree is not None:
             via = "" if p == path else f" (it resolves to {resolved})"
             return HostFile(path, resolved, 0, False), (

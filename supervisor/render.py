@@ -414,7 +414,7 @@ def host_files(manifests: ManifestSet) -> HostFiles:
         models[name], sizes[name] = f.resolved, f.size
         if manifest.server.api_key_file is not None:
             k, problem = hostfile.inspect(manifest.server.api_key_file, what=f"model '{name}': api_key_file",
-                                          allowed=hostfile.KEY_ALLOWED)
+                                          refused=hostfile.KEY_REFUSED)
             if problem:
                 problems.append(f"{origin.at('server.api_key_file')}: {problem}")
                 refused.add(name)

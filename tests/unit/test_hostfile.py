@@ -99,8 +99,9 @@ def test_api_key_file_must_be_a_regular_file_outside_system_trees(tmp_path: Path
     keydir.mkdir()
     _, problems = problems_for(tmp_path, str(model), key=str(keydir))
     assert len(problems) == 1 and "a directory" in problems[0], problems
-    assert hostfile.refused_tree("/etc/llama-supervisor/keys/a.key", allowed=hostfile.KEY_ALLOWED) is None
-    assert hostfile.refused_tree("/etc/llama-supervisor-evil/a.key", allowed=hostfile.KEY_ALLOWED) == "/etc"
+    assert hostfile.refused_tree("/etc/llama-supervisor/keys/a.key", refused=hostfile.KEY_REFUSED) is None
+    assert hostfile.refused_tree("/run/secrets/a.key", refused=hostfile.KEY_REFUSED) == "/run"
+    assert hostfile.refused_tree("/etc/llama/a.gguf") == "/etc"
 
 
 def test_the_daemon_loader_refuses_the_whole_read_so_nothing_is_mounted(tmp_path: Path) -> None:
