@@ -7,8 +7,7 @@ verifier hashes; so a symlink the manifest names cannot be pointed elsewhere
 between the check and the mount. Refused, with the manifest's file:line:
 anything that is not a regular file (a directory, a device, a FIFO, a socket:
 the Docker socket above all) and anything under a system tree (REFUSED; a key
-file may live under /etc), by
-the path as written or as resolved.
+file may live under /etc), by the path as written or as resolved.
 """
 
 from __future__ import annotations
