@@ -253,6 +253,8 @@ def render(
         nano_cpus=int(res.cpus * 1e9) if res.cpus is not None else None,
         cpuset=res.cpuset or placement.cpuset,
         gpu=placement.gpu,
+        log_max_bytes=manifest.logs.max_size,
+        log_max_files=manifest.logs.max_files,
     )
     health = manifest.health
     rs = manifest.restart

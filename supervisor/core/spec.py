@@ -50,6 +50,8 @@ class ContainerSpec:
     user: str = "65532:65532"
     read_only_rootfs: bool = True
     tmpfs_size: str = "64m"
+    log_max_bytes: int = 10 * 1024 * 1024   # json-file rotation: at most log_max_files files this big
+    log_max_files: int = 3
 
     def canonical(self) -> dict[str, object]:
         return asdict(self)

@@ -207,6 +207,22 @@ class GpuSettings(_Strict):
     layers: int = Field(default=99, ge=0, le=10000, description="a number of layers to offload, 99 for all")
 
 
+LogSize = Annotated[
+    int,
+    BeforeValidator(parse_memory),
+    Field(ge=1024, le=1024**3),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1024, "maximum": 1073741824},
+                              {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*[kKmMgG]?[iI]?[bB]?\s*$"}]}),
+]
+
+
+class LogSettings(_Strict):
+    """Docker keeps the container's log (json-file driver) in at most max_files files of max_size each."""
+
+    max_size: LogSize = Field(default=10 * 1024**2, description="a size per log file such as 10m, 1k to 1g")
+    max_files: int = Field(default=3, ge=1, le=100, description="how many log files to keep, 1-100")
+
+
 class ModelManifest(_Strict):
     """`kind: model`: one llama-server container."""
 
@@ -218,6 +234,7 @@ class ModelManifest(_Strict):
     health: HealthSettings = Field(default_factory=HealthSettings, description="health probe settings")
     restart: RestartSection = Field(default_factory=RestartSection, description="restart policy and backoff")
     resources: Resources = Field(default_factory=Resources, description="container limits")
+    logs: LogSettings = Field(default_factory=LogSettings, description="log rotation: {max_size: 10m, max_files: 3}")
 
 
 class ProfileManifest(_Strict):

@@ -19,7 +19,7 @@ from typing import Any
 import docker
 import docker.errors
 import requests.exceptions
-from docker.types import DeviceRequest, Mount
+from docker.types import DeviceRequest, LogConfig, Mount
 
 from supervisor.core.observed import ContainerStatus, ObservedContainer
 from supervisor.core.spec import ContainerSpec
@@ -62,6 +62,10 @@ def host_config_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         "pids_limit": spec.pids_limit,
         "restart_policy": {"Name": "no"},
         "init": False,
+        # Rotated by the engine, so a chatty or hostile server cannot fill the disk; `docker logs`
+        # (and so `llama-supervisorctl tail`) reads across the rotated files.
+        "log_config": LogConfig(type="json-file", config={
+            "max-size": str(spec.log_max_bytes), "max-file": str(spec.log_max_files)}),
     }
     if spec.memory_bytes is not None:
         kw["mem_limit"] = spec.memory_bytes
