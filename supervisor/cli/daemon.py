@@ -89,6 +89,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
     from supervisor.daemon.controller import DaemonController
     from supervisor.daemon.executor import LockVerifier
     from supervisor.daemon.loop import LoopSettings, Supervisor
+    from supervisor.daemon.statefile import StateFile
     from supervisor.daemon.watcher import ManifestWatcher
     from supervisor.health import Prober
     from supervisor.runtime.docker import DockerRuntime
@@ -111,6 +112,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         metrics=metrics,
         settings=LoopSettings(resync_interval_s=resync_interval, stop_timeout_s=stop_timeout,
                               stop_models_on_exit=stop_models_on_exit, max_wait_s=max_wait),
+        state=StateFile(paths.state_dir() / f"models.{instance}.state.json"),
     )
     closers.append(prober)
     stream = DockerEventStream(lambda: docker.from_env(timeout=60), events.put, instance=instance)

@@ -55,6 +55,7 @@ from supervisor.core.planner import UP, Diff, Want, diff, plan
 from supervisor.core.spec import DesiredModel
 from supervisor.core.status import ModelStatus
 from supervisor.daemon.executor import Executor, Verifier
+from supervisor.daemon.statefile import StateFile
 from supervisor.errors import (
     ManifestError,
     RuntimeOperationError,
@@ -113,6 +114,7 @@ class Supervisor:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         settings: LoopSettings = LoopSettings(),
+        state: StateFile | None = None,
     ) -> None:
         self.events = events
         self.runtime = runtime
@@ -124,6 +126,7 @@ class Supervisor:
         self.clock = clock
         self.rng = rng or random.Random()
         self.settings = settings
+        self.state = state or StateFile(None)            # failure counts and FATAL across restarts
 
         self.slots: dict[str, Slot] = {}
         self.cache: dict[str, ObservedContainer] = {}     # container ID -> what we last saw
@@ -179,6 +182,7 @@ class Supervisor:
                 return
         self._reconcile()
         self._publish()
+        self._remember_failures()
         self.notifier.watchdog()
         self.iterations += 1
 
@@ -328,11 +332,14 @@ class Supervisor:
                 log.info("model removed from manifests", model=name)
                 del self.slots[name]
                 self.metrics.forget(name)
+                self.state.forget(name)
             for name in d.added:
                 m = new[name]
                 log.info("model added", model=name, source=m.source_file, port=m.spec.host_port)
                 self.slots[name] = Slot(m, Lifecycle(name, health=m.health, restart=m.restart, rng=self.rng))
                 self.metrics.model_state(name, State.STOPPED.name)
+                if (e := self.state.get(name, m.spec.config_hash())) is not None:   # a previous daemon's count
+                    self._log_transition(self.slots[name].lc.restore(now, failures=e.failures, fatal_reason=e.fatal))
             for name in d.changed:
                 m = new[name]
                 slot = self.slots[name]
@@ -631,6 +638,12 @@ class Supervisor:
                             container=(slot.container_id or "")[:12] if slot else "",
                             **{"from": t.from_state.name, "to": t.to_state.name}, **where)
         self.metrics.model_state(t.model, t.to_state.name)
+
+    def _remember_failures(self) -> None:
+        for name, slot in self.slots.items():      # writes only when an entry changed (statefile.py)
+            lc = slot.lc
+            self.state.record(name, config_hash=slot.desired.spec.config_hash(), failures=lc.consecutive_failures,
+                              fatal=lc.reason if lc.state is State.FATAL else None)
 
     def _publish(self) -> None:
         now = self.clock()
