@@ -62,10 +62,13 @@ def make_loader(manifests: Path, lock_path: Path) -> Any:
 @click.option("--instance", default="default", show_default=True, envvar="LLAMA_SUPERVISOR_INSTANCE",
               help="Name of this daemon's set of containers (label io.llama-supervisor.instance); "
                    "two daemons on one engine need different names.")
+@click.option("--no-watch", "no_watch", is_flag=True,
+              help="Do not apply manifest changes as they land: only 'llama-supervisorctl update' (or reload, "
+                   "SIGHUP) does, after 'reread' shows them (supervisord's way).")
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
 def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None, socket_group: str | None,
         metrics_port: int | None, resync_interval: float, stop_timeout: float, stop_models_on_exit: bool,
-        instance: str, log_format: logs.LogFormat) -> None:
+        instance: str, no_watch: bool, log_format: logs.LogFormat) -> None:
     """Keep the llama-server containers the manifests describe alive."""
     logs.setup(log_format)
     run(
@@ -78,12 +81,13 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
         stop_timeout=stop_timeout,
         stop_models_on_exit=stop_models_on_exit,
         instance=instance,
+        watch=not no_watch,
     )
 
 
 def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: str | None,
         metrics_port: int | None, resync_interval: float, stop_timeout: float,
-        stop_models_on_exit: bool, instance: str = "default") -> None:
+        stop_models_on_exit: bool, instance: str = "default", watch: bool = True) -> None:
     import docker
 
     from supervisor.daemon.controller import DaemonController
@@ -116,7 +120,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
     )
     closers.append(prober)
     stream = DockerEventStream(lambda: docker.from_env(timeout=60), events.put, instance=instance)
-    watcher = ManifestWatcher(manifests, events.put)
+    watcher = ManifestWatcher(manifests, events.put) if watch else None
 
     def record(signum: int, frame: FrameType | None) -> None:
         events.put(SignalReceived(signum))    # only record: the loop thread decides
@@ -127,8 +131,12 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
     try:
         stream.start()
         stream.connected.wait(5)      # so no die event is missed between the first list and the stream
-        watcher.start()
-        closers[:0] = [watcher, stream]
+        if watcher is not None:
+            watcher.start()
+        else:
+            log.info("not watching manifests; apply changes with 'llama-supervisorctl update'",
+                     directory=str(manifests))
+        closers[:0] = [c for c in (watcher, stream) if c is not None]
         server = _control_server(DaemonController(sup), socket_path, socket_group)
         if server is not None:
             closers.insert(0, server)
