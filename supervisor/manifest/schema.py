@@ -148,8 +148,9 @@ class ServerSettings(_Strict):
     api_key_file: str | None = Field(
         default=None, description="an absolute host path of a file holding the API key, or null"
     )
-    extra_args: Annotated[tuple[str, ...], BeforeValidator(_strings), _ARGS_SCHEMA] = Field(
-        default=(), description="a list of further llama-server arguments, e.g. [--jinja]"
+    extra_args: Annotated[tuple[Annotated[str, Field(max_length=1024)], ...], BeforeValidator(_strings),
+                          _ARGS_SCHEMA] = Field(
+        default=(), max_length=128, description="a list of at most 128 further llama-server arguments, e.g. [--jinja]"
     )
 
     @model_validator(mode="after")
