@@ -201,11 +201,13 @@ class ProcStats:
     rss_bytes: int
     fds: int
     threads: int
+    uss_bytes: int = 0      # pages only this process maps (RSS less shared libraries and shared pages)
 
 
 def proc_stats(pid: int) -> ProcStats:
     p = psutil.Process(pid)
-    return ProcStats(rss_bytes=p.memory_info().rss, fds=p.num_fds(), threads=p.num_threads())
+    return ProcStats(rss_bytes=p.memory_info().rss, fds=p.num_fds(), threads=p.num_threads(),
+                     uss_bytes=p.memory_full_info().uss)
 
 
 def idle_cpu_percent(pid: int, seconds: float) -> float:
