@@ -35,6 +35,7 @@ class Rig:
     daemon: Daemon
     demo: Path
     names: list[str]
+    metrics_port: int = 0
 
     def ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         sock = str(self.daemon.sockdir / "ctl.sock")
@@ -46,7 +47,8 @@ class Rig:
         return rows[0] if rows else None
 
     def start_daemon(self) -> Daemon:
-        self.daemon = Daemon(self.dir, extra=["--no-watch"]).start()
+        self.metrics_port = self.metrics_port or free_port()
+        self.daemon = Daemon(self.dir, extra=["--no-watch", "--metrics-port", str(self.metrics_port)]).start()
         self.daemon.wait_log(lambda r: r.get("event") == "ready", 60, "daemon ready")
         return self.daemon
 
@@ -127,6 +129,39 @@ def test_container_logs_rotate_and_tail_follows_across_rotations(rig: Rig, docke
     assert b"loading model" not in everything                           # the start-up lines rotated away
     out = rig.ctl("tail", "-n", "3", name)
     assert out.returncode == 0 and len(out.stdout.strip().splitlines()) == 3, out
+
+
+def test_the_api_key_appears_nowhere_the_supervisor_writes_or_shows(rig: Rig, docker_client: docker.DockerClient,
+                                                                    tmp_path: Path) -> None:
+    secret = f"sk-{uuid.uuid4().hex}"
+    key = tmp_path / "api.key"
+    key.write_text(secret + "\n")
+    key.chmod(0o644)
+    name, port = f"hkey{uuid.uuid4().hex[:6]}", free_port()
+    rig.names.append(name)
+    (rig.dir / f"{name}.yaml").write_text(model_yaml(name, port, rig.demo, rig.demo.parent.name, api_key_file=key))
+    assert rig.ctl("update").returncode == 0
+    wait_for(lambda: healthy(port), 120, f"{name} healthy")
+    assert httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {secret}"},
+                     timeout=5).status_code == 200                     # the key is in force
+    httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer wrong"}, timeout=5)
+    c = docker_client.containers.get(f"llama-supervisor-{name}")
+    seen = {
+        "docker inspect (Cmd, Env, Labels, Args, HostConfig)": json.dumps(c.attrs),
+        "daemon log": rig.daemon.dump() + json.dumps([r for _, r in rig.daemon.lines]),
+        "status --json": rig.ctl("status", "--json").stdout,
+        "tail": rig.ctl("tail", "-n", "1000", name).stdout,
+        "metrics": httpx.get(f"http://127.0.0.1:{rig.metrics_port}/metrics", timeout=5).text,
+        "image lock": paths.lock_path().read_text(),
+        "container log": c.logs().decode(errors="replace"),
+    }
+    state = paths.state_dir() / f"models.{instance_for(rig.dir)}.state.json"
+    if state.exists():
+        seen["state file"] = state.read_text()
+    assert name in seen["status --json"] and "llama_" in seen["metrics"]   # each place was really looked at
+    assert [where for where, text in seen.items() if secret in text] == []
+    (rig.dir / f"{name}.yaml").unlink()
+    assert rig.ctl("update").returncode == 0
 
 
 def test_fatal_survives_kill9_of_the_daemon_until_an_explicit_start(rig: Rig, docker_client: docker.DockerClient) -> None:
