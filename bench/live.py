@@ -180,7 +180,13 @@ class Fleet:
             time.sleep(remaining)
 
     def container_id(self, model: str) -> str:
-        return str(self.client.containers.get(f"llama-supervisor-{model}").id)
+        """The model's container ID; "" in the moment of a recreate between remove and create."""
+        import docker.errors
+
+        try:
+            return str(self.client.containers.get(f"llama-supervisor-{model}").id)
+        except docker.errors.NotFound:
+            return ""
 
     def identity(self, model: str) -> tuple[str, str]:
         c = self.client.containers.get(f"llama-supervisor-{model}")
