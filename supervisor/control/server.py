@@ -171,7 +171,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> dict[str, Any]:
         raw = (self.headers.get("Content-Length") or "0").strip()
-        if not raw.isdigit():
+        if not _is_count(raw):
             raise _BadRequest(f"Content-Length {raw[:20]!r} is not a byte count")
         length = int(raw)
         if length > _MAX_BODY:
@@ -277,7 +277,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _BadRequest("logs needs ?name=MODEL")
         _checked_names([name])
         raw_lines = (query.get("lines") or ["100"])[0]
-        if not raw_lines.isdigit() or int(raw_lines) > MAX_LOG_LINES:
+        if not _is_count(raw_lines) or int(raw_lines) > MAX_LOG_LINES:
             raise _BadRequest(f"lines must be a whole number from 0 to {MAX_LOG_LINES}")
         lines = int(raw_lines)
         follow = (query.get("follow") or ["0"])[0] in ("1", "true", "yes")
@@ -332,6 +332,11 @@ def _names(body: dict[str, Any]) -> tuple[str, ...]:
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise _BadRequest('"names" must be a non-empty list of model names (or ["all"])')
     return _checked_names(names)
+
+
+def _is_count(text: str) -> bool:
+    """Plain ASCII digits ('²'.isdigit() is True, but int('²') fails), at most 18 of them."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
 
 
 def _checked_names(names: list[str], *, empty_ok: bool = False) -> tuple[str, ...]:

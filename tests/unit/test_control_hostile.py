@@ -101,10 +101,10 @@ def status_and_body(reply: bytes) -> tuple[int, dict[str, object]]:
 
 def post(endpoint: str, body: bytes, *, length: str | None = None) -> bytes:
     n = str(len(body)) if length is None else length
-    return f"POST /v1/{endpoint} HTTP/1.0\r\nContent-Length: {n}\r\n\r\n".encode() + body
+    return f"POST /v1/{endpoint} HTTP/1.0\r\nContent-Length: {n}\r\n\r\n".encode("latin-1") + body
 
 
-@pytest.mark.parametrize("length", ["-1", "abc", "1e3", "99999999999999999999"])
+@pytest.mark.parametrize("length", ["-1", "abc", "1e3", "99999999999999999999", "\u00b2"])
 def test_a_bad_content_length_is_a_400_at_once(served: tuple[Path, Controller, list[dict[str, object]]],
                                                length: str) -> None:
     path, ctl, _ = served
@@ -140,7 +140,7 @@ def test_names_are_validated_before_use(served: tuple[Path, Controller, list[dic
     assert code == 400 and ctl.commands == [] and ctl.streams == []
 
 
-@pytest.mark.parametrize("lines", ["-1", "1000000000", "x"])
+@pytest.mark.parametrize("lines", ["-1", "1000000000", "x", "%C2%B2"])
 def test_log_line_counts_are_bounded(served: tuple[Path, Controller, list[dict[str, object]]], lines: str) -> None:
     path, ctl, _ = served
     code, _ = status_and_body(raw(path, f"GET /v1/logs?name=gemma&lines={lines} HTTP/1.0\r\n\r\n".encode()))
