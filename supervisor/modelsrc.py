@@ -18,12 +18,14 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from supervisor import paths
 from supervisor.download import download
 from supervisor.errors import FetchError, ModelMismatch
-from supervisor.manifest.schema import ModelSource
+
+if TYPE_CHECKING:     # the daemon verifies models without loading pydantic (supervisor.daemon.reader)
+    from supervisor.manifest.schema import ModelSource
 
 Progress = Callable[[str], None]
 GGUF_MAGIC = b"GGUF"

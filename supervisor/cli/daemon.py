@@ -29,12 +29,34 @@ from supervisor.errors import ManifestError, SupervisorError
 log = structlog.get_logger("supervisor.daemon")
 
 
-def make_loader(manifests: Path, lock_path: Path) -> Any:
-    """render.load_desired, with a fresh lock per read; any problem makes the whole set invalid."""
-    from supervisor import hardware, render
-    from supervisor.lock import read_lock
+def make_loader(manifests: Path, lock_path: Path, *, isolated: bool = False) -> Any:
+    """render.load_desired, with a fresh lock per read; any problem makes the whole set invalid.
+
+    isolated: read in a child process (supervisor.daemon.reader), as llama-supervisord does, so the
+    daemon never loads pydantic and PyYAML and a hostile manifest cannot take it down.
+    """
+    from supervisor import hardware
 
     host = hardware.detect()
+
+    if isolated:
+        import dataclasses
+        import json
+
+        from supervisor.daemon import reader
+
+        host_json = json.dumps({**dataclasses.asdict(host), "cpu_flags": sorted(host.cpu_flags)})
+
+        def load_isolated() -> Mapping[str, DesiredModel]:
+            desired, problems = reader.read(manifests, lock_path, host_json)
+            if problems:
+                raise ManifestError(problems)
+            return desired
+
+        return load_isolated
+
+    from supervisor import render
+    from supervisor.lock import read_lock
 
     def load() -> Mapping[str, DesiredModel]:
         try:
@@ -126,7 +148,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         events=events,
         runtime=runtime,
         verifier=LockVerifier(runtime.client, lock_path),
-        load_desired=make_loader(manifests, lock_path),
+        load_desired=make_loader(manifests, lock_path, isolated=True),
         prober=(prober := Prober(events.put)),
         notifier=notifier,
         metrics=metrics,
