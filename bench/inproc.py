@@ -110,7 +110,7 @@ class InProcessDaemon:
         self.prober = Prober(self.events.put)
         self.sup = Supervisor(
             events=self.events, runtime=self.runtime, verifier=LockVerifier(self.runtime.client, lock_path),
-            load_desired=make_loader(manifests, lock_path), prober=self.prober,
+            load_desired=make_loader(manifests, lock_path, isolated=True), prober=self.prober,
             settings=LoopSettings(),
         )
         self.stream = DockerEventStream(lambda: docker.from_env(timeout=60), self.events.put, instance=instance)

@@ -181,7 +181,13 @@ class Fleet:
             time.sleep(remaining)
 
     def container_id(self, model: str) -> str:
-        return str(self.client.containers.get(f"llama-supervisor-{model}").id)
+        """The model's container ID; "" in the moment of a recreate between remove and create."""
+        import docker.errors
+
+        try:
+            return str(self.client.containers.get(f"llama-supervisor-{model}").id)
+        except docker.errors.NotFound:
+            return ""
 
     def new_container_id(self, model: str, old: set[str]) -> str | None:
         """The model's container ID if it is not one of `old`; None while there is none (a recreate
@@ -211,11 +217,13 @@ class ProcStats:
     rss_bytes: int
     fds: int
     threads: int
+    uss_bytes: int = 0      # pages only this process maps (RSS less shared libraries and shared pages)
 
 
 def proc_stats(pid: int) -> ProcStats:
     p = psutil.Process(pid)
-    return ProcStats(rss_bytes=p.memory_info().rss, fds=p.num_fds(), threads=p.num_threads())
+    return ProcStats(rss_bytes=p.memory_info().rss, fds=p.num_fds(), threads=p.num_threads(),
+                     uss_bytes=p.memory_full_info().uss)
 
 
 def idle_cpu_percent(pid: int, seconds: float) -> float:

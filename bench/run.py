@@ -103,7 +103,9 @@ def bench_micro(r: Report, quick: bool) -> None:
         r.time_row(f"plan(200), {k}", s, target="<= 50 ms", limit=0.050, unit="ms", scale=1000)
     st = bench_status(runs=50 if quick else 200, cli_runs=5 if quick else 10)
     for k, s in st.items():
-        r.time_row(f"status(100), {k}", s, target="<= 100 ms", limit=0.100, unit="ms", scale=1000)
+        whole = k.startswith("whole command")        # issue 11: the whole command in a new process <= 150 ms
+        r.time_row(f"status(100), {k}", s, target="<= 150 ms" if whole else "<= 100 ms",
+                   limit=0.150 if whole else 0.100, unit="ms", scale=1000)
     r.how.append(("plan(200), status(100)", "`.venv/bin/python -m bench.micro` (no containers; status runs the "
                   "real control server and client on a Unix socket with 100 canned models)"))
 
@@ -279,7 +281,9 @@ def bench_live(r: Report, *, runs: int, n_models: int, idle_s: float) -> tuple[f
     r.value_row(f"untouched models kept container ID and StartedAt through every fault (real daemon, N={n_models})",
                 "yes" if untouched_ok else "NO", target="yes", met=untouched_ok)
     r.value_row(f"daemon RSS, supervising N={n_models} models", f"{stats.rss_bytes / 2**20:.1f} MiB",
-                target="<= 50 MB", met=stats.rss_bytes <= 50e6)
+                target="<= 50 MiB", met=stats.rss_bytes <= 50 * 2**20)
+    r.value_row("  for reference: its USS (RSS less the pages it shares: libpython, pydantic-core, libcrypto...)",
+                f"{stats.uss_bytes / 2**20:.1f} MiB")
     r.value_row(f"daemon idle CPU over {idle_s:.0f} s, N={n_models} models (default health probe: every 2 s each)",
                 f"{cpu:.2f} % of a core", target="<= 0.5 %", met=cpu <= 0.5)
     r.value_row("daemon file descriptors / threads at rest", f"{stats.fds} / {stats.threads}")

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor import gguf, hardware, modelsrc, paths
+from supervisor import gguf, hardware, hostfile, modelsrc, paths
 from supervisor.core.spec import (
     ContainerSpec,
     DesiredModel,
@@ -80,6 +80,33 @@ RESERVED: dict[str, str] = {
     "--model-url": "source", "-mu": "source", "--hf-repo": "source", "-hf": "source", "-hfr": "source",
     "--hf-file": "source", "-hff": "source",
 }
+# Flags nobody may set: they change where the server listens, reads or writes beyond what the
+# manifest owns, fetch from elsewhere, run code, or put a secret on the command line.
+_FORBIDDEN_GROUPS: dict[str, tuple[str, ...]] = {
+    # where the server listens, and how: the daemon probes http://host:port/health
+    "changes where or how the server listens (the daemon publishes and probes host:port/health)": (
+        "--reuse-port", "--api-prefix", "--ssl-key-file", "--ssl-cert-file"),
+    # where it writes: logs go to stdout (docker logs, rotated); nothing else is kept
+    "writes files (logs go to docker's rotated log: llama-supervisorctl tail)": (
+        "--log-file", "--log-prompts-dir", "--logits-output-dir", "-o", "--output", "--output-file",
+        "--slot-save-path", "--prompt-cache", "--prompt-cache-all", "-lcd", "--lookup-cache-dynamic"),
+    # what it reads or fetches besides the verified model: files, URLs, other servers
+    "reads or fetches something besides the verified model file": (
+        "--path", "--media-path", "--models-dir", "--models-preset", "--lora", "--lora-scaled",
+        "--control-vector", "--control-vector-scaled", "-mm", "--mmproj", "-mmu", "--mmproj-url",
+        "-md", "--model-draft", "--spec-draft-model", "-hfd", "-hfrd", "--hf-repo-draft", "--spec-draft-hf",
+        "-dr", "--docker-repo", "--rpc", "--grammar-file", "-jf", "--json-schema-file",
+        "--chat-template-file", "-sysf", "--system-prompt-file", "-f", "--file", "-bf", "--binary-file",
+        "--context-file", "--in-file", "--positive-file", "--negative-file", "--tts-speaker-file",
+        "--ui-config-file", "--webui-config-file", "-lcs", "--lookup-cache-static", "--video-ffmpeg-dir",
+        "--ui-mcp-proxy", "--webui-mcp-proxy"),
+    # what runs code or reads secrets onto the command line (docker inspect shows Cmd)
+    "lets the model read, write and execute in the container": ("--tools", "--tools-runtime"),
+    "puts a secret on the command line, where docker inspect shows it": ("-hft", "--hf-token"),
+}
+FORBIDDEN: dict[str, str] = {flag: why for why, flags in _FORBIDDEN_GROUPS.items() for flag in flags}
+# A flag whose name ends so reads, writes or fetches something outside the manifest (future flags too).
+RESERVED_SUFFIXES = ("-file", "-path", "-dir", "-url", "-repo", "-token", "-proxy", "-key")
 # Old or other spellings -> (replacement tokens, flag the image must know for the replacement to apply).
 RENAMES: dict[str, tuple[tuple[str, ...], str]] = {
     "--mlock": (("--load-mode", "mlock"), "--load-mode"),        # llama.cpp folded both into --load-mode
@@ -170,8 +197,13 @@ def render(
     model_path: str,
     file_size: int,
     facts: GgufFacts | None = None,
+    api_key_path: str | None = None,
 ) -> tuple[DesiredModel | None, list[str]]:
-    """One model's DesiredModel, or None and its problems."""
+    """One model's DesiredModel, or None and its problems.
+
+    model_path and api_key_path are the host paths to mount: load_desired passes
+    them resolved through symlinks (see supervisor.hostfile).
+    """
     problems: list[str] = []
     name = manifest.name
     placement = place(profile, host)
@@ -232,7 +264,7 @@ def render(
 
     mounts = [Mount(model_path, f"{MODEL_DIR}/{manifest.source.filename}", read_only=True)]
     if server.api_key_file is not None:
-        mounts.append(Mount(server.api_key_file, API_KEY_TARGET, read_only=True))
+        mounts.append(Mount(api_key_path or server.api_key_file, API_KEY_TARGET, read_only=True))
     spec = ContainerSpec(
         model=name,
         image=image_tag(placement.variant),
@@ -249,6 +281,8 @@ def render(
         cpuset=res.cpuset or placement.cpuset,
         gpu=placement.gpu,
         cpu_shares=res.cpu_shares,
+        log_max_bytes=manifest.logs.max_size,
+        log_max_files=manifest.logs.max_files,
     )
     health = manifest.health
     rs = manifest.restart
@@ -302,14 +336,31 @@ def check_extra_args(extra_args: tuple[str, ...], record: ImageRecord, origin: O
     """A problem for each flag in extra_args the image does not know or the supervisor owns."""
     problems: list[str] = []
     for i, token in enumerate(extra_args):
+        where = origin.at(f"server.extra_args.{i}")
+        if not token or any(ord(c) < 32 or ord(c) == 127 for c in token):
+            problems.append(f"{where}: extra_args item {i} is empty or holds a control character"
+                            f" (fix: one plain argument per item)")
+            continue
         if not token.startswith("-") or token == "-" or _NUMBER.match(token):
             continue  # a value
-        flag = token.split("=", 1)[0]
-        where = origin.at(f"server.extra_args.{i}")
+        flag, eq, value = token.partition("=")
+        if eq and value.startswith("-") and not _NUMBER.match(value):
+            problems.append(f"{where}: the value of {flag} looks like a flag ({value!r})"
+                            f" (fix: give the value as the next item, or remove it)")
+            continue
         if flag in RESERVED:
             problems.append(
                 f"{where}: extra_args sets {flag}, which the supervisor renders itself"
                 f" (fix: remove it and use {RESERVED[flag]})"
+            )
+            continue
+        if flag in FORBIDDEN:
+            problems.append(f"{where}: extra_args sets {flag}, which {FORBIDDEN[flag]} (fix: remove it)")
+            continue
+        if flag.endswith(RESERVED_SUFFIXES) and not flag.startswith("--no-"):
+            problems.append(
+                f"{where}: extra_args sets {flag}, which reads, writes or fetches something outside what the"
+                f" manifest owns (fix: remove it; only the verified model file is mounted)"
             )
             continue
         if flag in record.flags:
@@ -344,8 +395,14 @@ def render_all(
     *,
     file_sizes: Mapping[str, int],
     facts: Mapping[str, GgufFacts | None] | None = None,
+    model_paths: Mapping[str, str] | None = None,
+    key_paths: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, DesiredModel], list[str]]:
-    """Every model that renders, and the problems of those that do not (file_sizes, facts: by model name)."""
+    """Every model that renders, and the problems of those that do not.
+
+    file_sizes, facts, model_paths and key_paths are by model name (see host_files); a
+    model absent from model_paths mounts its path as the manifest gives it.
+    """
     desired: dict[str, DesiredModel] = {}
     problems: list[str] = []
     for name in sorted(manifests.models):
@@ -357,9 +414,10 @@ def render_all(
             lock=lock,
             host=host,
             origin=manifests.model_origins.get(name, Origin("<unknown>", 1)),
-            model_path=str(model_host_path(manifest)),
+            model_path=(model_paths or {}).get(name) or str(model_host_path(manifest)),
             file_size=file_sizes.get(name, 0),
             facts=(facts or {}).get(name),
+            api_key_path=(key_paths or {}).get(name),
         )
         problems.extend(found)
         if model is not None:
@@ -370,18 +428,23 @@ def render_all(
 def load_desired(
     manifests_dir: Path | str, lock: ImageLock, host: HostInfo
 ) -> tuple[dict[str, DesiredModel], list[str]]:
-    """Read the manifests (ManifestError propagates) and the model file sizes, then render_all."""
+    """Read the manifests (ManifestError propagates) and check their host files, then render_all."""
     manifests = load_dir(manifests_dir)
-    sizes = stat_sizes(manifests)
-    facts = {name: _facts(model_host_path(m), sizes[name]) for name, m in manifests.models.items()}
-    return render_all(manifests, lock, host, file_sizes=sizes, facts=facts)
+    files = host_files(manifests)
+    facts = {name: _facts(Path(files.models.get(name) or model_host_path(m)), files.sizes.get(name, 0))
+             for name, m in manifests.models.items() if name not in files.refused}
+    desired, problems = render_all(manifests, lock, host, file_sizes=files.sizes, facts=facts,
+                                   model_paths=files.models, key_paths=files.keys)
+    for name in files.refused:
+        desired.pop(name, None)
+    return desired, files.problems + problems
 
 
 _FACTS: dict[tuple[str, int, int], GgufFacts | None] = {}
 
 
 def _facts(path: Path, size: int) -> GgufFacts | None:
-    """GGUF facts, read once per file version (path, size, mtime): a re-read of the manifests is cheap."""
+    """GGUF facts, read once per file version (path, size, mtime) in a long-lived process."""
     try:
         key = (str(path), size, os.stat(path).st_mtime_ns)
     except OSError:
@@ -402,3 +465,39 @@ def stat_sizes(manifests: ManifestSet) -> dict[str, int]:
         except OSError:
             sizes[name] = 0
     return sizes
+
+
+@dataclass(frozen=True)
+class HostFiles:
+    """The host files of a set of manifests, resolved and checked (by model name)."""
+
+    sizes: dict[str, int]
+    models: dict[str, str]       # resolved model file paths: what is hashed and mounted
+    keys: dict[str, str]         # resolved api_key_file paths
+    problems: list[str]
+    refused: frozenset[str]      # models with a problem here
+
+
+def host_files(manifests: ManifestSet) -> HostFiles:
+    """Resolve and check every model's source file and key file (supervisor.hostfile): the I/O render needs."""
+    sizes: dict[str, int] = {}
+    models: dict[str, str] = {}
+    keys: dict[str, str] = {}
+    problems: list[str] = []
+    refused: set[str] = set()
+    for name, manifest in manifests.models.items():
+        origin = manifests.model_origins.get(name, Origin("<unknown>", 1))
+        key = "source.path" if manifest.source.path else "source"
+        f, problem = hostfile.inspect(str(model_host_path(manifest)), what=f"model '{name}': model file")
+        if problem:
+            problems.append(f"{origin.at(key)}: {problem}")
+            refused.add(name)
+        models[name], sizes[name] = f.resolved, f.size
+        if manifest.server.api_key_file is not None:
+            k, problem = hostfile.inspect(manifest.server.api_key_file, what=f"model '{name}': api_key_file",
+                                          refused=hostfile.KEY_REFUSED)
+            if problem:
+                problems.append(f"{origin.at('server.api_key_file')}: {problem}")
+                refused.add(name)
+            keys[name] = k.resolved
+    return HostFiles(sizes, models, keys, problems, frozenset(refused))

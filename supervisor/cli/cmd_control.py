@@ -17,16 +17,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
-import httpx
 
 from supervisor import paths
 from supervisor.control.api import CommandResult
 from supervisor.control.client import ControlClient
 from supervisor.core.status import ModelStatus
 from supervisor.errors import SupervisorError
+
+if TYPE_CHECKING:
+    import httpx     # only `bench` needs it, imported there: `status` must start fast
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -335,6 +337,8 @@ class BenchResult:
 def run_bench(url: str, *, prompt: str, max_tokens: int, api_key: str | None = None,
               timeout: float = 300.0, http: httpx.Client | None = None) -> BenchResult:
     """One streaming chat completion against a llama-server; tokens/s is generation only (after the first token)."""
+    import httpx
+
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     body = {
         "messages": [{"role": "user", "content": prompt}],

@@ -44,11 +44,13 @@ def validate(directory: Path | None) -> None:
             click.echo(problem)
         raise _Invalid(f"{len(e.problems)} problem(s) in {directory}") from None
     lock_file = paths.lock_path()
-    problems: list[str] = []
+    files = render.host_files(manifests)
+    problems: list[str] = list(files.problems)
     if lock_file.exists():
-        _, problems = render.render_all(
-            manifests, read_lock(lock_file), hardware.detect(), file_sizes=render.stat_sizes(manifests)
-        )
+        problems += render.render_all(
+            manifests, read_lock(lock_file), hardware.detect(), file_sizes=files.sizes,
+            model_paths=files.models, key_paths=files.keys,
+        )[1]
     else:
         click.echo(f"note: no image lock at {lock_file}; llama-server flags not checked", err=True)
     for problem in problems:

@@ -7,36 +7,59 @@ Errors become exit codes through SupervisorError.exit_code (supervisorctl's
 
 from __future__ import annotations
 
+import importlib
 import sys
+from pathlib import Path
 
 import click
 
 from supervisor import __version__
 from supervisor.errors import SupervisorError
 
+# Which module defines each subcommand: only the one invoked is imported, so `status` does not
+# pay for docker, pydantic or httpx (docs/BENCHMARKS.md: the whole command within 150 ms).
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "cmd_images": ("build", "verify", "fetch-model"),
+    "cmd_manifests": ("validate", "hardware", "schema"),
+    "cmd_control": ("status", "models", "start", "stop", "restart", "reread", "update", "reload", "shutdown",
+                    "pid", "tail", "bench"),
+    "cmd_export": ("render", "deploy"),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *(c for cmds in COMMAND_MODULES.values() for c in cmds)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            module = next((m for m, cmds in COMMAND_MODULES.items() if cmd_name in cmds), None)
+            if module is not None:
+                importlib.import_module(f"supervisor.cli.{module}").register(self)
+        return self.commands.get(cmd_name)
+
+
+def _remember_socket(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.meta["llama_supervisor.socket"] = value   # read by cmd_control
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="llama-supervisorctl")
+@click.option("--socket", type=click.Path(dir_okay=False, path_type=Path), expose_value=False,
+              callback=_remember_socket,
+              help="The daemon's control socket (default: $LLAMA_SUPERVISOR_SOCKET or the standard place).")
 def cli() -> None:
     """Control llama-supervisor: images, manifests and the running daemon."""
 
 
 def _register() -> None:
-    from supervisor.cli import cmd_images
-
-    cmd_images.register(cli)
-    for name in ("cmd_manifests", "cmd_control", "cmd_export"):
-        try:
-            module = __import__(f"supervisor.cli.{name}", fromlist=["register"])
-        except ModuleNotFoundError as e:
-            if e.name != f"supervisor.cli.{name}":
-                raise
-            continue
-        module.register(cli)
+    """Register every subcommand now (for tools that list them; main() registers lazily)."""
+    for module in COMMAND_MODULES:
+        importlib.import_module(f"supervisor.cli.{module}").register(cli)
 
 
 def main(argv: list[str] | None = None) -> None:
-    _register()
     try:
         # standalone_mode=False hands ctx.exit(n) back as a return value.
         rc = cli.main(args=argv, prog_name="llama-supervisorctl", standalone_mode=False)

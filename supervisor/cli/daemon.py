@@ -31,23 +31,60 @@ from supervisor.errors import ConfigError, ManifestError, SupervisorError
 log = structlog.get_logger("supervisor.daemon")
 
 
-def make_loader(manifests: Path, lock_path: Path, lock_view: Any = None) -> Any:
+def make_loader(manifests: Path, lock_path: Path, *, isolated: bool = False, for_process: bool = False) -> Any:
     """render.load_desired, with a fresh lock per read; any problem makes the whole set invalid.
 
-    lock_view: what the runtime renders against (the process runtime: the lock's binaries)."""
-    from supervisor import hardware, render
-    from supervisor.lock import read_lock
+    isolated: read in a child process (supervisor.daemon.reader), as llama-supervisord does, so the
+    daemon never loads pydantic and PyYAML and a hostile manifest cannot take it down.
+    for_process: render against the lock's native binaries (the process runtime).
+    """
+    from supervisor import hardware
 
     host = hardware.detect()
-    view = lock_view or (lambda lock: lock)
+
+    if isolated:
+        import dataclasses
+        import json
+
+        from supervisor.daemon import reader
+
+        host_json = json.dumps({**dataclasses.asdict(host), "cpu_flags": sorted(host.cpu_flags)})
+
+        def load_isolated() -> Mapping[str, DesiredModel]:
+            desired, problems = reader.read(manifests, lock_path, host_json, for_process=for_process)
+            if problems:
+                raise ManifestError(problems)
+            return desired
+
+        return load_isolated
+
+    from supervisor import render
+    from supervisor.lock import read_lock
 
     def load() -> Mapping[str, DesiredModel]:
-        desired, problems = render.load_desired(manifests, view(read_lock(lock_path)), host)
+        try:
+            lock = read_lock(lock_path)
+            desired, problems = render.load_desired(manifests, lock.for_process() if for_process else lock, host)
+        finally:
+            _release_freed_memory()   # parsing and validation leave freed heap behind (~1 MiB of RSS)
         if problems:
             raise ManifestError(problems)
         return desired
 
     return load
+
+
+def _release_freed_memory() -> None:
+    """glibc's malloc_trim: give the pages freed by a manifest read back to the OS (rare: reloads).
+
+    (No gc.collect(): it found nothing to free here and costs ~0.1 s in a process with many objects.)
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)       # the process's own symbols: libc's, when it is glibc
+    except (OSError, AttributeError):
+        pass      # not glibc (musl has no malloc_trim): nothing to trim
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,6 +114,9 @@ def make_loader(manifests: Path, lock_path: Path, lock_view: Any = None) -> Any:
               help="RAM the models may count together (e.g. 12g); auto: 90%% of this host's, none: no budget.")
 @click.option("--gpu-memory-budget", default="auto", show_default=True,
               help="GPU memory GPU-profile models may count together; auto: 90%% of the GPUs', none: no budget.")
+@click.option("--no-watch", "no_watch", is_flag=True,
+              help="Do not apply manifest changes as they land: only 'llama-supervisorctl update' (or reload, "
+                   "SIGHUP) does, after 'reread' shows them (supervisord's way).")
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
 @click.option("--runtime", "runtime_kind", type=click.Choice(["docker", "process", "auto"]), default="docker",
               show_default=True, envvar="LLAMA_SUPERVISOR_RUNTIME",
@@ -85,8 +125,8 @@ def make_loader(manifests: Path, lock_path: Path, lock_view: Any = None) -> Any:
 def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None, socket_group: str | None,
         metrics_port: int | None, resync_interval: float, stop_timeout: float, stop_models_on_exit: bool,
         instance: str, gateway_listen: str, no_gateway: bool, gateway_api_keys_file: Path | None,
-        gateway_max_body: str, memory_budget: str, gpu_memory_budget: str, log_format: logs.LogFormat,
-        runtime_kind: str) -> None:
+        gateway_max_body: str, memory_budget: str, gpu_memory_budget: str, no_watch: bool,
+        log_format: logs.LogFormat, runtime_kind: str) -> None:
     """Keep the llama-server models the manifests describe alive, and serve them on one endpoint."""
     logs.setup(log_format)
     gateway = None if no_gateway else GatewayOptions(
@@ -104,6 +144,7 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
         gateway=gateway,
         budgets=(memory_budget, gpu_memory_budget),
         runtime_kind=runtime_kind,
+        watch=not no_watch,
     )
 
 
@@ -115,7 +156,7 @@ class GatewayOptions:
 
 
 def _size(value: str, option: str) -> int:
-    from supervisor.manifest.schema import parse_memory
+    from supervisor.sizes import parse_memory
 
     try:
         size = parse_memory(value)
@@ -154,12 +195,13 @@ def read_api_keys(path: Path) -> frozenset[str]:
 def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: str | None,
         metrics_port: int | None, resync_interval: float, stop_timeout: float,
         stop_models_on_exit: bool, instance: str = "default", gateway: GatewayOptions | None = None,
-        budgets: tuple[str, str] = ("auto", "auto"), runtime_kind: str = "docker") -> None:
+        budgets: tuple[str, str] = ("auto", "auto"), runtime_kind: str = "docker", watch: bool = True) -> None:
     from supervisor import hardware
     from supervisor.core.events import Tick
     from supervisor.daemon.controller import DaemonController
     from supervisor.daemon.demand import Demand
     from supervisor.daemon.loop import LoopSettings, Supervisor
+    from supervisor.daemon.statefile import StateFile
     from supervisor.daemon.watcher import ManifestWatcher
     from supervisor.health import Prober
     from supervisor.runtime.choose import choose
@@ -180,7 +222,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         events=events,
         runtime=runtime,
         verifier=wiring.verifier,
-        load_desired=make_loader(manifests, lock_path, wiring.lock_view),
+        load_desired=make_loader(manifests, lock_path, isolated=True, for_process=wiring.kind == "process"),
         prober=(prober := Prober(events.put)),
         notifier=notifier,
         metrics=metrics,
@@ -188,12 +230,13 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
                               stop_models_on_exit=stop_models_on_exit, max_wait_s=max_wait),
         demand=Demand(time.monotonic, wake=lambda: events.put(Tick())),
         budget=budget,
+        state=StateFile(paths.state_dir() / f"models.{instance}.state.json"),
     )
     log.info("memory budgets", memory_mib=budget.memory_bytes and budget.memory_bytes >> 20,
              gpu_memory_mib=budget.gpu_memory_bytes and budget.gpu_memory_bytes >> 20)
     closers.append(prober)
     stream = wiring.events
-    watcher = ManifestWatcher(manifests, events.put)
+    watcher = ManifestWatcher(manifests, events.put) if watch else None
 
     def record(signum: int, frame: FrameType | None) -> None:
         events.put(SignalReceived(signum))    # only record: the loop thread decides
@@ -205,8 +248,12 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         if stream is not None:
             stream.start()
             stream.connected.wait(5)  # so no die event is missed between the first list and the stream
-        watcher.start()
-        closers[:0] = [watcher, *([stream] if stream is not None else [])]
+        if watcher is not None:
+            watcher.start()
+        else:
+            log.info("not watching manifests; apply changes with 'llama-supervisorctl update'",
+                     directory=str(manifests))
+        closers[:0] = [c for c in (watcher, stream) if c is not None]
         controller = DaemonController(sup)
         server = _control_server(controller, socket_path, socket_group)
         if server is not None:

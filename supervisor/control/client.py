@@ -1,20 +1,29 @@
-"""The control socket's client: one method per /v1/ endpoint, over httpx's Unix-socket transport."""
+"""The control socket's client: one method per /v1/ endpoint, HTTP/1.0 over the Unix socket.
+
+The server is ours and speaks plain HTTP/1.0 (one request per connection, the
+reply ends when it closes), so the client writes the request and reads the
+reply on a bare socket. `llama-supervisorctl status` runs in a new process
+every time: importing httpx took 75 ms, and http.client (with the email
+package it parses headers with) 20 ms, of a 150 ms budget (docs/BENCHMARKS.md).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import httpx
+from urllib.parse import urlencode
 
 from supervisor.control.api import API_VERSION, CommandResult, ModelResult
 from supervisor.core.status import ModelStatus
 from supervisor.errors import ControlError
 
 START_HINT = "start it with 'systemctl start llama-supervisor' or 'make run'"
+_PREFIX = f"/{API_VERSION}"
 
 
 @dataclass(frozen=True)
@@ -37,20 +46,77 @@ def command_result_from_json(data: dict[str, Any]) -> CommandResult:
     )
 
 
+_MAX_HEAD = 64 * 1024
+
+
+class _Conn:
+    """One request on its own connection; `status` and `head_rest` once the headers are in."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.path = path
+        self.status = 0
+        self.rest = b""
+
+    def send(self, method: str, url: str, body: bytes | None) -> None:
+        self.sock.connect(str(self.path))
+        head = f"{method} {url} HTTP/1.0\r\nHost: llama-supervisor\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        self.sock.sendall(head.encode() + b"\r\n" + (body or b""))
+
+    def read_head(self) -> None:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise _Lost("the daemon closed the connection before its reply")
+            buf += chunk
+            if len(buf) > _MAX_HEAD:
+                raise ControlError("the daemon's reply headers are too long")
+        head, _, self.rest = buf.partition(b"\r\n\r\n")
+        parts = head.split(b"\r\n", 1)[0].split()
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+            raise ControlError(f"the socket at {self.path} does not answer like llama-supervisord: {head[:80]!r}")
+        self.status = int(parts[1])
+
+    def chunks(self) -> Iterator[bytes]:
+        if self.rest:
+            yield self.rest
+        while chunk := self.sock.recv(65536):
+            yield chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _Lost(Exception):
+    """The daemon closed or reset the connection before a whole reply (a shutdown may do that)."""
+
+
+@dataclass
+class _Reply:
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
+
+
 class ControlClient:
     """Talks to llama-supervisord on the socket at `path`; every failure is a ControlError."""
 
     def __init__(self, path: Path, *, timeout: float = 10.0) -> None:
         self.path = Path(path)
         self._timeout = timeout
-        self._http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(self.path)),
-            base_url=f"http://llama-supervisor/{API_VERSION}",
-            timeout=timeout,
-        )
 
     def close(self) -> None:
-        self._http.close()
+        pass    # one connection per request (the server speaks HTTP/1.0): nothing is kept open
 
     def __enter__(self) -> ControlClient:
         return self
@@ -77,16 +143,17 @@ class ControlClient:
 
     def logs(self, name: str, *, lines: int = 100, follow: bool = False) -> Iterator[bytes]:
         """The model container's log, as it comes; with follow, until the caller stops iterating."""
-        params = {"name": name, "lines": str(lines), "follow": "1" if follow else "0"}
-        timeout = httpx.Timeout(self._timeout, read=None if follow else self._timeout)
+        params = [("name", name), ("lines", str(lines)), ("follow", "1" if follow else "0")]
+        conn = self._open("GET", "/logs", params=params, body=None, read_timeout=None if follow else self._timeout)
         try:
-            with self._http.stream("GET", "/logs", params=params, timeout=timeout) as response:
-                if response.status_code != 200:
-                    response.read()
-                    self._raise_for(response)
-                yield from response.iter_bytes()
-        except httpx.TransportError as e:
-            raise self._transport_error(e) from e
+            if conn.status != 200:
+                self._raise_for(_Reply(conn.status, self._read_all(conn)))
+            try:
+                yield from conn.chunks()
+            except OSError as e:
+                raise self._transport_error(e) from e
+        finally:
+            conn.close()
 
     # --- commands -------------------------------------------------------------------------------
 
@@ -113,7 +180,7 @@ class ControlClient:
             return self._command("/shutdown", {"stop_models": stop_models}, long=True)
         except ControlError as e:
             # The daemon may close the socket as it exits, before or while answering.
-            if isinstance(e.__cause__, (httpx.RemoteProtocolError, httpx.ReadError)):
+            if isinstance(e.__cause__, _Lost):
                 return CommandResult(ok=True)
             raise
 
@@ -121,26 +188,46 @@ class ControlClient:
 
     def _command(self, endpoint: str, body: dict[str, Any], *, long: bool) -> CommandResult:
         # Commands that wait for the loop (a start waits for RUNNING) get no read timeout.
-        timeout = httpx.Timeout(self._timeout, read=None) if long else None
-        response = self._request("POST", endpoint, json=body, timeout=timeout, accept=(404,))
+        response = self._request("POST", endpoint, body=body, accept=(404,), long=long)
         data = self._json(response)
         if "ok" not in data:
             self._raise_for(response)
         return command_result_from_json(data)
 
-    def _request(self, method: str, endpoint: str, *, accept: tuple[int, ...] = (),
-                 timeout: httpx.Timeout | None = None, **kwargs: Any) -> httpx.Response:
+    def _open(self, method: str, endpoint: str, *, params: Sequence[tuple[str, str]] | None,
+              body: dict[str, Any] | None, read_timeout: float | None) -> _Conn:
+        url = _PREFIX + endpoint + (f"?{urlencode(params)}" if params else "")
+        conn = _Conn(self.path, self._timeout)
         try:
-            response = self._http.request(
-                method, endpoint, timeout=timeout if timeout is not None else self._timeout, **kwargs,
-            )
-        except httpx.TransportError as e:
-            raise self._transport_error(e) from e
-        if response.status_code != 200 and response.status_code not in accept:
-            self._raise_for(response)
-        return response
+            conn.send(method, url, json.dumps(body).encode() if body is not None else None)
+            conn.sock.settimeout(read_timeout)
+            conn.read_head()
+            return conn
+        except (OSError, _Lost) as e:
+            conn.close()
+            raise self._transport_error(e) from (e if isinstance(e, _Lost) or not _is_lost(e) else _Lost(str(e)))
+        except BaseException:
+            conn.close()
+            raise
 
-    def _json(self, response: httpx.Response) -> dict[str, Any]:
+    def _read_all(self, conn: _Conn) -> bytes:
+        try:
+            return b"".join(conn.chunks())
+        except OSError as e:
+            raise self._transport_error(e) from (_Lost(str(e)) if _is_lost(e) else e)
+
+    def _request(self, method: str, endpoint: str, *, accept: tuple[int, ...] = (), long: bool = False,
+                 params: Sequence[tuple[str, str]] | None = None, body: dict[str, Any] | None = None) -> _Reply:
+        conn = self._open(method, endpoint, params=params, body=body, read_timeout=None if long else self._timeout)
+        try:
+            reply = _Reply(conn.status, self._read_all(conn))
+        finally:
+            conn.close()
+        if reply.status != 200 and reply.status not in accept:
+            self._raise_for(reply)
+        return reply
+
+    def _json(self, response: _Reply) -> dict[str, Any]:
         try:
             data = response.json()
         except ValueError as e:
@@ -151,15 +238,15 @@ class ControlClient:
             raise ControlError(f"the daemon on {self.path} sent an unexpected reply: {data!r}")
         return data
 
-    def _raise_for(self, response: httpx.Response) -> None:
+    def _raise_for(self, response: _Reply) -> None:
         try:
             message = response.json().get("error") or response.text
-        except ValueError:
+        except (ValueError, AttributeError):
             message = response.text
-        raise ControlError(f"{message} (HTTP {response.status_code})" if response.status_code >= 500 else message)
+        raise ControlError(f"{message} (HTTP {response.status})" if response.status >= 500 else message)
 
-    def _transport_error(self, e: httpx.TransportError) -> ControlError:
-        if isinstance(e, httpx.ConnectError):
+    def _transport_error(self, e: BaseException) -> ControlError:
+        if isinstance(e, (FileNotFoundError, ConnectionRefusedError)):
             if not self.path.exists():
                 return ControlError(f"llama-supervisord is not running (no socket at {self.path}): {START_HINT}")
             if not os.access(self.path, os.R_OK | os.W_OK):
@@ -168,6 +255,15 @@ class ControlClient:
                     f"(usermod -aG llama-supervisor $USER, then log in again)"
                 )
             return ControlError(f"llama-supervisord is not running (nobody answers on {self.path}): {START_HINT}")
-        if isinstance(e, httpx.TimeoutException):
+        if isinstance(e, PermissionError):
+            return ControlError(
+                f"permission denied on {self.path}: run as root or join the socket's group "
+                f"(usermod -aG llama-supervisor $USER, then log in again)"
+            )
+        if isinstance(e, TimeoutError):
             return ControlError(f"llama-supervisord on {self.path} did not answer in time ({type(e).__name__})")
         return ControlError(f"lost the connection to llama-supervisord on {self.path}: {e}")
+
+
+def _is_lost(e: BaseException) -> bool:
+    return isinstance(e, (ConnectionResetError, BrokenPipeError))

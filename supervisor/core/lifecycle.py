@@ -42,7 +42,7 @@ class ProbeOutcome(Enum):
 
 S = State
 ALLOWED: dict[State, frozenset[State]] = {
-    S.STOPPED: frozenset({S.STARTING}),
+    S.STOPPED: frozenset({S.STARTING, S.FATAL}),   # -> FATAL: restored from the state file at daemon start
     S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED, S.STOPPING}),
     S.RUNNING: frozenset({S.STARTING, S.BACKOFF, S.FATAL, S.EXITED, S.STOPPING}),
     S.BACKOFF: frozenset({S.STARTING, S.STOPPED}),
@@ -202,6 +202,16 @@ class Lifecycle:
         t = self._to(now, State.STARTING, "adopted running container")
         self.next_probe_at = now
         return t
+
+    def restore(self, now: float, *, failures: int, fatal_reason: str | None) -> Transition | None:
+        """What a previous daemon recorded for this same config: the failure count, and FATAL with its reason."""
+        if self.state is not State.STOPPED:
+            return None
+        self.consecutive_failures = max(0, failures)
+        if fatal_reason is None:
+            return None
+        # STOPPED -> FATAL: it was FATAL when the daemon stopped; only a start or a manifest change leaves it
+        return self._fatal(now, fatal_reason)
 
     def probe(self, now: float, outcome: ProbeOutcome, detail: str = "") -> Transition | None:
         match self.state:

@@ -52,6 +52,8 @@ class ContainerSpec:
     tmpfs_size: str = "64m"
     cpu_shares: int = 512            # relative CPU weight; docker's default is 1024 (CIS 5.11)
     network: str = "llama-supervisor"  # a user-defined bridge without ICC, not docker0 (CIS 5.29)
+    log_max_bytes: int = 10 * 1024 * 1024   # json-file rotation: at most log_max_files files this big
+    log_max_files: int = 3
 
     def canonical(self) -> dict[str, object]:
         return asdict(self)

@@ -15,6 +15,7 @@ import structlog
 from supervisor.core.actions import Action, Create, Recreate, Remove, Start, Stop
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import DesiredModel
+from supervisor.errors import VerificationError
 from supervisor.runtime import Runtime
 
 log = structlog.get_logger("supervisor.daemon.executor")
@@ -27,6 +28,9 @@ class Verifier(Protocol):
 
     def check_image(self, desired: DesiredModel) -> None: ...
 
+    def confirm_model(self, desired: DesiredModel) -> None:
+        """After the container started: the model path still names the file check_model hashed."""
+
 
 class NoVerifier:
     """For tests and tools that verified elsewhere."""
@@ -34,6 +38,8 @@ class NoVerifier:
     def check_model(self, desired: DesiredModel) -> None: pass
 
     def check_image(self, desired: DesiredModel) -> None: pass
+
+    def confirm_model(self, desired: DesiredModel) -> None: pass
 
 
 class LockVerifier:
@@ -67,6 +73,9 @@ class LockVerifier:
                 f"run 'llama-supervisorctl build'"
             )
         self._images.check(record)
+
+    def confirm_model(self, desired: DesiredModel) -> None:
+        self._models.confirm(Path(desired.model_path), desired.spec.model_sha256)
 
 
 class Executor:
@@ -118,6 +127,14 @@ class Executor:
         cid = self.runtime.create(d.spec)
         log.info("created", model=d.name, container=cid[:12], config_hash=d.spec.config_hash()[:12])
         self.runtime.start(cid)
+        try:
+            # Docker resolved the bind mount at start: the file must still be the one hashed.
+            self.verifier.confirm_model(d)
+        except VerificationError:
+            log.error("model file changed under the check; removing the container", model=d.name,
+                      container=cid[:12])
+            self.runtime.remove(cid)
+            raise
         return self.runtime.inspect(cid)
 
     def _stop(self, cid: str, current: ObservedContainer | None, *, reason: str, kill: bool) -> None:

@@ -51,6 +51,7 @@ from supervisor.daemon.demand import Demand
 from supervisor.daemon.executor import Executor, Verifier
 from supervisor.daemon.ondemand import OnDemand
 from supervisor.daemon.state import LoopSettings, ProbeSink, Slot, Waiter
+from supervisor.daemon.statefile import StateFile
 from supervisor.errors import (
     ManifestError,
     RuntimeOperationError,
@@ -83,6 +84,7 @@ class Supervisor(ContainerEvents, Commands, OnDemand):
         settings: LoopSettings = LoopSettings(),
         demand: Demand | None = None,
         budget: Budget = Budget(),
+        state: StateFile | None = None,
     ) -> None:
         self.events = events
         self.runtime = runtime
@@ -96,6 +98,7 @@ class Supervisor(ContainerEvents, Commands, OnDemand):
         self.settings = settings
         self.demand = demand or Demand(clock)
         self.budget = budget
+        self.state = state or StateFile(None)            # failure counts and FATAL across restarts
 
         self.slots: dict[str, Slot] = {}
         self.cache: dict[str, ObservedContainer] = {}     # container ID -> what we last saw
@@ -159,6 +162,7 @@ class Supervisor(ContainerEvents, Commands, OnDemand):
                 return
         self._reconcile()
         self._publish()
+        self._remember_failures()
         self.notifier.watchdog()
         self.iterations += 1
 
@@ -240,6 +244,7 @@ class Supervisor(ContainerEvents, Commands, OnDemand):
                 self.metrics.forget(name)
                 self.demand.forget(name)
                 self._answer(name, "unknown", f"model {name!r} was removed from the manifests")
+                self.state.forget(name)
             for name in d.added:
                 m = new[name]
                 log.info("model added", model=name, source=m.source_file, port=m.spec.host_port)
@@ -247,6 +252,8 @@ class Supervisor(ContainerEvents, Commands, OnDemand):
                 self.slots[name] = Slot(m, Lifecycle(name, health=m.health, restart=m.restart, rng=self.rng,
                                                      enabled=not m.serving.on_demand))
                 self.metrics.model_state(name, State.STOPPED.name)
+                if (e := self.state.get(name, m.spec.config_hash())) is not None:   # a previous daemon's count
+                    self._log_transition(self.slots[name].lc.restore(now, failures=e.failures, fatal_reason=e.fatal))
             for name in d.changed:
                 m = new[name]
                 slot = self.slots[name]
@@ -451,6 +458,12 @@ class Supervisor(ContainerEvents, Commands, OnDemand):
                     log.error("kill failed", model=name, error=str(e2))
 
     # --- reporting -----------------------------------------------------------------------------
+
+    def _remember_failures(self) -> None:
+        for name, slot in self.slots.items():      # writes only when an entry changed (statefile.py)
+            lc = slot.lc
+            self.state.record(name, config_hash=slot.desired.spec.config_hash(), failures=lc.consecutive_failures,
+                              fatal=lc.reason if lc.state is State.FATAL else None)
 
     def _publish(self) -> None:
         now = self.clock()

@@ -54,6 +54,11 @@ def api_key_secret(model: ExportModel) -> str:
     return f"{model.name}-api-key"
 
 
+def logging(spec: Any) -> dict[str, Any]:
+    """The daemon's log rotation (json-file max-size / max-file), for compose and stack files alike."""
+    return {"driver": "json-file", "options": {"max-size": str(spec.log_max_bytes), "max-file": str(spec.log_max_files)}}
+
+
 def service(model: ExportModel, options: Options) -> dict[str, Any]:
     spec = model.desired.spec
     svc: dict[str, Any] = {
@@ -64,7 +69,8 @@ def service(model: ExportModel, options: Options) -> dict[str, Any]:
         "tmpfs": [f"/tmp:rw,noexec,nosuid,size={spec.tmpfs_size}"],
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges:true"],
-        "ports": [f"{spec.host_ip}:{spec.host_port}:{spec.container_port}"],
+        # no port in the manifest: the engine picks one ("IP::PORT"), as the daemon has it do
+        "ports": [f"{spec.host_ip}:{spec.host_port or ''}:{spec.container_port}"],
         "volumes": [
             {"type": "bind", "source": m.source, "target": m.target, "read_only": m.read_only}
             for m in spec.mounts if m.target != API_KEY_TARGET
@@ -75,6 +81,7 @@ def service(model: ExportModel, options: Options) -> dict[str, Any]:
         "healthcheck": healthcheck(model),
         "labels": docker_labels(model),
         "networks": [NETWORK],
+        "logging": logging(spec),
     }
     if model.variant not in options.image_refs:
         svc["pull_policy"] = "never"            # the image exists only locally: never ask a registry

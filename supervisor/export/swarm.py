@@ -36,7 +36,7 @@ from supervisor.export.common import (
     seconds,
     start_first,
 )
-from supervisor.export.compose import api_key_secret, healthcheck
+from supervisor.export.compose import api_key_secret, healthcheck, logging
 from supervisor.render import API_KEY_TARGET
 
 STACK_VERSION = "3.9"
@@ -73,7 +73,8 @@ def service(model: ExportModel, models: list[ExportModel], options: Options) -> 
         "user": spec.user,
         "read_only": spec.read_only_rootfs,
         "cap_drop": ["ALL"],
-        "ports": [{"target": spec.container_port, "published": spec.host_port, "protocol": "tcp", "mode": "host"}],
+        "ports": [{"target": spec.container_port, **({"published": spec.host_port} if spec.host_port else {}),
+                   "protocol": "tcp", "mode": "host"}],
         "volumes": [
             {"type": "bind", "source": m.source, "target": m.target, "read_only": m.read_only}
             for m in spec.mounts if m.target != API_KEY_TARGET
@@ -81,6 +82,7 @@ def service(model: ExportModel, models: list[ExportModel], options: Options) -> 
         "healthcheck": healthcheck(model),
         "labels": docker_labels(model),
         "networks": [network(model)],
+        "logging": logging(spec),
         "deploy": {
             "mode": "replicated",
             "replicas": 1,

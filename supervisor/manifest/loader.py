@@ -19,7 +19,11 @@ from pydantic import BaseModel, ValidationError
 from supervisor.errors import ManifestError
 from supervisor.manifest.schema import KINDS, ModelManifest, ProfileManifest, field_description, model_at
 
-MAX_FILE_BYTES = 1024 * 1024
+# Bounds, so a hostile or runaway manifest directory costs the loop thread well under a second
+# or two and a few MiB (a model manifest is a few hundred bytes; PyYAML composes ~1 MiB/s here).
+MAX_FILE_BYTES = 256 * 1024
+MAX_FILES = 1000             # manifest files per directory
+MAX_TOTAL_BYTES = 2 * 1024 * 1024
 MAX_ALIASES = 100            # per document
 MAX_NODES = 100_000          # per document, counted with aliases expanded
 SUFFIXES = (".yaml", ".yml")
@@ -75,9 +79,20 @@ def load_dir(path: Path | str) -> ManifestSet:
             [f"{directory}: not a directory of manifests (fix: create it or point to the right one)"]
         )
     files = sorted(p for p in directory.iterdir() if is_manifest_file(p) and p.is_file())
+    if len(files) > MAX_FILES:
+        raise ManifestError([f"{directory}: {len(files)} manifest files, more than {MAX_FILES}"
+                             " (fix: remove the ones that are not models or profiles; nothing was read)"])
     problems: list[_Problem] = []
     docs: list[_Doc] = []
+    budget = MAX_TOTAL_BYTES
     for file in files:
+        try:
+            budget -= file.stat().st_size
+        except OSError:
+            pass
+        if budget < 0:
+            raise ManifestError([f"{file}:1: the manifests in {directory} add up to more than {MAX_TOTAL_BYTES}"
+                                 " bytes (fix: remove what is not a model or profile; nothing was applied)"])
         docs.extend(_load_file(file, problems))
     result = _assemble(docs, problems)
     if problems:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 import posixpath
-import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+
+from supervisor.sizes import parse_memory
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -20,22 +21,7 @@ CPUSET_PATTERN = r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$"
 VARIANTS = ("cpu-generic", "cpu-avx2", "cpu-avx512", "arm64", "cuda")
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 
-_MEMORY_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-def parse_memory(value: object) -> object:
-    """'512m' / '2g' / '1.5G' / 1073741824 -> bytes (binary units, like docker's)."""
-    if isinstance(value, bool):
-        raise ValueError("memory must be a size such as 512m or 2g, not a boolean")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        m = _MEMORY_RE.match(value)
-        if m is None:
-            raise ValueError(f"{value!r} is not a size (fix: write it like 512m, 2g or a number of bytes)")
-        return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    return value
+# parse_memory lives in supervisor.sizes, free of pydantic: the daemon parses its own size options with it.
 
 
 def _on_off(value: object) -> object:
@@ -154,8 +140,9 @@ class ServerSettings(_Strict):
     api_key_file: str | None = Field(
         default=None, description="an absolute host path of a file holding the API key, or null"
     )
-    extra_args: Annotated[tuple[str, ...], BeforeValidator(_strings), _ARGS_SCHEMA] = Field(
-        default=(), description="a list of further llama-server arguments, e.g. [--jinja]"
+    extra_args: Annotated[tuple[Annotated[str, Field(max_length=1024)], ...], BeforeValidator(_strings),
+                          _ARGS_SCHEMA] = Field(
+        default=(), max_length=128, description="a list of at most 128 further llama-server arguments, e.g. [--jinja]"
     )
 
     @model_validator(mode="after")
@@ -217,6 +204,22 @@ class GpuSettings(_Strict):
     layers: int = Field(default=99, ge=0, le=10000, description="a number of layers to offload, 99 for all")
 
 
+LogSize = Annotated[
+    int,
+    BeforeValidator(parse_memory),
+    Field(ge=1024, le=1024**3),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1024, "maximum": 1073741824},
+                              {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*[kKmMgG]?[iI]?[bB]?\s*$"}]}),
+]
+
+
+class LogSettings(_Strict):
+    """Docker keeps the container's log (json-file driver) in at most max_files files of max_size each."""
+
+    max_size: LogSize = Field(default=10 * 1024**2, description="a size per log file such as 10m, 1k to 1g")
+    max_files: int = Field(default=3, ge=1, le=100, description="how many log files to keep, 1-100")
+
+
 class ModelManifest(_Strict):
     """`kind: model`: one llama-server container."""
 
@@ -243,6 +246,7 @@ class ModelManifest(_Strict):
     health: HealthSettings = Field(default_factory=HealthSettings, description="health probe settings")
     restart: RestartSection = Field(default_factory=RestartSection, description="restart policy and backoff")
     resources: Resources = Field(default_factory=Resources, description="container limits")
+    logs: LogSettings = Field(default_factory=LogSettings, description="log rotation: {max_size: 10m, max_files: 3}")
 
 
 class ProfileManifest(_Strict):

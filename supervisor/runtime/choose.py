@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 from supervisor.core.events import Event
 from supervisor.errors import ConfigError, RuntimeUnavailable
-from supervisor.lock import ImageLock
 
 RuntimeKind = Literal["docker", "process", "auto"]
 KINDS = ("docker", "process", "auto")
@@ -27,7 +26,6 @@ class Wiring:
     why: str                                     # how it was chosen, for the start-up log
     runtime: Any                                 # DockerRuntime | ProcessRuntime
     verifier: Any                                # executor.Verifier
-    lock_view: Callable[[ImageLock], ImageLock]  # what render sees of the lock
     events: Any = None                           # DockerEventStream (docker only)
     confinement: dict[str, str] | None = None
 
@@ -71,7 +69,6 @@ def _docker(instance: str, lock_path: Path, post: Callable[[Event], None], *, wh
     runtime = DockerRuntime(instance=instance)
     return Wiring(
         kind="docker", why=why, runtime=runtime, verifier=LockVerifier(runtime.client, lock_path, instance=instance),
-        lock_view=lambda lock: lock,
         events=DockerEventStream(lambda: docker.from_env(timeout=60), post, instance=instance),
     )
 
@@ -88,4 +85,4 @@ def _process(instance: str, lock_path: Path, post: Callable[[Event], None], *, w
         )
     runtime = ProcessRuntime(post=post, instance=instance, lock_path=lock_path)
     return Wiring(kind="process", why=why, runtime=runtime, verifier=BinaryVerifier(lock_path),
-                  lock_view=lambda lock: lock.for_process(), confinement=runtime.confinement)
+                  confinement=runtime.confinement)

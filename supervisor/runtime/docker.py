@@ -11,6 +11,7 @@ tests and benchmarks.
 from __future__ import annotations
 
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import Any
 import docker
 import docker.errors
 import requests.exceptions
-from docker.types import DeviceRequest, Mount
+from docker.types import DeviceRequest, LogConfig, Mount
 
 from supervisor.core.observed import ContainerStatus, ObservedContainer
 from supervisor.core.spec import ContainerSpec
@@ -37,6 +38,11 @@ from supervisor.runtime import (
 )
 
 _EXITED_RE = re.compile(r"^Exited \((-?\d+)\)")
+# A container's log is untrusted bytes: the tail that becomes a model's `reason` (status, logs,
+# metrics) is cut to size and stripped of terminal escapes and other control characters.
+MAX_TAIL_BYTES = 64 * 1024
+MAX_LINE_CHARS = 300
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _STATUSES: frozenset[str] = frozenset({"created", "running", "paused", "restarting", "removing", "exited", "dead"})
 
 
@@ -62,6 +68,10 @@ def host_config_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         "init": False,
         "cpu_shares": spec.cpu_shares,
         "network_mode": spec.network,
+        # Rotated by the engine, so a chatty or hostile server cannot fill the disk; `docker logs`
+        # (and so `llama-supervisorctl tail`) reads across the rotated files.
+        "log_config": LogConfig(type="json-file", config={
+            "max-size": str(spec.log_max_bytes), "max-file": str(spec.log_max_files)}),
     }
     if spec.memory_bytes is not None:
         kw["mem_limit"] = spec.memory_bytes
@@ -90,6 +100,13 @@ def container_kwargs(spec: ContainerSpec, instance: str = DEFAULT_INSTANCE) -> d
         "user": spec.user,
         "detach": True,
     }
+
+
+def clean_log(raw: bytes) -> str:
+    """Log bytes as text fit for a status line: valid UTF-8, no control characters, lines cut short."""
+    text = _CONTROL.sub("", raw.decode(errors="replace").replace("\t", " "))
+    return "".join((ln if len(ln) <= MAX_LINE_CHARS else ln[:MAX_LINE_CHARS] + "...") + "\n"
+                   for ln in text.splitlines())
 
 
 def observed_from_inspect(d: dict[str, Any]) -> ObservedContainer:
@@ -138,6 +155,39 @@ def observed_from_list(d: dict[str, Any]) -> ObservedContainer:
 
 UNREACHABLE_HINT = ("start it (systemctl start docker) or set DOCKER_HOST, "
                     "and make sure this user may use its socket")
+
+
+class LogStream:
+    """A followed container log. `close()` is safe from any thread and ends a blocked read at once
+    (the docker SDK's CancellableStream shuts its socket down), which a generator's close() is not."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._closed = threading.Event()
+
+    def __iter__(self) -> LogStream:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._closed.is_set():
+            raise StopIteration
+        try:
+            return bytes(next(self._stream))
+        except (OSError, ValueError, AttributeError, requests.exceptions.RequestException):
+            if self._closed.is_set():      # the read was cut by close(): a normal end
+                raise StopIteration from None
+            raise
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - the stream is going away either way; nothing to report
+                pass
 
 
 @contextmanager
@@ -305,21 +355,16 @@ class DockerRuntime:
                 raw = self._api.logs(container_id, stdout=True, stderr=True, tail=lines)
         except RuntimeOperationError:
             return ""
-        return bytes(raw).decode(errors="replace")
+        return clean_log(bytes(raw)[-MAX_TAIL_BYTES:])
 
     def logs(self, container_id: str, *, lines: int = 100, follow: bool = False) -> Iterator[bytes]:
+        """The log's last `lines`; with follow, a LogStream that another thread may close at any time."""
         self._count("logs")
         with engine_errors("logs", container_id[:12]):
             if not follow:
-                yield bytes(self._api.logs(container_id, stdout=True, stderr=True, tail=lines))
-                return
+                return iter((bytes(self._api.logs(container_id, stdout=True, stderr=True, tail=lines)),))
             stream = self._api.logs(container_id, stdout=True, stderr=True, tail=lines, stream=True, follow=True)
-        try:
-            yield from stream
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+        return LogStream(stream)
 
     def memory_usage(self, container_id: str) -> int | None:
         """No engine call: the resident set of the container's process (the pid its last inspect gave;

@@ -106,6 +106,7 @@ class FakeRuntime:
 class FakeVerifier:
     def __init__(self) -> None:
         self.bad_models: set[str] = set()
+        self.swapped_models: set[str] = set()     # the file changes between check and mount
         self.checked: list[str] = []
 
     def check_model(self, desired: DesiredModel) -> None:
@@ -115,6 +116,10 @@ class FakeVerifier:
 
     def check_image(self, desired: DesiredModel) -> None:
         pass
+
+    def confirm_model(self, desired: DesiredModel) -> None:
+        if desired.name in self.swapped_models:
+            raise ModelMismatch(f"model file {desired.model_path} was replaced between its check and the mount")
 
 
 class FakeProber:

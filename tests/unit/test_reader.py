@@ -1,0 +1,57 @@
+"""The manifest reader child process (supervisor.daemon.reader): same models as an in-process read,
+the same file:line problems, and a daemon that never imports pydantic or PyYAML."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from supervisor.cli.daemon import make_loader
+from supervisor.core.spec import GpuRequest
+from supervisor.daemon import reader
+from supervisor.errors import ManifestError
+from supervisor.lock import write_lock
+from supervisor.manifest import load_text
+from supervisor.render import render_all
+
+from .test_render import GPU_HOST, LOCK, model
+
+
+def test_encode_decode_round_trips_every_field() -> None:
+    desired, problems = render_all(load_text(model(profile="auto", tail="logs:\n  max_files: 2\n"), name="m.yaml"),
+                                   LOCK, GPU_HOST, file_sizes={})
+    assert problems == []
+    m = desired["m"]
+    assert m.spec.gpu == GpuRequest("nvidia")                         # a GPU request, tuples, an enum
+    assert reader.decode(json.loads(json.dumps(reader.encode(m)))) == m
+
+
+def test_the_child_reads_what_the_daemon_would_read_in_process(tmp_path: Path) -> None:
+    d = tmp_path / "manifests"
+    d.mkdir()
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    (d / "m.yaml").write_text(model().replace("/m/m.gguf", str(gguf)))
+    lock = tmp_path / "lock.json"
+    write_lock(lock, LOCK)
+    assert make_loader(d, lock, isolated=True)() == make_loader(d, lock)()
+    (d / "bad.yaml").write_text("kind: model\nname: x\nserver: {port: 1}\n")
+    with pytest.raises(ManifestError) as e:
+        make_loader(d, lock, isolated=True)()
+    assert any(p.startswith(f"{d / 'bad.yaml'}:1: ") for p in e.value.problems), e.value.problems
+
+
+def test_the_daemon_side_imports_neither_pydantic_nor_yaml(tmp_path: Path) -> None:
+    code = (
+        "import sys; from pathlib import Path; from supervisor.cli.daemon import make_loader; "
+        "import supervisor.daemon.loop, supervisor.daemon.executor, supervisor.control.server, supervisor.health; "
+        f"load = make_loader(Path({str(tmp_path)!r}), Path({str(tmp_path / 'lock.json')!r}), isolated=True); "
+        "load(); print(sorted(m for m in ('pydantic', 'yaml', 'supervisor.render') if m in sys.modules))"
+    )
+    write_lock(tmp_path / "lock.json", LOCK)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out
