@@ -274,6 +274,13 @@ class BinaryVerifier:
             )
         verify_file(record)
 
+    def confirm_model(self, desired: object) -> None:
+        """After the launch: the model file is still the one hashed (as for containers)."""
+        from supervisor.core.spec import DesiredModel
+
+        assert isinstance(desired, DesiredModel)
+        self._models.confirm(Path(desired.model_path), desired.spec.model_sha256)
+
 
 def binary_for(lock: ImageLock, binary_id: str) -> BinaryRecord | None:
     if not _ID.match(binary_id):

@@ -391,7 +391,7 @@ class Supervisor(ContainerEvents, Commands, OnDemand):
         except (RuntimeOperationError, RuntimeUnavailable) as e:
             log.error("start failed", model=model, error=str(e))
             self._resync_now = True
-            self._log_transition(slot.lc.start_failed(self.clock(), f"docker: {e}", permanent=False))
+            self._log_transition(slot.lc.start_failed(self.clock(), f"runtime: {e}", permanent=False))
             return
         if old is not None:
             self.cache.pop(old, None)
