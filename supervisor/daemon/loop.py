@@ -6,9 +6,10 @@ plans and applies the actions one model at a time, sends due probes and publishe
 status snapshot and the gateway's routes. Unchanged models get no Docker call: only a
 resync (every ~30 s, or after the events stream reconnects) lists containers.
 
-This module holds the iteration, the manifests, the reconcile and shutdown; the parts
-for container events (containers.py), commands (commands.py) and the gateway's requests
-(ondemand.py) are mixed in, all over the state declared in state.py.
+This module holds the iteration, the reconcile and shutdown; the parts for the manifests
+(manifests.py), container events (containers.py), commands (commands.py), the gateway's
+requests (ondemand.py) and reporting (reporting.py) are mixed in, all over the state
+declared in state.py.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ from supervisor.core.events import (
     SignalReceived,
     Tick,
 )
-from supervisor.core.lifecycle import Lifecycle, State
+from supervisor.core.lifecycle import State
 from supervisor.core.observed import ObservedContainer
-from supervisor.core.planner import UP, Diff, Want, diff, plan
-from supervisor.core.routing import Route, route_table
+from supervisor.core.planner import UP, Want, plan
+from supervisor.core.routing import Route
 from supervisor.core.scheduler import Budget
 from supervisor.core.spec import DesiredModel
 from supervisor.core.status import ModelStatus
@@ -49,26 +50,20 @@ from supervisor.daemon.commands import Commands
 from supervisor.daemon.containers import ContainerEvents, _last_lines
 from supervisor.daemon.demand import Demand
 from supervisor.daemon.executor import Executor, Verifier
+from supervisor.daemon.manifests import Manifests
 from supervisor.daemon.ondemand import OnDemand
+from supervisor.daemon.reporting import Reporting
 from supervisor.daemon.state import LoopSettings, ProbeSink, Slot, Waiter
 from supervisor.daemon.statefile import StateFile
-from supervisor.errors import (
-    ManifestError,
-    RuntimeOperationError,
-    RuntimeUnavailable,
-    SupervisorError,
-    VerificationError,
-)
+from supervisor.errors import RuntimeOperationError, RuntimeUnavailable, VerificationError
 from supervisor.runtime import Runtime
 
 log = structlog.get_logger("supervisor.daemon")
 
-MEMORY_SAMPLE_S = 10.0
-
 LoadDesired = Callable[[], Mapping[str, DesiredModel]]   # raises ManifestError (or another ConfigError)
 
 
-class Supervisor(ContainerEvents, Commands, OnDemand):
+class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
     def __init__(
         self,
         *,
@@ -209,67 +204,6 @@ class Supervisor(ContainerEvents, Commands, OnDemand):
             self._begin_shutdown(stop_models=self.settings.stop_models_on_exit)
         else:
             log.warning("signal ignored", signum=signum)
-
-    # --- manifests -----------------------------------------------------------------------------
-
-    def _read(self) -> Mapping[str, DesiredModel] | None:
-        self.problems = []
-        try:
-            return self._load_desired()
-        except ManifestError as e:
-            self.problems = list(e.problems)
-            for problem in e.problems:
-                log.error("invalid manifest; keeping the last good set", problem=problem)
-        except SupervisorError as e:
-            self.problems = [str(e)]
-            log.error("manifests not loaded; keeping the last good set", error=str(e))
-        return None
-
-    def _reload(self, *, apply: bool, origin: str) -> Diff | None:
-        if origin != "start":
-            self.notifier.reloading()
-        try:
-            new = self._read()
-            if new is None:
-                return None
-            current = {n: s.desired for n, s in self.slots.items()}
-            d = diff(current, new)
-            if not apply:
-                return d
-            self.manifests_ok = True
-            now = self.clock()
-            for name in d.removed:
-                log.info("model removed from manifests", model=name)
-                del self.slots[name]
-                self.metrics.forget(name)
-                self.demand.forget(name)
-                self._answer(name, "unknown", f"model {name!r} was removed from the manifests")
-                self.state.forget(name)
-            for name in d.added:
-                m = new[name]
-                log.info("model added", model=name, source=m.source_file, port=m.spec.host_port)
-                # an on-demand model waits for its first request (or is adopted if it is running)
-                self.slots[name] = Slot(m, Lifecycle(name, health=m.health, restart=m.restart, rng=self.rng,
-                                                     enabled=not m.serving.on_demand))
-                self.metrics.model_state(name, State.STOPPED.name)
-                if (e := self.state.get(name, m.spec.config_hash())) is not None:   # a previous daemon's count
-                    self._log_transition(self.slots[name].lc.restore(now, failures=e.failures, fatal_reason=e.fatal))
-            for name in d.changed:
-                m = new[name]
-                slot = self.slots[name]
-                log.info("model changed", model=name, source=m.source_file,
-                         config_changed=slot.desired.spec != m.spec)
-                was_on_demand = slot.desired.serving.on_demand
-                slot.desired = m
-                self._log_transition(slot.lc.config_changed(now, health=m.health, restart=m.restart))
-                if was_on_demand and not m.serving.on_demand:
-                    self._log_transition(slot.lc.start_requested(now, reason="lifecycle changed to always"))
-            if not d.empty or origin == "start":
-                log.info("manifests applied", origin=origin, added=d.added, changed=d.changed, removed=d.removed)
-            return d
-        finally:
-            if origin != "start" and self._ready_sent:
-                self.notifier.ready()
 
     # --- reconcile -----------------------------------------------------------------------------
 
@@ -456,66 +390,6 @@ class Supervisor(ContainerEvents, Commands, OnDemand):
                     self.runtime.kill(cid)
                 except (RuntimeOperationError, RuntimeUnavailable) as e2:
                     log.error("kill failed", model=name, error=str(e2))
-
-    # --- reporting -----------------------------------------------------------------------------
-
-    def _remember_failures(self) -> None:
-        for name, slot in self.slots.items():      # writes only when an entry changed (statefile.py)
-            lc = slot.lc
-            self.state.record(name, config_hash=slot.desired.spec.config_hash(), failures=lc.consecutive_failures,
-                              fatal=lc.reason if lc.state is State.FATAL else None)
-
-    def _publish(self) -> None:
-        now = self.clock()
-        statuses, routes = [], []
-        for name, slot in sorted(self.slots.items()):
-            lc, serving = slot.lc, slot.desired.serving
-            c = self.cache.get(slot.container_id) if slot.container_id else None
-            host, port = self._endpoint(slot)
-            u = self.demand.usage(name)
-            last = u.last_used if u.last_used is not None else None
-            ttl_left = None
-            if serving.on_demand and lc.state is State.RUNNING:
-                ttl_left = max(0.0, (last if last is not None else lc.since) + serving.idle_ttl_s - now)
-            statuses.append(ModelStatus(
-                name=name, state=lc.state.name, port=port,
-                container_id=slot.container_id, image_id=c.image_id if c else slot.desired.spec.image_id,
-                uptime_s=lc.uptime(now), restarts=lc.restarts,
-                last_exit_code=lc.last_exit_code, reason=lc.reason,
-                lifecycle=serving.lifecycle.value, aliases=serving.aliases,
-                memory_counted=serving.memory_bytes or None, memory_basis=serving.memory_basis,
-                memory_used=self._memory_used(name, slot, now),
-                idle_s=None if last is None else max(0.0, now - last), ttl_left_s=ttl_left,
-                inflight=u.inflight, waiting=u.waiting,
-            ))
-            routes.append(Route(
-                name=name, state=lc.state.name, host=host, port=port if lc.live else None,
-                aliases=serving.aliases, on_demand=serving.on_demand, enabled=lc.enabled, reason=lc.reason,
-                api_key_file=slot.desired.api_key_file, start_timeout_s=slot.desired.health.start_timeout_s,
-                max_queue=serving.max_queue,
-            ))
-        snap = tuple(statuses)
-        table = route_table(tuple(routes))
-        with self._snapshot_lock:
-            changed = snap != self._snapshot
-            self._snapshot = snap
-            self._routes = table
-        self._answer_ready(table)
-        if changed:
-            running = sum(1 for s in snap if s.state == State.RUNNING.name)
-            self.notifier.status(f"{running}/{len(snap)} models running")
-
-    def _memory_used(self, name: str, slot: Slot, now: float) -> int | None:
-        """The container's memory use, sampled at most every MEMORY_SAMPLE_S while it runs."""
-        if slot.container_id is None or slot.lc.state is not State.RUNNING:
-            self._memory_seen.pop(name, None)
-            return None
-        seen = self._memory_seen.get(name)
-        if seen is None or now - seen[0] >= MEMORY_SAMPLE_S:
-            seen = (now, self.runtime.memory_usage(slot.container_id))
-            self._memory_seen[name] = seen
-        return seen[1]
-
 
 def _start_reason(action: Create | Recreate | Start) -> str:
     match action:

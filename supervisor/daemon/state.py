@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import queue
 import random
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -18,15 +19,18 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from supervisor.control.api import CommandResult, MetricsSink, Notifier
-from supervisor.core.commands import Readiness
+from supervisor.core.commands import Readiness, ReadinessCode
 from supervisor.core.events import Event
 from supervisor.core.lifecycle import Lifecycle, State, Transition
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.planner import Diff
+from supervisor.core.routing import Route
 from supervisor.core.scheduler import Budget
 from supervisor.core.spec import DesiredModel
+from supervisor.core.status import ModelStatus
 from supervisor.daemon.demand import Demand
 from supervisor.daemon.executor import Executor
+from supervisor.daemon.statefile import StateFile
 from supervisor.runtime import Runtime
 
 log = structlog.get_logger("supervisor.daemon")
@@ -82,10 +86,21 @@ class LoopState:
     _resync_now: bool
     _waiters: list[Waiter]
     _pending: dict[str, list[Future[Readiness]]]   # model -> gateway requests waiting for it, in arrival order
+    _load_desired: Callable[[], Mapping[str, DesiredModel]]
+    manifests_ok: bool                          # no good set yet: plan nothing, remove nothing
+    problems: list[str]                         # of the last failed manifest read
+    state: StateFile                            # failure counts and FATAL across daemon restarts
+    _ready_sent: bool
+    _snapshot: tuple[ModelStatus, ...]
+    _routes: dict[str, Route]
+    _memory_seen: dict[str, tuple[float, int | None]]   # model -> (when sampled, bytes)
+    _snapshot_lock: threading.Lock
 
-    if TYPE_CHECKING:   # defined by Supervisor (loop.py), called by the parts
+    if TYPE_CHECKING:   # defined by one part or Supervisor (loop.py), called by others
         def _reload(self, *, apply: bool, origin: str) -> Diff | None: ...
         def _begin_shutdown(self, *, stop_models: bool) -> None: ...
+        def _answer(self, name: str, code: ReadinessCode, message: str) -> None: ...
+        def _answer_ready(self, routes: dict[str, Route]) -> None: ...
 
     def _endpoint(self, slot: Slot) -> tuple[str, int | None]:
         """Where the model answers: its published address, and the port bound now (the engine's pick
