@@ -80,8 +80,10 @@ def healthy(port: int) -> bool:
 
 
 class Daemon:
-    def __init__(self, manifests: Path, *, extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, manifests: Path, *, extra: list[str] | None = None, env: dict[str, str] | None = None,
+                 nofile: int | None = None) -> None:
         self.manifests = manifests
+        self.nofile = nofile            # RLIMIT_NOFILE (soft and hard) for the daemon, e.g. systemd's 1024
         self.env = env or {}
         self.sockdir = Path(tempfile.mkdtemp(prefix="lsd-"))
         self.extra = extra or []
@@ -91,6 +93,7 @@ class Daemon:
             self.extra += ["--gateway-listen", f"127.0.0.1:{self.gateway_port}"]
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[tuple[float, dict[str, Any]]] = []
+        self.log_bytes = 0              # every byte the daemon wrote to stdout and stderr
         self._lock = threading.Lock()
 
     def start(self) -> Daemon:
@@ -100,13 +103,22 @@ class Daemon:
              "--log-format", "json", "--resync-interval", "5", "--stop-timeout", "3",
              "--instance", instance_for(self.manifests), *self.extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            preexec_fn=None if self.nofile is None else self._limit_fds,
         )
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
         return self
 
+    def _limit_fds(self) -> None:
+        import resource
+
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
+            with self._lock:
+                self.log_bytes += len(line.encode(errors="replace"))
             try:
                 rec = json.loads(line)
             except ValueError:
