@@ -1,6 +1,6 @@
 """Hostile clients against a real llama-supervisord, and what the daemon does meanwhile (issue 15).
 
-    python -m bench.abuse [--idle 2000] [--uploads 100] [--seconds 40]
+    python -m bench.run --only abuse --out docs/BENCHMARKS.md [--quick]
 
 The attack, all on loopback, bounded in count and in time, stopping by itself:
     idle      connections that send half a request line and then nothing (slowloris); when the
@@ -19,13 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+import socket
 import statistics
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 import psutil
+
+if TYPE_CHECKING:
+    from bench.run import Report
 
 HALF_REQUEST = b"GET /v1/mod"
 UPLOAD_BYTES = 16 * 1024 * 1024
@@ -165,15 +170,16 @@ class Watch:
             t.join(10)
 
     def _health(self) -> None:
+        host, port = self.gateway.removeprefix("http://").rsplit(":", 1)
         while not self._stop.wait(0.1):
             t0 = time.monotonic()
             try:
-                # a fresh connection each time: what slowloris starves is the accept path
-                code = httpx.get(f"{self.gateway}/health", timeout=5.0).status_code
-                if code != 200:
-                    self.health_failures.append(f"HTTP {code}")
-            except httpx.HTTPError as e:
+                code = health_once(host, int(port))
+            except OSError as e:
                 self.health_failures.append(type(e).__name__)
+                continue
+            if code != 200:
+                self.health_failures.append(f"HTTP {code}")
                 continue
             self.health_s.append(time.monotonic() - t0)
 
@@ -191,6 +197,18 @@ class Watch:
 
     def median(self) -> float:
         return statistics.median(self.health_s) if self.health_s else float("inf")
+
+
+def health_once(host: str, port: int, timeout: float = 5.0) -> int:
+    """GET /health on a fresh connection (what slowloris starves is the accept path), with a plain
+    socket: an HTTP client library's own set-up (TLS contexts) would cost more than the answer."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.settimeout(timeout)
+        s.sendall(f"GET /health HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return int(data[9:12]) if data[:5] == b"HTTP/" and data[9:12].isdigit() else 0
 
 
 def rss(pid: int) -> int:
@@ -213,3 +231,101 @@ def wait_rss_back(pid: int, start: int, *, within: int, timeout: float) -> tuple
             break
         time.sleep(0.25)
     return time.monotonic() - t0, now
+
+
+# --- make bench: the figures of docs/BENCHMARKS.md's "Abuse" section ---------------------------------
+
+def bench_abuse(r: Report, *, quick: bool = False) -> None:
+    """One daemon at 1024 fds with 3 always-on models; /health at rest, then under the attack."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    import uuid
+    from pathlib import Path
+
+    import docker
+
+    from bench import live
+    from bench.stats import of
+    from supervisor.modelsrc import cache_path
+    from tests.integration.daemon_harness import Daemon, model_yaml, remove_models, wait_for
+
+    ctl = str(Path(sys.executable).with_name("llama-supervisorctl"))
+    demo = cache_path(live.DEMO_SHA256, live.DEMO_FILE)
+    tag = uuid.uuid4().hex[:6]
+    names = [f"abuse{tag}-{i}" for i in range(3)]
+    plan = Plan(idle=400, uploads=20, seconds=15) if quick else Plan()
+    client = docker.from_env()
+    with tempfile.TemporaryDirectory(prefix="bench-abuse-") as tmp:
+        d = Path(tmp)
+        for n in names:
+            (d / f"{n}.yaml").write_text(model_yaml(n, None, demo, live.DEMO_SHA256, memory="400m",
+                                                    fast_probes=False))
+        daemon = Daemon(d, nofile=1024).start()
+        sock = str(daemon.sockdir / "ctl.sock")
+
+        def states() -> dict[str, str]:
+            out = subprocess.run([ctl, "--socket", sock, "status", "--json"], capture_output=True, text=True,
+                                 timeout=30)
+            return {row["name"]: row["state"] for row in json.loads(out.stdout or "[]")}
+
+        try:
+            wait_for(lambda: sorted(states().values()) == ["RUNNING"] * 3, 180, "3 models RUNNING", step=0.5)
+            assert daemon.proc is not None
+            pid = daemon.proc.pid
+            time.sleep(5)                                    # settle: the first probes, allocator warm-up
+            rest = Watch(daemon.gateway, pid).start()
+            time.sleep(10)
+            rest.stop()
+            rss0, log0, t0 = rss(pid), daemon.log_bytes, time.monotonic()
+            port = int(daemon.gateway.rsplit(":", 1)[1])
+            watch = Watch(daemon.gateway, pid).start()
+            attack = Attack("127.0.0.1", port, plan).start()
+            wait_for(lambda: attack.counters.opened >= plan.idle, 60, "the attack's connections")
+            time.sleep(min(10.0, plan.seconds / 3))
+            c0 = time.monotonic()
+            answer = completion(daemon.gateway, names[0], timeout=120)
+            completion_s = time.monotonic() - c0
+            s0 = time.monotonic()
+            during = states()
+            status_s = time.monotonic() - s0
+            time.sleep(max(0.0, plan.seconds - (time.monotonic() - t0)))
+            attack.stop()
+            watch.stop()
+            log_growth = daemon.log_bytes - log0
+            back_s, rss_after = wait_rss_back(pid, rss0, within=10 << 20, timeout=30)
+            peak = max(watch.rss or [rss0])
+            with daemon._lock:
+                moved = [rec for t, rec in daemon.lines if t >= t0 and rec.get("event") == "transition"]
+            after = states()
+        finally:
+            daemon.terminate()
+            remove_models(client, names)
+    mib = 1 << 20
+    r.time_row("/health at rest, fresh connection", of(rest.health_s), unit="ms", scale=1000, digits=1)
+    r.time_row(f"/health under {plan.idle} half-requests + {plan.uploads} stalled 16 MiB uploads",
+               of(watch.health_s), target="p99 <= 50 ms", limit=0.050, on="p99",
+               floor=rest.median(), unit="ms", scale=1000, digits=1)
+    r.value_row("/health failures under attack", f"{len(watch.health_failures)} of "
+                f"{len(watch.health_failures) + len(watch.health_s)}", target="0", met=not watch.health_failures)
+    r.value_row("a completion through the gateway under attack", f"HTTP {answer.status_code} in {completion_s:.2f} s",
+                target="200", met=answer.status_code == 200)
+    r.value_row("`ctl status` under attack", f"answered in {status_s:.2f} s: {sorted(set(during.values()))}",
+                target="answers", met=bool(during))
+    r.value_row("model transitions during and after the attack", f"{len(moved)}; after: {sorted(set(after.values()))}",
+                target="0, all RUNNING", met=not moved and set(after.values()) == {"RUNNING"})
+    r.value_row("daemon RSS growth under attack (peak - start)", f"{(peak - rss0) / mib:.1f} MiB "
+                f"(start {rss0 / mib:.1f} MiB)", target="<= 100 MiB", met=peak - rss0 <= 100 * mib)
+    r.value_row("daemon RSS after the attack", f"{rss_after / mib:.1f} MiB, {back_s:.1f} s after it ended",
+                target="within 10 MiB of start within 30 s", met=rss_after <= rss0 + 10 * mib)
+    r.value_row("daemon log growth during the attack", f"{log_growth / 1024:.1f} KiB", target="<= 1 MiB",
+                met=log_growth <= mib)
+    c = attack.counters
+    r.notes.append(f"The attacker opened {c.opened} connections in {plan.seconds:.0f} s (the gateway closed "
+                   f"{c.closed_by_server}; {c.refused} connects failed); stalled uploads were answered "
+                   f"{dict(sorted(c.upload_answers.items()))} (0: closed without an answer).")
+    r.how.append(("abuse", "`python -m bench.run --only abuse --out docs/BENCHMARKS.md`: a daemon under "
+                  "`RLIMIT_NOFILE` 1024/1024 with 3 always-on demo models; /health on a fresh connection every "
+                  "100 ms for 10 s at rest, then during the attack of bench/abuse.py (the same code as "
+                  "tests/abuse)."))

@@ -357,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=int, default=3, help="N models under the real daemon (default 3)")
     ap.add_argument("--quick", action="store_true", help="3 runs, 10 s idle window: a smoke test, not for the doc")
     ap.add_argument("--cold-build", action="store_true", help="also time docker build --no-cache of cpu-generic")
-    ap.add_argument("--only", choices=("all", "main", "gateway"), default="all",
-                    help="main: every section but the gateway's; gateway: only the gateway's (issue 8)")
+    ap.add_argument("--only", choices=("all", "main", "gateway", "abuse"), default="all",
+                    help="main: every section but the gateway's and abuse's; gateway: only the gateway's (issue 8); "
+                         "abuse: only hostile clients (issue 15)")
     a = ap.parse_args(argv)
     import logging
 
@@ -411,11 +412,26 @@ def main(argv: list[str] | None = None) -> int:
         if a.out:
             write_section(a.out, text, markers=(GW_BEGIN, GW_END), after=END)
             print(f"wrote {a.out}")
+    if a.only in ("all", "abuse"):
+        from bench.abuse import bench_abuse
+
+        started = time.monotonic()
+        ab = Report()
+        with CrowdWatch() as watch:
+            print("abuse...", flush=True)
+            bench_abuse(ab, quick=a.quick)
+        text = render_abuse_doc(ab, info, variant=variant, elapsed=time.monotonic() - started,
+                                quiet=host_load(watch.seen), quick=a.quick)
+        print(ab.table("ratio to rest"))
+        if a.out:
+            write_section(a.out, text, markers=(AB_BEGIN, AB_END), after=GW_END)
+            print(f"wrote {a.out}")
     return 0
 
 
 BEGIN, END = "<!-- bench.run:begin -->", "<!-- bench.run:end -->"
 GW_BEGIN, GW_END = "<!-- bench.gateway:begin -->", "<!-- bench.gateway:end -->"
+AB_BEGIN, AB_END = "<!-- bench.abuse:begin -->", "<!-- bench.abuse:end -->"
 
 
 class CrowdWatch:
@@ -493,6 +509,23 @@ def render_gateway_doc(r: Report, info: dict[str, str], *, variant: str, elapsed
               "`.venv/bin/python -m bench.run --only gateway --out docs/BENCHMARKS.md`; everything: `make bench`.", ""]
     lines += [f"- **{what}**: {how}" for what, how in r.how]
     lines += ["", GW_END]
+    return "\n".join(lines) + "\n"
+
+
+def render_abuse_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: float, quiet: str,
+                     quick: bool) -> str:
+    lines = [AB_BEGIN, "## Abuse: hostile clients (`python -m bench.run --only abuse`)", ""]
+    lines.append("Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ".  ")
+    lines.append(f"Image variant `{variant}`; one real llama-supervisord at 1024 file descriptors (soft and hard, "
+                 f"systemd's default without LimitNOFILE) with 3 always-on demo models and its gateway; whole section "
+                 f"{elapsed / 60:.1f} min{' (--quick: a smoke test)' if quick else ''}.  ")
+    lines.append(f"Host load: {quiet}")
+    lines += ["", r.table("ratio to rest"), ""]
+    if r.notes:
+        lines += ["Notes:", ""] + [f"- {n}" for n in r.notes] + [""]
+    lines += ["### How to reproduce (abuse)", ""]
+    lines += [f"- **{what}**: {how}" for what, how in r.how]
+    lines += ["", AB_END]
     return "\n".join(lines) + "\n"
 
 
