@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from supervisor.core.routing import Route
 from supervisor.errors import ConfigError
-from supervisor.gateway.keys import bearer, parse_keys, read_gateway_keys
+from supervisor.gateway.keys import parse_keys, read_gateway_keys
 
 from .test_gateway_app import RUNNING, FakeBackend, client, ok
 
@@ -58,6 +58,8 @@ def test_an_open_gateway_does_not_use_a_keyed_models_key_for_a_caller_without_it
     assert r.status_code == 401 and seen == []
     assert "has its own API key" in r.json()["error"]["message"]
     assert "--gateway-api-keys-file" in r.json()["error"]["message"], "the fix is named"
+    r, seen = exchange([keyed(tmp_path)], "/v1/chat/completions", token="model-secret", body={"model": "k"})
+    assert r.status_code == 200 and [s.headers["authorization"] for s in seen] == ["Bearer model-secret"]
 
 
 @pytest.mark.parametrize("path, method", [("/upstream/k/props", "GET"), ("/upstream/k/tokenize", "POST")])
@@ -66,21 +68,11 @@ def test_upstream_does_not_bypass_the_models_key_either(tmp_path: Path, path: st
     assert r.status_code == 401 and seen == []
 
 
-def test_the_models_own_key_is_accepted_and_the_model_gets_it(tmp_path: Path) -> None:
-    r, seen = exchange([keyed(tmp_path)], "/v1/chat/completions", token="model-secret", body={"model": "k"})
-    assert r.status_code == 200
-    assert [s.headers["authorization"] for s in seen] == ["Bearer model-secret"]
-
-
-def test_a_gateway_key_is_accepted_for_a_keyed_model(tmp_path: Path) -> None:
-    r, seen = exchange([keyed(tmp_path)], "/v1/chat/completions", token="gw-key", body={"model": "k"},
-                       gateway_keys=frozenset({"gw-key"}))
-    assert r.status_code == 200 and [s.headers["authorization"] for s in seen] == ["Bearer model-secret"]
-
-
-def test_a_models_key_opens_that_model_only(tmp_path: Path) -> None:
+def test_a_models_key_opens_that_model_only_a_gateway_key_opens_all(tmp_path: Path) -> None:
     routes = [keyed(tmp_path), RUNNING]
     gw = frozenset({"gw-key"})
+    r, seen = exchange(routes, "/v1/chat/completions", token="gw-key", body={"model": "k"}, gateway_keys=gw)
+    assert r.status_code == 200 and [s.headers["authorization"] for s in seen] == ["Bearer model-secret"]
     r, _ = exchange(routes, "/v1/chat/completions", token="model-secret", body={"model": "m"}, gateway_keys=gw)
     assert r.status_code == 401, "an unkeyed model behind gateway keys needs a gateway key"
     r, _ = exchange(routes, "/v1/chat/completions", token="model-secret", body={"model": "k"}, gateway_keys=gw)
@@ -135,21 +127,13 @@ def test_a_hash_inside_a_key_is_part_of_it_and_only_leading_hashes_are_comments(
     f = tmp_path / "keys"
     f.write_text("# operators\nabc#def\n  # indented comment\n\nxyz \n")
     assert read_gateway_keys(f) == frozenset({"abc#def", "xyz"})
+    assert parse_keys("a\r\nb\n#c\na\n") == ("a", "b")
     r, _ = exchange([RUNNING], "/v1/chat/completions", token="abc#def", body={"model": "m"},
                     gateway_keys=read_gateway_keys(f))
     assert r.status_code == 200
     r, _ = exchange([RUNNING], "/v1/chat/completions", token="abc", body={"model": "m"},
                     gateway_keys=read_gateway_keys(f))
     assert r.status_code == 401
-
-
-def test_a_keys_file_with_only_comments_is_refused_at_start(tmp_path: Path) -> None:
-    f = tmp_path / "keys"
     f.write_text("# nothing yet\n")
     with pytest.raises(ConfigError, match="no key in it"):
         read_gateway_keys(f)
-
-
-def test_parse_keys_and_bearer() -> None:
-    assert parse_keys("a\r\nb\n#c\na\n") == ("a", "b")
-    assert bearer("Bearer  tok ") == "tok" and bearer("bearer tok") == "tok" and bearer("Basic tok") == ""
