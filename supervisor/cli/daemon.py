@@ -108,7 +108,12 @@ def _release_freed_memory() -> None:
               help="Serve the OpenAI-compatible gateway for every model on HOST:PORT.")
 @click.option("--no-gateway", is_flag=True, help="No gateway: each model only on its own port.")
 @click.option("--gateway-api-keys-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Require 'Authorization: Bearer KEY' at the gateway; one key per line (# comments).")
+              help="Require 'Authorization: Bearer KEY' at the gateway; one key per line (a line that starts "
+                   "with # is a comment). A model with its own api_key_file takes its own key or one of these.")
+@click.option("--gateway-allowed-hosts", default="", metavar="NAME,...",
+              help="Host names the gateway answers besides 127.0.0.1, localhost, [::1] and the listen address "
+                   "(others get 421: DNS rebinding). Listening on 0.0.0.0 or ::, name every address and name "
+                   "clients use, e.g. 192.168.1.5,gpu-box.lan.")
 @click.option("--gateway-max-body", default="16m", show_default=True, help="Largest request body the gateway takes.")
 @click.option("--memory-budget", default="auto", show_default=True,
               help="RAM the models may count together (e.g. 12g); auto: 90%% of this host's, none: no budget.")
@@ -125,12 +130,13 @@ def _release_freed_memory() -> None:
 def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None, socket_group: str | None,
         metrics_port: int | None, resync_interval: float, stop_timeout: float, stop_models_on_exit: bool,
         instance: str, gateway_listen: str, no_gateway: bool, gateway_api_keys_file: Path | None,
-        gateway_max_body: str, memory_budget: str, gpu_memory_budget: str, no_watch: bool,
+        gateway_allowed_hosts: str, gateway_max_body: str, memory_budget: str, gpu_memory_budget: str, no_watch: bool,
         log_format: logs.LogFormat, runtime_kind: str) -> None:
     """Keep the llama-server models the manifests describe alive, and serve them on one endpoint."""
     logs.setup(log_format)
     gateway = None if no_gateway else GatewayOptions(
-        listen=gateway_listen, api_keys_file=gateway_api_keys_file, max_body=_size(gateway_max_body, "--gateway-max-body"))
+        listen=gateway_listen, api_keys_file=gateway_api_keys_file, max_body=_size(gateway_max_body, "--gateway-max-body"),
+        allowed_hosts=tuple(h.strip() for h in gateway_allowed_hosts.split(",") if h.strip()))
     run(
         manifests=manifests or paths.manifests_dir(),
         lock_path=lock_path or paths.lock_path(),
@@ -153,6 +159,7 @@ class GatewayOptions:
     listen: str = "127.0.0.1:8080"
     api_keys_file: Path | None = None
     max_body: int = 16 * 1024 * 1024
+    allowed_hosts: tuple[str, ...] = ()
 
 
 def _size(value: str, option: str) -> int:
@@ -181,17 +188,6 @@ def make_budget(memory: str, gpu_memory: str, host: Any) -> Any:
                   one(gpu_memory, "--gpu-memory-budget", sum(g.vram_bytes for g in host.gpus)))
 
 
-def read_api_keys(path: Path) -> frozenset[str]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise ConfigError(f"--gateway-api-keys-file {path}: {e.strerror} (fix: give a readable file)") from e
-    keys = frozenset(k for line in lines if (k := line.split("#", 1)[0].strip()))
-    if not keys:
-        raise ConfigError(f"--gateway-api-keys-file {path}: no key in it (fix: one key per line)")
-    return keys
-
-
 def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: str | None,
         metrics_port: int | None, resync_interval: float, stop_timeout: float,
         stop_models_on_exit: bool, instance: str = "default", gateway: GatewayOptions | None = None,
@@ -203,6 +199,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
     from supervisor.daemon.loop import LoopSettings, Supervisor
     from supervisor.daemon.statefile import StateFile
     from supervisor.daemon.watcher import ManifestWatcher
+    from supervisor.gateway.keys import read_gateway_keys
     from supervisor.health import Prober
     from supervisor.runtime.choose import choose
 
@@ -211,7 +208,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
 
     events: queue.Queue[Event] = queue.Queue()
     budget = make_budget(*budgets, hardware.detect())
-    api_keys = read_api_keys(gateway.api_keys_file) if gateway and gateway.api_keys_file else frozenset()
+    api_keys = read_gateway_keys(gateway.api_keys_file) if gateway and gateway.api_keys_file else frozenset()
     wiring = choose(runtime_kind, instance=instance, lock_path=lock_path, post=events.put)  # type: ignore[arg-type]
     runtime = wiring.runtime
     log.info("runtime", runtime=wiring.kind, why=wiring.why, **({"confinement": wiring.confinement}
@@ -308,9 +305,15 @@ def _systemd_and_metrics(metrics_port: int | None, closers: list[Any]) -> tuple[
 
 def _gateway(controller: Any, options: GatewayOptions, api_keys: frozenset[str], metrics: Any) -> Any:
     from supervisor.gateway.app import GatewaySettings, create_app
-    from supervisor.gateway.server import GatewayServer
+    from supervisor.gateway.guard import LOOPBACK_NAMES, allowed_hosts
+    from supervisor.gateway.server import GatewayServer, parse_listen
 
-    app = create_app(controller, GatewaySettings(max_body_bytes=options.max_body, api_keys=api_keys), metrics)
+    hosts = allowed_hosts(parse_listen(options.listen)[0], options.allowed_hosts)
+    if hosts == LOOPBACK_NAMES and parse_listen(options.listen)[0] not in LOOPBACK_NAMES:
+        log.warning("the gateway listens on every address but answers only 127.0.0.1, localhost and [::1]:"
+                    " name the others with --gateway-allowed-hosts", listen=options.listen)
+    settings = GatewaySettings(max_body_bytes=options.max_body, api_keys=api_keys, allowed_hosts=hosts)
+    app = create_app(controller, settings, metrics)
     server = GatewayServer(app, options.listen)
     server.start()
     return server

@@ -45,6 +45,9 @@ class DaemonController:
     def routes(self) -> dict[str, Route]:
         return self._sup.routes()
 
+    def published(self) -> bool:
+        return self._sup.published.is_set()
+
     def ensure(self, model: str) -> Future[Readiness]:
         fut: Future[Readiness] = Future()
         if self._sup.stopping or self._sup.done.is_set():

@@ -111,6 +111,7 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
         self._routes: dict[str, Route] = {}
         self._memory_seen: dict[str, tuple[float, int | None]] = {}   # model -> (when sampled, bytes)
         self._snapshot_lock = threading.Lock()
+        self.published = threading.Event()
         self.done = threading.Event()
 
     # --- producers call these (any thread) ---------------------------------------------------

@@ -57,6 +57,7 @@ class Reporting(LoopState):
             changed = snap != self._snapshot
             self._snapshot = snap
             self._routes = table
+        self.published.set()
         self._answer_ready(table)
         if changed:
             running = sum(1 for s in snap if s.state == State.RUNNING.name)

@@ -95,6 +95,7 @@ class LoopState:
     _routes: dict[str, Route]
     _memory_seen: dict[str, tuple[float, int | None]]   # model -> (when sampled, bytes)
     _snapshot_lock: threading.Lock
+    published: threading.Event                 # set by the first _publish: the gateway holds requests until then
 
     if TYPE_CHECKING:   # defined by one part or Supervisor (loop.py), called by others
         def _reload(self, *, apply: bool, origin: str) -> Diff | None: ...

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -27,9 +26,12 @@ from supervisor.control.api import MetricsSink, NullMetrics
 from supervisor.core.commands import Readiness
 from supervisor.core.routing import Route
 from supervisor.daemon.demand import Demand
-from supervisor.gateway import errors
+from supervisor.gateway import endpoints, errors
 from supervisor.gateway.errors import GatewayError
+from supervisor.gateway.guard import LOOPBACK_NAMES, Guard
+from supervisor.gateway.keys import Authority, bearer
 from supervisor.gateway.proxy import Lease, ProxyResponse, Upstream
+from supervisor.gateway.startup import StartupGate
 
 log = structlog.get_logger("supervisor.gateway")
 
@@ -46,6 +48,10 @@ class Backend(Protocol):
 
     def ensure(self, model: str) -> Future[Readiness]: ...
 
+    def published(self) -> bool:
+        """Has the loop published its first routes (the manifests read and applied)?"""
+        ...
+
 
 @dataclass(frozen=True)
 class GatewaySettings:
@@ -53,6 +59,8 @@ class GatewaySettings:
     api_keys: frozenset[str] = field(default=frozenset(), repr=False)   # never logged
     wait_grace_s: float = 30.0          # beyond the model's start timeout: time to make room for it
     retry_delay_s: float = 0.1          # first pause before re-sending a request the model never got
+    allowed_hosts: frozenset[str] = LOOPBACK_NAMES   # Host names answered (guard.allowed_hosts)
+    startup_hold_s: float = 60.0        # longest a request waits for the loop's first routes
 
 
 class Gateway:
@@ -66,6 +74,7 @@ class Gateway:
         self.metrics = metrics or NullMetrics()
         self.clock = clock
         self.upstream = upstream or Upstream()
+        self.authority = Authority(settings.api_keys, self.upstream.key_files)
         self.app = Starlette(
             routes=[
                 HttpRoute("/health", self.health, methods=["GET"]),
@@ -112,7 +121,9 @@ class Gateway:
                              "state": r.state, "alias_of": r.name if name != r.name else None})
 
     async def openai(self, request: Request) -> Response:
-        """Any /v1/* POST with a JSON `model`: routed to that model, started if it is on-demand."""
+        """A /v1/* inference POST with a JSON `model`: routed to that model, started if it is on-demand."""
+        if (refused := endpoints.check_inference("/v1/" + request.path_params["path"])) is not None:
+            raise refused
         self._authorize(request)
         body = await self._body(request)
         try:
@@ -125,6 +136,7 @@ class Gateway:
         route = self.backend.routes().get(name)
         if route is None:
             raise self._not_found(name)
+        self._authorize_model(request, route)
         model = route.name
         path = "/v1/" + request.path_params["path"]
         deadline = self.clock() + route.start_timeout_s + self.settings.wait_grace_s
@@ -140,12 +152,15 @@ class Gateway:
 
     async def raw(self, request: Request) -> Response:
         """/upstream/<model>/<path>: a model's own endpoints (/health, /slots, /metrics, web UI), only
-        while it runs; it starts nothing and does not count as use."""
+        while it runs; it starts nothing and does not count as use. Only the endpoints.UPSTREAM ones."""
+        if (refused := endpoints.check_upstream(request.method, "/" + request.path_params["path"])) is not None:
+            raise refused
         self._authorize(request)
         name = request.path_params["model"]
         route = self.backend.routes().get(name)
         if route is None:
             raise self._not_found(name)
+        self._authorize_model(request, route)
         body = await self._body(request)
         if route.state != RUNNING or route.url is None or not self.backend.demand.enter(route.name, touch=False):
             raise errors.unavailable(f"model '{route.name}' is {route.state}, not running"
@@ -193,13 +208,17 @@ class Gateway:
     # --- helpers -------------------------------------------------------------------------------
 
     def _authorize(self, request: Request) -> None:
-        keys = self.settings.api_keys
-        if not keys:
-            return
-        given = request.headers.get("authorization", "")
-        token = given[7:].strip() if given[:7].lower() == "bearer " else ""
-        if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
+        """May the caller use the gateway at all (keys.Authority.admits)?"""
+        if not self.authority.admits(bearer(request.headers.get("authorization", "")), self.backend.routes()):
             raise errors.unauthorized()
+
+    def _authorize_model(self, request: Request, route: Route) -> None:
+        """May the caller use this model (its own key, or a gateway key)?"""
+        if self.authority.may_use(bearer(request.headers.get("authorization", "")), route):
+            return
+        if route.api_key_file is not None:
+            raise errors.model_key_required(route.name, gateway_keys=bool(self.settings.api_keys))
+        raise errors.unauthorized()
 
     async def _body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
@@ -255,4 +274,6 @@ def create_app(backend: Backend, settings: GatewaySettings = GatewaySettings(),
                metrics: MetricsSink | None = None, upstream: Upstream | None = None) -> Any:
     gw = Gateway(backend, settings, metrics, upstream=upstream)
     gw.app.add_exception_handler(GatewayError, error_handler)
-    return gw.app
+    # outermost first: refuse foreign Hosts, other origins and non-JSON bodies before anything
+    # else (a starting gateway included), then hold requests until the first routes are out
+    return Guard(StartupGate(gw.app, backend.published, hold_s=settings.startup_hold_s), settings.allowed_hosts)

@@ -52,6 +52,48 @@ def unauthorized() -> GatewayError:
                         headers={"WWW-Authenticate": "Bearer"})
 
 
+def model_key_required(model: str, *, gateway_keys: bool) -> GatewayError:
+    fix = ("send the model's own key or a gateway key" if gateway_keys else
+           "send the model's own key, or give the daemon --gateway-api-keys-file and send one of those keys")
+    return GatewayError(401, f"model '{model}' has its own API key: the gateway does not use it for you"
+                             f" (fix: {fix} as 'Authorization: Bearer <key>')",
+                        type="invalid_request_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def misdirected(host: str) -> GatewayError:
+    return GatewayError(421, f"Host {host!r} is not a name of this gateway (a DNS-rebinding page sends its own"
+                             " name; fix: use 127.0.0.1 or localhost, or name the host with --gateway-allowed-hosts)",
+                        type="invalid_request_error", code="misdirected_request")
+
+
+def cross_site(origin: str) -> GatewayError:
+    return GatewayError(403, f"cross-site request refused (Origin {origin!r}): web pages other than the gateway's"
+                             " own may not use it (fix: call it from a program, which sends no Origin)",
+                        type="invalid_request_error", code="cross_site_request")
+
+
+def unsupported_media(content_type: str) -> GatewayError:
+    return GatewayError(415, f"Content-Type {content_type or '(none)'!r}: the gateway takes JSON only"
+                             " (fix: send 'Content-Type: application/json')",
+                        type="invalid_request_error", code="unsupported_media_type")
+
+
+def endpoint_not_allowed(method: str, path: str, allowed: list[str]) -> GatewayError:
+    return GatewayError(404, f"{method} {path} is not forwarded by the gateway; it forwards: {', '.join(allowed)}",
+                        type="invalid_request_error", code="endpoint_not_allowed")
+
+
+def starting(waited_s: float) -> GatewayError:
+    return GatewayError(503, f"the daemon has not applied its manifests yet after {waited_s:.0f}s; retry shortly",
+                        type="server_error", code="starting", headers={"Retry-After": "1"})
+
+
+def send_failed(model: str, detail: str) -> GatewayError:
+    return GatewayError(502, f"the gateway could not send the request to model '{model}' ({detail})"
+                             " (fix: see the daemon's log; a key in the model's api_key_file must be printable text)",
+                        type="server_error", code="upstream_error")
+
+
 def queue_full(model: str, limit: int, retry_after_s: int) -> GatewayError:
     return GatewayError(429, f"model '{model}' already has {limit} requests waiting for it to be ready"
                         f" (its max_queue); retry after {retry_after_s}s",

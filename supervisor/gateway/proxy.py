@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ import structlog
 from supervisor.core.routing import Route
 from supervisor.gateway import errors
 from supervisor.gateway.errors import GatewayError
+from supervisor.gateway.keys import KeyFiles
 
 if TYPE_CHECKING:
     from supervisor.gateway.app import Gateway
@@ -36,6 +36,8 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 _LOST = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ReadTimeout, httpx.WriteTimeout)
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
                b"proxy-authenticate", b"proxy-authorization"}
+# Never relayed: llama-server's CORS answer would let another web origin read through the gateway.
+_CORS = b"access-control-"
 
 
 @dataclass
@@ -52,8 +54,8 @@ class Upstream:
     """The one pooled HTTP client to every model, and the models' own API keys."""
 
     transport: httpx.AsyncBaseTransport | None = None     # tests: httpx.MockTransport
+    key_files: KeyFiles = field(default_factory=KeyFiles)
     _client: httpx.AsyncClient | None = None
-    _keys: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -65,20 +67,8 @@ class Upstream:
         return self._client
 
     def key(self, path: str | None) -> str | None:
-        """The model's key from its api_key_file, re-read when the file changes."""
-        if path is None:
-            return None
-        try:
-            mtime = os.stat(path).st_mtime_ns
-            cached = self._keys.get(path)
-            if cached is None or cached[0] != mtime:
-                with open(path, encoding="utf-8") as f:
-                    cached = (mtime, f.read().strip())
-                self._keys[path] = cached
-            return cached[1]
-        except OSError as e:
-            log.error("cannot read the model's api_key_file", path=path, error=type(e).__name__)
-            return None
+        """The one key sent upstream: the first of the model's api_key_file, re-read when it changes."""
+        return self.key_files.first(path)
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -135,8 +125,15 @@ class ProxyResponse:
             try:
                 response = await client.send(client.build_request(self.method, url, headers=headers,
                                                                   content=self.body), stream=True)
-            except (*_NOT_SENT, *_LOST) as e:
+            except (httpx.HTTPError, ValueError) as e:
+                # Anything else (a key that is not a valid header value: h11's LocalProtocolError, or
+                # UnicodeEncodeError) is answered 502 at once, never a traceback: its message may quote
+                # the header's value, so only the class name is logged.
                 self._leave()
+                if not isinstance(e, (*_NOT_SENT, *_LOST)):
+                    log.warning("request to the model failed", model=self.model, error=type(e).__name__)
+                    await self._error(send, errors.send_failed(self.model, type(e).__name__))
+                    return
                 lost += not isinstance(e, _NOT_SENT)
                 if lost > self.retries or self.gw.clock() >= self.deadline:
                     await self._error(send, errors.upstream_failed(self.model, type(e).__name__))
@@ -159,7 +156,8 @@ class ProxyResponse:
 
     async def _relay(self, response: httpx.Response, send: Any) -> None:
         self.status = response.status_code
-        headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP]
+        headers = [(k, v) for k, v in response.headers.raw
+                   if k.lower() not in _HOP_BY_HOP and not k.lower().startswith(_CORS)]
         await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
         sse = response.headers.get("content-type", "").startswith("text/event-stream")
         sent = 0

@@ -31,6 +31,10 @@ class FakeBackend:
         self.table = route_table((route,))
         self.answer = answer
         self.asked = 0
+        self.ready = True           # the loop has published its first routes
+
+    def published(self) -> bool:
+        return self.ready
 
     def routes(self) -> dict[str, Route]:
         return self.table
@@ -55,7 +59,7 @@ def client(backend: FakeBackend, upstream: Callable[[httpx.Request], httpx.Respo
     up = Upstream(transport=httpx.MockTransport(upstream or (lambda r: ok({"ok": 1}))))
     app = create_app(backend, GatewaySettings(retry_delay_s=0.01, wait_grace_s=0.1, **settings),  # type: ignore[arg-type]
                      upstream=up)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8080")
 
 
 def post(c: httpx.AsyncClient, body: object, **kw: object) -> httpx.Response:
@@ -65,7 +69,8 @@ def post(c: httpx.AsyncClient, body: object, **kw: object) -> httpx.Response:
 async def _post(c: httpx.AsyncClient, body: object, **kw: object) -> httpx.Response:
     async with c:
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return await c.post("/v1/chat/completions", content=content, **kw)  # type: ignore[arg-type]
+        headers = {"content-type": "application/json", **kw.pop("headers", {})}  # type: ignore[dict-item]
+        return await c.post("/v1/chat/completions", content=content, headers=headers, **kw)  # type: ignore[arg-type]
 
 
 def test_routes_by_alias_and_forwards_the_body_to_the_model() -> None:
