@@ -66,7 +66,13 @@ def test_a_keyed_model_needs_its_key_through_the_gateway(tmp_path: Path, docker_
             return httpx.post(f"{d.gateway}/v1/chat/completions", json=body, headers=headers,
                               timeout=LOAD_TIMEOUT, **kw)  # type: ignore[arg-type]
 
-        wait_for(lambda: chat(secret[1]).status_code == 200, LOAD_TIMEOUT, "the model answering with its key")
+        def answers() -> bool:
+            try:
+                return chat(secret[1]).status_code == 200
+            except httpx.TransportError:          # the daemon's gateway is not listening yet
+                return False
+
+        wait_for(answers, LOAD_TIMEOUT, "the model answering with its key")
         assert chat(None).status_code == 401
         assert chat("wrong").status_code == 401
         assert chat(secret[0]).status_code == 200, "every line of the key file is a key"
