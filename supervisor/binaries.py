@@ -3,7 +3,7 @@
 Either way the binary lands under <state dir>/bin/<variant>-<sha256[:12]>/llama-server
 (mode 0755, so the unprivileged uid the runtime drops to can execute it) and its
 lock record holds the same facts as an image's: SHA-256 of the file, `--version`,
-every flag `--help` lists. `BinaryVerifier` is the check before every create;
+every flag `--help` lists and those it warns about. `BinaryVerifier` is the check before every create;
 the runtime hashes the very file descriptor it executes once more at launch.
 """
 
@@ -129,14 +129,16 @@ def _run_binary(path: Path, args: list[str]) -> str:
 def derive(path: Path, *, variant: str, origin: str, source_sha256: str, build_number: int,
            built_at: str = "") -> BinaryRecord:
     """Every fact the lock records about a host binary, read from the file now."""
-    from supervisor.images import _version_line, parse_help_flags
+    from supervisor.images import _version_line, parse_help
 
     version = _version_line(_run_binary(path, ["--version"]).strip())
+    flags, warned = parse_help(_run_binary(path, ["--help"]))
     return BinaryRecord(
         variant=variant, path=str(path), sha256=sha256_file(path), version=version,
-        build_number=build_number, flags=parse_help_flags(_run_binary(path, ["--help"])),
+        build_number=build_number, flags=flags,
         source_sha256=source_sha256, built_at=built_at or _now(), origin=origin,
         architecture=os.uname().machine.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+        warned_flags=warned,
     )
 
 

@@ -3,8 +3,9 @@
 `build` prepares a context holding only the verified source tarball, streams
 the build log as progress, then derives the image's lock record from the image
 itself: ID, SHA-256 of the llama-server binary, `--version`, the flags its
-`--help` lists. `derive` does the same for verify, so a retagged image or a
-changed binary shows up as a field that differs from the lock. The fields read
+`--help` lists and those whose help text warns against untrusted environments.
+`derive` does the same for verify, so a retagged image or a changed binary
+shows up as a field that differs from the lock. The fields read
 from the image's metadata come first and need no container; the rest are read
 through supervisor.probe, whose containers are labelled and always removed.
 """
@@ -190,7 +191,32 @@ def parse_help_flags(help_text: str) -> frozenset[str]:
     return frozenset(flags)
 
 
-PROBED = ("binary_sha256", "version", "flags")     # the fields read through a container
+# Words in a flag's help text that mark it as unsafe to expose: llama.cpp writes "do not enable in
+# untrusted environments" beside --agent, --tools, --mcp-servers-*, --ui-mcp-proxy.
+WARNING = re.compile(r"\b(untrusted|unsafe|insecure|dangerous|security)\b", re.IGNORECASE)
+
+
+def parse_help_warnings(help_text: str) -> frozenset[str]:
+    """Every spelling of each flag whose --help entry (its line and the indented lines under it) warns
+    against untrusted environments: refused in extra_args whatever the allowlist says."""
+    warned: set[str] = set()
+    entry: list[str] = []
+    for line in [*help_text.splitlines(), ""]:
+        if entry and line[:1].isspace():
+            entry.append(line)
+            continue
+        if entry and WARNING.search(" ".join(entry)):
+            warned.update(parse_help_flags(entry[0]))
+        entry = [line] if line.startswith("-") and not line.startswith("---") else []
+    return frozenset(warned)
+
+
+def parse_help(help_text: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(flags, warned_flags) of one --help text: what the lock records."""
+    return parse_help_flags(help_text), parse_help_warnings(help_text)
+
+
+PROBED = ("binary_sha256", "version", "flags", "warned_flags")     # the fields read through a container
 
 
 @dataclass(frozen=True)
@@ -251,27 +277,29 @@ def derive_all(client: docker.DockerClient, ref: str, *, built_at: str = "",
     record = _from_metadata(image, ref, built_at)
     probe = probe or ImageProbe(client)
     image_id = record.image_id
-    readers: dict[str, Callable[[], object]] = {
-        "binary_sha256": lambda: probe.file_sha256(image_id, BINARY),
-        "version": lambda: _version_line(_output(probe, image_id, "--version").strip()),
-        "flags": lambda: parse_help_flags(_output(probe, image_id, "--help")),
+    readers: dict[tuple[str, ...], Callable[[], tuple[object, ...]]] = {   # fields -> their values
+        ("binary_sha256",): lambda: (probe.file_sha256(image_id, BINARY),),
+        ("version",): lambda: (_version_line(_output(probe, image_id, "--version").strip()),),
+        ("flags", "warned_flags"): lambda: parse_help(_output(probe, image_id, "--help")),
     }
     values: dict[str, object] = {}
     unknown: dict[str, str] = {}
     engine_error: SupervisorError | None = None
-    for name, read in readers.items():
+    for names, read in readers.items():
+        why = ""
         if engine_error is not None:
-            unknown[name] = "not read: the engine failed"
+            why = "not read: the engine failed"
         elif "binary_sha256" in unknown:
-            unknown[name] = f"not run: {unknown['binary_sha256']}"
+            why = f"not run: {unknown['binary_sha256']}"
         else:
             try:
-                values[name] = read()
+                values.update(zip(names, read(), strict=True))
             except ImageMismatch as e:
-                unknown[name] = str(e)
+                why = str(e)
             except (RuntimeOperationError, RuntimeUnavailable) as e:
                 engine_error = e
-                unknown[name] = f"not read: {e}"
+                why = f"not read: {e}"
+        unknown.update(dict.fromkeys(names, why) if why else {})
     return Derived(replace(record, **values), unknown, engine_error)  # type: ignore[arg-type]
 
 
@@ -305,9 +333,11 @@ def differences(expected: ImageRecord, derived: Derived) -> list[str]:
         name = line.split(":", 1)[0]
         lines[name] = line + "(none)" if line.endswith(", image ") else line
     for name, why in derived.unknown.items():
-        locked = f"{len(expected.flags)} flags" if name == "flags" else getattr(expected, name)
+        sets = {"flags": f"{len(expected.flags)} flags", "warned_flags": f"{len(expected.warned_flags)} flags"}
+        locked = sets.get(name, getattr(expected, name))
         lines[name] = f"{name}: lock {locked}, image unknown ({why})"
-    order = ("image_id", "binary_sha256", "version", "build_number", "source_sha256", "variant", "flags")
+    order = ("image_id", "binary_sha256", "version", "build_number", "source_sha256", "variant", "flags",
+             "warned_flags")
     return [lines[n] for n in order if n in lines] + [v for n, v in lines.items() if n not in order]
 
 

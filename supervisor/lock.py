@@ -3,7 +3,11 @@
 A JSON file (default: <state dir>/images.lock.json), one record per variant.
 `verify` re-derives every field from the local image and compares; the flags
 set is what manifests are checked against (a flag the image's llama-server
-does not know is a validation error). A second section, `binaries`, records
+does not know is a validation error), and `warned_flags` holds the flags whose
+`--help` text warns against untrusted environments (refused in extra_args
+whatever the allowlist says). A lock written before `warned_flags` existed
+reads it as empty; `verify` then reports the difference, and a rebuild (about
+a second from the layer cache) records it. A second section, `binaries`, records
 the host binaries the process runtime runs (compiled natively or taken out of
 a locked image), with the same facts keyed by variant. Pure: reading and writing the file is
 the only I/O here, and comparisons are plain functions.
@@ -16,6 +20,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from supervisor.errors import ConfigError
 
@@ -34,17 +39,27 @@ class ImageRecord:
     source_sha256: str
     built_at: str                    # ISO 8601, UTC
     architecture: str = "amd64"
+    warned_flags: frozenset[str] = frozenset()   # flags whose --help text warns against untrusted environments
 
     def to_json(self) -> dict[str, object]:
-        d = asdict(self)
-        d["flags"] = sorted(self.flags)
-        return d
+        return _sets_sorted(asdict(self))
 
     @classmethod
-    def from_json(cls, d: dict[str, object]) -> ImageRecord:
-        d = dict(d)
-        d["flags"] = frozenset(d.get("flags") or ())  # type: ignore[arg-type]
-        return cls(**d)  # type: ignore[arg-type]
+    def from_json(cls, d: dict[str, Any]) -> ImageRecord:
+        return cls(**_sets_read(d))
+
+
+_SETS = ("flags", "warned_flags")
+
+
+def _sets_sorted(d: dict[str, Any]) -> dict[str, Any]:
+    """The flag sets as sorted lists: a diff-friendly file."""
+    return {k: sorted(v) if k in _SETS else v for k, v in d.items()}
+
+
+def _sets_read(d: dict[str, Any]) -> dict[str, Any]:
+    """The flag sets back as frozensets; a lock written before warned_flags existed reads it as empty."""
+    return {**d, **{k: frozenset(d.get(k) or ()) for k in _SETS}}
 
 
 BINARY_ID_PREFIX = "binary-sha256:"
@@ -64,6 +79,7 @@ class BinaryRecord:
     built_at: str
     origin: str                      # "native" (compiled here) or "image:<image ID>" (taken out of it)
     architecture: str = "amd64"
+    warned_flags: frozenset[str] = frozenset()
 
     @property
     def binary_id(self) -> str:
@@ -76,18 +92,15 @@ class BinaryRecord:
             variant=self.variant, tag=self.path, image_id=self.binary_id, binary_sha256=self.sha256,
             version=self.version, build_number=self.build_number, flags=self.flags,
             source_sha256=self.source_sha256, built_at=self.built_at, architecture=self.architecture,
+            warned_flags=self.warned_flags,
         )
 
     def to_json(self) -> dict[str, object]:
-        d = asdict(self)
-        d["flags"] = sorted(self.flags)
-        return d
+        return _sets_sorted(asdict(self))
 
     @classmethod
-    def from_json(cls, d: dict[str, object]) -> BinaryRecord:
-        d = dict(d)
-        d["flags"] = frozenset(d.get("flags") or ())  # type: ignore[arg-type]
-        return cls(**d)  # type: ignore[arg-type]
+    def from_json(cls, d: dict[str, Any]) -> BinaryRecord:
+        return cls(**_sets_read(d))
 
 
 @dataclass(frozen=True)
@@ -168,4 +181,7 @@ def compare(expected: ImageRecord, actual: ImageRecord) -> list[str]:
         missing = sorted(expected.flags - actual.flags)[:5]
         extra = sorted(actual.flags - expected.flags)[:5]
         diffs.append(f"flags: missing {missing}, unexpected {extra}")
+    if expected.warned_flags != actual.warned_flags:
+        diffs.append(f"warned_flags: lock {sorted(expected.warned_flags) or 'none recorded'},"
+                     f" image {sorted(actual.warned_flags)}")
     return diffs

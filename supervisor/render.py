@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor import gguf, hardware, hostfile, modelsrc, paths
+from supervisor.allowed_flags import ALLOWED
 from supervisor.core.spec import (
     ContainerSpec,
     DesiredModel,
@@ -63,7 +64,16 @@ SPELLINGS: dict[str, tuple[str, ...]] = {
     "api_key_file": ("--api-key-file",),
     "no_webui": ("--no-webui",),
     "gpu_layers": ("--n-gpu-layers", "--gpu-layers", "-ngl"),
+    # Turned off explicitly, so that an upstream change of default cannot turn them on (docs/SECURITY.md).
+    "no_agent": ("--no-agent", "-no-ag"),
+    "no_mcp_proxy": ("--no-ui-mcp-proxy", "--no-webui-mcp-proxy"),
+    "cors_origins": ("--cors-origins",),
+    "no_cors_credentials": ("--no-cors-credentials",),
 }
+# Allowed CORS origin: not an origin at all, so no browser page's Origin ever matches it. llama-server
+# answers every request with `Access-Control-Allow-Origin: <this value>` (any value but '*' or
+# 'localhost' is sent as is), and its default '*' with credentials echoes any Origin back.
+CORS_ORIGINS = "none"
 # The manifest key that owns each option (for messages and for extra_args that would override it).
 OWNER_KEY: dict[str, str] = {
     "model": "source", "host": "server.host", "port": "server.port", "ctx_size": "server.ctx_size",
@@ -72,41 +82,29 @@ OWNER_KEY: dict[str, str] = {
     "cache_type_v": "server.cache_type_v", "api_key_file": "server.api_key_file",
     "gpu_layers": "profile",
 }
-# Flags the supervisor sets itself; in extra_args they would break it or leak a secret.
+# Features the supervisor renders off: every spelling, on and off, so extra_args cannot set them again.
+_RENDERED_OFF: dict[str, tuple[str, ...]] = {
+    "the web UI": ("--ui", "--webui", "--no-ui", "--no-webui"),
+    "the agent's built-in tools and CORS proxy (they read, write and run code)": (
+        "-ag", "--agent", "-no-ag", "--no-agent"),
+    "the web UI's MCP proxy (it fetches any URL)": (
+        "--ui-mcp-proxy", "--webui-mcp-proxy", "--no-ui-mcp-proxy", "--no-webui-mcp-proxy"),
+    "CORS for browsers (no web page may call the model)": (
+        "--cors-origins", "--cors-credentials", "--no-cors-credentials"),
+}
+_OFF = frozenset(flag for flags in _RENDERED_OFF.values() for flag in flags)
+# Flags the supervisor sets itself, and the fix for each: in extra_args they would break it, leak a
+# secret, or turn a feature back on.
 RESERVED: dict[str, str] = {
-    **{flag: OWNER_KEY[opt] for opt, flags in SPELLINGS.items() if opt in OWNER_KEY for flag in flags},
-    **{flag: "a profile with gpu.layers" for flag in SPELLINGS["gpu_layers"]},
-    "--api-key": "server.api_key_file (a key on the command line shows in docker inspect)",
-    "--model-url": "source", "-mu": "source", "--hf-repo": "source", "-hf": "source", "-hfr": "source",
-    "--hf-file": "source", "-hff": "source",
+    **{flag: f"remove it and use {OWNER_KEY[opt]}"
+       for opt, flags in SPELLINGS.items() if opt in OWNER_KEY for flag in flags},
+    **{flag: "remove it and use a profile with gpu.layers" for flag in SPELLINGS["gpu_layers"]},
+    "--api-key": "remove it and use server.api_key_file (a key on the command line shows in docker inspect)",
+    **{flag: "remove it and use source" for flag in ("--model-url", "-mu", "--hf-repo", "-hf", "-hfr",
+                                                     "--hf-file", "-hff")},
+    **{flag: f"remove it: the supervisor turns off {what}, see docs/SECURITY.md"
+       for what, flags in _RENDERED_OFF.items() for flag in flags},
 }
-# Flags nobody may set: they change where the server listens, reads or writes beyond what the
-# manifest owns, fetch from elsewhere, run code, or put a secret on the command line.
-_FORBIDDEN_GROUPS: dict[str, tuple[str, ...]] = {
-    # where the server listens, and how: the daemon probes http://host:port/health
-    "changes where or how the server listens (the daemon publishes and probes host:port/health)": (
-        "--reuse-port", "--api-prefix", "--ssl-key-file", "--ssl-cert-file"),
-    # where it writes: logs go to stdout (docker logs, rotated); nothing else is kept
-    "writes files (logs go to docker's rotated log: llama-supervisorctl tail)": (
-        "--log-file", "--log-prompts-dir", "--logits-output-dir", "-o", "--output", "--output-file",
-        "--slot-save-path", "--prompt-cache", "--prompt-cache-all", "-lcd", "--lookup-cache-dynamic"),
-    # what it reads or fetches besides the verified model: files, URLs, other servers
-    "reads or fetches something besides the verified model file": (
-        "--path", "--media-path", "--models-dir", "--models-preset", "--lora", "--lora-scaled",
-        "--control-vector", "--control-vector-scaled", "-mm", "--mmproj", "-mmu", "--mmproj-url",
-        "-md", "--model-draft", "--spec-draft-model", "-hfd", "-hfrd", "--hf-repo-draft", "--spec-draft-hf",
-        "-dr", "--docker-repo", "--rpc", "--grammar-file", "-jf", "--json-schema-file",
-        "--chat-template-file", "-sysf", "--system-prompt-file", "-f", "--file", "-bf", "--binary-file",
-        "--context-file", "--in-file", "--positive-file", "--negative-file", "--tts-speaker-file",
-        "--ui-config-file", "--webui-config-file", "-lcs", "--lookup-cache-static", "--video-ffmpeg-dir",
-        "--ui-mcp-proxy", "--webui-mcp-proxy"),
-    # what runs code or reads secrets onto the command line (docker inspect shows Cmd)
-    "lets the model read, write and execute in the container": ("--tools", "--tools-runtime"),
-    "puts a secret on the command line, where docker inspect shows it": ("-hft", "--hf-token"),
-}
-FORBIDDEN: dict[str, str] = {flag: why for why, flags in _FORBIDDEN_GROUPS.items() for flag in flags}
-# A flag whose name ends so reads, writes or fetches something outside the manifest (future flags too).
-RESERVED_SUFFIXES = ("-file", "-path", "-dir", "-url", "-repo", "-token", "-proxy", "-key")
 # Old or other spellings -> (replacement tokens, flag the image must know for the replacement to apply).
 RENAMES: dict[str, tuple[tuple[str, ...], str]] = {
     "--mlock": (("--load-mode", "mlock"), "--load-mode"),        # llama.cpp folded both into --load-mode
@@ -255,6 +253,10 @@ def render(
     if server.api_key_file is not None:
         add("api_key_file", API_KEY_TARGET)
     add("no_webui", required=False)
+    add("no_agent", required=False)
+    add("no_mcp_proxy", required=False)
+    add("cors_origins", CORS_ORIGINS, required=False)
+    add("no_cors_credentials", required=False)
     if placement.gpu_layers is not None:
         add("gpu_layers", str(placement.gpu_layers))
     problems.extend(check_extra_args(server.extra_args, record, origin))
@@ -333,7 +335,12 @@ def serving(manifest: ModelManifest, spec: ContainerSpec, placement: Placement, 
 
 
 def check_extra_args(extra_args: tuple[str, ...], record: ImageRecord, origin: Origin) -> list[str]:
-    """A problem for each flag in extra_args the image does not know or the supervisor owns."""
+    """A problem for each flag in extra_args that is not on the allowlist (supervisor.allowed_flags),
+    that the supervisor renders itself, that the image's --help warns about, or that the image does not know.
+
+    llama-server reads every item that starts with '-' in a flag's place as a flag, and takes no
+    `--flag=value` items, so each such item is checked as a flag (a value that looks like one is refused).
+    """
     problems: list[str] = []
     for i, token in enumerate(extra_args):
         where = origin.at(f"server.extra_args.{i}")
@@ -343,37 +350,39 @@ def check_extra_args(extra_args: tuple[str, ...], record: ImageRecord, origin: O
             continue
         if not token.startswith("-") or token == "-" or _NUMBER.match(token):
             continue  # a value
-        flag, eq, value = token.partition("=")
-        if eq and value.startswith("-") and not _NUMBER.match(value):
-            problems.append(f"{where}: the value of {flag} looks like a flag ({value!r})"
-                            f" (fix: give the value as the next item, or remove it)")
-            continue
-        if flag in RESERVED:
-            problems.append(
-                f"{where}: extra_args sets {flag}, which the supervisor renders itself"
-                f" (fix: remove it and use {RESERVED[flag]})"
-            )
-            continue
-        if flag in FORBIDDEN:
-            problems.append(f"{where}: extra_args sets {flag}, which {FORBIDDEN[flag]} (fix: remove it)")
-            continue
-        if flag.endswith(RESERVED_SUFFIXES) and not flag.startswith("--no-"):
-            problems.append(
-                f"{where}: extra_args sets {flag}, which reads, writes or fetches something outside what the"
-                f" manifest owns (fix: remove it; only the verified model file is mounted)"
-            )
-            continue
-        if flag in record.flags:
-            continue
-        problems.append(
-            f"{where}: {flag} is not a flag of llama-server in image {record.tag} ({record.version})"
-            f" (fix: {suggest(flag, record.flags)})"
-        )
+        problem = _flag_problem(token, record)
+        if problem:
+            problems.append(f"{where}: {problem}")
     return problems
 
 
+def _flag_problem(flag: str, record: ImageRecord) -> str | None:
+    """Why one extra_args flag is refused, with the fix; None when it is allowed."""
+    name, eq, value = flag.partition("=")
+    if eq and value.startswith("-") and not _NUMBER.match(value):
+        return f"the value of {name} looks like a flag ({value!r}) (fix: give the value as the next item, or remove it)"
+    if eq:
+        return (f"{flag!r}: llama-server takes no flag=value items and would not start"
+                f" (fix: give the value as the next item: {name}, {value})")
+    if flag in RESERVED:
+        return f"extra_args sets {flag}, which the supervisor renders itself (fix: {RESERVED[flag]})"
+    if flag in record.warned_flags:
+        return (f"extra_args sets {flag}, whose --help in image {record.tag} ({record.version}) warns against"
+                f" untrusted environments (fix: remove it; no manifest may enable it)")
+    known = flag in record.flags
+    if flag in ALLOWED and known:
+        return None
+    if known:
+        return (f"extra_args sets {flag}, which is not on the allowlist of flags that only tune inference or"
+                f" performance (fix: remove it; if it only tunes inference, propose adding it to GROUPS in"
+                f" supervisor/allowed_flags.py)")
+    return (f"{flag} is not a flag of llama-server in image {record.tag} ({record.version})"
+            f" (fix: {suggest(flag, record.flags)})")
+
+
 def suggest(flag: str, known: frozenset[str]) -> str:
-    """How to replace a flag the image does not know: a known rename, another spelling, the closest flag."""
+    """How to replace a flag the image does not know: a known rename, another spelling, the closest flag
+    a manifest may use (an allowed flag, or one the supervisor renders from a manifest key)."""
     rename = RENAMES.get(flag)
     if rename is not None and rename[1] in known:
         return f"use '{' '.join(rename[0])}'"
@@ -382,7 +391,8 @@ def suggest(flag: str, known: frozenset[str]) -> str:
             other = next((f for f in spellings if f in known), None)
             if other is not None:
                 return f"use '{other}'"
-    close = difflib.get_close_matches(flag, sorted(known), n=1, cutoff=0.6)
+    usable = {f for f in known if f in ALLOWED or (f in RESERVED and f not in _OFF)}
+    close = difflib.get_close_matches(flag, sorted(usable), n=1, cutoff=0.6)
     if close:
         return f"did you mean '{close[0]}'?"
     return "remove it; 'docker run --rm <image> --help' lists the flags"

@@ -142,7 +142,9 @@ class ServerSettings(_Strict):
     )
     extra_args: Annotated[tuple[Annotated[str, Field(max_length=1024)], ...], BeforeValidator(_strings),
                           _ARGS_SCHEMA] = Field(
-        default=(), max_length=128, description="a list of at most 128 further llama-server arguments, e.g. [--jinja]"
+        default=(), max_length=128,
+        description="a list of at most 128 further llama-server arguments: only inference and performance flags"
+                    " on the allowlist (supervisor/allowed_flags.py), e.g. [--temp, 0.7]",
     )
 
     @model_validator(mode="after")

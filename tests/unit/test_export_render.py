@@ -44,6 +44,7 @@ CPU_HOST = HostInfo(cores=16, memory_bytes=64 << 30, arch="x86_64", cpu_flags=AV
 FLAGS = frozenset({
     "--model", "--host", "--port", "--ctx-size", "--parallel", "--batch-size", "--threads", "--flash-attn",
     "--cache-type-k", "--cache-type-v", "--api-key-file", "--no-webui", "--n-gpu-layers", "--jinja",
+    "--no-agent", "--no-ui-mcp-proxy", "--cors-origins", "--no-cors-credentials",   # as llama.cpp 11434 has them
 })
 FILE_SIZES = {"gemma": 253_000_000, "qwen-gpu": 4_680_000_000, "tiny": 253_000_000}
 DIGEST = "sha256:" + "d" * 64

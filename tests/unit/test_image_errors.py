@@ -104,3 +104,42 @@ def test_lock_verifier_passes_engine_errors_on_as_retryable(absent_engine: docke
     with pytest.raises(RuntimeUnavailable) as e:
         LockVerifier(absent_engine, lock, instance="blue").check_image(desired("m"))
     assert e.value.retryable
+
+
+class _Images:
+    def get(self, ref: str) -> object:
+        return type("Image", (), {"id": "sha256:" + "a" * 64, "labels": {"io.llama-supervisor.variant": "cpu-avx2"},
+                                  "attrs": {"Created": "t", "Architecture": "amd64"}})()
+
+
+class _Probe:
+    """ImageProbe's two calls: the binary hashes as locked; --help prints `help` and exits `code`."""
+
+    def __init__(self, help_text: str, code: int = 0) -> None:
+        self.help_text, self.code = help_text, code
+
+    def file_sha256(self, image_id: str, path: str) -> str:
+        return "b" * 64
+
+    def run(self, image_id: str, entrypoint: str, args: list[str]) -> object:
+        from supervisor.probe import Ran
+
+        if args == ["--version"]:
+            return Ran(0, "version: 11434 (pypi-sdist)\n")
+        return Ran(self.code, self.help_text)
+
+
+HELP = ("--tools TOOLS    experimental: built-in tools - do not enable in untrusted environments\n"
+        "--temp N         temperature\n")
+
+
+def test_derive_records_the_flags_whose_help_warns_and_a_failed_help_leaves_both_sets_unknown() -> None:
+    client = type("Client", (), {"images": _Images()})()
+    derived = images.derive_all(client, "t", probe=_Probe(HELP))  # type: ignore[arg-type]
+    assert derived.unknown == {}
+    assert derived.record.flags == {"--tools", "--temp"} and derived.record.warned_flags == {"--tools"}
+    failed = images.derive_all(client, "t", probe=_Probe("boom", code=1))  # type: ignore[arg-type]
+    assert set(failed.unknown) == {"flags", "warned_flags"}
+    assert images.differences(dataclasses.replace(LOCKED, warned_flags=frozenset({"--tools"})), failed)[-2:] == [
+        "flags: lock 3 flags, image unknown ('llama-server --help' exited 1: boom)",
+        "warned_flags: lock 1 flags, image unknown ('llama-server --help' exited 1: boom)"]

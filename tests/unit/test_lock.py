@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 
 from supervisor.errors import ConfigError
-from supervisor.images import parse_help_flags
-from supervisor.lock import ImageLock, ImageRecord, compare, read_lock, write_lock
+from supervisor.images import parse_help_flags, parse_help_warnings
+from supervisor.lock import BinaryRecord, ImageLock, ImageRecord, compare, read_lock, write_lock
 
 
 def record(**changes: object) -> ImageRecord:
@@ -82,3 +83,46 @@ def test_help_flags_are_the_flag_column_only() -> None:
         "-h", "--help", "--usage", "--version", "-t", "--threads", "-c", "--ctx-size", "-fa",
         "--flash-attn", "--mlock", "-ctk", "--cache-type-k", "--no-webui",
     }
+
+
+WARNING_HELP = """\
+--tools TOOL1,TOOL2,...                 experimental: whether to enable built-in tools for AI agents - do not
+                                        enable in UNTRUSTED environments (default: no tools)
+--temp N                                temperature (default: 0.80)
+-ag,   --agent, -no-ag, --no-agent      whether to enable CORS proxy and all built-in tools - do not enable in
+                                        untrusted environments (default: disabled)
+
+----- sampling params -----
+--top-k N                               top-k sampling
+untrusted environments: a stray line that belongs to no flag
+"""
+
+
+def test_help_warnings_are_the_flags_whose_own_entry_warns() -> None:
+    assert parse_help_warnings(WARNING_HELP) == {"--tools", "-ag", "--agent", "-no-ag", "--no-agent"}
+
+
+def test_warned_flags_round_trip_and_differ_like_any_field(tmp_path: Path) -> None:
+    warned = record(warned_flags=frozenset({"--agent", "-ag"}))
+    binary = BinaryRecord(variant="cpu-avx2", path="/b", sha256="d" * 64, version="v", build_number=1,
+                          flags=frozenset({"--agent"}), source_sha256="c" * 64, built_at="t", origin="native",
+                          warned_flags=frozenset({"--agent"}))
+    path = tmp_path / "images.lock.json"
+    write_lock(path, ImageLock().with_record(warned).with_binary(binary))
+    assert read_lock(path) == ImageLock().with_record(warned).with_binary(binary)
+    assert json.loads(path.read_text())["images"]["cpu-avx2"]["warned_flags"] == ["--agent", "-ag"]
+    assert binary.as_image_record().warned_flags == {"--agent"}
+    assert compare(warned, record(warned_flags=frozenset({"--agent"}))) == [
+        "warned_flags: lock ['--agent', '-ag'], image ['--agent']"]
+
+
+def test_a_lock_written_before_warned_flags_loads_and_verify_asks_for_a_rebuild(tmp_path: Path) -> None:
+    """Old locks load (the field reads as empty: the allowlist still holds); verify reports the difference."""
+    body = json.loads(ImageLock().with_record(record()).dumps())
+    del body["images"]["cpu-avx2"]["warned_flags"]
+    path = tmp_path / "old.lock.json"
+    path.write_text(json.dumps(body))
+    old = read_lock(path).images["cpu-avx2"]
+    assert old.warned_flags == frozenset() and old == record()
+    assert compare(old, record(warned_flags=frozenset({"--agent"}))) == [
+        "warned_flags: lock none recorded, image ['--agent']"]

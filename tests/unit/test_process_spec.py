@@ -19,7 +19,7 @@ from supervisor.runtime.choose import choose
 from supervisor.runtime.process import proc_info, proof, ProcessRecord
 from supervisor.runtime.process_spec import gpu_env, host_argv, parse_user, process_env, rlimits
 
-from .test_render import FLAGS, HOST, LOCK, model
+from .test_render import FLAGS, HOST, LOCK, OFF_FLAGS, RENDERED_OFF, model, one
 
 GPU_HOST = HostInfo(cores=16, memory_bytes=128 << 30, arch="x86_64", cpu_flags=frozenset({"avx2"}),
                     gpus=(GpuInfo(0, "NVIDIA H100", 80 << 30), GpuInfo(1, "NVIDIA H100", 80 << 30)))
@@ -57,6 +57,17 @@ def test_equals_spelling_is_mapped_too() -> None:
     spec = replace(m.spec, argv=("--model=/models/m.gguf", "--host=0.0.0.0", "--port=8080"),
                    mounts=(m.spec.mounts[0].__class__("/m/m.gguf", "/models/m.gguf"),))
     assert host_argv(spec)[1:] == ("--model=/m/m.gguf", "--host=127.0.0.1", "--port=8081")
+
+
+def test_the_process_runtime_runs_the_same_off_switches_and_cors_and_checks_the_binarys_warnings() -> None:
+    from dataclasses import replace
+
+    b = replace(binary(), flags=FLAGS | OFF_FLAGS | {"--temp"}, warned_flags=frozenset({"--temp"}))
+    lock = LOCK.with_binary(b).for_process()
+    argv = host_argv(render_one(model(), lock=lock).spec)
+    assert argv[argv.index("--no-webui"):][:len(RENDERED_OFF)] == RENDERED_OFF
+    m, problems = one(model("[--temp, 0.7]"), lock=lock)    # the binary's --help warns: refused here too
+    assert m is None and len(problems) == 1 and "warns against untrusted environments" in problems[0], problems
 
 
 def test_gpu_profile_renders_layers_and_visible_devices() -> None:

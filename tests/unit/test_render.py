@@ -126,12 +126,38 @@ def model(extra: str = "[]", profile: str = "auto", tail: str = "") -> str:
 
 
 def test_unknown_flag_names_the_closest() -> None:
-    m, problems = one(model("[--jinja, --ctx-sise, 4096, --metrics=1]"))
+    m, problems = one(model("[--jinja, --ctx-sise, 4096, --metrics]"))
     assert m is None
     assert problems == [
         "m.yaml:7: --ctx-sise is not a flag of llama-server in image llama-supervisor/llama-server:cpu-avx512"
         " (version: 7000 (test)) (fix: did you mean '--ctx-size'?)"
     ]
+
+
+def test_a_flag_equals_value_item_is_refused_because_llama_server_would_not_start() -> None:
+    m, problems = one(model("[--metrics=1]"))          # the real llama-server: 'invalid argument: --metrics=1'
+    assert m is None and problems == [
+        "m.yaml:7: '--metrics=1': llama-server takes no flag=value items and would not start"
+        " (fix: give the value as the next item: --metrics, 1)"]
+
+
+OFF_FLAGS = frozenset({"--no-agent", "-no-ag", "--no-ui-mcp-proxy", "--no-webui-mcp-proxy", "--cors-origins",
+                       "--no-cors-credentials"})
+RENDERED_OFF = ("--no-webui", "--no-agent", "--no-ui-mcp-proxy", "--cors-origins", "none", "--no-cors-credentials")
+
+
+def test_risky_features_are_rendered_off_and_cors_is_strict_where_the_image_knows_the_flags() -> None:
+    m, problems = one(model("[--jinja]"), lock=ImageLock({"cpu-avx512": record("cpu-avx512", FLAGS | OFF_FLAGS)}))
+    assert problems == [] and m is not None
+    argv = m.spec.argv  # type: ignore[attr-defined]
+    webui = argv.index("--no-webui")
+    assert argv[webui:webui + len(RENDERED_OFF)] == RENDERED_OFF
+    assert argv[-1] == "--jinja"                        # extra_args come last and cannot undo them (RESERVED)
+    only_old = FLAGS | {"--no-webui-mcp-proxy", "-no-ag"}   # other spellings are rendered when those are all it has
+    m, _ = one(model(), lock=ImageLock({"cpu-avx512": record("cpu-avx512", only_old)}))
+    assert m.spec.argv[-3:] == ("--no-webui", "-no-ag", "--no-webui-mcp-proxy")  # type: ignore[attr-defined]
+    m, _ = one(model())                                 # an image without them: nothing rendered, nothing refused
+    assert not set(m.spec.argv) & (OFF_FLAGS | {"none"})  # type: ignore[attr-defined]
 
 
 def test_mlock_suggests_load_mode_when_the_image_has_it() -> None:
