@@ -16,7 +16,7 @@ export LLAMA_SUPERVISOR_MANIFESTS ?= $(CURDIR)/manifests
 $(BIN)/llama-supervisorctl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,demo]'
+	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
 venv: $(BIN)/llama-supervisorctl

