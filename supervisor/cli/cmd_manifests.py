@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from supervisor import paths
+from supervisor.cli.where import FOUND_KEY, Found, local_state
 from supervisor.errors import ManifestError
 
 
@@ -26,6 +27,7 @@ def register(cli: click.Group) -> None:
 
 @click.command()
 @click.argument("directory", required=False, type=click.Path(path_type=Path))
+@local_state()
 def validate(directory: Path | None) -> None:
     from supervisor import hardware, render
     from supervisor.lock import read_lock
@@ -62,6 +64,7 @@ def validate(directory: Path | None) -> None:
 
 @click.command("hardware")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@local_state(announce=False)
 def hardware_cmd(as_json: bool) -> None:
     from supervisor import hardware, render
 
@@ -79,6 +82,7 @@ def hardware_cmd(as_json: bool) -> None:
     no_docker = docker_unreachable()
     runtime_auto = "docker" if no_docker is None else "process"
     binaries = {v: b.path for v, b in sorted(read_lock(paths.lock_path()).binaries.items())}
+    found: Found = click.get_current_context().meta[FOUND_KEY]
     if as_json:
         body = {
             "cores": host.cores,
@@ -93,6 +97,9 @@ def hardware_cmd(as_json: bool) -> None:
             "runtime_auto": runtime_auto,
             "docker": no_docker or "answers",
             "native_binaries": binaries,
+            "state_dir": str(found.locations.state_dir),
+            "lock": str(found.locations.lock),
+            "state_from": found.why["state_dir"],
         }
         click.echo(json.dumps(body, indent=2))
         return
@@ -112,6 +119,7 @@ def hardware_cmd(as_json: bool) -> None:
                + (" (the Docker engine answers)" if no_docker is None else f" (no Docker engine: {no_docker})"))
     click.echo("binaries:  " + (" ".join(f"{v}={p}" for v, p in binaries.items())
                                 or "none (llama-supervisorctl build --native VARIANT)"))
+    click.echo(f"state:     {found.note()}")
 
 
 @click.command()
