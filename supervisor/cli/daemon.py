@@ -204,8 +204,10 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
     from supervisor.daemon.statefile import StateFile
     from supervisor.daemon.watcher import ManifestWatcher
     from supervisor.health import Prober
+    from supervisor.runtime import check_instance
     from supervisor.runtime.choose import choose
 
+    check_instance(instance)
     if not manifests.is_dir():
         raise ManifestError([f"{manifests}: not a directory; create it or pass --manifests DIR"])
 
