@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from supervisor import paths
 from supervisor.cli.where import FOUND_KEY, Found, local_state
 from supervisor.errors import ManifestError
+
+if TYPE_CHECKING:      # the manifest schema loads pydantic: only the commands that read manifests import it
+    from supervisor.manifest.loader import ManifestSet
 
 
 class _Invalid(click.ClickException):
@@ -47,6 +51,8 @@ def validate(directory: Path | None) -> None:
         raise _Invalid(f"{len(e.problems)} problem(s) in {directory}") from None
     lock_file = paths.lock_path()
     files = render.host_files(manifests)
+    for warning in chat_template_warnings(manifests, files.models):
+        click.echo(warning)
     problems: list[str] = list(files.problems)
     if lock_file.exists():
         problems += render.render_all(
@@ -60,6 +66,34 @@ def validate(directory: Path | None) -> None:
     if problems:
         raise _Invalid(f"{len(problems)} problem(s) in {directory}")
     click.echo(f"{len(manifests.models)} models, {len(manifests.profiles)} profiles: OK")
+
+
+_TEMPLATE_FLAGS = ("--chat-template", "--chat-template-file")
+
+
+def chat_template_warnings(manifests: ManifestSet, model_paths: dict[str, str]) -> list[str]:
+    """A warning for each model whose GGUF has no chat template and whose extra_args give none.
+
+    Not an error: such a model serves /v1/completions well, but llama-server formats
+    /v1/chat/completions as ChatML for it, which a base model (the demo's) answers with
+    the template's own tokens ('Say hi<|im_end|>...').
+    """
+    from supervisor import gguf
+    from supervisor.manifest.loader import Origin
+
+    warnings = []
+    for name, manifest in sorted(manifests.models.items()):
+        if any(a.split("=", 1)[0] in _TEMPLATE_FLAGS for a in manifest.server.extra_args):
+            continue
+        facts = gguf.facts(model_paths[name]) if model_paths.get(name) else None
+        if facts is None or facts.has_chat_template:
+            continue
+        origin = manifests.model_origins.get(name, Origin("<unknown>", 1))
+        warnings.append(
+            f"{origin.at('server.extra_args')}: warning: model '{name}': this model has no chat template: "
+            "/v1/chat/completions will use ChatML; use /v1/completions, "
+            "or add --chat-template NAME in extra_args")
+    return warnings
 
 
 @click.command("hardware")
