@@ -92,6 +92,10 @@ def locate(socket: Path, *, environ: Mapping[str, str] | None = None) -> Found:
     own = paths.Locations.current()
     if all(any(environ.get(v) for v in variables) for variables in _EXPLICIT.values()):
         return merge(own, environ, None, daemon_why="", default_why="")
+    stranger = _stranger(socket)
+    if stranger is not None:
+        return merge(own, environ, None, daemon_why="",
+                     default_why=f"default; {socket} belongs to uid {stranger}, not to you or root: not asked")
     try:
         with ControlClient(socket, timeout=ASK_TIMEOUT_S) as client:
             daemon, pid = client.locations(), client.pid()
@@ -99,6 +103,17 @@ def locate(socket: Path, *, environ: Mapping[str, str] | None = None) -> Found:
         reason = f"no daemon answers on {socket}" if not socket.exists() else f"cannot ask the daemon on {socket}: {e}"
         return merge(own, environ, None, daemon_why="", default_why=f"default; {reason}")
     return merge(own, environ, daemon, daemon_why=f"the running daemon's, pid {pid}", default_why="")
+
+
+def _stranger(socket: Path) -> int | None:
+    """The owner of `socket` when it is neither root nor this user (and it is not the system socket,
+    under root's /run): a per-user socket under /tmp another user made first could otherwise point
+    `verify` at a lock of their choosing. None when the answer may be followed, or there is no socket."""
+    try:
+        owner = os.stat(socket).st_uid
+    except OSError:
+        return None
+    return None if owner in (0, os.geteuid()) or socket == SYSTEM_SOCKET else owner
 
 
 @contextmanager

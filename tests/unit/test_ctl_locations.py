@@ -154,6 +154,19 @@ def test_a_daemon_answering_with_relative_paths_is_not_followed(tmp_path: Path, 
     assert f"(default; cannot ask the daemon on {second_shell}: " in verify.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving the socket to another user needs root")
+def test_a_socket_another_user_owns_is_not_asked(tmp_path: Path, second_shell: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    where = make_run_state(tmp_path)
+    lock = tmp_path / "images.lock.json"
+    monkeypatch.setenv(paths.LOCK_ENV, str(lock))
+    with ControlServer(FakeDaemon(), second_shell, locations=where):
+        os.chown(second_shell, 65534, -1)        # as if another user had made the per-user socket under /tmp
+        verify = invoke("verify")
+    assert f"state dir {paths.state_dir()}, cache dir {paths.cache_dir()} (default; {second_shell} belongs to uid " \
+           "65534, not to you or root: not asked)" in verify.stderr
+
+
 def test_merge_takes_each_location_from_the_operator_then_the_daemon_then_the_default() -> None:
     own = paths.Locations(Path("/own/state"), Path("/own/cache"), Path("/own/lock.json"), Path("/own/m"))
     daemon = paths.Locations(Path("/d/state"), Path("/d/cache"), Path("/d/state/images.lock.json"), Path("/d/m"))
