@@ -106,7 +106,9 @@ def test_the_daemon_refuses_a_bad_instance_before_it_touches_anything(tmp_path: 
 
 
 class _Conflict:
-    status_code = 409
+    """The engine's HTTP reply to a create whose name is in use (what APIError reads of it)."""
+
+    status_code, reason, url = 409, "Conflict", "http+docker://localhost/containers/create"
 
 
 class FakeEngine:
