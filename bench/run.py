@@ -416,13 +416,14 @@ def main(argv: list[str] | None = None) -> int:
 
 BEGIN, END = "<!-- bench.run:begin -->", "<!-- bench.run:end -->"
 GW_BEGIN, GW_END = "<!-- bench.gateway:begin -->", "<!-- bench.gateway:end -->"
-# The benchmark's own containers: its fleets' models (bench*, under a test daemon's instance or the
-# in-process daemon's) and the floor containers; anything else running is the crowd.
-_BENCH_CONTAINER = re.compile(r"^(llama-supervisor-(test-[0-9a-f]{12}-|bench-inproc-[0-9a-f]{8}-)?bench|bench-floor-)")
 
 
 class CrowdWatch:
     """`docker ps` every 10 s in the background: the containers that ran beside this benchmark."""
+
+    # The benchmark's own: its fleets' models (bench*, under a test daemon's instance or the
+    # in-process daemon's) and the floor containers; anything else running is the crowd.
+    MINE = re.compile(r"^(llama-supervisor-(test-[0-9a-f]{12}-|bench-inproc-[0-9a-f]{8}-)?bench|bench-floor-)")
 
     def __init__(self, every_s: float = 10.0) -> None:
         self.every_s = every_s
@@ -434,7 +435,7 @@ class CrowdWatch:
     def _run(self) -> None:
         while True:
             names = live.other_containers(set())
-            self._seen |= {n for n in names if not _BENCH_CONTAINER.match(n)}
+            self._seen |= {n for n in names if not self.MINE.match(n)}
             self.loads.append(os.getloadavg()[0])
             if self._stop.wait(self.every_s):
                 return
