@@ -8,7 +8,8 @@ STATE    ?= $(CURDIR)/var
 export LLAMA_SUPERVISOR_STATE_DIR ?= $(STATE)/state
 export LLAMA_SUPERVISOR_CACHE_DIR ?= $(STATE)/cache
 # The control socket stays at its standard place (paths.socket_path), so that
-# llama-supervisorctl in another shell finds the daemon `make run` started.
+# llama-supervisorctl in another shell finds the daemon `make run` started, and
+# asks it where this state is (verify, hardware, fetch-model, ...: cli/where.py).
 export LLAMA_SUPERVISOR_MANIFESTS ?= $(CURDIR)/manifests
 
 .PHONY: venv base-images image model setup run test unit bench soak clean

@@ -23,6 +23,7 @@ from supervisor import paths
 from supervisor.core.events import Event, SignalReceived
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import ContainerSpec
+from supervisor.runtime import container_name
 from supervisor.runtime.docker import DockerRuntime
 
 ALL = "(all: list)"
@@ -85,9 +86,9 @@ class AttributingRuntime(DockerRuntime):
             return [(op, target) for ts, op, target in self.log if ts >= t]
 
 
-def calls_for(calls: list[tuple[str, str]], *, model: str, container_ids: set[str]) -> Counter[str]:
+def calls_for(calls: list[tuple[str, str]], *, model: str, container_ids: set[str], instance: str) -> Counter[str]:
     """The calls among `calls` whose target is the model (by name, container name or one of its IDs)."""
-    names = {model, f"llama-supervisor-{model}"}
+    names = {model, container_name(model, instance)}
     out: Counter[str] = Counter()
     for op, target in calls:
         if target in names or any(cid.startswith(target) or target.startswith(cid) for cid in container_ids):
@@ -105,6 +106,7 @@ class InProcessDaemon:
         from supervisor.runtime.events import DockerEventStream
 
         self.events: queue.Queue[Event] = queue.Queue()
+        self.instance = instance
         self.runtime = AttributingRuntime(instance=instance)
         lock_path = paths.lock_path()
         self.prober = Prober(self.events.put)

@@ -22,10 +22,13 @@ import psutil
 
 from supervisor import paths
 from supervisor.core.spec import ContainerSpec, DesiredModel
+from supervisor.runtime import container_name
 from tests.integration.daemon_harness import (  # noqa: F401  (re-exported for bench.run and bench.soak)
     Daemon,
+    container,
     free_port,
     healthy,
+    instance_for,
     model_yaml,
     remove_models,
     wait_for,
@@ -180,12 +183,20 @@ class Fleet:
         if remaining > 0:
             time.sleep(remaining)
 
+    def container(self, model: str) -> Any:
+        """The model's container (found by label, as the daemon finds it); docker.errors.NotFound if none."""
+        return container(self.client, model, instance_for(self.dir))
+
+    def container_name(self, model: str) -> str:
+        """The name the daemon gives the model's container: it carries the test daemon's instance."""
+        return container_name(model, instance_for(self.dir))
+
     def container_id(self, model: str) -> str:
         """The model's container ID; "" in the moment of a recreate between remove and create."""
         import docker.errors
 
         try:
-            return str(self.client.containers.get(f"llama-supervisor-{model}").id)
+            return str(self.container(model).id)
         except docker.errors.NotFound:
             return ""
 
@@ -199,7 +210,7 @@ class Fleet:
         return cid if cid not in old else None
 
     def identity(self, model: str) -> tuple[str, str]:
-        c = self.client.containers.get(f"llama-supervisor-{model}")
+        c = self.container(model)
         return str(c.id), str(c.attrs["State"]["StartedAt"])
 
     def close(self) -> None:

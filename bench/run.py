@@ -175,7 +175,7 @@ def bench_live(r: Report, *, runs: int, n_models: int, idle_s: float) -> tuple[f
     edit_created, edit_healthy = [], []
     floor_run, floor_start = [], []
     untouched_ok = True
-    mine = {floor.name, *(f"llama-supervisor-{m}" for m in fleet.models)}
+    mine = {floor.name, *(fleet.container_name(m) for m in fleet.models)}
     crowd: list[str] = []
     try:
         d = fleet.start_daemon()
@@ -229,7 +229,7 @@ def bench_live(r: Report, *, runs: int, n_models: int, idle_s: float) -> tuple[f
             fleet.write(edited, ctx=new_ctx)
             t_new = live.wait_log(d, t0, 60, event="created", model=edited)
             t_ok = live.until_healthy(fleet.port[edited])
-            args = fleet.client.containers.get(f"llama-supervisor-{edited}").attrs["Args"]
+            args = fleet.container(edited).attrs["Args"]
             assert str(new_ctx) in args, f"edited model runs {args}, not ctx {new_ctx}"
             edit_created.append(t_new - t0)
             edit_healthy.append(t_ok - t0)
@@ -329,8 +329,8 @@ def bench_edit_calls(r: Report, *, runs: int) -> None:
             calls = daemon.runtime.calls_since(t0)
             total += len(calls)
             listing += sum(1 for _, target in calls if target == ALL)
-            per_changed += calls_for(calls, model=changed, container_ids=ids_changed)
-            per_unchanged += calls_for(calls, model=unchanged, container_ids=ids_unchanged)
+            per_changed += calls_for(calls, model=changed, container_ids=ids_changed, instance=daemon.instance)
+            per_unchanged += calls_for(calls, model=unchanged, container_ids=ids_unchanged, instance=daemon.instance)
             assert len(ids_unchanged) == 1, "the unchanged model's container changed"
     finally:
         daemon.close()
@@ -437,6 +437,10 @@ AB_BEGIN, AB_END = "<!-- bench.abuse:begin -->", "<!-- bench.abuse:end -->"
 class CrowdWatch:
     """`docker ps` every 10 s in the background: the containers that ran beside this benchmark."""
 
+    # The benchmark's own: its fleets' models (bench*, under a test daemon's instance or the
+    # in-process daemon's) and the floor containers; anything else running is the crowd.
+    MINE = re.compile(r"^(llama-supervisor-(test-[0-9a-f]{12}-|bench-inproc-[0-9a-f]{8}-)?bench|bench-floor-)")
+
     def __init__(self, every_s: float = 10.0) -> None:
         self.every_s = every_s
         self._seen: set[str] = set()
@@ -447,7 +451,7 @@ class CrowdWatch:
     def _run(self) -> None:
         while True:
             names = live.other_containers(set())
-            self._seen |= {n for n in names if not n.startswith(("llama-supervisor-bench", "bench-floor-"))}
+            self._seen |= {n for n in names if not self.MINE.match(n)}
             self.loads.append(os.getloadavg()[0])
             if self._stop.wait(self.every_s):
                 return

@@ -58,7 +58,7 @@ def inject(fault: str, fleet: live.Fleet, rng: random.Random) -> tuple[str, floa
         t0 = time.monotonic()
         fleet.write(model, ctx=new_ctx)
         live.wait_log(d, t0, 60, event="created", model=model)
-        live.wait_for(lambda: str(new_ctx) in fleet.client.containers.get(f"llama-supervisor-{model}").attrs["Args"],
+        live.wait_for(lambda: str(new_ctx) in fleet.container(model).attrs["Args"],
                       30, "new config")
         return f"edit {model} ctx={new_ctx}", t0
     if fault == "daemon-restart":

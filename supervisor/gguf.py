@@ -1,4 +1,5 @@
-"""Read the few GGUF header fields a memory estimate needs (layers, KV heads, head sizes, context).
+"""Read the few GGUF header fields a memory estimate needs (layers, KV heads, head sizes, context),
+and whether the file carries a chat template.
 
 Only the key/value section at the start of the file is read, with bounds on every
 length, so a hostile or truncated file gives `None`, never a huge allocation.
@@ -19,6 +20,9 @@ _MAX_ARRAY = 50_000_000            # items in one array
 # type id -> struct format of a scalar
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+CHAT_TEMPLATE = "tokenizer.chat_template"
+# Kept as None, not read: only whether the key is there matters (a template runs to kilobytes).
+_SKIPPED = frozenset({CHAT_TEMPLATE})
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class GgufFacts:
     key_length: int           # per head; n_embd / n_head unless the file says otherwise
     value_length: int
     context_length: int       # the model's trained context (ctx_size 0 means this)
+    has_chat_template: bool = False   # without one llama-server formats chat requests as ChatML
 
     def kv_bytes(self, n_ctx: int, *, k_bytes_per_elem: float, v_bytes_per_elem: float) -> int:
         """The KV cache of n_ctx tokens (all slots together: llama-server divides ctx among them)."""
@@ -63,7 +68,13 @@ def _string(f: BinaryIO) -> bytes:
     return _read(f, n)
 
 
-def _value(f: BinaryIO, vtype: int) -> object:
+def _value(f: BinaryIO, vtype: int, *, skip: bool = False) -> object:
+    if vtype == _STRING and skip:
+        n = int(_scalar(f, "<Q"))
+        if n > _MAX_STR:
+            raise _Bad("string too long")
+        f.seek(n, 1)
+        return None
     if vtype in _SCALARS:
         return _scalar(f, _SCALARS[vtype])
     if vtype == _STRING:
@@ -87,7 +98,8 @@ def _value(f: BinaryIO, vtype: int) -> object:
 
 
 def read_metadata(path: Path | str) -> dict[str, object] | None:
-    """The header's scalar and string values (arrays as None); None if this is no readable GGUF v2/v3."""
+    """The header's scalar and string values (arrays and the chat template as None: only their keys are
+    kept); None if this is no readable GGUF v2/v3."""
     try:
         with open(path, "rb", buffering=1 << 16) as f:
             if _read(f, 4) != MAGIC:
@@ -102,7 +114,7 @@ def read_metadata(path: Path | str) -> dict[str, object] | None:
             meta: dict[str, object] = {}
             for _ in range(n_kv):
                 key = _string(f).decode("utf-8", "replace")
-                value = _value(f, int(_scalar(f, "<I")))
+                value = _value(f, int(_scalar(f, "<I")), skip=key in _SKIPPED)
                 meta[key] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
             return meta
     except (OSError, _Bad, struct.error):
@@ -132,4 +144,5 @@ def facts(path: Path | str) -> GgufFacts | None:
         key_length=num("attention.key_length", head) or head,
         value_length=num("attention.value_length", head) or head,
         context_length=num("context_length", 4096) or 4096,
+        has_chat_template=CHAT_TEMPLATE in meta,
     )

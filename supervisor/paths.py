@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -64,3 +65,37 @@ def socket_path() -> Path:
         return Path("/run/llama-supervisor/control.sock")
     runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/llama-supervisor-{os.getuid()}"
     return Path(runtime) / "llama-supervisor" / "control.sock"
+
+
+# The variables that name each location; a value set in the environment is the operator's choice.
+STATE_ENV = "LLAMA_SUPERVISOR_STATE_DIR"
+CACHE_ENV = "LLAMA_SUPERVISOR_CACHE_DIR"
+LOCK_ENV = "LLAMA_SUPERVISOR_LOCK"
+MANIFESTS_ENV = "LLAMA_SUPERVISOR_MANIFESTS"
+
+
+@dataclass(frozen=True)
+class Locations:
+    """Where one process keeps its local state: what a running daemon reports on its control socket,
+    so that `llama-supervisorctl` in another shell works on the same lock, cache and manifests."""
+
+    state_dir: Path
+    cache_dir: Path
+    lock: Path
+    manifests: Path
+
+    @classmethod
+    def current(cls, *, lock: Path | None = None, manifests: Path | None = None) -> Locations:
+        """This process's locations: the environment and the defaults, with the lock and the
+        manifest directory it was given on its command line."""
+        return cls(state_dir().absolute(), cache_dir().absolute(), (lock or lock_path()).absolute(),
+                   (manifests or manifests_dir()).absolute())
+
+    def to_json(self) -> dict[str, str]:
+        return {"state_dir": str(self.state_dir), "cache_dir": str(self.cache_dir), "lock": str(self.lock),
+                "manifests": str(self.manifests)}
+
+    def env(self) -> dict[str, str]:
+        """The variables that make `paths` in another process answer with these locations."""
+        return {STATE_ENV: str(self.state_dir), CACHE_ENV: str(self.cache_dir), LOCK_ENV: str(self.lock),
+                MANIFESTS_ENV: str(self.manifests)}

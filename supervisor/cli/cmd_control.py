@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,10 +20,10 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from supervisor import paths
 from supervisor.control.api import CommandResult
 from supervisor.control.client import ControlClient
 from supervisor.core.status import ModelStatus
+from supervisor.cli.where import SOCKET_KEY, resolve_socket
 from supervisor.errors import SupervisorError
 
 if TYPE_CHECKING:
@@ -35,8 +34,7 @@ EXIT_FAILED = 1
 EXIT_NOT_RUNNING = 3
 EXIT_UNKNOWN = 4          # also: daemon unreachable (ControlError.exit_code)
 
-SYSTEM_SOCKET = Path("/run/llama-supervisor/control.sock")
-_SOCKET_KEY = "llama_supervisor.socket"
+_SOCKET_KEY = SOCKET_KEY
 _NO_SUCH_MODEL = "no such model"
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -72,17 +70,6 @@ def _speaks_errors(fn: F) -> F:
 def _remember_socket(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
     if value is not None:
         ctx.meta[_SOCKET_KEY] = value
-
-
-def resolve_socket(explicit: Path | None) -> Path:
-    """--socket, else LLAMA_SUPERVISOR_SOCKET, else paths.socket_path(); an operator who is not
-    root finds the system daemon's socket when their own per-user one does not exist."""
-    if explicit is not None:
-        return explicit
-    path = paths.socket_path()
-    if os.environ.get("LLAMA_SUPERVISOR_SOCKET") or path.exists():
-        return path
-    return SYSTEM_SOCKET if SYSTEM_SOCKET.exists() else path
 
 
 @contextmanager

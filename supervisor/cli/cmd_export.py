@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from supervisor import paths
+from supervisor.cli.where import local_state
 from supervisor.errors import ConfigError, ManifestError
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ def _parse_refs(values: tuple[str, ...]) -> dict[str, str]:
               help="Use this pushed, digest-pinned image for a variant (repeatable).")
 @click.option("--swarm-nodes", type=click.IntRange(min=1), default=1, show_default=True,
               help="swarm: nodes in the swarm; updates start the new task first only with two or more.")
+@local_state()
 def render_cmd(target: str, out: Path | None, manifests_dir: Path | None, namespace: str | None,
                image_refs: tuple[str, ...], swarm_nodes: int) -> None:
     """Render the manifests for Compose, Swarm or Kubernetes (same input, same bytes)."""
@@ -117,6 +119,7 @@ def deploy() -> None:
 @_manifests_option
 @click.option("--stack", default="llama", show_default=True, help="The stack name.")
 @click.option("--wait", "wait_s", type=float, default=0, help="Wait up to this many seconds for every task to run.")
+@local_state()
 def deploy_swarm(manifests_dir: Path | None, stack: str, wait_s: float) -> None:
     """Render the stack and `docker stack deploy` it; only changed services are updated."""
     from supervisor.export import swarm_deploy

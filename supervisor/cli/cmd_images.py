@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from supervisor import paths
+from supervisor.cli.where import local_state
 from supervisor.errors import ConfigError, ImageMismatch
 from supervisor.lock import read_lock, write_lock
 
@@ -62,6 +63,7 @@ def check_signature(lock_path: Path) -> None:
               help="With --native: take the binary out of the locked image (seconds, needs Docker).")
 @click.option("--cuda-arch", default=None, help="With --native cuda: CMAKE_CUDA_ARCHITECTURES (default: detected).")
 @click.option("--jobs", "-j", type=int, default=None, help="With --native: parallel compile jobs (default: all cores).")
+@local_state()
 def build(variant: str, source_spec: str | None, sha256: str | None, build_number: int | None,
           lock_file: Path | None, quiet: bool, native: bool, from_image: bool, cuda_arch: str | None,
           jobs: int | None) -> None:
@@ -115,6 +117,7 @@ def _build_native(variant: str, lock_path: Path, *, source_spec: str | None, sha
 @click.command()
 @click.argument("variants", nargs=-1)
 @click.option("--lock", "lock_file", type=click.Path(path_type=Path), default=None)
+@local_state()
 def verify(variants: tuple[str, ...], lock_file: Path | None) -> None:
     """Re-derive each locked image (default: all) and compare it with the lock."""
     from supervisor import images
@@ -147,6 +150,7 @@ def verify(variants: tuple[str, ...], lock_file: Path | None) -> None:
 @click.command("fetch-model")
 @click.argument("names", nargs=-1)
 @click.option("--manifests", "manifests_dir", type=click.Path(path_type=Path), default=None)
+@local_state()
 def fetch_model(names: tuple[str, ...], manifests_dir: Path | None) -> None:
     """Fetch and verify the model files the manifests name (default: all)."""
     from supervisor import modelsrc

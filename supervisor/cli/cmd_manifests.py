@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from supervisor import paths
+from supervisor.cli.where import FOUND_KEY, Found, local_state
 from supervisor.errors import ManifestError
+
+if TYPE_CHECKING:      # the manifest schema loads pydantic: only the commands that read manifests import it
+    from supervisor.manifest.loader import ManifestSet
 
 
 class _Invalid(click.ClickException):
@@ -26,6 +31,7 @@ def register(cli: click.Group) -> None:
 
 @click.command()
 @click.argument("directory", required=False, type=click.Path(path_type=Path))
+@local_state()
 def validate(directory: Path | None) -> None:
     from supervisor import hardware, render
     from supervisor.lock import read_lock
@@ -45,6 +51,8 @@ def validate(directory: Path | None) -> None:
         raise _Invalid(f"{len(e.problems)} problem(s) in {directory}") from None
     lock_file = paths.lock_path()
     files = render.host_files(manifests)
+    for warning in chat_template_warnings(manifests, files.models):
+        click.echo(warning)
     problems: list[str] = list(files.problems)
     if lock_file.exists():
         problems += render.render_all(
@@ -60,8 +68,37 @@ def validate(directory: Path | None) -> None:
     click.echo(f"{len(manifests.models)} models, {len(manifests.profiles)} profiles: OK")
 
 
+_TEMPLATE_FLAGS = ("--chat-template", "--chat-template-file")
+
+
+def chat_template_warnings(manifests: ManifestSet, model_paths: dict[str, str]) -> list[str]:
+    """A warning for each model whose GGUF has no chat template and whose extra_args give none.
+
+    Not an error: such a model serves /v1/completions well, but llama-server formats
+    /v1/chat/completions as ChatML for it, which a base model (the demo's) answers with
+    the template's own tokens ('Say hi<|im_end|>...').
+    """
+    from supervisor import gguf
+    from supervisor.manifest.loader import Origin
+
+    warnings = []
+    for name, manifest in sorted(manifests.models.items()):
+        if any(a.split("=", 1)[0] in _TEMPLATE_FLAGS for a in manifest.server.extra_args):
+            continue
+        facts = gguf.facts(model_paths[name]) if model_paths.get(name) else None
+        if facts is None or facts.has_chat_template:
+            continue
+        origin = manifests.model_origins.get(name, Origin("<unknown>", 1))
+        warnings.append(
+            f"{origin.at('server.extra_args')}: warning: model '{name}': this model has no chat template: "
+            "/v1/chat/completions will use ChatML; use /v1/completions, "
+            "or add --chat-template NAME in extra_args")
+    return warnings
+
+
 @click.command("hardware")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@local_state(announce=False)
 def hardware_cmd(as_json: bool) -> None:
     from supervisor import hardware, render
 
@@ -79,6 +116,7 @@ def hardware_cmd(as_json: bool) -> None:
     no_docker = docker_unreachable()
     runtime_auto = "docker" if no_docker is None else "process"
     binaries = {v: b.path for v, b in sorted(read_lock(paths.lock_path()).binaries.items())}
+    found: Found = click.get_current_context().meta[FOUND_KEY]
     if as_json:
         body = {
             "cores": host.cores,
@@ -93,6 +131,9 @@ def hardware_cmd(as_json: bool) -> None:
             "runtime_auto": runtime_auto,
             "docker": no_docker or "answers",
             "native_binaries": binaries,
+            "state_dir": str(found.locations.state_dir),
+            "lock": str(found.locations.lock),
+            "state_from": found.why["state_dir"],
         }
         click.echo(json.dumps(body, indent=2))
         return
@@ -112,6 +153,7 @@ def hardware_cmd(as_json: bool) -> None:
                + (" (the Docker engine answers)" if no_docker is None else f" (no Docker engine: {no_docker})"))
     click.echo("binaries:  " + (" ".join(f"{v}={p}" for v, p in binaries.items())
                                 or "none (llama-supervisorctl build --native VARIANT)"))
+    click.echo(f"state:     {found.note()}")
 
 
 @click.command()

@@ -41,7 +41,7 @@ class _LazyGroup(click.Group):
 
 def _remember_socket(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
     if value is not None:
-        ctx.meta["llama_supervisor.socket"] = value   # read by cmd_control
+        ctx.meta["llama_supervisor.socket"] = value   # cli.where.SOCKET_KEY: read by cmd_control and where
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -201,8 +201,10 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
     from supervisor.daemon.watcher import ManifestWatcher
     from supervisor.gateway.keys import read_gateway_keys
     from supervisor.health import Prober
+    from supervisor.runtime import check_instance
     from supervisor.runtime.choose import choose
 
+    check_instance(instance)
     if not manifests.is_dir():
         raise ManifestError([f"{manifests}: not a directory; create it or pass --manifests DIR"])
 
@@ -252,7 +254,8 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
                      directory=str(manifests))
         closers[:0] = [c for c in (watcher, stream) if c is not None]
         controller = DaemonController(sup)
-        server = _control_server(controller, socket_path, socket_group)
+        server = _control_server(controller, socket_path, socket_group,
+                                 paths.Locations.current(lock=lock_path, manifests=manifests))
         if server is not None:
             closers.insert(0, server)
         if gateway is not None:
@@ -319,13 +322,13 @@ def _gateway(controller: Any, options: GatewayOptions, api_keys: frozenset[str],
     return server
 
 
-def _control_server(controller: Any, path: Path, group: str | None) -> Any:
+def _control_server(controller: Any, path: Path, group: str | None, locations: paths.Locations) -> Any:
     try:
         from supervisor.control.server import ControlServer
     except ModuleNotFoundError:
         log.warning("supervisor.control.server missing: no control socket")
         return None
-    server = ControlServer(controller, path, group=group)
+    server = ControlServer(controller, path, group=group, locations=locations)
     server.start()
     return server
 

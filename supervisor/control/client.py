@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 from supervisor.control.api import API_VERSION, CommandResult, ModelResult
 from supervisor.core.status import ModelStatus
 from supervisor.errors import ControlError
+from supervisor.paths import Locations
 
 START_HINT = "start it with 'systemctl start llama-supervisor' or 'make run'"
 _PREFIX = f"/{API_VERSION}"
@@ -131,6 +132,14 @@ class ControlClient:
 
     def pid(self) -> int:
         return int(self._json(self._request("GET", "/pid"))["pid"])
+
+    def locations(self) -> Locations:
+        """Where the daemon keeps its lock, state, cache and manifests (GET /v1/paths)."""
+        body = self._json(self._request("GET", "/paths"))
+        try:
+            return Locations(*(Path(_text(body, key)) for key in ("state_dir", "cache_dir", "lock", "manifests")))
+        except ValueError as e:
+            raise ControlError(f"the daemon on {self.path} sent paths that are not usable: {e}") from None
 
     def status(self, names: Sequence[str] = ()) -> StatusReply:
         response = self._request("GET", "/status", params=[("name", n) for n in names], accept=(404,))
@@ -263,6 +272,13 @@ class ControlClient:
         if isinstance(e, TimeoutError):
             return ControlError(f"llama-supervisord on {self.path} did not answer in time ({type(e).__name__})")
         return ControlError(f"lost the connection to llama-supervisord on {self.path}: {e}")
+
+
+def _text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise ValueError(f"{key} is {str(value)[:80]!r}, not an absolute path")
+    return value
 
 
 def _is_lost(e: BaseException) -> bool:

@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 import structlog
 
 from supervisor import __version__
+from supervisor.paths import Locations
 from supervisor.control.api import (
     API_VERSION,
     Command,
@@ -72,6 +73,7 @@ class _UnixHTTPServer(ThreadingHTTPServer):
     address_family = socket.AF_UNIX
     daemon_threads = True
     controller: Controller
+    locations: Locations
     slots: threading.BoundedSemaphore
     read_timeout_s: float = READ_TIMEOUT_S
     request_deadline_s: float = REQUEST_DEADLINE_S
@@ -237,6 +239,11 @@ class _Handler(BaseHTTPRequestHandler):
     def get_pid(self) -> None:
         self._send_json(HTTPStatus.OK, {"pid": self.server.controller.pid()})
 
+    def get_paths(self) -> None:
+        """Where this daemon keeps its lock, state, cache and manifests: `llama-supervisorctl` commands
+        that work on local state (verify, hardware, fetch-model, ...) use the same ones."""
+        self._send_json(HTTPStatus.OK, self.server.locations.to_json())
+
     def get_status(self) -> None:
         names = _checked_names(self._query().get("name", []), empty_ok=True)
         models = self.server.controller.status(names)
@@ -314,6 +321,7 @@ class _Handler(BaseHTTPRequestHandler):
 _ROUTES = {
     ("GET", "version"): _Handler.get_version,
     ("GET", "pid"): _Handler.get_pid,
+    ("GET", "paths"): _Handler.get_paths,
     ("GET", "status"): _Handler.get_status,
     ("GET", "logs"): _Handler.get_logs,
     ("POST", "start"): _Handler.post_start,
@@ -427,12 +435,14 @@ class ControlServer:
 
     One daemon per socket: a lock file next to it (`control.sock.lock`, flock)
     is held for the server's life, and a socket that answers is never replaced.
+    `locations` is what GET /v1/paths reports (default: this process's, from the environment).
     """
 
     def __init__(self, controller: Controller, path: Path, *, group: str | None = None, mode: int = 0o660,
                  max_connections: int = MAX_CONNECTIONS, read_timeout_s: float = READ_TIMEOUT_S,
-                 request_deadline_s: float = REQUEST_DEADLINE_S) -> None:
+                 request_deadline_s: float = REQUEST_DEADLINE_S, locations: Locations | None = None) -> None:
         self.controller = controller
+        self.locations = locations or Locations.current()
         self.path = Path(path)
         self.group = group
         self.mode = mode
@@ -462,6 +472,7 @@ class ControlServer:
         httpd.socket.close()
         httpd.socket = sock
         httpd.controller = self.controller
+        httpd.locations = self.locations
         httpd.slots = threading.BoundedSemaphore(self.max_connections)
         httpd.read_timeout_s = self.read_timeout_s
         httpd.request_deadline_s = self.request_deadline_s

@@ -7,11 +7,13 @@ RuntimeUnavailable / RuntimeOperationError, never a docker exception.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Protocol
 
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import ContainerSpec
+from supervisor.errors import ConfigError
 
 LABEL_MANAGED = "io.llama-supervisor.managed"
 LABEL_MODEL = "io.llama-supervisor.model"
@@ -46,6 +48,19 @@ def inspect_labels(image: str, *, instance: str | None = None) -> dict[str, str]
 
 
 NAME_PREFIX = "llama-supervisor-"
+# An instance name goes into container names (Docker allows [a-zA-Z0-9][a-zA-Z0-9_.-]+, of any
+# length) and into file and cgroup paths (models.<instance>.state.json, processes/<instance>/):
+# Docker's characters, no path separator, at most 63 like a model name.
+INSTANCE_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
+
+
+def check_instance(instance: str) -> str:
+    """The instance name, if it is one (see INSTANCE_PATTERN); else a ConfigError that says the fix."""
+    if not INSTANCE_PATTERN.fullmatch(instance):
+        shown = instance if len(instance) <= 70 else instance[:67] + "..."
+        raise ConfigError(f"--instance {shown!r} is not an instance name: use at most 63 letters, digits, "
+                          "'-', '_' and '.', starting with a letter or digit (e.g. --instance two)")
+    return instance
 
 
 def process_rss(pid: int) -> int | None:
@@ -60,8 +75,13 @@ def process_rss(pid: int) -> int | None:
     return None
 
 
-def container_name(model: str) -> str:
-    return NAME_PREFIX + model
+def container_name(model: str, instance: str = DEFAULT_INSTANCE) -> str:
+    """llama-supervisor-<model> for the default instance (its containers keep the names they have),
+    llama-supervisor-<instance>-<model> for any other: two daemons on one engine may each run a model
+    of the same name. Daemons find their containers by label, never by name; a name still held by
+    another instance (instance `a`'s model `b-c` and instance `a-b`'s model `c`) is refused on create,
+    naming that instance."""
+    return NAME_PREFIX + (model if instance == DEFAULT_INSTANCE else f"{instance}-{model}")
 
 
 class Runtime(Protocol):

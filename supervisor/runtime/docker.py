@@ -94,7 +94,7 @@ def container_kwargs(spec: ContainerSpec, instance: str = DEFAULT_INSTANCE) -> d
     return {
         "image": spec.image_id,
         "command": list(spec.argv),
-        "name": container_name(spec.model),
+        "name": container_name(spec.model, instance),
         "labels": labels(spec, instance),
         "ports": [(spec.container_port, "tcp")],
         "user": spec.user,

@@ -328,7 +328,7 @@ class ProcessRuntime:
                 self._adopt(rec)
         status = "running" if rec.status == "running" else rec.status
         return ObservedContainer(
-            id=rec.id, name=container_name(rec.model), model=rec.model, config_hash=rec.config_hash,
+            id=rec.id, name=container_name(rec.model, rec.instance), model=rec.model, config_hash=rec.config_hash,
             status=status,  # type: ignore[arg-type]
             exit_code=rec.exit_code if status == "exited" else None, started_at=rec.started_at,
             image_id=rec.image_id, host_port=rec.port or None,

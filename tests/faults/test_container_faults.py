@@ -21,7 +21,7 @@ import docker
 import httpx
 import pytest
 
-from integration.daemon_harness import DAEMON, Daemon, healthy, identity, remove_models, wait_for
+from integration.daemon_harness import DAEMON, Daemon, container, healthy, identity, remove_models, wait_for
 
 from .conftest import LOAD_TIMEOUT, Shared
 from .helpers import fault_yaml, new_port, status, uid, write_manifest
@@ -77,7 +77,7 @@ def test_container_is_hardened_and_api_key_guards_v1_but_not_health(
     write_manifest(shared.dir, name, fault_yaml(name, port, shared.demo, shared.sha, api_key_file=key))
     wait_for(lambda: healthy(port), LOAD_TIMEOUT, f"{name} healthy")
 
-    attrs = docker_client.containers.get(f"llama-supervisor-{name}").attrs
+    attrs = container(docker_client, name).attrs
     hc = attrs["HostConfig"]
     assert hc["ReadonlyRootfs"] is True
     assert hc["CapDrop"] == ["ALL"] and not hc.get("CapAdd")

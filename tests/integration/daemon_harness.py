@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 import httpx
 
 DAEMON = Path(sys.executable).with_name("llama-supervisord")
@@ -156,9 +157,17 @@ class Daemon:
         self.proc.wait(10)
 
 
-def container(client: docker.DockerClient, model: str) -> Any:
-    c = client.containers.get(f"llama-supervisor-{model}")
-    return c
+def container(client: docker.DockerClient, model: str, instance: str | None = None) -> Any:
+    """The model's container, found by label as the daemon finds it (its name carries a test daemon's
+    instance: llama-supervisor-<instance>-<model>); docker.errors.NotFound when there is none."""
+    labels = ["io.llama-supervisor.managed=true", f"io.llama-supervisor.model={model}"]
+    if instance is not None:
+        labels.append(f"io.llama-supervisor.instance={instance}")
+    found = client.containers.list(all=True, filters={"label": labels})
+    if not found:
+        raise docker.errors.NotFound(f"no container of model {model}" + (f" of instance {instance}" if instance else ""))
+    assert len(found) == 1, f"{len(found)} containers of model {model}: {[c.name for c in found]}"
+    return found[0]
 
 
 def identity(client: docker.DockerClient, model: str) -> tuple[str, str]:

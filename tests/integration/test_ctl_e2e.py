@@ -104,6 +104,6 @@ def test_reread_reports_and_update_applies_only_the_change(ops: Ops, demo_model:
     assert identity(docker_client, ops.model) == old              # the unchanged model was not touched
     (ops.dir / f"{new_model}.yaml").unlink()
     ops.ctl("update")
-    wait_for(lambda: not docker_client.containers.list(all=True, filters={"name": f"llama-supervisor-{new_model}"}),
+    wait_for(lambda: not docker_client.containers.list(all=True, filters={"label": f"io.llama-supervisor.model={new_model}"}),
              60, f"{new_model} removed")
     assert identity(docker_client, ops.model) == old

@@ -17,7 +17,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from .daemon_harness import Daemon, free_port, healthy, identity, model_yaml, remove_models, wait_for
+from .daemon_harness import Daemon, container, free_port, healthy, identity, model_yaml, remove_models, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -67,7 +67,7 @@ def test_two_models_become_healthy(pair: tuple[Pair, Daemon], docker_client: doc
     except AssertionError:
         print(d.dump())
         raise
-    attrs = docker_client.containers.get(f"llama-supervisor-{p.a}").attrs
+    attrs = container(docker_client, p.a).attrs
     hc = attrs["HostConfig"]
     assert hc["ReadonlyRootfs"] and hc["CapDrop"] == ["ALL"] and hc["RestartPolicy"]["Name"] == "no"
     assert hc["PortBindings"]["8080/tcp"][0]["HostIp"] == "127.0.0.1"
@@ -94,7 +94,7 @@ def test_sigkill_is_replaced_others_untouched(pair: tuple[Pair, Daemon], docker_
     print(f"\nSIGKILL -> detected {1000 * (t_detect - t_kill):.0f} ms, -> RUNNING {t_running - t_kill:.2f} s, "
           f"-> /health 200 seen by the test {t_healthy - t_kill:.2f} s")
     assert identity(docker_client, p.b) == other                     # same ID, same StartedAt
-    assert docker_client.containers.get(f"llama-supervisor-{p.a}").status == "running"
+    assert container(docker_client, p.a).status == "running"
     assert identity(docker_client, p.a)[1] != victim_started           # the victim was started again
 
 
@@ -136,7 +136,7 @@ def test_manifest_edit_recreates_only_that_model(pair: tuple[Pair, Daemon], dock
         print(d.dump())
         raise
     assert identity(docker_client, p.b) == other
-    assert "640" in docker_client.containers.get(f"llama-supervisor-{p.a}").attrs["Args"]
+    assert "640" in container(docker_client, p.a).attrs["Args"]
 
 
 def test_invalid_yaml_changes_nothing_and_logs_file_line(

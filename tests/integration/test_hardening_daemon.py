@@ -22,7 +22,7 @@ import pytest
 from supervisor import paths
 from supervisor.runtime.docker import DockerRuntime
 
-from .daemon_harness import Daemon, free_port, healthy, instance_for, model_yaml, remove_models, wait_for
+from .daemon_harness import Daemon, container, free_port, healthy, instance_for, model_yaml, remove_models, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -96,7 +96,7 @@ def test_no_watch_applies_a_new_manifest_only_on_update(rig: Rig) -> None:
 def test_container_logs_rotate_and_tail_follows_across_rotations(rig: Rig, docker_client: docker.DockerClient) -> None:
     name = rig.names[0]                                   # the chatty model the previous test added
     port = int((rig.status(name) or {})["port"])          # type: ignore[arg-type]
-    c = docker_client.containers.get(f"llama-supervisor-{name}")
+    c = container(docker_client, name)
     assert c.attrs["HostConfig"]["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "8192", "max-file": "2"}}
 
     follow = subprocess.Popen([CTL, "--socket", str(rig.daemon.sockdir / "ctl.sock"), "tail", "-f", "-n", "0", name],
@@ -145,7 +145,7 @@ def test_the_api_key_appears_nowhere_the_supervisor_writes_or_shows(rig: Rig, do
     assert httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {secret}"},
                      timeout=5).status_code == 200                     # the key is in force
     httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer wrong"}, timeout=5)
-    c = docker_client.containers.get(f"llama-supervisor-{name}")
+    c = container(docker_client, name)
     seen = {
         "docker inspect (Cmd, Env, Labels, Args, HostConfig)": json.dumps(c.attrs),
         "daemon log": rig.daemon.dump() + json.dumps([r for _, r in rig.daemon.lines]),
@@ -176,7 +176,7 @@ def test_fatal_survives_kill9_of_the_daemon_until_an_explicit_start(rig: Rig, do
                                    since=t0)
     state_file = paths.state_dir() / f"models.{instance_for(rig.dir)}.state.json"
     wait_for(lambda: state_file.exists() and name in json.loads(state_file.read_text())["models"], 10, "state file")
-    c = docker_client.containers.get(f"llama-supervisor-{name}")
+    c = container(docker_client, name)
     started = c.attrs["State"]["StartedAt"]
 
     rig.daemon.kill9()

@@ -25,14 +25,16 @@ def write(path: Path, *, kvs: list[bytes], version: int = 3, n_kv: int | None = 
     return path
 
 
-def gemma_like(path: Path) -> Path:
+def gemma_like(path: Path, *, chat_template: str | None = None) -> Path:
+    """A Gemma 3 270M-like header (the demo model's: no chat template), or one with `chat_template`."""
+    template = [_s(gguf.CHAT_TEMPLATE) + struct.pack("<I", 8) + _s(chat_template)] if chat_template is not None else []
     vocab = _s("tokenizer.ggml.tokens") + struct.pack("<I", 9) + struct.pack("<I", 8) + struct.pack("<Q", 3)
     vocab += _s("<pad>") + _s("hello") + _s("world")
     scores = _s("tokenizer.ggml.scores") + struct.pack("<I", 9) + struct.pack("<I", 6) + struct.pack("<Q", 3)
     scores += struct.pack("<3f", 0.0, 1.0, 2.0)
     return write(path, kvs=[
         _s("general.architecture") + struct.pack("<I", 8) + _s("gemma3"),
-        vocab, scores,
+        vocab, scores, *template,
         _kv_u32("gemma3.block_count", 18), _kv_u32("gemma3.embedding_length", 640),
         _kv_u32("gemma3.attention.head_count", 4), _kv_u32("gemma3.attention.head_count_kv", 1),
         _kv_u32("gemma3.attention.key_length", 256), _kv_u32("gemma3.attention.value_length", 256),
@@ -72,3 +74,13 @@ def test_estimate_is_file_plus_kv_plus_overhead_and_says_how(tmp_path: Path) -> 
     assert basis == "estimate: file 241 MiB + KV 27 MiB + overhead"
     unknown, why = estimate_memory(size, None, ctx_size=2048, cache_type_k="f16", cache_type_v="f16")
     assert unknown == int(size + 128 * 2**20 + 0.1 * size) and "KV unknown" in why
+
+
+def test_says_whether_a_chat_template_is_there_without_keeping_it(tmp_path: Path) -> None:
+    assert gguf.facts(gemma_like(tmp_path / "base.gguf")).has_chat_template is False      # type: ignore[union-attr]
+    big = "{% for m in messages %}<start_of_turn>{{ m.content }}<end_of_turn>{% endfor %}" * 20_000   # 1.6 MB
+    path = gemma_like(tmp_path / "it.gguf", chat_template=big)
+    f = gguf.facts(path)
+    assert f is not None and f.has_chat_template and f.n_layer == 18, "and the fields after it are read"
+    meta = gguf.read_metadata(path)
+    assert meta is not None and gguf.CHAT_TEMPLATE in meta and meta[gguf.CHAT_TEMPLATE] is None

@@ -14,6 +14,8 @@ from supervisor.cli import cmd_manifests
 from supervisor.lock import ImageLock, write_lock
 from supervisor.manifest.jsonschema import schema_text
 
+from .test_gguf import gemma_like
+
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
@@ -85,3 +87,26 @@ def test_validate_through_llama_supervisorctl_exits_2(
     out = capsys.readouterr()
     assert out.out.startswith(f"{FIXTURES / 'duplicate_port'}/b.yaml:7: port 8081")
     assert "1 problem(s)" in out.err
+
+
+def _chat_model(directory: Path, name: str, port: int, gguf_path: Path, extra_args: str = "[]") -> None:
+    (directory / f"{name}.yaml").write_text(
+        f"kind: model\nname: {name}\nsource:\n  path: {gguf_path}\n  sha256: {'a' * 64}\n"
+        f"server:\n  port: {port}\n  extra_args: {extra_args}\n")
+
+
+def test_validate_warns_when_a_model_has_no_chat_template_and_says_the_fix(cli: click.Group, tmp_path: Path) -> None:
+    d = tmp_path / "m"
+    d.mkdir()
+    base, it = gemma_like(tmp_path / "base.gguf"), gemma_like(tmp_path / "it.gguf", chat_template="{{ x }}")
+    _chat_model(d, "base", 18081, base)
+    _chat_model(d, "instruct", 18082, it)
+    _chat_model(d, "told", 18083, base, extra_args="[--chat-template, gemma]")
+    result = CliRunner().invoke(cli, ["validate", str(d)])
+    assert result.exit_code == 0, result.output       # a warning, not an error
+    warnings = [line for line in result.output.splitlines() if "warning:" in line]
+    assert warnings == [
+        f"{d}/base.yaml:8: warning: model 'base': this model has no chat template: /v1/chat/completions will use "
+        "ChatML; use /v1/completions, or add --chat-template NAME in extra_args"
+    ]
+    assert "3 models, 0 profiles: OK" in result.output
