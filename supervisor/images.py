@@ -29,6 +29,7 @@ import requests.exceptions
 from supervisor import paths
 from supervisor.errors import (
     BuildError,
+    DaemonSideError,
     ImageMismatch,
     RuntimeOperationError,
     RuntimeUnavailable,
@@ -269,7 +270,7 @@ def derive_all(client: docker.DockerClient, ref: str, *, built_at: str = "",
                 values[name] = read()
             except ImageMismatch as e:
                 unknown[name] = str(e)
-            except (RuntimeOperationError, RuntimeUnavailable) as e:
+            except (RuntimeOperationError, DaemonSideError) as e:
                 engine_error = e
                 unknown[name] = f"not read: {e}"
     return Derived(replace(record, **values), unknown, engine_error)  # type: ignore[arg-type]

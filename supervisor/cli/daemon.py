@@ -10,6 +10,7 @@ upgrade or restart drops no model (they are adopted on the next start);
 from __future__ import annotations
 
 import queue
+import resource
 import signal
 import sys
 import threading
@@ -129,6 +130,8 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
         log_format: logs.LogFormat, runtime_kind: str) -> None:
     """Keep the llama-server models the manifests describe alive, and serve them on one endpoint."""
     logs.setup(log_format)
+    soft, hard = raise_nofile_limit()
+    log.info("open file limit", soft=soft, hard=hard)
     gateway = None if no_gateway else GatewayOptions(
         listen=gateway_listen, api_keys_file=gateway_api_keys_file, max_body=_size(gateway_max_body, "--gateway-max-body"))
     run(
@@ -146,6 +149,29 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
         runtime_kind=runtime_kind,
         watch=not no_watch,
     )
+
+
+NOFILE_CEILING = 1 << 20     # when the hard limit is unlimited (the kernel's nr_open default)
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns (soft, hard) afterwards.
+
+    systemd's default soft limit is 1024 (select()'s old ceiling): 1,100 half-open
+    connections held every descriptor, and with them the probes, the Docker calls and
+    /health. The daemon never uses select(), so it takes what the hard limit allows
+    (the unit sets LimitNOFILE too).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, NOFILE_CEILING)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return soft, hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError) as e:
+        log.warning("cannot raise the open file limit", soft=soft, hard=hard, error=str(e))
+        return soft, hard
+    return want, hard
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from docker.types import DeviceRequest, LogConfig, Mount
 
 from supervisor.core.observed import ContainerStatus, ObservedContainer
 from supervisor.core.spec import ContainerSpec
-from supervisor.errors import RuntimeOperationError, RuntimeUnavailable
+from supervisor.errors import ResourceExhausted, RuntimeOperationError, RuntimeUnavailable, exhaustion
 from supervisor.runtime import (
     DEFAULT_INSTANCE,
     LABEL_HASH,
@@ -202,10 +202,16 @@ def engine_errors(op: str, target: str, *, hint: str = "") -> Iterator[None]:
     except docker.errors.APIError as e:
         raise RuntimeOperationError(
             f"docker {op} {target}: {e.explanation or e}" + (f": {hint}" if hint else "")) from e
-    except requests.exceptions.RequestException as e:     # refused, timed out, cut mid-stream
-        raise RuntimeUnavailable(f"docker {op} {target}: engine unreachable ({e}): {UNREACHABLE_HINT}") from e
-    except docker.errors.DockerException as e:
-        raise RuntimeUnavailable(f"docker {op} {target}: {e}: {UNREACHABLE_HINT}") from e
+    except (requests.exceptions.RequestException, docker.errors.DockerException, OSError) as e:
+        if (cause := exhaustion(e)) is not None:   # our side ran out (EMFILE...): neither the engine nor the model
+            raise ResourceExhausted(
+                f"docker {op} {target}: the daemon is out of resources ({cause.strerror or cause}); retried later"
+            ) from e
+        if isinstance(e, requests.exceptions.RequestException):     # refused, timed out, cut mid-stream
+            raise RuntimeUnavailable(f"docker {op} {target}: engine unreachable ({e}): {UNREACHABLE_HINT}") from e
+        if isinstance(e, docker.errors.DockerException):
+            raise RuntimeUnavailable(f"docker {op} {target}: {e}: {UNREACHABLE_HINT}") from e
+        raise
 
 
 class DockerRuntime:
