@@ -32,12 +32,14 @@ from supervisor.errors import ConfigError, ManifestError, SupervisorError
 log = structlog.get_logger("supervisor.daemon")
 
 
-def make_loader(manifests: Path, lock_path: Path, *, isolated: bool = False, for_process: bool = False) -> Any:
+def make_loader(manifests: Path, lock_path: Path, *, isolated: bool = False, for_process: bool = False,
+                read_timeout_s: float | None = None) -> Any:
     """render.load_desired, with a fresh lock per read; any problem makes the whole set invalid.
 
     isolated: read in a child process (supervisor.daemon.reader), as llama-supervisord does, so the
     daemon never loads pydantic and PyYAML and a hostile manifest cannot take it down.
     for_process: render against the lock's native binaries (the process runtime).
+    read_timeout_s: the isolated reader's deadline (reader.read_timeout_s: within the systemd watchdog).
     """
     from supervisor import hardware
 
@@ -52,7 +54,8 @@ def make_loader(manifests: Path, lock_path: Path, *, isolated: bool = False, for
         host_json = json.dumps({**dataclasses.asdict(host), "cpu_flags": sorted(host.cpu_flags)})
 
         def load_isolated() -> Mapping[str, DesiredModel]:
-            desired, problems = reader.read(manifests, lock_path, host_json, for_process=for_process)
+            desired, problems = reader.read(manifests, lock_path, host_json, for_process=for_process,
+                                            timeout_s=read_timeout_s or reader.READ_TIMEOUT_S)
             if problems:
                 raise ManifestError(problems)
             return desired
@@ -227,6 +230,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
     from supervisor.daemon.controller import DaemonController
     from supervisor.daemon.demand import Demand
     from supervisor.daemon.loop import LoopSettings, Supervisor
+    from supervisor.daemon.reader import read_timeout_s
     from supervisor.daemon.statefile import StateFile
     from supervisor.daemon.watcher import ManifestWatcher
     from supervisor.health import Prober
@@ -243,12 +247,13 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
     log.info("runtime", runtime=wiring.kind, why=wiring.why, **({"confinement": wiring.confinement}
                                                                  if wiring.confinement else {}))
     closers: list[Any] = []
-    notifier, metrics, max_wait = _systemd_and_metrics(metrics_port, closers)
+    notifier, metrics, max_wait, watchdog_s = _systemd_and_metrics(metrics_port, closers)
     sup = Supervisor(
         events=events,
         runtime=runtime,
         verifier=wiring.verifier,
-        load_desired=make_loader(manifests, lock_path, isolated=True, for_process=wiring.kind == "process"),
+        load_desired=make_loader(manifests, lock_path, isolated=True, for_process=wiring.kind == "process",
+                                 read_timeout_s=read_timeout_s(watchdog_s)),
         prober=(prober := Prober(events.put)),
         notifier=notifier,
         metrics=metrics,
@@ -304,11 +309,12 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         log.info("exited", runtime=wiring.kind, runtime_calls=runtime.call_count)
 
 
-def _systemd_and_metrics(metrics_port: int | None, closers: list[Any]) -> tuple[Any, Any, float]:
+def _systemd_and_metrics(metrics_port: int | None, closers: list[Any]) -> tuple[Any, Any, float, float | None]:
     from supervisor.control.api import NullMetrics, NullNotifier
 
     notifier: Any = NullNotifier()
     max_wait = 5.0
+    interval: float | None = None
     try:
         from supervisor import sdnotify
 
@@ -329,7 +335,7 @@ def _systemd_and_metrics(metrics_port: int | None, closers: list[Any]) -> tuple[
         closers.append(pm)
         metrics = pm
         log.info("metrics", url=f"http://127.0.0.1:{metrics_port}/metrics")
-    return notifier, metrics, max_wait
+    return notifier, metrics, max_wait, interval
 
 
 def _gateway(controller: Any, options: GatewayOptions, api_keys: frozenset[str], metrics: Any) -> Any:
