@@ -25,6 +25,7 @@ import click
 import structlog
 
 from supervisor import __version__, logs, paths
+from supervisor.cli import output
 from supervisor.core.events import Event, SignalReceived
 from supervisor.core.spec import DesiredModel
 from supervisor.errors import ConfigError, ManifestError, SupervisorError
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except SupervisorError as e:
         log.error("llama-supervisord cannot run", error=str(e))
-        click.echo(f"llama-supervisord: {e}", err=True)
+        output.echo(f"llama-supervisord: {e}", err=True)
         sys.exit(e.exit_code)
 
 

@@ -31,18 +31,15 @@ from supervisor.runtime import (
     LABEL_INSTANCE,
     LABEL_MANAGED,
     LABEL_MODEL,
+    MAX_TAIL_BYTES,
     NAME_PREFIX,
+    clean_log,
     container_name,
     owned_filter,
     process_rss,
 )
 
 _EXITED_RE = re.compile(r"^Exited \((-?\d+)\)")
-# A container's log is untrusted bytes: the tail that becomes a model's `reason` (status, logs,
-# metrics) is cut to size and stripped of terminal escapes and other control characters.
-MAX_TAIL_BYTES = 64 * 1024
-MAX_LINE_CHARS = 300
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _STATUSES: frozenset[str] = frozenset({"created", "running", "paused", "restarting", "removing", "exited", "dead"})
 
 
@@ -100,13 +97,6 @@ def container_kwargs(spec: ContainerSpec, instance: str = DEFAULT_INSTANCE) -> d
         "user": spec.user,
         "detach": True,
     }
-
-
-def clean_log(raw: bytes) -> str:
-    """Log bytes as text fit for a status line: valid UTF-8, no control characters, lines cut short."""
-    text = _CONTROL.sub("", raw.decode(errors="replace").replace("\t", " "))
-    return "".join((ln if len(ln) <= MAX_LINE_CHARS else ln[:MAX_LINE_CHARS] + "...") + "\n"
-                   for ln in text.splitlines())
 
 
 def observed_from_inspect(d: dict[str, Any]) -> ObservedContainer:
