@@ -9,7 +9,9 @@
     │   └── ImageMismatch           image ID, binary SHA-256, version or flags differ from the lock
     ├── BuildError                  an image build failed (the last build log lines are in the message)
     ├── FetchError                  a source or model could not be obtained
-    ├── RuntimeUnavailable          the container runtime (Docker) cannot be reached: retryable
+    ├── DaemonSideError             the daemon itself cannot act now: retryable, never a model's failure
+    │   ├── RuntimeUnavailable      the container runtime (Docker) cannot be reached
+    │   └── ResourceExhausted       the daemon is out of file descriptors or memory (EMFILE, ENFILE, ENOMEM, ENOBUFS)
     ├── RuntimeOperationError       one runtime call failed (create, start, stop...): retryable
     └── ControlError                the control socket: daemon unreachable, unknown model, bad request
 
@@ -18,6 +20,11 @@ only the CLI turns them into exit codes.
 """
 
 from __future__ import annotations
+
+import errno
+
+# errno values that say the daemon (or the host) ran out of something, not that the peer failed
+EXHAUSTION_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
 class SupervisorError(Exception):
@@ -64,8 +71,24 @@ class FetchError(SupervisorError):
     retryable = True
 
 
-class RuntimeUnavailable(SupervisorError):
+class DaemonSideError(SupervisorError):
+    """The daemon could not do its part (the engine is unreachable, it is out of descriptors).
+
+    Whatever it was doing for a model is retried later; it never counts as that model's
+    failure, so an attack on the daemon cannot drive the models to FATAL.
+    """
+
     exit_code = 4
+    retryable = True
+
+
+class RuntimeUnavailable(DaemonSideError):
+    exit_code = 4
+    retryable = True
+
+
+class ResourceExhausted(DaemonSideError):
+    exit_code = 1
     retryable = True
 
 
@@ -75,3 +98,22 @@ class RuntimeOperationError(SupervisorError):
 
 class ControlError(SupervisorError):
     exit_code = 4
+
+
+def exhaustion(e: BaseException) -> OSError | None:
+    """The OSError with an EXHAUSTION_ERRNOS errno in `e`'s chain (`e`, its __cause__ and __context__), if any.
+
+    httpx, requests and the docker SDK wrap the socket's OSError in their own types, one or
+    more levels down; the chain is followed at most 16 links (a cycle ends it too).
+    """
+    seen: set[int] = set()
+    todo: list[BaseException] = [e]
+    while todo and len(seen) < 16:
+        cur = todo.pop()
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in EXHAUSTION_ERRNOS:
+            return cur
+        todo += [x for x in (cur.__cause__, cur.__context__) if x is not None]
+    return None

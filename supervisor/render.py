@@ -441,7 +441,8 @@ def load_desired(
     """Read the manifests (ManifestError propagates) and check their host files, then render_all."""
     manifests = load_dir(manifests_dir)
     files = host_files(manifests)
-    facts = {name: _facts(Path(files.models.get(name) or model_host_path(m)), files.sizes.get(name, 0))
+    budget = gguf.Budget()     # for every header this read parses together: a thousand hostile files cost one budget
+    facts = {name: _facts(Path(files.models.get(name) or model_host_path(m)), files.sizes.get(name, 0), budget)
              for name, m in manifests.models.items() if name not in files.refused}
     desired, problems = render_all(manifests, lock, host, file_sizes=files.sizes, facts=facts,
                                    model_paths=files.models, key_paths=files.keys)
@@ -453,17 +454,20 @@ def load_desired(
 _FACTS: dict[tuple[str, int, int], GgufFacts | None] = {}
 
 
-def _facts(path: Path, size: int) -> GgufFacts | None:
+def _facts(path: Path, size: int, budget: gguf.Budget) -> GgufFacts | None:
     """GGUF facts, read once per file version (path, size, mtime) in a long-lived process."""
     try:
         key = (str(path), size, os.stat(path).st_mtime_ns)
     except OSError:
         return None
-    if key not in _FACTS:
+    if key in _FACTS:
+        return _FACTS[key]
+    found = gguf.facts(path, budget)
+    if found is not None:       # an unknown may be the shared budget's doing: read it again next time
         if len(_FACTS) > 256:
             _FACTS.clear()
-        _FACTS[key] = gguf.facts(path)
-    return _FACTS[key]
+        _FACTS[key] = found
+    return found
 
 
 def stat_sizes(manifests: ManifestSet) -> dict[str, int]:

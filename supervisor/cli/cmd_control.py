@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,10 +19,11 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from supervisor.cli import output
+from supervisor.cli.where import SOCKET_KEY, resolve_socket
 from supervisor.control.api import CommandResult
 from supervisor.control.client import ControlClient
 from supervisor.core.status import ModelStatus
-from supervisor.cli.where import SOCKET_KEY, resolve_socket
 from supervisor.errors import SupervisorError
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class CommandExit(click.ClickException):
 
     def show(self, file: IO[Any] | None = None) -> None:
         if self.message:
-            click.echo(f"error: {self.message}", err=True, file=file)
+            output.echo(f"error: {self.message}", err=True, file=file)
 
 
 def _speaks_errors(fn: F) -> F:
@@ -145,16 +145,16 @@ def status(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
     with _client(ctx) as client:
         reply = client.status(names)
     if as_json:
-        click.echo(json.dumps([m.to_json() for m in reply.models], indent=2))
+        output.echo(json.dumps([m.to_json() for m in reply.models], indent=2))
     else:
         for line in format_status(reply.models):
-            click.echo(line)
+            output.echo(line)
         if not reply.models and not names:
-            click.echo("no models: add a manifest to the manifest directory, then 'update'", err=True)
+            output.echo("no models: add a manifest to the manifest directory, then 'update'", err=True)
         if reply.runtime and not names:
-            click.echo(f"runtime: {reply.runtime}", err=True)
+            output.echo(f"runtime: {reply.runtime}", err=True)
     for name in reply.unknown:
-        click.echo(f"{name}: ERROR ({_NO_SUCH_MODEL})", err=as_json)
+        output.echo(f"{name}: ERROR ({_NO_SUCH_MODEL})", err=as_json)
     if reply.unknown:
         raise CommandExit(EXIT_UNKNOWN)
     if any(not _as_wanted(m) for m in reply.models):
@@ -175,15 +175,15 @@ def models(ctx: click.Context, as_json: bool) -> None:
     with _client(ctx) as client:
         reply = client.status(())
     if as_json:
-        click.echo(json.dumps([{"id": m.name, "aliases": list(m.aliases), "lifecycle": m.lifecycle,
+        output.echo(json.dumps([{"id": m.name, "aliases": list(m.aliases), "lifecycle": m.lifecycle,
                                 "state": m.state, "memory_counted": m.memory_counted} for m in reply.models],
                               indent=2))
         return
     width = max([20, *(len(m.name) for m in reply.models)]) + 2
-    click.echo(f"{'MODEL':<{width}}{'STATE':<10}{'LIFECYCLE':<11}{'MEMORY':>10}  ALIASES")
+    output.echo(f"{'MODEL':<{width}}{'STATE':<10}{'LIFECYCLE':<11}{'MEMORY':>10}  ALIASES")
     for m in reply.models:
         mem = _mib(m.memory_counted) if m.memory_counted is not None else "-"
-        click.echo(f"{m.name:<{width}}{m.state:<10}{m.lifecycle:<11}{mem:>10}  {', '.join(m.aliases) or '-'}")
+        output.echo(f"{m.name:<{width}}{m.state:<10}{m.lifecycle:<11}{mem:>10}  {', '.join(m.aliases) or '-'}")
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -191,11 +191,11 @@ def models(ctx: click.Context, as_json: bool) -> None:
 def _print_result(result: CommandResult, *, failed_exit: int) -> None:
     """One `NAME: message` line per model, then the exit code the worst line deserves."""
     for r in result.results:
-        click.echo(f"{r.name}: {r.message}" if r.ok else f"{r.name}: ERROR ({r.message})")
+        output.echo(f"{r.name}: {r.message}" if r.ok else f"{r.name}: ERROR ({r.message})")
     for name in result.unknown:
-        click.echo(f"{name}: ERROR ({_NO_SUCH_MODEL})")
+        output.echo(f"{name}: ERROR ({_NO_SUCH_MODEL})")
     if result.error:
-        click.echo(f"error: {result.error}", err=True)
+        output.echo(f"error: {result.error}", err=True)
     if result.unknown:
         raise CommandExit(EXIT_UNKNOWN)
     if not result.ok or any(not r.ok for r in result.results):
@@ -239,7 +239,7 @@ def restart(ctx: click.Context, names: tuple[str, ...], no_wait: bool) -> None:
 
 def _print_changes(result: CommandResult) -> None:
     if result.ok and not result.results and not result.error:
-        click.echo("No config updates to models")
+        output.echo("No config updates to models")
     _print_result(result, failed_exit=EXIT_FAILED)
 
 
@@ -269,7 +269,7 @@ def reload(ctx: click.Context) -> None:
     with _client(ctx) as client:
         result = client.reload()
     _print_result(result, failed_exit=EXIT_FAILED)
-    click.echo("reloaded")
+    output.echo("reloaded")
 
 
 @click.command()
@@ -281,7 +281,7 @@ def shutdown(ctx: click.Context, stop_models: bool) -> None:
     with _client(ctx) as client:
         result = client.shutdown(stop_models=stop_models)
     _print_result(result, failed_exit=EXIT_FAILED)
-    click.echo("Shut down")
+    output.echo("Shut down")
 
 
 @click.command()
@@ -290,7 +290,7 @@ def shutdown(ctx: click.Context, stop_models: bool) -> None:
 def pid(ctx: click.Context) -> None:
     """The daemon's process id."""
     with _client(ctx) as client:
-        click.echo(str(client.pid()))
+        output.echo(str(client.pid()))
 
 
 @click.command()
@@ -301,12 +301,10 @@ def pid(ctx: click.Context) -> None:
 @_speaks_errors
 def tail(ctx: click.Context, name: str, follow: bool, lines: int) -> None:
     """The model container's log."""
-    out = sys.stdout.buffer
     with _client(ctx) as client:
         try:
             for chunk in client.logs(name, lines=lines, follow=follow):
-                out.write(chunk)
-                out.flush()
+                output.write_bytes(chunk)   # a container prints what it likes: no escapes reach the terminal
         except KeyboardInterrupt:
             pass
 
@@ -400,19 +398,19 @@ def bench(ctx: click.Context, name: str, api_key_file: Path | None, prompt: str,
     with _client(ctx) as client:
         reply = client.status((name,))
     if reply.unknown:
-        click.echo(f"{name}: ERROR ({_NO_SUCH_MODEL})")
+        output.echo(f"{name}: ERROR ({_NO_SUCH_MODEL})")
         raise CommandExit(EXIT_UNKNOWN)
     model = reply.models[0]
     if model.state != "RUNNING" or model.port is None:
-        click.echo(f"{name}: ERROR (not running: {model.state}{', ' + model.reason if model.reason else ''})")
+        output.echo(f"{name}: ERROR (not running: {model.state}{', ' + model.reason if model.reason else ''})")
         raise CommandExit(EXIT_NOT_RUNNING)
     api_key = api_key_file.read_text().strip() if api_key_file else None
     url = f"http://{host}:{model.port}/v1/chat/completions"
     result = run_bench(url, prompt=prompt, max_tokens=max_tokens, api_key=api_key, timeout=timeout)
-    click.echo(f"{name} (port {model.port}, {result.tokens} tokens)")
-    click.echo(f"  time to first token  {result.ttft_s:.3f} s")
-    click.echo(f"  tokens/s             {result.tokens_per_s:.1f}")
-    click.echo(f"  total latency        {result.total_s:.3f} s")
+    output.echo(f"{name} (port {model.port}, {result.tokens} tokens)")
+    output.echo(f"  time to first token  {result.ttft_s:.3f} s")
+    output.echo(f"  tokens/s             {result.tokens_per_s:.1f}")
+    output.echo(f"  total latency        {result.total_s:.3f} s")
 
 
 # --- registration ----------------------------------------------------------------------------

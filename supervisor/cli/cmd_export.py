@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from supervisor import paths
+from supervisor.cli import output
 from supervisor.cli.where import local_state
 from supervisor.errors import ConfigError, ManifestError
 
@@ -51,7 +52,7 @@ def _render(target: str, manifests_dir: Path | None, image_refs: dict[str, str],
         manifests = load_dir(directory)
     except ManifestError as e:
         for problem in e.problems:
-            click.echo(problem, err=True)
+            output.echo(problem, err=True)
         raise _Invalid(f"{len(e.problems)} problem(s) in {directory}") from None
     lock_file = paths.lock_path()
     if not lock_file.exists():
@@ -61,7 +62,7 @@ def _render(target: str, manifests_dir: Path | None, image_refs: dict[str, str],
     models, problems = export.collect(manifests, read_lock(lock_file), host,
                                       file_sizes=render.stat_sizes(manifests))
     for problem in problems:
-        click.echo(problem, err=True)
+        output.echo(problem, err=True)
     if problems:
         raise _Invalid(f"{len(problems)} problem(s) in {directory}: nothing rendered")
     options = export.Options(image_refs=image_refs, namespace=namespace, node_memory_bytes=host.memory_bytes,
@@ -102,12 +103,12 @@ def render_cmd(target: str, out: Path | None, manifests_dir: Path | None, namesp
         raise click.BadParameter("only the kubernetes target has namespaces", param_hint="--namespace")
     text = _render(target, manifests_dir, _parse_refs(image_refs), namespace, swarm_nodes)
     if out is None:
-        click.echo(text, nl=False)
+        output.echo(text, nl=False)
         return
     out.mkdir(parents=True, exist_ok=True)
     path = out / export.FILENAMES[target]
     path.write_text(text)
-    click.echo(f"wrote {path}")
+    output.echo(f"wrote {path}")
 
 
 @click.group()
@@ -133,8 +134,8 @@ def deploy_swarm(manifests_dir: Path | None, stack: str, wait_s: float) -> None:
     stack_file.write_text(text)
     output = swarm_deploy.deploy(stack_file, stack)
     if output:
-        click.echo(output)
-    click.echo(f"deployed {stack_file} as stack {stack}")
+        output.echo(output)
+    output.echo(f"deployed {stack_file} as stack {stack}")
     if wait_s > 0:
         deadline = time.monotonic() + wait_s
         while True:
@@ -161,11 +162,11 @@ def deploy_status(ctx: click.Context, stack: str, as_json: bool) -> None:
     swarm_deploy.require_swarm(client)
     states = swarm_deploy.status(client, stack)
     if as_json:
-        click.echo(json.dumps([{**asdict(s), "converged": s.converged} for s in states], indent=2))
+        output.echo(json.dumps([{**asdict(s), "converged": s.converged} for s in states], indent=2))
     else:
         _print_states(states)
         if not states:
-            click.echo(f"stack {stack}: no services")
+            output.echo(f"stack {stack}: no services")
     if not states or not all(s.converged for s in states):
         ctx.exit(EXIT_NOT_RUNNING)
 
@@ -176,7 +177,7 @@ def deploy_remove(stack: str) -> None:
     """`docker stack rm` the stack."""
     from supervisor.export import swarm_deploy
 
-    click.echo(swarm_deploy.remove(stack) or f"removed stack {stack}")
+    output.echo(swarm_deploy.remove(stack) or f"removed stack {stack}")
 
 
 def _print_states(states: list[ServiceState]) -> None:
@@ -190,4 +191,4 @@ def _print_states(states: list[ServiceState]) -> None:
             detail += f", update {s.update}"
         if s.error and not s.converged:
             detail += f", last error: {s.error}"
-        click.echo(f"{s.model:<{width}}  {word:<8}  {detail}")
+        output.echo(f"{s.model:<{width}}  {word:<8}  {detail}")

@@ -14,13 +14,14 @@ from pathlib import Path
 import click
 
 from supervisor import paths
+from supervisor.cli import output
 from supervisor.cli.where import local_state
 from supervisor.errors import ConfigError, ImageMismatch
 from supervisor.lock import read_lock, write_lock
 
 
 def _say(line: str) -> None:
-    click.echo(line, err=True)
+    output.echo(line, err=True)
 
 
 def _variant(name: str) -> str:
@@ -82,7 +83,7 @@ def build(variant: str, source_spec: str | None, sha256: str | None, build_numbe
     record = images.build(client, variant, src, progress=(lambda _: None) if quiet else _say)
     lock = read_lock(lock_path).with_record(record)
     write_lock(lock_path, lock)
-    click.echo(
+    output.echo(
         f"{variant}: built {record.tag} {record.image_id[:19]} in {time.monotonic() - started:.1f}s; "
         f"{record.version}; {len(record.flags)} flags; lock {lock_path}"
     )
@@ -108,7 +109,7 @@ def _build_native(variant: str, lock_path: Path, *, source_spec: str | None, sha
         src = source.resolve(source_spec, sha256=sha256, build_number=build_number, progress=_say)
         record = binaries.build_native(variant, src, progress=progress, jobs=jobs, cuda_arch=cuda_arch)
     write_lock(lock_path, read_lock(lock_path).with_binary(record))
-    click.echo(
+    output.echo(
         f"{variant}: {record.path} SHA-256 {record.sha256[:12]} ({record.origin}) in "
         f"{time.monotonic() - started:.1f}s; {record.version}; {len(record.flags)} flags; lock {lock_path}"
     )
@@ -137,12 +138,12 @@ def verify(variants: tuple[str, ...], lock_file: Path | None) -> None:
             diffs = [str(e)]
         if diffs:
             failed += 1
-            click.echo(f"{name}: MISMATCH")
+            output.echo(f"{name}: MISMATCH")
             for d in diffs:
-                click.echo(f"  {d}")
+                output.echo(f"  {d}")
         else:
             record = lock.images[name]
-            click.echo(f"{name}: OK {record.tag} {record.image_id[:19]} binary {record.binary_sha256[:12]}")
+            output.echo(f"{name}: OK {record.tag} {record.image_id[:19]} binary {record.binary_sha256[:12]}")
     if failed:
         raise ImageMismatch(f"{failed} of {len(names)} image(s) differ from {lock_path}: rebuild with 'llama-supervisorctl build VARIANT'")
 
@@ -163,7 +164,7 @@ def fetch_model(names: tuple[str, ...], manifests_dir: Path | None) -> None:
         raise ConfigError(f"no model named {', '.join(unknown)} in the manifests; known: {', '.join(sorted(manifests.models))}")
     for name in wanted:
         path = modelsrc.fetch(manifests.models[name].source, progress=lambda line, n=name: _say(f"{n}: {line}"))
-        click.echo(f"{name}: {path} OK")
+        output.echo(f"{name}: {path} OK")
 
 
 def register(cli: click.Group) -> None:

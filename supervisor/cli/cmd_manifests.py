@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from supervisor import paths
+from supervisor.cli import output
 from supervisor.cli.where import FOUND_KEY, Found, local_state
 from supervisor.errors import ManifestError
 
@@ -47,12 +48,12 @@ def validate(directory: Path | None) -> None:
         manifests = load_dir(directory)
     except ManifestError as e:
         for problem in e.problems:
-            click.echo(problem)
+            output.echo(problem)
         raise _Invalid(f"{len(e.problems)} problem(s) in {directory}") from None
     lock_file = paths.lock_path()
     files = render.host_files(manifests)
     for warning in chat_template_warnings(manifests, files.models):
-        click.echo(warning)
+        output.echo(warning)
     problems: list[str] = list(files.problems)
     if lock_file.exists():
         problems += render.render_all(
@@ -60,12 +61,12 @@ def validate(directory: Path | None) -> None:
             model_paths=files.models, key_paths=files.keys,
         )[1]
     else:
-        click.echo(f"note: no image lock at {lock_file}; llama-server flags not checked", err=True)
+        output.echo(f"note: no image lock at {lock_file}; llama-server flags not checked", err=True)
     for problem in problems:
-        click.echo(problem)
+        output.echo(problem)
     if problems:
         raise _Invalid(f"{len(problems)} problem(s) in {directory}")
-    click.echo(f"{len(manifests.models)} models, {len(manifests.profiles)} profiles: OK")
+    output.echo(f"{len(manifests.models)} models, {len(manifests.profiles)} profiles: OK")
 
 
 _TEMPLATE_FLAGS = ("--chat-template", "--chat-template-file")
@@ -85,7 +86,7 @@ def chat_template_warnings(manifests: ManifestSet, model_paths: dict[str, str]) 
     for name, manifest in sorted(manifests.models.items()):
         if any(a.split("=", 1)[0] in _TEMPLATE_FLAGS for a in manifest.server.extra_args):
             continue
-        facts = gguf.facts(model_paths[name]) if model_paths.get(name) else None
+        facts = gguf.facts(model_paths[name], whole=True) if model_paths.get(name) else None
         if facts is None or facts.has_chat_template:
             continue
         origin = manifests.model_origins.get(name, Origin("<unknown>", 1))
@@ -135,25 +136,25 @@ def hardware_cmd(as_json: bool) -> None:
             "lock": str(found.locations.lock),
             "state_from": found.why["state_dir"],
         }
-        click.echo(json.dumps(body, indent=2))
+        output.echo(json.dumps(body, indent=2))
         return
-    click.echo(f"cores:     {host.cores}")
-    click.echo(f"memory:    {host.memory_bytes / 1024**3:.1f} GiB")
-    click.echo(f"arch:      {host.arch}")
-    click.echo(f"cpu flags: {' '.join(notable) or '(none notable)'}")
+    output.echo(f"cores:     {host.cores}")
+    output.echo(f"memory:    {host.memory_bytes / 1024**3:.1f} GiB")
+    output.echo(f"arch:      {host.arch}")
+    output.echo(f"cpu flags: {' '.join(notable) or '(none notable)'}")
     if host.gpus:
         for g in host.gpus:
-            click.echo(f"gpu {g.index}:     {g.name}, {g.vram_bytes / 1024**3:.1f} GiB")
+            output.echo(f"gpu {g.index}:     {g.name}, {g.vram_bytes / 1024**3:.1f} GiB")
     else:
-        click.echo("gpus:      none (NVIDIA GPUs are detected with nvidia-ml-py when it is installed)")
-    click.echo(f"variant:   {placement.variant} ({render.image_tag(placement.variant)})")
-    click.echo(f"runnable:  {' '.join(sorted(hardware.runnable_variants(host)))}")
-    click.echo(f"defaults:  {' '.join(flags)}")
-    click.echo(f"runtime:   --runtime auto picks {runtime_auto}"
+        output.echo("gpus:      none (NVIDIA GPUs are detected with nvidia-ml-py when it is installed)")
+    output.echo(f"variant:   {placement.variant} ({render.image_tag(placement.variant)})")
+    output.echo(f"runnable:  {' '.join(sorted(hardware.runnable_variants(host)))}")
+    output.echo(f"defaults:  {' '.join(flags)}")
+    output.echo(f"runtime:   --runtime auto picks {runtime_auto}"
                + (" (the Docker engine answers)" if no_docker is None else f" (no Docker engine: {no_docker})"))
-    click.echo("binaries:  " + (" ".join(f"{v}={p}" for v, p in binaries.items())
+    output.echo("binaries:  " + (" ".join(f"{v}={p}" for v, p in binaries.items())
                                 or "none (llama-supervisorctl build --native VARIANT)"))
-    click.echo(f"state:     {found.note()}")
+    output.echo(f"state:     {found.note()}")
 
 
 @click.command()
@@ -164,6 +165,6 @@ def schema(out: Path | None) -> None:
 
     """Print or write the manifest JSON Schema (for yaml-language-server)."""
     if out is None:
-        click.echo(schema_text(), nl=False)
+        output.echo(schema_text(), nl=False)
         return
-    click.echo(f"wrote {write_schema(out)}")
+    output.echo(f"wrote {write_schema(out)}")

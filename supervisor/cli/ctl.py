@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from supervisor import __version__
+from supervisor.cli import output
 from supervisor.errors import SupervisorError
 
 # Which module defines each subcommand: only the one invoked is imported, so `status` does not
@@ -71,6 +72,6 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except SupervisorError as e:
-        click.echo(f"error: {e}", err=True)
+        output.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
     sys.exit(rc if isinstance(rc, int) else 0)

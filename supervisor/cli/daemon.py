@@ -10,6 +10,7 @@ upgrade or restart drops no model (they are adopted on the next start);
 from __future__ import annotations
 
 import queue
+import resource
 import signal
 import sys
 import threading
@@ -24,6 +25,7 @@ import click
 import structlog
 
 from supervisor import __version__, logs, paths
+from supervisor.cli import output
 from supervisor.core.events import Event, SignalReceived
 from supervisor.core.spec import DesiredModel
 from supervisor.errors import ConfigError, ManifestError, SupervisorError
@@ -31,12 +33,14 @@ from supervisor.errors import ConfigError, ManifestError, SupervisorError
 log = structlog.get_logger("supervisor.daemon")
 
 
-def make_loader(manifests: Path, lock_path: Path, *, isolated: bool = False, for_process: bool = False) -> Any:
+def make_loader(manifests: Path, lock_path: Path, *, isolated: bool = False, for_process: bool = False,
+                read_timeout_s: float | None = None) -> Any:
     """render.load_desired, with a fresh lock per read; any problem makes the whole set invalid.
 
     isolated: read in a child process (supervisor.daemon.reader), as llama-supervisord does, so the
     daemon never loads pydantic and PyYAML and a hostile manifest cannot take it down.
     for_process: render against the lock's native binaries (the process runtime).
+    read_timeout_s: the isolated reader's deadline (reader.read_timeout_s: within the systemd watchdog).
     """
     from supervisor import hardware
 
@@ -51,7 +55,8 @@ def make_loader(manifests: Path, lock_path: Path, *, isolated: bool = False, for
         host_json = json.dumps({**dataclasses.asdict(host), "cpu_flags": sorted(host.cpu_flags)})
 
         def load_isolated() -> Mapping[str, DesiredModel]:
-            desired, problems = reader.read(manifests, lock_path, host_json, for_process=for_process)
+            desired, problems = reader.read(manifests, lock_path, host_json, for_process=for_process,
+                                            timeout_s=read_timeout_s or reader.READ_TIMEOUT_S)
             if problems:
                 raise ManifestError(problems)
             return desired
@@ -134,6 +139,8 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
         log_format: logs.LogFormat, runtime_kind: str) -> None:
     """Keep the llama-server models the manifests describe alive, and serve them on one endpoint."""
     logs.setup(log_format)
+    soft, hard = raise_nofile_limit()
+    log.info("open file limit", soft=soft, hard=hard)
     gateway = None if no_gateway else GatewayOptions(
         listen=gateway_listen, api_keys_file=gateway_api_keys_file, max_body=_size(gateway_max_body, "--gateway-max-body"),
         allowed_hosts=tuple(h.strip() for h in gateway_allowed_hosts.split(",") if h.strip()))
@@ -152,6 +159,29 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
         runtime_kind=runtime_kind,
         watch=not no_watch,
     )
+
+
+NOFILE_CEILING = 1 << 20     # when the hard limit is unlimited (the kernel's nr_open default)
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns (soft, hard) afterwards.
+
+    systemd's default soft limit is 1024 (select()'s old ceiling): 1,100 half-open
+    connections held every descriptor, and with them the probes, the Docker calls and
+    /health. The daemon never uses select(), so it takes what the hard limit allows
+    (the unit sets LimitNOFILE too).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, NOFILE_CEILING)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return soft, hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError) as e:
+        log.warning("cannot raise the open file limit", soft=soft, hard=hard, error=str(e))
+        return soft, hard
+    return want, hard
 
 
 @dataclass(frozen=True)
@@ -197,6 +227,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
     from supervisor.daemon.controller import DaemonController
     from supervisor.daemon.demand import Demand
     from supervisor.daemon.loop import LoopSettings, Supervisor
+    from supervisor.daemon.reader import read_timeout_s
     from supervisor.daemon.statefile import StateFile
     from supervisor.daemon.watcher import ManifestWatcher
     from supervisor.gateway.keys import read_gateway_keys
@@ -216,12 +247,13 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
     log.info("runtime", runtime=wiring.kind, why=wiring.why, **({"confinement": wiring.confinement}
                                                                  if wiring.confinement else {}))
     closers: list[Any] = []
-    notifier, metrics, max_wait = _systemd_and_metrics(metrics_port, closers)
+    notifier, metrics, max_wait, watchdog_s = _systemd_and_metrics(metrics_port, closers)
     sup = Supervisor(
         events=events,
         runtime=runtime,
         verifier=wiring.verifier,
-        load_desired=make_loader(manifests, lock_path, isolated=True, for_process=wiring.kind == "process"),
+        load_desired=make_loader(manifests, lock_path, isolated=True, for_process=wiring.kind == "process",
+                                 read_timeout_s=read_timeout_s(watchdog_s)),
         prober=(prober := Prober(events.put)),
         notifier=notifier,
         metrics=metrics,
@@ -278,11 +310,12 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         log.info("exited", runtime=wiring.kind, runtime_calls=runtime.call_count)
 
 
-def _systemd_and_metrics(metrics_port: int | None, closers: list[Any]) -> tuple[Any, Any, float]:
+def _systemd_and_metrics(metrics_port: int | None, closers: list[Any]) -> tuple[Any, Any, float, float | None]:
     from supervisor.control.api import NullMetrics, NullNotifier
 
     notifier: Any = NullNotifier()
     max_wait = 5.0
+    interval: float | None = None
     try:
         from supervisor import sdnotify
 
@@ -303,7 +336,7 @@ def _systemd_and_metrics(metrics_port: int | None, closers: list[Any]) -> tuple[
         closers.append(pm)
         metrics = pm
         log.info("metrics", url=f"http://127.0.0.1:{metrics_port}/metrics")
-    return notifier, metrics, max_wait
+    return notifier, metrics, max_wait, interval
 
 
 def _gateway(controller: Any, options: GatewayOptions, api_keys: frozenset[str], metrics: Any) -> Any:
@@ -343,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except SupervisorError as e:
         log.error("llama-supervisord cannot run", error=str(e))
-        click.echo(f"llama-supervisord: {e}", err=True)
+        output.echo(f"llama-supervisord: {e}", err=True)
         sys.exit(e.exit_code)
 
 

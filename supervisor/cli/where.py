@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import click
 
 from supervisor import paths
+from supervisor.cli import output
 from supervisor.control.client import ControlClient
 from supervisor.errors import ControlError
 
@@ -145,7 +146,7 @@ def local_state(*, announce: bool = True) -> Callable[[F], F]:
             found = locate(resolve_socket(ctx.meta.get(SOCKET_KEY)))
             ctx.meta[FOUND_KEY] = found
             if announce:
-                click.echo(f"using {found.note()}", err=True)
+                output.echo(f"using {found.note()}", err=True)
             with _environment(found.locations.env()):
                 return fn(*args, **kwargs)
 

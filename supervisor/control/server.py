@@ -9,7 +9,9 @@ most MAX_CONNECTIONS at once (the rest get 503 at once), the whole request
 within READ_TIMEOUT_S, bodies are at most 64 KiB of JSON, names are checked
 against the manifest name pattern before use, and anything malformed is a 400
 with a JSON error, never a traceback. A `tail -f` stream ends as soon as its
-client hangs up, not at the container's next log line.
+client hangs up, not at the container's next log line, and followers have a
+smaller cap of their own (a quarter of the connections): however many a user
+opens, short requests (`status`) keep room.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ _MAX_BODY = 64 * 1024
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes with the trailing NUL
 _PROBE_TIMEOUT_S = 2.0
 MAX_CONNECTIONS = 32
+MAX_FOLLOWERS = MAX_CONNECTIONS // 4     # `tail -f` streams: long-lived, so capped apart (issue 15)
 READ_TIMEOUT_S = 5.0           # one read of the request may wait this long
 REQUEST_DEADLINE_S = 10.0      # the whole request must have arrived by then
 WRITE_TIMEOUT_S = 60.0         # a `tail -f` reader that takes nothing for this long is dropped
@@ -75,6 +78,8 @@ class _UnixHTTPServer(ThreadingHTTPServer):
     controller: Controller
     locations: Locations
     slots: threading.BoundedSemaphore
+    followers: threading.BoundedSemaphore
+    max_followers: int = MAX_FOLLOWERS
     read_timeout_s: float = READ_TIMEOUT_S
     request_deadline_s: float = REQUEST_DEADLINE_S
 
@@ -294,7 +299,22 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.server.controller.status((name,)):
             self._error(HTTPStatus.NOT_FOUND, f"no such model: {name}", unknown=[name])
             return
-        chunks = self.server.controller.logs(name, lines=lines, follow=follow)
+        if not follow:
+            self._send_log(self.server.controller.logs(name, lines=lines, follow=False), follow=False)
+            return
+        # A follower holds its connection for as long as it likes: without a cap of their own,
+        # 32 `tail -f` filled every slot and `status` got 503 for as long as they stayed.
+        if not self.server.followers.acquire(blocking=False):
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE,
+                        f"too many log followers ({self.server.max_followers} 'tail -f' at once); "
+                        "stop one, or read without -f")
+            return
+        try:
+            self._send_log(self.server.controller.logs(name, lines=lines, follow=True), follow=True)
+        finally:
+            self.server.followers.release()
+
+    def _send_log(self, chunks: Iterator[bytes], *, follow: bool) -> None:
         self.connection.settimeout(WRITE_TIMEOUT_S)
         done = threading.Event()
         if follow:
@@ -440,7 +460,8 @@ class ControlServer:
 
     def __init__(self, controller: Controller, path: Path, *, group: str | None = None, mode: int = 0o660,
                  max_connections: int = MAX_CONNECTIONS, read_timeout_s: float = READ_TIMEOUT_S,
-                 request_deadline_s: float = REQUEST_DEADLINE_S, locations: Locations | None = None) -> None:
+                 request_deadline_s: float = REQUEST_DEADLINE_S, locations: Locations | None = None,
+                 max_followers: int | None = None) -> None:
         self.controller = controller
         self.locations = locations or Locations.current()
         self.path = Path(path)
@@ -449,6 +470,9 @@ class ControlServer:
         self.max_connections = max_connections
         self.read_timeout_s = read_timeout_s
         self.request_deadline_s = request_deadline_s
+        # followers get at most a quarter of the connections (and never all of them)
+        self.max_followers = max(1, min(max_followers if max_followers is not None else max_connections // 4,
+                                        max_connections - 1))
         self._httpd: _UnixHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
@@ -474,6 +498,8 @@ class ControlServer:
         httpd.controller = self.controller
         httpd.locations = self.locations
         httpd.slots = threading.BoundedSemaphore(self.max_connections)
+        httpd.followers = threading.BoundedSemaphore(self.max_followers)
+        httpd.max_followers = self.max_followers
         httpd.read_timeout_s = self.read_timeout_s
         httpd.request_deadline_s = self.request_deadline_s
         httpd.server_activate()  # listen() only now: before this, connects to the socket are refused

@@ -11,6 +11,11 @@ loop asks `wants_running(now)` and `next_deadline()` and lets the planner act.
                                                                                │
                                         max_failures consecutive failures ──> FATAL (start / manifest change)
 
+What the daemon itself could not do is never the model's failure: an inconclusive probe
+(the daemon is out of descriptors) neither counts toward `health.failures` nor lets the
+start budget expire, and a start the daemon could not make (`start_deferred`: the engine
+unreachable, EMFILE) waits DAEMON_SIDE_RETRY_S in BACKOFF without adding to the failures.
+
 Every state change goes through `_to()`, which checks it against `ALLOWED`.
 """
 
@@ -38,6 +43,7 @@ class ProbeOutcome(Enum):
     OK = "ok"              # 200 from /health
     LOADING = "loading"    # 503 "Loading model": progress while STARTING
     FAILED = "failed"      # anything else, refused, timed out
+    INCONCLUSIVE = "inconclusive"   # the daemon could not probe (EMFILE...): neither a success nor a failure
 
 
 S = State
@@ -55,6 +61,7 @@ ALLOWED: dict[State, frozenset[State]] = {
 LIVE = frozenset({S.STARTING, S.RUNNING, S.STOPPING})
 
 STARTING_PROBE_INTERVAL_S = 0.5   # probe faster while loading: readiness shows sooner
+DAEMON_SIDE_RETRY_S = 5.0         # a start the daemon could not make is tried again after this
 
 
 class TransitionError(AssertionError):
@@ -94,6 +101,7 @@ class Lifecycle:
         self.restarts = 0                      # container (re)starts after the first
         self.consecutive_failures = 0
         self.probe_failures = 0                # consecutive failed liveness probes while RUNNING
+        self.probe_inconclusive = False        # the last probe could not be made (daemon-side): no verdict yet
         self.last_exit_code: int | None = None
         self.running_since: float | None = None
         self.backoff_until: float | None = None
@@ -128,7 +136,8 @@ class Lifecycle:
         candidates: list[float] = []
         match self.state:
             case State.STARTING:
-                candidates.append(self.since + self.health.start_timeout_s)
+                if not self.probe_inconclusive:   # else the next conclusive probe decides (next_probe_at)
+                    candidates.append(self.since + self.health.start_timeout_s)
             case State.BACKOFF:
                 if self.backoff_until is not None:
                     candidates.append(self.backoff_until)
@@ -162,6 +171,7 @@ class Lifecycle:
         self._started_once = True
         self.enabled = True
         self.probe_failures = 0
+        self.probe_inconclusive = False
         self.running_since = None
         self.backoff_until = None
         match self.state:
@@ -193,11 +203,25 @@ class Lifecycle:
         # STARTING -> BACKOFF (or FATAL after max_failures)
         return self._failure(now, reason)
 
+    def start_deferred(self, now: float, reason: str) -> Transition | None:
+        """The daemon could not make the start (engine unreachable, out of descriptors): not the model's
+        failure. It waits DAEMON_SIDE_RETRY_S and is tried again; the failure count is left as it was."""
+        if self.state is not State.STARTING:
+            return None
+        self.running_since = None
+        self.next_probe_at = None
+        self.backoff_s = DAEMON_SIDE_RETRY_S
+        self.backoff_until = now + DAEMON_SIDE_RETRY_S
+        # STARTING -> BACKOFF: daemon-side, consecutive_failures unchanged (never toward FATAL)
+        return self._to(now, State.BACKOFF,
+                        f"daemon-side: {reason}; not counted as a failure; retry in {DAEMON_SIDE_RETRY_S:g}s")
+
     def adopt(self, now: float) -> Transition | None:
         """A running container with a matching config hash was found: keep it, probe it."""
         if self.state is not State.STOPPED:
             return None
         self._started_once = True
+        self.probe_inconclusive = False
         # STOPPED -> STARTING: adopted; the first good probe makes it RUNNING
         t = self._to(now, State.STARTING, "adopted running container")
         self.next_probe_at = now
@@ -217,7 +241,10 @@ class Lifecycle:
         match self.state:
             case State.STARTING:
                 self.next_probe_at = now + min(STARTING_PROBE_INTERVAL_S, self.health.interval_s)
+                self.probe_inconclusive = outcome is ProbeOutcome.INCONCLUSIVE
                 match outcome:
+                    case ProbeOutcome.INCONCLUSIVE:
+                        return None   # no verdict: the start budget waits for one
                     case ProbeOutcome.OK:
                         self.running_since = now
                         self.probe_failures = 0
@@ -231,6 +258,8 @@ class Lifecycle:
             case State.RUNNING:
                 self.next_probe_at = now + self.health.interval_s
                 match outcome:
+                    case ProbeOutcome.INCONCLUSIVE:
+                        return None   # the daemon could not ask: the count of failed probes stands as it was
                     case ProbeOutcome.OK:
                         self.probe_failures = 0
                         return self.tick(now)
@@ -338,7 +367,7 @@ class Lifecycle:
         """Deadlines: the start budget, the healthy-reset window."""
         match self.state:
             case State.STARTING:
-                if now - self.since >= self.health.start_timeout_s:
+                if not self.probe_inconclusive and now - self.since >= self.health.start_timeout_s:
                     # STARTING -> BACKOFF (or FATAL)
                     return self._failure(now, f"not healthy after {self.health.start_timeout_s:g}s")
             case State.RUNNING:

@@ -13,7 +13,7 @@ from supervisor.core.events import ContainerAction, ContainerEvent, ProbeResult
 from supervisor.core.lifecycle import ProbeOutcome, State
 from supervisor.core.planner import UP
 from supervisor.daemon.state import LoopState, Slot
-from supervisor.errors import RuntimeOperationError, RuntimeUnavailable
+from supervisor.errors import DaemonSideError, RuntimeOperationError
 
 log = structlog.get_logger("supervisor.daemon")
 
@@ -55,7 +55,7 @@ class ContainerEvents(LoopState):
         """Re-inspect a container that died (or vanished) and tell its lifecycle."""
         try:
             c = self.runtime.inspect(container_id)
-        except (RuntimeOperationError, RuntimeUnavailable) as e:
+        except (RuntimeOperationError, DaemonSideError) as e:
             log.warning("inspect failed", container=container_id[:12], error=str(e))
             self._resync_now = True
             return
@@ -86,6 +86,11 @@ class ContainerEvents(LoopState):
     def _on_probe(self, ev: ProbeResult) -> None:
         slot = self.slots.get(ev.model)
         if slot is None or slot.container_id != ev.container_id:
+            return
+        if ev.outcome is ProbeOutcome.INCONCLUSIVE:
+            # The daemon could not probe (out of descriptors): no verdict on the model, no metric.
+            log.warning("probe inconclusive; daemon-side", model=ev.model, detail=ev.detail)
+            self._log_transition(slot.lc.probe(self.clock(), ev.outcome, ev.detail))
             return
         self.metrics.probe(ev.model, ev.latency_s, ev.outcome is ProbeOutcome.OK)
         if ev.outcome is not ProbeOutcome.OK and slot.lc.state is State.RUNNING:

@@ -15,7 +15,7 @@ import structlog
 from supervisor.core.actions import Action, Create, Recreate, Remove, Start, Stop
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import DesiredModel
-from supervisor.errors import VerificationError
+from supervisor.errors import ResourceExhausted, VerificationError, exhaustion
 from supervisor.runtime import Runtime
 
 log = structlog.get_logger("supervisor.daemon.executor")
@@ -88,8 +88,20 @@ class Executor:
         """Run one action; `current` is the cached container it acts on (if any).
 
         Returns the container afterwards (None when it is gone). Raises
-        VerificationError (permanent) or RuntimeOperationError / RuntimeUnavailable.
+        VerificationError (permanent), RuntimeOperationError (the model's), or a
+        DaemonSideError: RuntimeUnavailable, or ResourceExhausted when the daemon ran
+        out of descriptors or memory on the way (reading the lock, hashing the model).
         """
+        try:
+            return self._apply(action, current)
+        except OSError as e:
+            if (cause := exhaustion(e)) is None:
+                raise
+            raise ResourceExhausted(
+                f"{action.model}: {type(action).__name__.lower()}: the daemon is out of resources "
+                f"({cause.strerror or cause}); retried later") from e
+
+    def _apply(self, action: Action, current: ObservedContainer | None) -> ObservedContainer | None:
         rt = self.runtime
         match action:
             case Create(desired=d):

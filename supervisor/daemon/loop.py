@@ -55,7 +55,7 @@ from supervisor.daemon.ondemand import OnDemand
 from supervisor.daemon.reporting import Reporting
 from supervisor.daemon.state import LoopSettings, ProbeSink, Slot, Waiter
 from supervisor.daemon.statefile import StateFile
-from supervisor.errors import RuntimeOperationError, RuntimeUnavailable, VerificationError
+from supervisor.errors import DaemonSideError, RuntimeOperationError, VerificationError
 from supervisor.runtime import Runtime
 
 log = structlog.get_logger("supervisor.daemon")
@@ -247,7 +247,7 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
         self._resync_at = now + self.settings.resync_interval_s
         try:
             listed = self.runtime.list_managed()
-        except (RuntimeOperationError, RuntimeUnavailable) as e:
+        except (RuntimeOperationError, DaemonSideError) as e:
             log.error("resync failed; docker unreachable", error=str(e))
             self._resync_at = now + min(5.0, self.settings.resync_interval_s)
             return
@@ -296,7 +296,7 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
     def _apply(self, action: Stop | Remove, cid: str) -> bool:
         try:
             after = self.executor.apply(action, self.cache.get(cid))
-        except (RuntimeOperationError, RuntimeUnavailable) as e:
+        except (RuntimeOperationError, DaemonSideError) as e:
             log.error("action failed", action=type(action).__name__, model=action.model, error=str(e))
             self._resync_now = True
             return False
@@ -323,7 +323,14 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
             log.error("verification failed; start refused", model=model, error=str(e))
             self._log_transition(slot.lc.start_failed(self.clock(), f"verification failed: {e}", permanent=True))
             return
-        except (RuntimeOperationError, RuntimeUnavailable) as e:
+        except DaemonSideError as e:
+            # The engine unreachable, the daemon out of descriptors: not the model's failure. It waits
+            # in BACKOFF (its failure count unchanged) and is tried again (the log line is rate-limited).
+            log.warning("start deferred; daemon-side", model=model, error=str(e))
+            self._resync_now = True
+            self._log_transition(slot.lc.start_deferred(self.clock(), str(e)))
+            return
+        except RuntimeOperationError as e:
             log.error("start failed", model=model, error=str(e))
             self._resync_now = True
             self._log_transition(slot.lc.start_failed(self.clock(), f"runtime: {e}", permanent=False))
@@ -385,11 +392,11 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
             try:
                 self.runtime.stop(cid, timeout_s=self.settings.stop_timeout_s)
                 log.info("stopped model", model=name, container=cid[:12])
-            except (RuntimeOperationError, RuntimeUnavailable) as e:
+            except (RuntimeOperationError, DaemonSideError) as e:
                 log.error("stop failed; killing", model=name, error=str(e))
                 try:
                     self.runtime.kill(cid)
-                except (RuntimeOperationError, RuntimeUnavailable) as e2:
+                except (RuntimeOperationError, DaemonSideError) as e2:
                     log.error("kill failed", model=name, error=str(e2))
 
 def _start_reason(action: Create | Recreate | Start) -> str:

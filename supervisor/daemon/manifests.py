@@ -22,6 +22,7 @@ log = structlog.get_logger("supervisor.daemon")
 class Manifests(LoopState):
     def _read(self) -> Mapping[str, DesiredModel] | None:
         self.problems = []
+        self.notifier.watchdog()    # the read may take up to its deadline (half the watchdog): start it fresh
         try:
             return self._load_desired()
         except ManifestError as e:

@@ -3,7 +3,8 @@
 The long-lived daemon then never imports pydantic, PyYAML or the renderer
 (~11 MiB of its RSS: docs/BENCHMARKS.md), and the parsing of files a hostile
 manifest author wrote runs in a process with its own address-space limit
-(READ_MEMORY_BYTES) and a deadline (READ_TIMEOUT_S): a parser bug, a deep
+(READ_MEMORY_BYTES) and a deadline (READ_TIMEOUT_S, and never more than half the
+systemd watchdog: the loop thread waits for the read, `read_timeout_s`): a parser bug, a deep
 recursion or a memory blow-up costs one failed read ("keeping the last good
 set"), never the daemon. The child prints one JSON object on stdout:
 
@@ -37,6 +38,18 @@ from supervisor.errors import ManifestError, SupervisorError
 
 READ_TIMEOUT_S = 60.0
 READ_MEMORY_BYTES = 1 << 30        # the child's address space; a manifest set needs a few tens of MiB
+
+
+def read_timeout_s(watchdog_interval_s: float | None) -> float:
+    """The reader's deadline: READ_TIMEOUT_S, cut to the watchdog's ping interval (half of WATCHDOG_USEC).
+
+    The loop thread pings the watchdog, then waits for the read: a read that ends by then
+    leaves the other half of the watchdog's time for the rest of the iteration (issue 15:
+    a 60 s deadline under WatchdogSec=30 would have let systemd kill the daemon).
+    """
+    if watchdog_interval_s is None or watchdog_interval_s <= 0:
+        return READ_TIMEOUT_S
+    return min(READ_TIMEOUT_S, watchdog_interval_s)
 
 
 def encode(m: DesiredModel) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Protocol
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import ContainerSpec
 from supervisor.errors import ConfigError
+from supervisor.logs import printable
 
 LABEL_MANAGED = "io.llama-supervisor.managed"
 LABEL_MODEL = "io.llama-supervisor.model"
@@ -73,6 +74,20 @@ def process_rss(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+# A model's log is untrusted bytes: the tail that becomes a model's `reason` (status, logs,
+# metrics) is cut to size and stripped of terminal escapes and other control characters,
+# whichever runtime ran it.
+MAX_TAIL_BYTES = 64 * 1024
+MAX_LINE_CHARS = 300
+
+
+def clean_log(raw: bytes) -> str:
+    """Log bytes as text fit for a status line: valid UTF-8, no control characters, lines cut short."""
+    text = printable(raw[-MAX_TAIL_BYTES:].decode(errors="replace").replace("\t", " "))
+    return "".join((ln if len(ln) <= MAX_LINE_CHARS else ln[:MAX_LINE_CHARS] + "...") + "\n"
+                   for ln in text.splitlines())
 
 
 def container_name(model: str, instance: str = DEFAULT_INSTANCE) -> str:

@@ -24,25 +24,22 @@ from docker.types import DeviceRequest, LogConfig, Mount
 
 from supervisor.core.observed import ContainerStatus, ObservedContainer
 from supervisor.core.spec import ContainerSpec
-from supervisor.errors import RuntimeOperationError, RuntimeUnavailable
+from supervisor.errors import ResourceExhausted, RuntimeOperationError, RuntimeUnavailable, exhaustion
 from supervisor.runtime import (
     DEFAULT_INSTANCE,
     LABEL_HASH,
     LABEL_INSTANCE,
     LABEL_MANAGED,
     LABEL_MODEL,
+    MAX_TAIL_BYTES,
     NAME_PREFIX,
+    clean_log,
     container_name,
     owned_filter,
     process_rss,
 )
 
 _EXITED_RE = re.compile(r"^Exited \((-?\d+)\)")
-# A container's log is untrusted bytes: the tail that becomes a model's `reason` (status, logs,
-# metrics) is cut to size and stripped of terminal escapes and other control characters.
-MAX_TAIL_BYTES = 64 * 1024
-MAX_LINE_CHARS = 300
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _STATUSES: frozenset[str] = frozenset({"created", "running", "paused", "restarting", "removing", "exited", "dead"})
 
 
@@ -100,13 +97,6 @@ def container_kwargs(spec: ContainerSpec, instance: str = DEFAULT_INSTANCE) -> d
         "user": spec.user,
         "detach": True,
     }
-
-
-def clean_log(raw: bytes) -> str:
-    """Log bytes as text fit for a status line: valid UTF-8, no control characters, lines cut short."""
-    text = _CONTROL.sub("", raw.decode(errors="replace").replace("\t", " "))
-    return "".join((ln if len(ln) <= MAX_LINE_CHARS else ln[:MAX_LINE_CHARS] + "...") + "\n"
-                   for ln in text.splitlines())
 
 
 def observed_from_inspect(d: dict[str, Any]) -> ObservedContainer:
@@ -202,10 +192,16 @@ def engine_errors(op: str, target: str, *, hint: str = "") -> Iterator[None]:
     except docker.errors.APIError as e:
         raise RuntimeOperationError(
             f"docker {op} {target}: {e.explanation or e}" + (f": {hint}" if hint else "")) from e
-    except requests.exceptions.RequestException as e:     # refused, timed out, cut mid-stream
-        raise RuntimeUnavailable(f"docker {op} {target}: engine unreachable ({e}): {UNREACHABLE_HINT}") from e
-    except docker.errors.DockerException as e:
-        raise RuntimeUnavailable(f"docker {op} {target}: {e}: {UNREACHABLE_HINT}") from e
+    except (requests.exceptions.RequestException, docker.errors.DockerException, OSError) as e:
+        if (cause := exhaustion(e)) is not None:   # our side ran out (EMFILE...): neither the engine nor the model
+            raise ResourceExhausted(
+                f"docker {op} {target}: the daemon is out of resources ({cause.strerror or cause}); retried later"
+            ) from e
+        if isinstance(e, requests.exceptions.RequestException):     # refused, timed out, cut mid-stream
+            raise RuntimeUnavailable(f"docker {op} {target}: engine unreachable ({e}): {UNREACHABLE_HINT}") from e
+        if isinstance(e, docker.errors.DockerException):
+            raise RuntimeUnavailable(f"docker {op} {target}: {e}: {UNREACHABLE_HINT}") from e
+        raise
 
 
 class DockerRuntime:

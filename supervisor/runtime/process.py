@@ -46,7 +46,7 @@ from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import ContainerSpec
 from supervisor.errors import ImageMismatch, RuntimeOperationError
 from supervisor.hashing import CHUNK
-from supervisor.runtime import DEFAULT_INSTANCE, container_name, process_rss
+from supervisor.runtime import DEFAULT_INSTANCE, clean_log, container_name, process_rss
 from supervisor.runtime.cgroup import Cgroups
 from supervisor.runtime.process_spec import host_argv, parse_user, process_env, rlimits
 
@@ -573,7 +573,7 @@ class ProcessRuntime:
         rec = self._records.get(container_id)
         if rec is None:
             return ""
-        return _tail(Path(rec.log), lines).decode(errors="replace")
+        return clean_log(_tail(Path(rec.log), lines))       # a reason for status: no escapes, lines cut short
 
     def logs(self, container_id: str, *, lines: int = 100, follow: bool = False) -> Iterator[bytes]:
         self.calls["logs"] += 1

@@ -214,3 +214,44 @@ def test_tail_follow_ends_as_soon_as_the_client_hangs_up(served: tuple[Path, Con
     s.close()                                               # Ctrl-C in `tail -f`: no new log line will come
     assert ctl.streams[0].closed.wait(3), "the server kept following a log nobody reads"
     assert time.monotonic() - t0 < 1.5
+
+
+def _follow(path: Path) -> tuple[socket.socket, bytes]:
+    """Open a `tail -f`; returns the socket and what came first (the history line, or a refusal)."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    s.connect(str(path))
+    s.sendall(b"GET /v1/logs?name=gemma&follow=1 HTTP/1.0\r\n\r\n")
+    got = b""
+    while b"history" not in got and (chunk := s.recv(4096)):
+        got += chunk
+    return s, got
+
+
+def test_followers_have_their_own_cap_so_status_keeps_room(sock_dir: Path) -> None:
+    """Issue 15, item 12: 32 `tail -f` filled every slot and `status` got 503 for as long as they stayed."""
+    path = sock_dir / "control.sock"
+    ctl = Controller()
+    with ControlServer(ctl, path, max_connections=8, max_followers=2):
+        held, refused = [], []
+        for _ in range(8):                                   # as many followers as there are connections
+            s, first = _follow(path)
+            (held if b"history" in first else refused).append((s, first))
+        try:
+            assert len(held) == 2 and len(refused) == 6
+            code, body = status_and_body(refused[0][1])
+            assert code == 503 and "too many log followers (2" in str(body["error"])
+            deadline = time.monotonic() + 5                  # the refused followers' threads end
+            while True:
+                try:
+                    with ControlClient(path, timeout=5) as c:
+                        assert [m.name for m in c.status().models] == ["gemma"]
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+            assert all(not st.closed.is_set() for st in ctl.streams)   # the two still follow
+        finally:
+            for s, _ in held + refused:
+                s.close()
+        assert all(st.closed.wait(3) for st in ctl.streams)

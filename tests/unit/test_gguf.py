@@ -4,6 +4,7 @@ and hostile or truncated headers answered with None, never a huge allocation."""
 from __future__ import annotations
 
 import struct
+import time
 from pathlib import Path
 
 from supervisor import gguf
@@ -77,10 +78,78 @@ def test_estimate_is_file_plus_kv_plus_overhead_and_says_how(tmp_path: Path) -> 
 
 
 def test_says_whether_a_chat_template_is_there_without_keeping_it(tmp_path: Path) -> None:
-    assert gguf.facts(gemma_like(tmp_path / "base.gguf")).has_chat_template is False      # type: ignore[union-attr]
+    assert gguf.facts(gemma_like(tmp_path / "base.gguf"), whole=True).has_chat_template is False  # type: ignore[union-attr]
     big = "{% for m in messages %}<start_of_turn>{{ m.content }}<end_of_turn>{% endfor %}" * 20_000   # 1.6 MB
     path = gemma_like(tmp_path / "it.gguf", chat_template=big)
-    f = gguf.facts(path)
+    f = gguf.facts(path, whole=True)
     assert f is not None and f.has_chat_template and f.n_layer == 18, "and the fields after it are read"
-    meta = gguf.read_metadata(path)
-    assert meta is not None and gguf.CHAT_TEMPLATE in meta and meta[gguf.CHAT_TEMPLATE] is None
+    meta = gguf.read_header(path, whole=True)
+    assert isinstance(meta, dict) and gguf.CHAT_TEMPLATE in meta and meta[gguf.CHAT_TEMPLATE] is None
+# --- issue 15, item 7: the total work is bounded, not only each value -------------------------
+
+def _string_array(key: str, count: int) -> bytes:
+    return _s(key) + struct.pack("<I", 9) + struct.pack("<I", 8) + struct.pack("<Q", count)
+
+
+def sparse_bomb(path: Path, *, count: int, arrays: int = 2, fields_first: bool = False) -> Path:
+    """`arrays` arrays of `count` empty strings: all-zero bytes, so the file is sparse (no disk used).
+    Each array is its own sparse run; the fields follow them (or come first)."""
+    fields = [_s("general.architecture") + struct.pack("<I", 8) + _s("llama"),
+              _kv_u32("llama.block_count", 2), _kv_u32("llama.embedding_length", 64),
+              _kv_u32("llama.attention.head_count", 4)]
+    head = b"GGUF" + struct.pack("<I", 3) + struct.pack("<Q", 0) + struct.pack("<Q", arrays + len(fields))
+    with open(path, "wb") as f:
+        f.write(head)
+        if fields_first:
+            f.write(b"".join(fields))
+        for i in range(arrays):
+            f.write(_string_array(f"tokenizer.bomb{i}", count))
+            f.seek(8 * count, 1)          # zeros: count empty strings, as a hole
+        if not fields_first:
+            f.write(b"".join(fields))
+    return path
+
+
+def test_a_header_of_100m_empty_strings_is_unknown_within_the_budget(tmp_path: Path) -> None:
+    bomb = sparse_bomb(tmp_path / "bomb.gguf", count=50_000_000)          # 800 MB, 100 M strings
+    t0 = time.monotonic()
+    found = gguf.read_facts(bomb)
+    assert time.monotonic() - t0 < 1.0                                     # before: 57 s
+    assert isinstance(found, gguf.Unknown) and "budget" in found.reason
+
+
+def test_many_arrays_under_each_bound_still_share_one_budget(tmp_path: Path) -> None:
+    # 40 arrays of 100,000 strings: each within every per-value bound, 4 M strings in all
+    bomb = sparse_bomb(tmp_path / "wide.gguf", count=100_000, arrays=40)
+    t0 = time.monotonic()
+    found = gguf.read_facts(bomb)
+    assert time.monotonic() - t0 < 2.0
+    assert isinstance(found, gguf.Unknown) and "budget" in found.reason
+
+
+def test_one_budget_covers_every_file_of_a_read(tmp_path: Path) -> None:
+    budget = gguf.Budget()
+    results = [gguf.read_facts(sparse_bomb(tmp_path / f"m{i}.gguf", count=900_000, arrays=1), budget)
+               for i in range(4)]
+    assert isinstance(results[0], gguf.GgufFacts) and isinstance(results[1], gguf.GgufFacts)
+    assert all(isinstance(r, gguf.Unknown) and "budget" in r.reason for r in results[2:])
+
+
+def test_reading_stops_once_the_fields_are_known(tmp_path: Path) -> None:
+    bomb = sparse_bomb(tmp_path / "after.gguf", count=50_000_000, fields_first=True)
+    budget = gguf.Budget()
+    found = gguf.read_facts(bomb, budget)
+    assert isinstance(found, gguf.GgufFacts) and found.n_layer == 2
+    assert gguf.MAX_ITEMS - budget.items == 5                              # the entries, not one string
+
+
+def test_a_header_past_its_byte_bound_is_unknown(tmp_path: Path) -> None:
+    path = tmp_path / "long.gguf"
+    with open(path, "wb") as f:                  # six 15 MiB string values, each a hole of zeros
+        f.write(b"GGUF" + struct.pack("<I", 3) + struct.pack("<Q", 0) + struct.pack("<Q", 6))
+        for i in range(6):
+            f.write(_s(f"general.k{i}") + struct.pack("<I", 8) + struct.pack("<Q", 15 << 20))
+            f.seek(15 << 20, 1)
+        f.write(b"\0")
+    found = gguf.read_facts(path)
+    assert isinstance(found, gguf.Unknown) and "64 MiB" in found.reason

@@ -55,3 +55,40 @@ def test_the_daemon_side_imports_neither_pydantic_nor_yaml(tmp_path: Path) -> No
     write_lock(tmp_path / "lock.json", LOCK)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out
+
+
+def test_the_reader_deadline_is_within_the_systemd_watchdog() -> None:
+    """Issue 15, item 7: the loop waits for the reader; a 60 s deadline under WatchdogSec=30 let systemd kill it."""
+    from supervisor import sdnotify
+    from supervisor.daemon.reader import READ_TIMEOUT_S, read_timeout_s
+
+    env = {"WATCHDOG_USEC": "30000000"}                                  # WatchdogSec=30
+    assert read_timeout_s(sdnotify.watchdog_interval_s(env)) == 15.0     # half of it: the loop pings, then waits
+    assert read_timeout_s(sdnotify.watchdog_interval_s({"WATCHDOG_USEC": "600000000"})) == READ_TIMEOUT_S
+    assert read_timeout_s(sdnotify.watchdog_interval_s({})) == READ_TIMEOUT_S
+
+
+def test_the_loop_pings_the_watchdog_right_before_a_read() -> None:
+    import queue
+    import random
+
+    from supervisor.daemon.loop import Supervisor
+
+    from .fakes import FakeClock, FakeNotifier, FakeProber, FakeRuntime, FakeVerifier
+
+    class Recording(FakeNotifier):
+        def watchdog(self) -> None:
+            self.messages.append("WATCHDOG=1")
+
+    notifier = Recording()
+    seen: list[list[str]] = []
+
+    def load() -> dict[str, object]:
+        seen.append(list(notifier.messages))
+        return {}
+
+    sup = Supervisor(events=queue.Queue(), runtime=FakeRuntime(), verifier=FakeVerifier(), load_desired=load,
+                     prober=FakeProber(), notifier=notifier, clock=FakeClock(), rng=random.Random(1))
+    sup._reload(apply=True, origin="start")
+    sup._reload(apply=True, origin="watcher")
+    assert [m[-1] for m in seen] == ["WATCHDOG=1", "WATCHDOG=1"]

@@ -68,6 +68,9 @@ def test_required_directives() -> None:
     }
     assert {key: one(service, key) for key in expected} == expected
     assert one(service, "KillMode") in ("mixed", "process")
+    # issue 15: 1,100 half-open connections held systemd's default 1024 descriptors
+    nofile = one(service, "LimitNOFILE")
+    assert int(nofile.split(":")[0]) >= 65536, nofile
     assert "LLAMA_SUPERVISOR_SOCKET=/run/llama-supervisor/control.sock" in values(service, "Environment")
     assert one(unit["Install"], "WantedBy") == "multi-user.target"
     assert "equivalent to root" in text  # the Docker socket warning stays with the unit
