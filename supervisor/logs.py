@@ -31,9 +31,8 @@ LogFormat = Literal["auto", "json", "console"]
 RATE_LIMIT_BURST = 5              # identical lines let through per window
 RATE_LIMIT_WINDOW_S = 10.0
 RATE_LIMIT_MAX_KEYS = 1024        # distinct lines tracked at once; the oldest window is closed early past this
-# Besides the level and the event text, what makes two lines "the same": a line per model, and a
-# transition per target state, each keeps its own budget.
-KEY_FIELDS = ("model", "to", "container")
+# Two lines are "the same" when their level, event text and every field are equal: a repeated
+# probe failure or accept error is limited; a new problem, file or reason is always logged.
 
 # C0 controls but tab and newline, DEL, C1 controls (0x9b is a one-byte CSI on some terminals).
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -120,11 +119,12 @@ class RateLimiter:
 
 
 def _describe(s: Suppressed) -> dict[str, Any]:
-    return {"repeats": s.count, "window_s": s.window_s, "of": " ".join(str(p) for p in s.key if p)}
+    of = " ".join(str(p) for p in s.key if p)
+    return {"repeats": s.count, "window_s": s.window_s, "of": of if len(of) <= 300 else of[:297] + "..."}
 
 
 class RateLimitProcessor:
-    """A structlog processor: drops a line beyond the limiter's burst (same level, event text and KEY_FIELDS);
+    """A structlog processor: drops a line beyond the limiter's burst (same level, event text and every field);
     reports each closed window that dropped lines as one "log repeats suppressed" line."""
 
     def __init__(self, limiter: RateLimiter) -> None:
@@ -134,7 +134,9 @@ class RateLimitProcessor:
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         if getattr(self._reporting, "active", False):
             return event_dict                 # our own report: never limited, never recursive
-        key = (method, str(event_dict.get("event", "")), *(str(event_dict.get(f, "")) for f in KEY_FIELDS))
+        # identical lines only: every field counts (a different problem, file or reason is news, not a repeat)
+        key = (method, str(event_dict.get("event", "")),
+               *(f"{k}={v}" for k, v in sorted(event_dict.items(), key=lambda kv: str(kv[0])) if k != "event"))
         ok, closed = self.limiter.admit(key)
         if closed:
             self._report(closed)

@@ -132,9 +132,9 @@ def deploy_swarm(manifests_dir: Path | None, stack: str, wait_s: float) -> None:
     stack_file = paths.state_dir() / "swarm" / f"{stack}.yaml"
     stack_file.parent.mkdir(parents=True, exist_ok=True)
     stack_file.write_text(text)
-    output = swarm_deploy.deploy(stack_file, stack)
-    if output:
-        output.echo(output)
+    said = swarm_deploy.deploy(stack_file, stack)
+    if said:
+        output.echo(said)
     output.echo(f"deployed {stack_file} as stack {stack}")
     if wait_s > 0:
         deadline = time.monotonic() + wait_s

@@ -173,9 +173,11 @@ WHY = {
                       "not llama-server: --help)"],
 }
 FIELDS = {
-    "builder": ["image_id", "binary_sha256", "version", "build_number", "source_sha256", "variant", "flags"],
-    "no_binary": ["image_id", "binary_sha256", "version", "build_number", "source_sha256", "variant", "flags"],
-    "version_fails": ["image_id", "binary_sha256", "version", "flags"],   # its labels are the lock's
+    "builder": ["image_id", "binary_sha256", "version", "build_number", "source_sha256", "variant", "flags",
+                "warned_flags"],
+    "no_binary": ["image_id", "binary_sha256", "version", "build_number", "source_sha256", "variant", "flags",
+                  "warned_flags"],
+    "version_fails": ["image_id", "binary_sha256", "version", "flags", "warned_flags"],   # labels: the lock's
 }
 CREATES = {"builder": 1, "no_binary": 1, "version_fails": 3}   # a missing binary is never run
 

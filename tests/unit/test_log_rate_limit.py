@@ -61,7 +61,18 @@ def test_structlog_lines_are_limited_and_summarised(configured: None, capsys: py
     assert events == [("probe inconclusive; daemon-side", "a")] * 5 + [
         ("probe inconclusive; daemon-side", "b"), ("log repeats suppressed", None), ("ready", None)]
     (summary,) = [ln for ln in lines if ln["event"] == "log repeats suppressed"]
-    assert summary["repeats"] == 9995 and "probe inconclusive" in summary["of"] and "a" in summary["of"].split()
+    assert summary["repeats"] == 9995 and "probe inconclusive" in summary["of"] and "model=a" in summary["of"].split()
+
+
+def test_lines_that_differ_in_any_field_are_news_not_repeats(configured: None,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    clock = FakeClock()
+    logs.setup("json", limiter=RateLimiter(burst=5, window_s=10, clock=clock))
+    log = structlog.get_logger("supervisor.daemon")
+    for i in range(20):      # twenty different bad manifests in one window: the operator needs every one
+        log.error("invalid manifest: keeping the last good set", problem=f"/m/f{i}.yaml:3: unknown key")
+    problems = [json.loads(ln)["problem"] for ln in capsys.readouterr().out.splitlines()]
+    assert problems == [f"/m/f{i}.yaml:3: unknown key" for i in range(20)]
 
 
 def test_stdlib_records_asyncio_and_uvicorn_are_limited(configured: None,
