@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Future
@@ -28,6 +27,7 @@ from supervisor.core.commands import Readiness
 from supervisor.core.routing import Route
 from supervisor.daemon.demand import Demand
 from supervisor.gateway import errors
+from supervisor.gateway.body import Bodies, BodyLimits, ReleaseBodies
 from supervisor.gateway.errors import GatewayError
 from supervisor.gateway.proxy import Lease, ProxyResponse, Upstream
 
@@ -53,6 +53,7 @@ class GatewaySettings:
     api_keys: frozenset[str] = field(default=frozenset(), repr=False)   # never logged
     wait_grace_s: float = 30.0          # beyond the model's start timeout: time to make room for it
     retry_delay_s: float = 0.1          # first pause before re-sending a request the model never got
+    body: BodyLimits = BodyLimits()     # deadlines, upload slots and the byte budget of bodies in flight
 
 
 class Gateway:
@@ -66,6 +67,7 @@ class Gateway:
         self.metrics = metrics or NullMetrics()
         self.clock = clock
         self.upstream = upstream or Upstream()
+        self.bodies = Bodies(settings.max_body_bytes, settings.body)
         self.app = Starlette(
             routes=[
                 HttpRoute("/health", self.health, methods=["GET"]),
@@ -81,6 +83,7 @@ class Gateway:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         yield
         await self.upstream.aclose()
+        self.bodies.close()
 
     # --- handlers ------------------------------------------------------------------------------
 
@@ -115,13 +118,7 @@ class Gateway:
         """Any /v1/* POST with a JSON `model`: routed to that model, started if it is on-demand."""
         self._authorize(request)
         body = await self._body(request)
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            raise errors.bad_request("the body is not JSON (fix: send a JSON object with \"model\")") from None
-        name = doc.get("model") if isinstance(doc, dict) else None
-        if not isinstance(name, str) or not name:
-            raise errors.bad_request("the request has no \"model\" (fix: add \"model\": \"<name or alias>\")")
+        name = await self.bodies.model(body)    # off the loop, nesting bounded: 400 unless a JSON object
         route = self.backend.routes().get(name)
         if route is None:
             raise self._not_found(name)
@@ -202,17 +199,8 @@ class Gateway:
             raise errors.unauthorized()
 
     async def _body(self, request: Request) -> bytes:
-        limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise errors.too_large(limit)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise errors.too_large(limit)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        """Deadlines, upload slots, the byte budget: supervisor.gateway.body."""
+        return await self.bodies.read(request)
 
     def _not_found(self, name: str) -> GatewayError:
         routes = self.backend.routes()
@@ -255,4 +243,5 @@ def create_app(backend: Backend, settings: GatewaySettings = GatewaySettings(),
                metrics: MetricsSink | None = None, upstream: Upstream | None = None) -> Any:
     gw = Gateway(backend, settings, metrics, upstream=upstream)
     gw.app.add_exception_handler(GatewayError, error_handler)
+    gw.app.add_middleware(ReleaseBodies, bodies=gw.bodies)     # a request's body budget back at its end
     return gw.app
