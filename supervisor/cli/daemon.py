@@ -110,6 +110,14 @@ def _release_freed_memory() -> None:
 @click.option("--gateway-api-keys-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Require 'Authorization: Bearer KEY' at the gateway; one key per line (# comments).")
 @click.option("--gateway-max-body", default="16m", show_default=True, help="Largest request body the gateway takes.")
+@click.option("--gateway-body-budget", default="64m", show_default=True,
+              help="Bytes that request bodies over 64 KiB may hold together while their requests are in flight; "
+                   "more get 503 + Retry-After.")
+@click.option("--gateway-max-uploads", type=click.IntRange(1, 4096), default=16, show_default=True,
+              help="Request bodies over 64 KiB the gateway receives at once (one more waits up to 1 s, then 503).")
+@click.option("--gateway-max-connections", type=click.IntRange(1, 1 << 20), default=1024, show_default=True,
+              help="Open gateway connections; at most a quarter of the fd soft limit. At the cap a new one "
+                   "evicts the oldest idle or half-sent one.")
 @click.option("--memory-budget", default="auto", show_default=True,
               help="RAM the models may count together (e.g. 12g); auto: 90%% of this host's, none: no budget.")
 @click.option("--gpu-memory-budget", default="auto", show_default=True,
@@ -125,12 +133,18 @@ def _release_freed_memory() -> None:
 def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None, socket_group: str | None,
         metrics_port: int | None, resync_interval: float, stop_timeout: float, stop_models_on_exit: bool,
         instance: str, gateway_listen: str, no_gateway: bool, gateway_api_keys_file: Path | None,
-        gateway_max_body: str, memory_budget: str, gpu_memory_budget: str, no_watch: bool,
+        gateway_max_body: str, gateway_body_budget: str, gateway_max_uploads: int, gateway_max_connections: int,
+        memory_budget: str, gpu_memory_budget: str, no_watch: bool,
         log_format: logs.LogFormat, runtime_kind: str) -> None:
     """Keep the llama-server models the manifests describe alive, and serve them on one endpoint."""
     logs.setup(log_format)
     gateway = None if no_gateway else GatewayOptions(
-        listen=gateway_listen, api_keys_file=gateway_api_keys_file, max_body=_size(gateway_max_body, "--gateway-max-body"))
+        listen=gateway_listen, api_keys_file=gateway_api_keys_file, max_body=_size(gateway_max_body, "--gateway-max-body"),
+        body_budget=_size(gateway_body_budget, "--gateway-body-budget"), max_uploads=gateway_max_uploads,
+        max_connections=gateway_max_connections)
+    if gateway is not None and gateway.body_budget < gateway.max_body:
+        raise ConfigError(f"--gateway-body-budget {gateway_body_budget} is less than --gateway-max-body"
+                          f" {gateway_max_body} (fix: a budget of at least one largest body)")
     run(
         manifests=manifests or paths.manifests_dir(),
         lock_path=lock_path or paths.lock_path(),
@@ -153,6 +167,9 @@ class GatewayOptions:
     listen: str = "127.0.0.1:8080"
     api_keys_file: Path | None = None
     max_body: int = 16 * 1024 * 1024
+    body_budget: int = 64 * 1024 * 1024
+    max_uploads: int = 16
+    max_connections: int = 1024
 
 
 def _size(value: str, option: str) -> int:
@@ -308,10 +325,14 @@ def _systemd_and_metrics(metrics_port: int | None, closers: list[Any]) -> tuple[
 
 def _gateway(controller: Any, options: GatewayOptions, api_keys: frozenset[str], metrics: Any) -> Any:
     from supervisor.gateway.app import GatewaySettings, create_app
+    from supervisor.gateway.body import BodyLimits
+    from supervisor.gateway.connections import ConnectionLimits
     from supervisor.gateway.server import GatewayServer
 
-    app = create_app(controller, GatewaySettings(max_body_bytes=options.max_body, api_keys=api_keys), metrics)
-    server = GatewayServer(app, options.listen)
+    body = BodyLimits(budget_bytes=options.body_budget, max_uploads=options.max_uploads)
+    app = create_app(controller, GatewaySettings(max_body_bytes=options.max_body, api_keys=api_keys, body=body),
+                     metrics)
+    server = GatewayServer(app, options.listen, ConnectionLimits(max_connections=options.max_connections))
     server.start()
     return server
 
