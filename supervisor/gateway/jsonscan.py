@@ -74,7 +74,7 @@ def top_level_model(body: bytes, *, max_depth: int) -> object:
         if pos >= n or body[pos] != ord(":"):
             raise NotJSON(f"expected ':' at byte {pos}")
         pos = _skip_ws(body, pos + 1)
-        if key == b'"model"':
+        if key == b'"model"' or (b"\\" in key and _decode(key, pos) == "model"):
             model, pos = _scalar_or_string(body, pos)
             if model is _CONTAINER:
                 model, pos = None, _skip_value(body, pos, max_depth)
@@ -91,6 +91,13 @@ def top_level_model(body: bytes, *, max_depth: int) -> object:
 
 
 _CONTAINER = object()
+
+
+def _decode(text: bytes, pos: int) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:       # a string with a bad escape or invalid UTF-8
+        raise NotJSON(f"invalid string at byte {pos}") from None
 
 
 def _end(body: bytes, pos: int, model: object) -> object:
@@ -111,10 +118,7 @@ def _scalar_or_string(body: bytes, pos: int) -> tuple[object, int]:
     text, end = _match_scalar(body, pos)
     if text is None:
         return None, end     # a string over a window is no model name: not decoded
-    try:
-        return json.loads(text), end
-    except ValueError:       # a string with a bad escape or invalid UTF-8
-        raise NotJSON(f"invalid string at byte {pos}") from None
+    return _decode(text, pos), end
 
 
 def _match_scalar(body: bytes, pos: int) -> tuple[bytes | None, int]:
