@@ -18,6 +18,7 @@ daemon from 63 MiB to 1.7 GB. Now:
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import time
 from collections.abc import Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,8 @@ from starlette.requests import Request
 from supervisor.gateway import errors, jsonscan
 
 MiB = 1024 * 1024
+TRIM_AFTER_BYTES = 8 * MiB     # freed body bytes that make the freed heap worth handing back
+TRIM_DELAY_S = 1.0             # after the first of them: one trim for a burst of requests ending
 _RESERVED = "llama_supervisor.body_bytes"      # the scope key: bytes this request holds in the budget
 
 
@@ -56,7 +59,9 @@ class Bodies:
         self.in_flight_bytes = 0            # reserved by requests in flight (large bodies only)
         self.uploads = 0                    # large bodies being received now
         self._slots = anyio.Semaphore(limits.max_uploads)
-        self._parser: ThreadPoolExecutor | None = None
+        self._parser: ThreadPoolExecutor | None = None     # one worker: the scanner, and malloc_trim
+        self._freed = 0                     # bytes released since the last trim
+        self._trimming = False
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -134,7 +139,27 @@ class Bodies:
 
     def release(self, scope: MutableMapping[str, Any]) -> None:
         """Give back what the request reserved (its end: ReleaseBodies)."""
-        self.in_flight_bytes -= scope.pop(_RESERVED, 0)
+        n = scope.pop(_RESERVED, 0)
+        self.in_flight_bytes -= n
+        self._freed += n
+        if self._freed >= TRIM_AFTER_BYTES and not self._trimming:
+            self._trimming = True
+            asyncio.get_running_loop().call_later(TRIM_DELAY_S, self._trim)
+
+    def _trim(self) -> None:
+        """Hand the freed bodies' pages back to the OS (glibc keeps freed heap otherwise: 16 MiB bodies
+        come in 64-256 KiB chunks, below its mmap threshold), in the worker thread: ctypes lets the GIL go."""
+        self._freed = 0
+
+        def trim() -> None:
+            try:
+                ctypes.CDLL(None).malloc_trim(0)
+            except (OSError, AttributeError):
+                pass             # not glibc: nothing to trim
+            finally:
+                self._trimming = False
+
+        self._executor().submit(trim)
 
     # --- the model -----------------------------------------------------------------------------
 
@@ -145,10 +170,8 @@ class Bodies:
             if len(body) <= self.limits.inline_parse_bytes:
                 name = jsonscan.top_level_model(body, max_depth=depth)
             else:
-                if self._parser is None:
-                    self._parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-json")
                 name = await asyncio.get_running_loop().run_in_executor(
-                    self._parser, lambda: jsonscan.top_level_model(body, max_depth=depth))
+                    self._executor(), lambda: jsonscan.top_level_model(body, max_depth=depth))
         except jsonscan.TooDeep:
             raise errors.too_deep(depth) from None
         except jsonscan.NotJSON as e:
@@ -156,6 +179,11 @@ class Bodies:
         if not isinstance(name, str) or not name:
             raise errors.bad_request("the request has no \"model\" (fix: add \"model\": \"<name or alias>\")")
         return name
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._parser is None:
+            self._parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-body")
+        return self._parser
 
     def close(self) -> None:
         if self._parser is not None:
