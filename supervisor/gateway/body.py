@@ -69,6 +69,8 @@ class Bodies:
         limits = self.limits
         declared = request.headers.get("content-length", "")
         length = int(declared) if declared.isdigit() else None
+        if length is None and "transfer-encoding" not in request.headers:
+            length = 0                # no body at all (a GET to /upstream/): no slot, no budget
         if length is not None and length > self.max_bytes:
             raise errors.too_large(self.max_bytes)
         if length is not None and length <= limits.small_bytes:

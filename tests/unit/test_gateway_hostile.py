@@ -225,6 +225,8 @@ def test_large_uploads_at_once_are_capped_small_bodies_are_not() -> None:
                 assert 0.25 <= time.monotonic() - t0 < 3
             with connect(server.port, head(500) + body_of(500)) as small:   # a chat request still goes
                 assert response(small, 5)[0] == 404
+            with connect(server.port, b"GET /upstream/m/health HTTP/1.1\r\nhost: gw\r\n\r\n") as nobody:
+                assert response(nobody, 5)[0] == 502       # no body, no slot: on to the (absent) model
         assert until(lambda: bodies.uploads == 0)
         with connect(server.port, head(10 * KiB) + body_of(10 * KiB)) as later:
             assert response(later, 5)[0] == 404
