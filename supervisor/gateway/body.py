@@ -174,8 +174,8 @@ class Bodies:
             else:
                 name = await asyncio.get_running_loop().run_in_executor(
                     self._executor(), lambda: jsonscan.top_level_model(body, max_depth=depth))
-        except jsonscan.TooDeep:
-            raise errors.too_deep(depth) from None
+        except jsonscan.TooDeep as e:
+            raise errors.too_deep(str(e)) from None
         except jsonscan.NotJSON as e:
             raise errors.not_object(str(e)) from None
         if not isinstance(name, str) or not name:

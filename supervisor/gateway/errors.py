@@ -76,9 +76,8 @@ def not_object(detail: str) -> GatewayError:
     return bad_request(f"the body is not JSON ({detail}; fix: send a JSON object with \"model\")")
 
 
-def too_deep(limit: int) -> GatewayError:
-    return GatewayError(400, f"the body's arrays and objects nest deeper than {limit} levels"
-                        " (fix: flatten the request; no OpenAI request needs that depth)",
+def too_deep(detail: str) -> GatewayError:
+    return GatewayError(400, f"the body's {detail} (fix: flatten the request; no OpenAI request comes near)",
                         type="invalid_request_error", code="too_deeply_nested")
 
 

@@ -72,6 +72,19 @@ def test_deep_bodies_are_refused_at_once(body: bytes) -> None:
     assert time.perf_counter() - t0 < 0.5
 
 
+def test_a_body_of_many_deep_elements_is_refused_within_the_step_limit() -> None:
+    """16 MiB of 500-deep elements: ~8 s of scanning if every bracket were counted; refused at 1M."""
+    element = b"[" * 500 + b"0" + b"]" * 500 + b","
+    body = b'{"model": "m", "x": [' + element * (16 * MiB // len(element)) + b"0]}"
+    t0 = time.perf_counter()
+    with pytest.raises(TooDeep, match="hold others"):
+        top_level_model(body, max_depth=512)
+    assert time.perf_counter() - t0 < 4          # ~0.6 s here; shared machine
+    assert top_level_model(b'{"model": "m", "x": [[[0]], [[0]]]}', max_depth=8, max_steps=6) == "m"
+    with pytest.raises(TooDeep):
+        top_level_model(b'{"model": "m", "x": [[[0]], [[0]]]}', max_depth=8, max_steps=5)
+
+
 @pytest.mark.parametrize("body, error", [
     (b"", NotJSON), (b"  ", NotJSON), (b'"model"', NotJSON), (b"[1]", NotJSON), (b"{", NotJSON),
     (b'{"model": "m"', NotJSON), (b'{"model": "m"} x', NotJSON), (b'{"model": "m", "x": [1}', NotJSON),
