@@ -196,7 +196,7 @@ def test_uploads_past_the_body_budget_get_503_while_those_within_it_proceed() ->
     settings = GatewaySettings(max_body_bytes=1 * MiB, body=BodyLimits(budget_bytes=1 * MiB, small_bytes=1 * KiB))
     with serve(settings) as (server, bodies):
         assert bodies is not None
-        with connect(server.port, head(700 * KiB) + b'{"model": "nope", "pad": "') as held:
+        with connect(server.port, head(700 * KiB) + b'{"model": "nope", "pad": "'):     # held, 700 KiB reserved
             assert until(lambda: bodies.in_flight_bytes == 700 * KiB)
             with connect(server.port, head(700 * KiB)) as over:          # 1400 KiB would not fit
                 status, headers, body = response(over, 5)
