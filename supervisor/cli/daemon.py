@@ -120,6 +120,14 @@ def _release_freed_memory() -> None:
                    "(others get 421: DNS rebinding). Listening on 0.0.0.0 or ::, name every address and name "
                    "clients use, e.g. 192.168.1.5,gpu-box.lan.")
 @click.option("--gateway-max-body", default="16m", show_default=True, help="Largest request body the gateway takes.")
+@click.option("--gateway-body-budget", default="64m", show_default=True,
+              help="Bytes that request bodies over 64 KiB may hold together while their requests are in flight; "
+                   "more get 503 + Retry-After.")
+@click.option("--gateway-max-uploads", type=click.IntRange(1, 4096), default=16, show_default=True,
+              help="Request bodies over 64 KiB the gateway receives at once (one more waits up to 1 s, then 503).")
+@click.option("--gateway-max-connections", type=click.IntRange(1, 1 << 20), default=1024, show_default=True,
+              help="Open gateway connections; at most a quarter of the fd soft limit. At the cap a new one "
+                   "evicts the oldest idle or half-sent one.")
 @click.option("--memory-budget", default="auto", show_default=True,
               help="RAM the models may count together (e.g. 12g); auto: 90%% of this host's, none: no budget.")
 @click.option("--gpu-memory-budget", default="auto", show_default=True,
@@ -135,7 +143,8 @@ def _release_freed_memory() -> None:
 def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None, socket_group: str | None,
         metrics_port: int | None, resync_interval: float, stop_timeout: float, stop_models_on_exit: bool,
         instance: str, gateway_listen: str, no_gateway: bool, gateway_api_keys_file: Path | None,
-        gateway_allowed_hosts: str, gateway_max_body: str, memory_budget: str, gpu_memory_budget: str, no_watch: bool,
+        gateway_allowed_hosts: str, gateway_max_body: str, gateway_body_budget: str, gateway_max_uploads: int,
+        gateway_max_connections: int, memory_budget: str, gpu_memory_budget: str, no_watch: bool,
         log_format: logs.LogFormat, runtime_kind: str) -> None:
     """Keep the llama-server models the manifests describe alive, and serve them on one endpoint."""
     logs.setup(log_format)
@@ -143,7 +152,12 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
     log.info("open file limit", soft=soft, hard=hard)
     gateway = None if no_gateway else GatewayOptions(
         listen=gateway_listen, api_keys_file=gateway_api_keys_file, max_body=_size(gateway_max_body, "--gateway-max-body"),
-        allowed_hosts=tuple(h.strip() for h in gateway_allowed_hosts.split(",") if h.strip()))
+        allowed_hosts=tuple(h.strip() for h in gateway_allowed_hosts.split(",") if h.strip()),
+        body_budget=_size(gateway_body_budget, "--gateway-body-budget"), max_uploads=gateway_max_uploads,
+        max_connections=gateway_max_connections)
+    if gateway is not None and gateway.body_budget < gateway.max_body:
+        raise ConfigError(f"--gateway-body-budget {gateway_body_budget} is less than --gateway-max-body"
+                          f" {gateway_max_body} (fix: a budget of at least one largest body)")
     run(
         manifests=manifests or paths.manifests_dir(),
         lock_path=lock_path or paths.lock_path(),
@@ -190,6 +204,9 @@ class GatewayOptions:
     api_keys_file: Path | None = None
     max_body: int = 16 * 1024 * 1024
     allowed_hosts: tuple[str, ...] = ()
+    body_budget: int = 64 * 1024 * 1024
+    max_uploads: int = 16
+    max_connections: int = 1024
 
 
 def _size(value: str, option: str) -> int:
@@ -341,6 +358,8 @@ def _systemd_and_metrics(metrics_port: int | None, closers: list[Any]) -> tuple[
 
 def _gateway(controller: Any, options: GatewayOptions, api_keys: frozenset[str], metrics: Any) -> Any:
     from supervisor.gateway.app import GatewaySettings, create_app
+    from supervisor.gateway.body import BodyLimits
+    from supervisor.gateway.connections import ConnectionLimits
     from supervisor.gateway.guard import LOOPBACK_NAMES, allowed_hosts
     from supervisor.gateway.server import GatewayServer, parse_listen
 
@@ -348,9 +367,10 @@ def _gateway(controller: Any, options: GatewayOptions, api_keys: frozenset[str],
     if hosts == LOOPBACK_NAMES and parse_listen(options.listen)[0] not in LOOPBACK_NAMES:
         log.warning("the gateway listens on every address but answers only 127.0.0.1, localhost and [::1]:"
                     " name the others with --gateway-allowed-hosts", listen=options.listen)
-    settings = GatewaySettings(max_body_bytes=options.max_body, api_keys=api_keys, allowed_hosts=hosts)
+    body = BodyLimits(budget_bytes=options.body_budget, max_uploads=options.max_uploads)
+    settings = GatewaySettings(max_body_bytes=options.max_body, api_keys=api_keys, allowed_hosts=hosts, body=body)
     app = create_app(controller, settings, metrics)
-    server = GatewayServer(app, options.listen)
+    server = GatewayServer(app, options.listen, ConnectionLimits(max_connections=options.max_connections))
     server.start()
     return server
 

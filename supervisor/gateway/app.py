@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Future
@@ -27,6 +26,7 @@ from supervisor.core.commands import Readiness
 from supervisor.core.routing import Route
 from supervisor.daemon.demand import Demand
 from supervisor.gateway import endpoints, errors
+from supervisor.gateway.body import Bodies, BodyLimits, ReleaseBodies
 from supervisor.gateway.errors import GatewayError
 from supervisor.gateway.guard import LOOPBACK_NAMES, Guard
 from supervisor.gateway.keys import Authority, bearer
@@ -61,6 +61,7 @@ class GatewaySettings:
     retry_delay_s: float = 0.1          # first pause before re-sending a request the model never got
     allowed_hosts: frozenset[str] = LOOPBACK_NAMES   # Host names answered (guard.allowed_hosts)
     startup_hold_s: float = 60.0        # longest a request waits for the loop's first routes
+    body: BodyLimits = BodyLimits()     # deadlines, upload slots and the byte budget of bodies in flight
 
 
 class Gateway:
@@ -75,6 +76,7 @@ class Gateway:
         self.clock = clock
         self.upstream = upstream or Upstream()
         self.authority = Authority(settings.api_keys, self.upstream.key_files)
+        self.bodies = Bodies(settings.max_body_bytes, settings.body)
         self.app = Starlette(
             routes=[
                 HttpRoute("/health", self.health, methods=["GET"]),
@@ -90,6 +92,7 @@ class Gateway:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         yield
         await self.upstream.aclose()
+        self.bodies.close()
 
     # --- handlers ------------------------------------------------------------------------------
 
@@ -126,13 +129,7 @@ class Gateway:
             raise refused
         self._authorize(request)
         body = await self._body(request)
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            raise errors.bad_request("the body is not JSON (fix: send a JSON object with \"model\")") from None
-        name = doc.get("model") if isinstance(doc, dict) else None
-        if not isinstance(name, str) or not name:
-            raise errors.bad_request("the request has no \"model\" (fix: add \"model\": \"<name or alias>\")")
+        name = await self.bodies.model(body)    # off the loop, nesting bounded: 400 unless a JSON object
         route = self.backend.routes().get(name)
         if route is None:
             raise self._not_found(name)
@@ -221,17 +218,8 @@ class Gateway:
         raise errors.unauthorized()
 
     async def _body(self, request: Request) -> bytes:
-        limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise errors.too_large(limit)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise errors.too_large(limit)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        """Deadlines, upload slots, the byte budget: supervisor.gateway.body."""
+        return await self.bodies.read(request)
 
     def _not_found(self, name: str) -> GatewayError:
         routes = self.backend.routes()
@@ -274,6 +262,7 @@ def create_app(backend: Backend, settings: GatewaySettings = GatewaySettings(),
                metrics: MetricsSink | None = None, upstream: Upstream | None = None) -> Any:
     gw = Gateway(backend, settings, metrics, upstream=upstream)
     gw.app.add_exception_handler(GatewayError, error_handler)
+    gw.app.add_middleware(ReleaseBodies, bodies=gw.bodies)     # a request's body budget back at its end
     # outermost first: refuse foreign Hosts, other origins and non-JSON bodies before anything
     # else (a starting gateway included), then hold requests until the first routes are out
     return Guard(StartupGate(gw.app, backend.published, hold_s=settings.startup_hold_s), settings.allowed_hosts)

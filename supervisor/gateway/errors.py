@@ -112,3 +112,33 @@ def start_timeout(model: str, waited_s: float) -> GatewayError:
 def upstream_failed(model: str, detail: str) -> GatewayError:
     return GatewayError(502, f"model '{model}' failed during the request ({detail}); it is being restarted",
                         type="server_error", code="upstream_error")
+
+
+def not_object(detail: str) -> GatewayError:
+    return bad_request(f"the body is not JSON ({detail}; fix: send a JSON object with \"model\")")
+
+
+def too_deep(detail: str) -> GatewayError:
+    return GatewayError(400, f"the body's {detail} (fix: flatten the request; no OpenAI request comes near)",
+                        type="invalid_request_error", code="too_deeply_nested")
+
+
+def body_timeout(what: str) -> GatewayError:
+    """408, and the connection is closed: the client stopped sending its body."""
+    return GatewayError(408, f"the request body did not arrive in time ({what}; fix: send the whole body"
+                        " promptly after the headers)", type="invalid_request_error", code="request_timeout",
+                        headers={"Connection": "close"})
+
+
+def body_incomplete() -> GatewayError:
+    """The client went away before its body was complete (nobody reads this answer)."""
+    return GatewayError(400, "the client closed the connection before the request body was complete",
+                        type="invalid_request_error", code="client_disconnected", headers={"Connection": "close"})
+
+
+def busy(message: str, code: str, retry_after_s: int) -> GatewayError:
+    """503 + Retry-After: the gateway's own room (uploads at once, bytes of bodies in flight) is full.
+    The connection is closed after it: reading the rest of a refused 16 MiB body only to drop it cost
+    the loop more than the refusal saved (100 refused uploads: 1.5 GB to drain)."""
+    return GatewayError(503, f"{message}; retry after {retry_after_s}s", type="server_error", code=code,
+                        headers={"Retry-After": str(retry_after_s), "Connection": "close"})

@@ -3,20 +3,36 @@
 The socket is bound in the caller's thread so that a taken port is a clear error at
 daemon start (uvicorn, binding itself, would exit its thread instead). uvicorn never
 installs signal handlers off the main thread: the daemon's own handlers keep them.
+
+The pieces that decide how connections are handled are named, not left to uvicorn's "auto":
+the asyncio loop and the h11 protocol, subclassed in `supervisor.gateway.connections` for the
+connection cap and the request-head deadline. asyncio accepts up to `backlog` connections in one
+turn before any of them reaches the protocol (and the cap), so that batch is kept small
+(`connections.accept_batch`) while the kernel's queue stays long (`LISTEN_BACKLOG`, set after uvicorn started).
+Should accept() still fail for want of fds (EMFILE: something else in the daemon holds them), asyncio
+stops accepting for 1 s and reports each failed accept: those reports are folded into one log
+line a minute.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
+import time
 from typing import Any
 
 import structlog
 import uvicorn
 
 from supervisor.errors import ConfigError
+from supervisor.gateway.connections import (ConnectionLimits, ConnectionTable, accept_batch, connection_cap,
+                                            protocol_class, soft_fd_limit)
 
 log = structlog.get_logger("supervisor.gateway")
+
+ACCEPT_BATCH = 64          # connections asyncio accepts in one loop turn at most (uvicorn's `backlog`)
+LISTEN_BACKLOG = 2048      # the kernel's queue of connections not accepted yet
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -28,7 +44,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 class GatewayServer:
-    def __init__(self, app: Any, listen: str) -> None:
+    def __init__(self, app: Any, listen: str, limits: ConnectionLimits = ConnectionLimits()) -> None:
         self.host, port = parse_listen(listen)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         # IPPROTO_TCP, not the default 0: asyncio turns Nagle off (TCP_NODELAY) on accepted connections
@@ -43,19 +59,52 @@ class GatewayServer:
             self._sock.close()
             raise ConfigError(f"gateway: cannot listen on {listen}: {e.strerror}"
                               " (fix: --gateway-listen HOST:PORT with a free port, or --no-gateway)") from e
-        self._sock.listen(1024)
+        self._sock.listen(LISTEN_BACKLOG)
         self.port = int(self._sock.getsockname()[1])
+        fds = soft_fd_limit()
+        self.connections = ConnectionTable(limits, connection_cap(limits.max_connections, fds))
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_keep_alive=30,
-                                timeout_graceful_shutdown=5)
-        self._server = uvicorn.Server(config)
+                                timeout_graceful_shutdown=5, loop="asyncio",
+                                http=protocol_class(self.connections), backlog=accept_batch(ACCEPT_BATCH, fds))
+        self._server = _Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name="gateway", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
-        log.info("gateway listening", url=f"http://{self.host}:{self.port}/v1")
+        log.info("gateway listening", url=f"http://{self.host}:{self.port}/v1", max_connections=self.connections.cap)
 
     def close(self) -> None:
         self._server.should_exit = True
         self._thread.join(10)
         self._sock.close()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, with the kernel's queue long again once asyncio listened with ACCEPT_BATCH,
+    and the loop's reports of accept() failing for want of fds folded into one line a minute."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        asyncio.get_running_loop().set_exception_handler(_AcceptErrors().handle)
+        await super().startup(sockets=sockets)
+        for sock in sockets or []:
+            sock.listen(LISTEN_BACKLOG)
+
+
+class _AcceptErrors:
+    def __init__(self, every_s: float = 60.0) -> None:
+        self.every_s = every_s
+        self.count = 0
+        self.last = -every_s
+
+    def handle(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") != "socket.accept() out of system resource":
+            loop.default_exception_handler(context)
+            return
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            exc = context.get("exception")
+            log.error("gateway: accept() failed for want of file descriptors; not accepting for 1 s at a time",
+                      error=str(exc), failures=self.count)
+            self.count, self.last = 0, now
