@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import resource
 import socket
 import statistics
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psutil
@@ -60,48 +61,77 @@ def raise_own_fd_limit(need: int) -> None:
 
 
 class Attack:
-    """The hostile clients, on an asyncio loop in their own thread; `stop()` closes every socket."""
+    """The hostile clients, in a process of their own: their work must not slow the watcher's
+    measurements through the GIL. `stop()` closes every socket and collects the counts."""
 
     def __init__(self, host: str, port: int, plan: Plan) -> None:
-        self.host, self.port, self.plan = host, port, plan
-        self.counters = Counters()
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, name="attack", daemon=True)
-        raise_own_fd_limit(plan.idle + plan.uploads + 512)
+        self.plan = plan
+        ctx = multiprocessing.get_context("spawn")
+        self._shared = ctx.RawArray("q", 3)              # opened, closed_by_server, refused
+        self._parent, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_run_clients, args=(host, port, plan, self._shared, child),
+                                 name="attack", daemon=True)
+        self._answers: dict[int, int] = {}
 
     def start(self) -> Attack:
-        self._thread.start()
+        self._proc.start()
         return self
 
+    @property
+    def counters(self) -> Counters:
+        opened, closed, refused = self._shared[:]
+        return Counters(opened, closed, refused, dict(self._answers))
+
     def stop(self) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
+        if self._proc.is_alive():
+            with contextlib.suppress(OSError):
+                self._parent.send("stop")
+                if self._parent.poll(60):
+                    self._answers = self._parent.recv()
+        self._proc.join(30)
+        if self._proc.is_alive():
+            self._proc.kill()
 
-    def _run(self) -> None:
-        self._loop.run_until_complete(self._main())
-        self._loop.close()
 
-    async def _main(self) -> None:
-        self._stop = asyncio.Event()
+def _run_clients(host: str, port: int, plan: Plan, shared: Any, conn: Any) -> None:
+    raise_own_fd_limit(plan.idle + plan.uploads + 512)
+    clients = _Clients(host, port, plan, shared)
+    asyncio.run(clients.main(conn))
+
+
+class _Clients:
+    """The attack's sockets, on one asyncio loop (in the attack's process)."""
+
+    def __init__(self, host: str, port: int, plan: Plan, shared: Any) -> None:
+        self.host, self.port, self.plan, self.shared = host, port, plan, shared
+        self.upload_answers: dict[int, int] = {}
+
+    async def main(self, conn: Any) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_reader(conn.fileno(), stop.set)
         deadline = time.monotonic() + self.plan.seconds + 60       # never outlives its run, whatever happens
         tasks = [asyncio.create_task(self._idle(deadline)) for _ in range(self.plan.idle)]
         tasks += [asyncio.create_task(self._upload(deadline)) for _ in range(self.plan.uploads)]
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout=deadline - time.monotonic())
+            await asyncio.wait_for(stop.wait(), timeout=deadline - time.monotonic())
+        loop.remove_reader(conn.fileno())
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(OSError):
+            if conn.poll():
+                conn.recv()
+            conn.send(self.upload_answers)
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         try:
             r, w = await asyncio.open_connection(self.host, self.port)
         except OSError:
-            self.counters.refused += 1
+            self.shared[2] += 1
             await asyncio.sleep(REOPEN_PAUSE_S)
             return None
-        self.counters.opened += 1
+        self.shared[0] += 1
         return r, w
 
     async def _idle(self, deadline: float) -> None:
@@ -114,9 +144,9 @@ class Attack:
                 w.write(HALF_REQUEST)
                 await w.drain()
                 await r.read()                      # until the gateway gives up on it
-                self.counters.closed_by_server += 1
+                self.shared[1] += 1
             except OSError:
-                self.counters.closed_by_server += 1
+                self.shared[1] += 1
             finally:
                 w.close()
             await asyncio.sleep(REOPEN_PAUSE_S)
@@ -137,9 +167,9 @@ class Attack:
                     await w.drain()
                 answer = await r.read()             # stalled: wait for the gateway's answer or close
                 code = int(answer[9:12]) if answer[:5] == b"HTTP/" and answer[9:12].isdigit() else 0
-                self.counters.upload_answers[code] = self.counters.upload_answers.get(code, 0) + 1
+                self.upload_answers[code] = self.upload_answers.get(code, 0) + 1
             except OSError:
-                self.counters.closed_by_server += 1
+                self.shared[1] += 1
             finally:
                 w.close()
             await asyncio.sleep(REOPEN_PAUSE_S)
