@@ -1,0 +1,68 @@
+"""A full queue answers 429 with Retry-After (issue 22's survivor at gateway/errors.py), checked on the
+error itself and through the app, where the ordering comes from an event, not from a timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Future
+
+import httpx
+
+from supervisor.core.commands import Readiness
+from supervisor.core.routing import Route, route_table
+from supervisor.daemon.demand import Demand
+from supervisor.gateway import errors
+from supervisor.gateway.app import GatewaySettings, create_app
+from supervisor.gateway.proxy import Upstream
+
+# A start timeout no test waits for: the waiting request is answered by hand.
+SLOW = Route("m", "STOPPED", "127.0.0.1", None, on_demand=True, start_timeout_s=600, max_queue=1)
+
+
+def test_queue_full_is_a_429_rate_limit_error_with_retry_after() -> None:
+    e = errors.queue_full("m", 4, retry_after_s=7)
+    r = e.response()
+    assert r.status_code == 429 and r.headers["retry-after"] == "7"
+    assert (e.type, e.code) == ("rate_limit_error", "queue_full") and "retry after 7s" in e.message
+
+
+class HeldBackend:
+    """ensure() hands out futures the test answers; `asked` is set once the first request waits."""
+
+    def __init__(self, route: Route) -> None:
+        self.demand = Demand(time.monotonic)
+        self.table = route_table((route,))
+        self.futures: list[Future[Readiness]] = []
+        self.asked = asyncio.Event()
+
+    def routes(self) -> dict[str, Route]:
+        return self.table
+
+    def ensure(self, model: str) -> Future[Readiness]:
+        fut: Future[Readiness] = Future()
+        self.futures.append(fut)
+        self.asked.set()                     # called on the event loop's thread
+        return fut
+
+
+def test_a_request_past_the_models_max_queue_gets_429_with_retry_after_while_the_first_waits() -> None:
+    b = HeldBackend(SLOW)
+    app = create_app(b, GatewaySettings(wait_grace_s=0), upstream=Upstream(transport=httpx.MockTransport(
+        lambda r: httpx.Response(500))))
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+            first = asyncio.create_task(c.post("/v1/completions", json={"model": "m"}))
+            await asyncio.wait_for(b.asked.wait(), 10)          # the first one is in the queue now
+            assert b.demand.usage("m").waiting == 1
+            second = await c.post("/v1/completions", json={"model": "m"})
+            b.futures[0].set_result(Readiness("stopped", "stopped by the operator"))
+            return await asyncio.wait_for(first, 10), second
+
+    first, second = asyncio.run(scenario())
+    assert second.status_code == 429 and second.json()["error"]["code"] == "queue_full"
+    assert second.headers["retry-after"] == "150", "a quarter of the model's start timeout"
+    assert first.status_code == 503 and first.json()["error"]["message"] == "stopped by the operator"
+    assert len(b.futures) == 1, "the refused request never asked the loop"
+    assert b.demand.usage("m").waiting == 0
