@@ -4,6 +4,7 @@ error itself and through the app, where the ordering comes from an event, not fr
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from concurrent.futures import Future
 
@@ -66,3 +67,32 @@ def test_a_request_past_the_models_max_queue_gets_429_with_retry_after_while_the
     assert first.status_code == 503 and first.json()["error"]["message"] == "stopped by the operator"
     assert len(b.futures) == 1, "the refused request never asked the loop"
     assert b.demand.usage("m").waiting == 0
+
+
+def test_every_gateway_error_in_openais_shape_exactly() -> None:
+    """Status, type, code, message and headers of each error the gateway answers itself (the clients
+    branch on type and code; operators read the message): killed the message and header mutants."""
+    table = [
+        (errors.not_found("x", ["a", "b"]), 404, "invalid_request_error", "model_not_found",
+         "model 'x' does not exist; the models here are: a, b", {}),
+        (errors.not_found("x", []), 404, "invalid_request_error", "model_not_found",
+         "model 'x' does not exist; the models here are: none", {}),
+        (errors.bad_request("no model"), 400, "invalid_request_error", "invalid_request", "no model", {}),
+        (errors.too_large(100), 413, "invalid_request_error", "request_too_large",
+         "request body over 100 bytes (fix: send less, or raise --gateway-max-body)", {}),
+        (errors.unauthorized(), 401, "invalid_request_error", "invalid_api_key",
+         "missing or wrong API key (send 'Authorization: Bearer <key>')", {"www-authenticate": "Bearer"}),
+        (errors.queue_full("m", 2, 5), 429, "rate_limit_error", "queue_full",
+         "model 'm' already has 2 requests waiting for it to be ready (its max_queue); retry after 5s",
+         {"retry-after": "5"}),
+        (errors.unavailable("down", "model_not_running"), 503, "server_error", "model_not_running", "down", {}),
+        (errors.start_timeout("m", 61.6), 504, "server_error", "start_timeout", "model 'm' was not ready after 62s", {}),
+        (errors.upstream_failed("m", "reset"), 502, "server_error", "upstream_error",
+         "model 'm' failed during the request (reset); it is being restarted", {}),
+    ]
+    for e, status, type_, code, message, headers in table:
+        r = e.response()
+        assert (r.status_code, r.media_type) == (status, "application/json")
+        assert json.loads(r.body) == {"error": {"message": message, "type": type_, "code": code}}
+        assert {k: v for k, v in r.headers.items() if k not in ("content-length", "content-type")} == headers
+        assert e.sse_event() == b"data: " + r.body + b"\n\n" and str(e) == message

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from supervisor.core.lifecycle import State
 from supervisor.core.scheduler import Budget
-from supervisor.daemon.demand import Demand
+from supervisor.daemon.demand import Demand, Usage
 
 from .fakes import FakeClock
 from .test_ondemand_loop import G, Rig, od
@@ -54,3 +54,52 @@ def test_a_model_with_requests_queued_for_it_is_not_evicted_even_if_least_recent
     assert r.state("c") is State.STOPPED and r.state("b") is State.STARTING
     assert r.state("a") is State.STARTING and not r.demand.usage("a").draining
     r.demand.wait_end("a")
+
+
+class Wakes:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self) -> None:
+        self.n += 1
+
+
+def test_the_loop_is_woken_only_by_the_last_request_out_of_a_draining_or_awaited_model() -> None:
+    wake, clock = Wakes(), FakeClock()
+    d = Demand(clock, wake)
+    assert d.usage("a") == Usage(0, 0, None, False) and d.contended is False
+    d.enter("a"), d.enter("a"), d.enter("b")
+    d.leave("a")
+    d.leave("b")
+    assert wake.n == 0, "nobody waits for memory and nothing drains: no wake"
+    d.mark_draining("a")
+    assert d.usage("a") == Usage(1, 0, clock(), True) and d.usage("b") == Usage(0, 0, clock(), False)
+    d.leave("a")
+    assert wake.n == 1, "the last request out of a draining model wakes the loop"
+    d.contended = True
+    d.enter("b"), d.enter("b")
+    d.leave("b")
+    assert wake.n == 1, "one still in flight"
+    d.leave("b")
+    assert wake.n == 2, "the loop waits for memory: the last one out wakes it"
+    assert d.wait_begin("c", 2) and d.wait_begin("c", 2)
+    d.wait_end("c")
+    assert wake.n == 2
+    d.wait_end("c")
+    assert wake.n == 3
+    d.contended = False
+    assert d.wait_begin("c", 1)
+    d.wait_end("c")
+    assert wake.n == 3, "no wake when nothing waits for memory"
+
+
+def test_counts_are_per_model_and_never_negative_and_forget_clears_one_model() -> None:
+    d = Demand(FakeClock())
+    d.leave("ghost")
+    d.wait_end("ghost")
+    assert d.usage("ghost") == Usage(0, 0, FakeClock()(), False)
+    d.enter("a"), d.wait_begin("a", 5), d.enter("b"), d.mark_draining("a"), d.mark_draining("b")
+    assert not d.try_drain("a") and not d.try_drain("b")
+    d.forget("a")
+    assert d.usage("a") == Usage(0, 0, None, False) and d.usage("b").inflight == 1 and d.draining() == {"b"}
+    assert d.try_drain("a")
