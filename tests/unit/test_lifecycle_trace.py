@@ -31,7 +31,7 @@ def snap(lc: Lifecycle, t: Transition | None, now: float) -> str:
             f" restarts={lc.restarts} fails={lc.consecutive_failures} probes={lc.probe_failures}"
             f" exit={lc.last_exit_code!r} running_since={lc.running_since!r} backoff_until={lc.backoff_until!r}"
             f" backoff_s={lc.backoff_s!r} next_probe={lc.next_probe_at!r} deadline={lc.next_deadline()!r}"
-            f" wants={lc.wants_running(now)} uptime={lc.uptime(now)!r} live={lc.live}")
+            f" wants={lc.wants_running(now)} due={lc.probe_due(now)} uptime={lc.uptime(now)!r} live={lc.live}")
 
 
 def trace(restart: RestartSettings, steps: list[tuple[float, Callable[[Lifecycle, float], Transition | None]]],
@@ -43,12 +43,21 @@ def trace(restart: RestartSettings, steps: list[tuple[float, Callable[[Lifecycle
     return out
 
 
-def probe(outcome: ProbeOutcome, detail: str = "") -> Callable[[Lifecycle, float], Transition | None]:
+def probe(outcome: ProbeOutcome, detail: str | None = None) -> Callable[[Lifecycle, float], Transition | None]:
+    if detail is None:                                  # as the loop calls it: the default detail
+        return lambda lc, now: lc.probe(now, outcome)
     return lambda lc, now: lc.probe(now, outcome, detail)
 
 
-def exited(code: int | None, *, oom: bool = False, log: str = "") -> Callable[[Lifecycle, float], Transition | None]:
-    return lambda lc, now: lc.container_exited(now, exit_code=code, oom_killed=oom, log_tail=log)
+def exited(code: int | None, *, oom: bool | None = None, log: str | None = None
+           ) -> Callable[[Lifecycle, float], Transition | None]:
+    """container_exited, leaving out what is not given (the defaults are part of the contract too)."""
+    kw: dict[str, object] = {}
+    if oom is not None:
+        kw["oom_killed"] = oom
+    if log is not None:
+        kw["log_tail"] = log
+    return lambda lc, now: lc.container_exited(now, exit_code=code, **kw)  # type: ignore[arg-type]
 
 
 def start(lc: Lifecycle, now: float) -> Transition | None:
@@ -104,6 +113,13 @@ HISTORIES: dict[str, tuple[RestartSettings, Steps, float]] = {
         (41, lambda lc, now: lc.start_failed(now, "engine gone", permanent=False)),
         (42, lambda lc, now: lc.start_requested(now)), (43, start),
         (44, lambda lc, now: lc.start_failed(now, "sha256 differs", permanent=True)), (45, config_changed),
+    ], 0.0),
+    # healthy_reset_s shorter than the probe interval: its deadline shows; a failed probe then a good one;
+    # a recreate while starting; a hang while running; a stop that ends by the container's exit
+    "short_reset": (RestartSettings(max_failures=4, healthy_reset_s=1.0, stable_after_s=10.0), [
+        (0, start), (0.3, start), (1, probe(OK)), (2, exited(9)), (4, start), (5, probe(OK)),
+        (7, probe(FAILED)), (9, probe(OK)), (10, hung), (12, start), (13, probe(OK)),
+        (14, lambda lc, now: lc.stop_requested(now)), (15, exited(143)),
     ], 0.0),
     "restore": (RestartSettings(), [
         (1, lambda lc, now: lc.restore(now, failures=3, fatal_reason=None)),

@@ -4,9 +4,15 @@ ModelStatus's JSON round trip."""
 
 from __future__ import annotations
 
+import random
+
+import pytest
+
 from supervisor.core.actions import Remove, Stop
+from supervisor.core.lifecycle import Lifecycle, TransitionError
 from supervisor.core.planner import Want, plan
 from supervisor.core.scheduler import Admit, Budget, Load, MakeRoom, Refuse, expired, schedule
+from supervisor.core.spec import HealthPolicy, RestartSettings
 from supervisor.core.status import ModelStatus
 
 from .helpers import desired, observed
@@ -79,3 +85,15 @@ def test_model_status_json_round_trip_keeps_the_aliases() -> None:
     assert wire["aliases"] == ["x", "y"]
     assert ModelStatus.from_json(wire) == s
     assert ModelStatus.from_json({**wire, "aliases": None, "from_a_newer_daemon": 1}).aliases == ()
+
+
+def test_a_refusal_names_only_the_budget_exceeded_when_the_other_is_met_exactly() -> None:
+    d = schedule("t", {"t": load("t", mem=4 * G, gpu=20 * G)}, Budget(memory_bytes=4 * G, gpu_memory_bytes=16 * G))
+    assert isinstance(d, Refuse) and "GPU memory" in d.message and "of memory;" not in d.message
+
+
+def test_a_start_in_fatal_or_stopping_is_a_transition_error_naming_the_model_and_state() -> None:
+    lc = Lifecycle("m", health=HealthPolicy(), restart=RestartSettings(), rng=random.Random(1))
+    lc.restore(0.0, failures=0, fatal_reason="was FATAL")
+    with pytest.raises(TransitionError, match=r"^m: start attempted in FATAL$"):
+        lc.start_attempt(1.0)
