@@ -103,3 +103,14 @@ def test_counts_are_per_model_and_never_negative_and_forget_clears_one_model() -
     d.forget("a")
     assert d.usage("a") == Usage(0, 0, None, False) and d.usage("b").inflight == 1 and d.draining() == {"b"}
     assert d.try_drain("a")
+    d.forget("only-draining")                           # in none of the counts: forgetting it is harmless
+    d.mark_draining("w"), d.forget("w")
+    assert d.draining() == {"b", "a"}
+
+
+def test_touch_counts_now_as_the_last_use() -> None:
+    clock = FakeClock(50.0)
+    d = Demand(clock)
+    clock.advance(7)
+    d.touch("m")
+    assert d.usage("m").last_used == 57.0
