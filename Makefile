@@ -62,7 +62,7 @@ MUTANTS ?=
 MUTATE_JOBS ?= 2
 mutate: venv
 	$(BIN)/pip install -q -e '.[test,demo,mutate]'
-	$(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS)
+	$(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(foreach m,$(MUTANTS),'$(m)')
 	$(BIN)/python scripts/mutation-score
 
 bench: setup
