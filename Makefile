@@ -12,7 +12,7 @@ export LLAMA_SUPERVISOR_CACHE_DIR ?= $(STATE)/cache
 # asks it where this state is (verify, hardware, fetch-model, ...: cli/where.py).
 export LLAMA_SUPERVISOR_MANIFESTS ?= $(CURDIR)/manifests
 
-.PHONY: venv base-images image model setup run test unit bench soak clean
+.PHONY: venv base-images image model setup tools run test unit mutate bench soak clean
 
 $(BIN)/llama-supervisorctl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,14 +33,38 @@ model: venv
 
 setup: image model
 
+# Host tools some unit tests run: gpg/gpgv (the lock signature) and systemd-analyze (the unit file).
+# Installed only when missing, and only as root; otherwise it says what to install and goes on, and
+# those tests skip (locally) or fail (under CI, where CI is set).
+TOOLS := gpg gpgv systemd-analyze
+tools:
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing gnupg, gpgv and systemd for:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gnupg gpgv systemd >/dev/null; \
+	else \
+		echo "missing:$$missing; as root: apt-get install gnupg gpgv systemd (their tests skip, or fail under CI)" >&2; \
+	fi
+
 run: setup
 	$(BIN)/llama-supervisord --manifests $(LLAMA_SUPERVISOR_MANIFESTS)
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
-test: setup
+test: setup tools
 	$(BIN)/pytest -ra tests
+
+# Mutation testing (docs/TESTING.md): mutmut over the packages in [tool.mutmut] against tests/unit only.
+# Not part of `make test`. MUTANTS narrows it (a glob of mutant names, e.g. 'supervisor.core.*');
+# MUTATE_JOBS is the number of parallel workers.
+MUTANTS ?=
+MUTATE_JOBS ?= 2
+mutate: venv
+	$(BIN)/pip install -q -e '.[test,demo,mutate]'
+	$(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(foreach m,$(MUTANTS),'$(m)')
+	$(BIN)/python scripts/mutation-score
 
 bench: setup
 	$(BIN)/python -m bench.run --out docs/BENCHMARKS.md $(BENCH_ARGS)

@@ -73,6 +73,7 @@ def _problems(logs: list[dict[str, Any]]) -> list[str]:
             if e["log_level"] == "error" and "keeping the last good set" in e["event"]]
 
 
+@pytest.mark.docker    # no container runs, but its fixture renders against the real image lock and demo model
 @pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,8 +11,13 @@ import pytest
 from supervisor.cli.cmd_images import check_signature
 from supervisor.errors import ImageMismatch
 
-pytestmark = pytest.mark.skipif(not (shutil.which("gpg") and shutil.which("gpgv")),
-                                reason="gpg and gpgv are not installed")
+from .tools import require
+
+
+
+@pytest.fixture(autouse=True)
+def gpg_installed() -> None:
+    require("gpg", "gpgv", why="the lock signature tests sign and verify with them")
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ from concurrent.futures import Future
 
 from structlog.testing import capture_logs
 
+from supervisor.control.api import CommandResult, StopModels
 from supervisor.core.commands import Readiness
-from supervisor.core.events import EnsureRunning, Event, ProbeResult
+from supervisor.core.events import ControlRequest, EnsureRunning, Event, ProbeResult
 from supervisor.core.lifecycle import ProbeOutcome, State
 from supervisor.core.scheduler import Budget
 from supervisor.core.spec import DesiredModel, LoadPolicy, Serving
@@ -34,7 +35,8 @@ class Rig:
         self.q: queue.Queue[Event] = queue.Queue()
         self.woken = 0
         self.demand = Demand(self.clock, wake=self._wake)
-        self.sup = Supervisor(events=self.q, runtime=self.runtime, verifier=FakeVerifier(),
+        self.verifier = FakeVerifier()
+        self.sup = Supervisor(events=self.q, runtime=self.runtime, verifier=self.verifier,
                               load_desired=lambda: {m.name: m for m in models}, prober=self.prober,
                               clock=self.clock, rng=random.Random(1), demand=self.demand, budget=budget)
         self.sup._reload(apply=True, origin="start")
@@ -137,13 +139,15 @@ def test_idle_model_is_stopped_after_its_ttl_on_the_fake_clock() -> None:
 
 def test_fatal_unknown_and_operator_stopped_are_answered_with_their_reason() -> None:
     r = Rig([od("a"), od("always", lifecycle=LoadPolicy.ALWAYS)])
-    r.sup.slots["a"].lc.state = State.FATAL
-    r.sup.slots["a"].lc.reason = "verification failed: model sha256 differs"
+    r.verifier.bad_models.add("a")
+    first = r.ask("a").result(0)                 # its start is refused: FATAL through the lifecycle
+    assert r.state("a") is State.FATAL and "create" not in [op for op, arg in r.runtime.calls if arg == "a"]
+    assert first.code == "fatal" and "SHA-256 0000" in first.message
     assert r.ask("a").result(0).code == "fatal"
-    assert "sha256 differs" in r.ask("a").result(0).message
     assert r.ask("nope").result(0).code == "unknown"
-    r.sup.slots["always"].lc.enabled = False
-    r.sup.slots["always"].lc.state = State.STOPPED
+    done: Future[CommandResult] = Future()
+    r.step(ControlRequest(StopModels(("always",)), done))   # the operator's stop
+    assert done.result(0).ok and r.state("always") is State.STOPPED
     stopped = r.ask("always").result(0)
     assert stopped.code == "stopped" and "llama-supervisorctl start always" in stopped.message
 
