@@ -6,7 +6,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-
 from .tools import require
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "llama-supervisor.service"
