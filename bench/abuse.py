@@ -135,39 +135,31 @@ class _Clients:
         return r, w
 
     async def _idle(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            conn = await self._connect()
-            if conn is None:
-                continue
-            r, w = conn
-            try:
-                w.write(HALF_REQUEST)
-                await w.drain()
-                await r.read()                      # until the gateway gives up on it
-                self.shared[1] += 1
-            except OSError:
-                self.shared[1] += 1
-            finally:
-                w.close()
-            await asyncio.sleep(REOPEN_PAUSE_S)
+        await self._hold(deadline, [HALF_REQUEST])
 
     async def _upload(self, deadline: float) -> None:
         head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {UPLOAD_BYTES}\r\n\r\n").encode()
         piece = b" " * 65536
+        await self._hold(deadline, [head] + [piece] * (SENT_BYTES // len(piece)), answers=self.upload_answers)
+
+    async def _hold(self, deadline: float, sends: list[bytes], answers: dict[int, int] | None = None) -> None:
+        """Connect, send `sends`, then nothing until the gateway answers or closes; again after a pause."""
         while time.monotonic() < deadline:
             conn = await self._connect()
             if conn is None:
                 continue
             r, w = conn
             try:
-                w.write(head)
-                for _ in range(SENT_BYTES // len(piece)):
-                    w.write(piece)
+                for data in sends:
+                    w.write(data)
                     await w.drain()
-                answer = await r.read()             # stalled: wait for the gateway's answer or close
-                code = int(answer[9:12]) if answer[:5] == b"HTTP/" and answer[9:12].isdigit() else 0
-                self.upload_answers[code] = self.upload_answers.get(code, 0) + 1
+                answer = await r.read()             # stalled: until the gateway gives up on it
+                if answers is None:
+                    self.shared[1] += 1
+                else:
+                    code = int(answer[9:12]) if answer[:5] == b"HTTP/" and answer[9:12].isdigit() else 0
+                    answers[code] = answers.get(code, 0) + 1
             except OSError:
                 self.shared[1] += 1
             finally:

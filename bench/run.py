@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -394,39 +395,35 @@ def main(argv: list[str] | None = None) -> int:
         if a.out:
             write_section(a.out, text)
             print(f"wrote {a.out}")
-    if a.only in ("all", "gateway"):
-        from bench.gateway import bench_gateway
+    from bench.abuse import bench_abuse
+    from bench.gateway import bench_gateway
 
-        started = time.monotonic()
-        g = Report()
-        with CrowdWatch() as watch:
-            print("gateway...", flush=True)
-            bench_gateway(g, quick=a.quick)
-        elapsed = time.monotonic() - started
-        quiet = host_load(watch.seen)
-        if watch.loads:
-            quiet += (f" 1-minute load average at the checks every 10 s: median {statistics.median(watch.loads):.1f}, "
-                      f"max {max(watch.loads):.1f} (on {os.cpu_count()} cores)")
-        text = render_gateway_doc(g, info, variant=variant, elapsed=elapsed, quiet=quiet, quick=a.quick)
-        print(g.table("ratio to direct / floor"))
+    sections = [("gateway", bench_gateway, render_gateway_doc, (GW_BEGIN, GW_END), END, "ratio to direct / floor"),
+                ("abuse", bench_abuse, render_abuse_doc, (AB_BEGIN, AB_END), GW_END, "ratio to rest")]
+    for name, bench, render, markers, after, ratio_head in sections:
+        if a.only not in ("all", name):
+            continue
+        text, section = watched_section(name, bench, quick=a.quick, render=render, info=info, variant=variant)
+        print(section.table(ratio_head))
         if a.out:
-            write_section(a.out, text, markers=(GW_BEGIN, GW_END), after=END)
-            print(f"wrote {a.out}")
-    if a.only in ("all", "abuse"):
-        from bench.abuse import bench_abuse
-
-        started = time.monotonic()
-        ab = Report()
-        with CrowdWatch() as watch:
-            print("abuse...", flush=True)
-            bench_abuse(ab, quick=a.quick)
-        text = render_abuse_doc(ab, info, variant=variant, elapsed=time.monotonic() - started,
-                                quiet=host_load(watch.seen), quick=a.quick)
-        print(ab.table("ratio to rest"))
-        if a.out:
-            write_section(a.out, text, markers=(AB_BEGIN, AB_END), after=GW_END)
+            write_section(a.out, text, markers=markers, after=after)
             print(f"wrote {a.out}")
     return 0
+
+
+def watched_section(name: str, bench: Callable[..., None], *, quick: bool, render: Callable[..., str],
+                    info: dict[str, str], variant: str) -> tuple[str, Report]:
+    """Run one section's benchmark with the crowd watched, and render its part of the document."""
+    started = time.monotonic()
+    r = Report()
+    with CrowdWatch() as watch:
+        print(f"{name}...", flush=True)
+        bench(r, quick=quick)
+    quiet = host_load(watch.seen)
+    if watch.loads:
+        quiet += (f" 1-minute load average at the checks every 10 s: median {statistics.median(watch.loads):.1f}, "
+                  f"max {max(watch.loads):.1f} (on {os.cpu_count()} cores)")
+    return render(r, info, variant=variant, elapsed=time.monotonic() - started, quiet=quiet, quick=quick), r
 
 
 BEGIN, END = "<!-- bench.run:begin -->", "<!-- bench.run:end -->"
@@ -496,41 +493,43 @@ def render_doc(r: Report, info: dict[str, str], *, variant: str, runs: int, n_mo
     return "\n".join(lines) + "\n"
 
 
-def render_gateway_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: float, quiet: str,
-                       quick: bool) -> str:
-    lines = [GW_BEGIN, "## Gateway (`python -m bench.run --only gateway`)", ""]
+def _section_doc(markers: tuple[str, str], title: str, about: str, r: Report, info: dict[str, str], *,
+                 quiet: str, ratio_head: str, reproduce: list[str]) -> str:
+    """A generated section: machine, what ran, host load, the table, notes, how to reproduce."""
+    lines = [markers[0], title, ""]
     lines.append("Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ".  ")
-    lines.append(f"Image variant `{variant}`; one real llama-supervisord with its gateway (demo model, threads 1, "
-                 f"default health settings), every figure beside the direct path or the bare-Docker floor measured "
-                 f"in this same run; whole section {elapsed / 60:.1f} min{' (--quick: a smoke test)' if quick else ''}"
-                 ".  ")
+    lines.append(about + ".  ")
     lines.append(f"Host load: {quiet}")
-    lines += ["", r.table("ratio to direct / floor"), ""]
+    lines += ["", r.table(ratio_head), ""]
     if r.notes:
         lines += ["Notes:", ""] + [f"- {n}" for n in r.notes] + [""]
-    lines += ["### How to reproduce (gateway)", "",
-              "Environment as above, after `make setup`; the gateway section alone: "
-              "`.venv/bin/python -m bench.run --only gateway --out docs/BENCHMARKS.md`; everything: `make bench`.", ""]
+    lines += reproduce
     lines += [f"- **{what}**: {how}" for what, how in r.how]
-    lines += ["", GW_END]
+    lines += ["", markers[1]]
     return "\n".join(lines) + "\n"
+
+
+def render_gateway_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: float, quiet: str,
+                       quick: bool) -> str:
+    about = (f"Image variant `{variant}`; one real llama-supervisord with its gateway (demo model, threads 1, "
+             f"default health settings), every figure beside the direct path or the bare-Docker floor measured "
+             f"in this same run; whole section {elapsed / 60:.1f} min{' (--quick: a smoke test)' if quick else ''}")
+    return _section_doc((GW_BEGIN, GW_END), "## Gateway (`python -m bench.run --only gateway`)", about, r, info,
+                        quiet=quiet, ratio_head="ratio to direct / floor", reproduce=[
+                            "### How to reproduce (gateway)", "",
+                            "Environment as above, after `make setup`; the gateway section alone: "
+                            "`.venv/bin/python -m bench.run --only gateway --out docs/BENCHMARKS.md`; everything: "
+                            "`make bench`.", ""])
 
 
 def render_abuse_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: float, quiet: str,
                      quick: bool) -> str:
-    lines = [AB_BEGIN, "## Abuse: hostile clients (`python -m bench.run --only abuse`)", ""]
-    lines.append("Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ".  ")
-    lines.append(f"Image variant `{variant}`; one real llama-supervisord at 1024 file descriptors (soft and hard, "
-                 f"systemd's default without LimitNOFILE) with 3 always-on demo models and its gateway; whole section "
-                 f"{elapsed / 60:.1f} min{' (--quick: a smoke test)' if quick else ''}.  ")
-    lines.append(f"Host load: {quiet}")
-    lines += ["", r.table("ratio to rest"), ""]
-    if r.notes:
-        lines += ["Notes:", ""] + [f"- {n}" for n in r.notes] + [""]
-    lines += ["### How to reproduce (abuse)", ""]
-    lines += [f"- **{what}**: {how}" for what, how in r.how]
-    lines += ["", AB_END]
-    return "\n".join(lines) + "\n"
+    about = (f"Image variant `{variant}`; one real llama-supervisord at 1024 file descriptors (soft and hard, "
+             f"systemd's default without LimitNOFILE) with 3 always-on demo models and its gateway; whole section "
+             f"{elapsed / 60:.1f} min{' (--quick: a smoke test)' if quick else ''}")
+    return _section_doc((AB_BEGIN, AB_END), "## Abuse: hostile clients (`python -m bench.run --only abuse`)", about,
+                        r, info, quiet=quiet, ratio_head="ratio to rest",
+                        reproduce=["### How to reproduce (abuse)", ""])
 
 
 def write_section(path: Path, section: str, *, markers: tuple[str, str] = (BEGIN, END),

@@ -73,9 +73,19 @@ def instance_for(manifests: Path) -> str:
     return "test-" + hashlib.sha256(str(manifests.resolve()).encode()).hexdigest()[:12]
 
 
-def healthy(port: int) -> bool:
+def wait_container_healthy(container: Any, port: int, timeout: float = 120) -> None:
+    """Until a container started outside the daemon answers /health 200 on 127.0.0.1:port; else fail with its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if healthy(port, timeout=2):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no /health 200 within {timeout:.0f} s; log:\n{container.logs(tail=30).decode()}")
+
+
+def healthy(port: int, timeout: float = 0.5) -> bool:
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -8,7 +8,6 @@ rendered argv answers CORS with an origin no page has, no credentials, and a dis
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
 import docker
@@ -20,6 +19,8 @@ from supervisor.allowed_flags import ALLOWED, OTHER_RELEASES
 from supervisor.lock import ImageLock, ImageRecord
 from supervisor.manifest import load_text
 from supervisor.render import CORS_ORIGINS, render_all
+
+from .daemon_harness import wait_container_healthy
 
 pytestmark = pytest.mark.docker
 
@@ -70,16 +71,7 @@ def test_the_rendered_argv_answers_cors_with_no_origin_and_keeps_the_proxy_off(
         labels={"io.llama-supervisor.test": "allowed-flags"},
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"no /health 200 within 120 s; log:\n{container.logs(tail=30).decode()}")
+        wait_container_healthy(container, port)
         evil = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
         pre = httpx.options(f"http://127.0.0.1:{port}/v1/chat/completions", headers=evil, timeout=5)
         assert pre.headers["access-control-allow-origin"] == CORS_ORIGINS      # before: the Origin echoed back

@@ -12,7 +12,6 @@ Measured on the 2-core test host: 332-350 MiB at ctx 2048 (estimate 430), 424-45
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from supervisor import hardware, paths
 from supervisor.lock import ImageRecord, read_lock
 from supervisor.render import load_desired
 
-from .daemon_harness import free_port
+from .daemon_harness import free_port, wait_container_healthy
 
 pytestmark = pytest.mark.docker
 MiB = 1 << 20
@@ -60,16 +59,7 @@ def test_the_estimate_stays_above_the_demo_models_measured_memory(
         labels={"io.llama-supervisor.test": "estimate"},
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"no /health 200 within 120 s; log:\n{container.logs(tail=30).decode()}")
+        wait_container_healthy(container, port)
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120, json={
             "messages": [{"role": "user", "content": "Count from one to twenty."}], "max_tokens": 48})
         r.raise_for_status()

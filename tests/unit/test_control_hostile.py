@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -69,27 +70,30 @@ class Controller:
         return 42
 
 
-@pytest.fixture
-def served(sock_dir: Path) -> Iterator[tuple[Path, Controller, list[dict[str, object]]]]:
+@contextmanager
+def _server(sock_dir: Path, *, read_timeout_s: float, request_deadline_s: float
+            ) -> Iterator[tuple[Path, Controller, list[dict[str, object]]]]:
     path = sock_dir / "control.sock"
     ctl = Controller()
-    with capture_logs() as logs, ControlServer(ctl, path, max_connections=4, read_timeout_s=0.5,
-                                               request_deadline_s=1.5):
+    with capture_logs() as logs, ControlServer(ctl, path, max_connections=4, read_timeout_s=read_timeout_s,
+                                               request_deadline_s=request_deadline_s):
         yield path, ctl, logs
     # never a traceback, never an error logged for a client's bad input
     assert not [r for r in logs if r.get("log_level") in ("error", "critical") or r.get("exc_info")], logs
 
 
 @pytest.fixture
+def served(sock_dir: Path) -> Iterator[tuple[Path, Controller, list[dict[str, object]]]]:
+    with _server(sock_dir, read_timeout_s=0.5, request_deadline_s=1.5) as s:
+        yield s
+
+
+@pytest.fixture
 def patient(sock_dir: Path) -> Iterator[tuple[Path, Controller, list[dict[str, object]]]]:
     """A server whose read timeout and request deadline (60 s) are far past any client timeout here
     (10 s): a reply or a close that comes at all came from the logic under test, not from a timer."""
-    path = sock_dir / "control.sock"
-    ctl = Controller()
-    with capture_logs() as logs, ControlServer(ctl, path, max_connections=4, read_timeout_s=60,
-                                               request_deadline_s=60):
-        yield path, ctl, logs
-    assert not [r for r in logs if r.get("log_level") in ("error", "critical") or r.get("exc_info")], logs
+    with _server(sock_dir, read_timeout_s=60, request_deadline_s=60) as s:
+        yield s
 
 
 def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
