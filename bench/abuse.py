@@ -270,7 +270,7 @@ def bench_abuse(r: Report, *, quick: bool = False) -> None:
 
     from bench import live
     from bench.stats import of
-    from supervisor.modelsrc import cache_path
+    from supervisor.artifacts.modelsrc import cache_path
     from tests.integration.daemon_harness import Daemon, model_yaml, remove_models, wait_for
 
     ctl = str(Path(sys.executable).with_name("llama-supervisorctl"))

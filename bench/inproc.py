@@ -99,10 +99,10 @@ def calls_for(calls: list[tuple[str, str]], *, model: str, container_ids: set[st
 class InProcessDaemon:
     def __init__(self, manifests: Path, *, instance: str) -> None:
         from supervisor.cli.daemon import make_loader
-        from supervisor.daemon.executor import LockVerifier
+        from supervisor.artifacts.verify import LockVerifier
         from supervisor.daemon.loop import LoopSettings, Supervisor
         from supervisor.daemon.watcher import ManifestWatcher
-        from supervisor.health import Prober
+        from supervisor.daemon.health import Prober
         from supervisor.runtime.events import DockerEventStream
 
         self.events: queue.Queue[Event] = queue.Queue()

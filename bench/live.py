@@ -42,7 +42,7 @@ STABLE_AFTER_S = 10.0         # RestartSettings.stable_after_s: a crash later th
 
 
 def demo_model() -> Path:
-    from supervisor.modelsrc import cache_path
+    from supervisor.artifacts.modelsrc import cache_path
 
     path = cache_path(DEMO_SHA256, DEMO_FILE)
     if not path.exists():

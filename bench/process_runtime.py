@@ -27,9 +27,10 @@ import psutil
 
 from bench import live
 from bench.stats import Sample
-from supervisor import binaries, paths
+from supervisor.artifacts import binaries
+from supervisor import paths
 from supervisor.control.client import ControlClient
-from supervisor.lock import ImageLock, read_lock, write_lock
+from supervisor.artifacts.lock import ImageLock, read_lock, write_lock
 from supervisor.runtime.process import ProcessRecord, proof
 from tests.integration.daemon_harness import instance_for
 

@@ -114,7 +114,7 @@ def bench_micro(r: Report, quick: bool) -> None:
 # --- image ---------------------------------------------------------------------------------------
 
 def bench_image(r: Report, variant: str, *, cold_build: bool) -> None:
-    from supervisor import render
+    from supervisor.render import desired as render
 
     tag = render.image_tag(variant)
     size = int(sh("docker", "image", "inspect", "-f", "{{.Size}}", tag))
@@ -131,7 +131,7 @@ def bench_image(r: Report, variant: str, *, cold_build: bool) -> None:
         # Through the same code path as `llama-supervisorctl build`, with every
         # layer rebuilt. cpu-generic, so the variant the tests and the lock use
         # keeps its image ID; the lock is not written.
-        from supervisor import images, source
+        from supervisor.artifacts import images, source
 
         src = source.resolve(None, progress=lambda _: None)
         client = images.client_from_env()
@@ -155,8 +155,8 @@ def bench_image(r: Report, variant: str, *, cold_build: bool) -> None:
         r.value_row("cold build (quoted from README.md, **not re-measured in this run**)", quoted)
         r.notes.append("Cold build: the figure is the one README.md records (measured by `make bench "
                        "BENCH_ARGS=--cold-build`); this run did not rebuild from scratch. `--cold-build` times "
-                       "supervisor.images.build of cpu-generic with every layer rebuilt.")
-    r.how.append(("cold build", "`python -m bench.run --cold-build --out /tmp/b.md` (supervisor.images.build "
+                       "supervisor.artifacts.images.build of cpu-generic with every layer rebuilt.")
+    r.how.append(("cold build", "`python -m bench.run --cold-build --out /tmp/b.md` (supervisor.artifacts.images.build "
                   "of cpu-generic with no_cache=True: the same context, Dockerfile and build args as "
                   "`llama-supervisorctl build`)"))
 
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = 3 if a.quick else max(5, a.runs)
     idle_s = 10.0 if a.quick else 30.0
 
-    from supervisor import hardware
+    from supervisor.artifacts import hardware
 
     variant = hardware.best_variant(hardware.detect())
     info = machine()

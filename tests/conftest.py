@@ -32,9 +32,10 @@ def docker_client() -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def image_record(docker_client: object):  # -> supervisor.lock.ImageRecord
-    from supervisor import hardware, paths
-    from supervisor.lock import read_lock
+def image_record(docker_client: object):  # -> supervisor.artifacts.lock.ImageRecord
+    from supervisor.artifacts import hardware
+    from supervisor import paths
+    from supervisor.artifacts.lock import read_lock
 
     lock = read_lock(paths.lock_path())
     variant = os.environ.get("LLAMA_SUPERVISOR_TEST_VARIANT") or hardware.best_variant(hardware.detect())
@@ -49,7 +50,7 @@ def image_record(docker_client: object):  # -> supervisor.lock.ImageRecord
 
 @pytest.fixture(scope="session")
 def demo_model() -> Path:
-    from supervisor.modelsrc import cache_path
+    from supervisor.artifacts.modelsrc import cache_path
 
     path = cache_path(DEMO_SHA256, DEMO_FILE)
     if not path.exists():

@@ -43,8 +43,10 @@ def _manifests_option(f: F) -> F:
 
 def _render(target: str, manifests_dir: Path | None, image_refs: dict[str, str], namespace: str | None,
             swarm_nodes: int = 1) -> str:
-    from supervisor import export, hardware, render
-    from supervisor.lock import read_lock
+    from supervisor import export
+    from supervisor.artifacts import hardware
+    from supervisor.render import desired as render
+    from supervisor.artifacts.lock import read_lock
     from supervisor.manifest import load_dir
 
     directory = manifests_dir or paths.manifests_dir()
@@ -124,7 +126,7 @@ def deploy() -> None:
 def deploy_swarm(manifests_dir: Path | None, stack: str, wait_s: float) -> None:
     """Render the stack and `docker stack deploy` it; only changed services are updated."""
     from supervisor.export import swarm_deploy
-    from supervisor.images import client_from_env
+    from supervisor.artifacts.images import client_from_env
 
     client = client_from_env()
     swarm_deploy.require_swarm(client)
@@ -156,7 +158,7 @@ def deploy_swarm(manifests_dir: Path | None, stack: str, wait_s: float) -> None:
 def deploy_status(ctx: click.Context, stack: str, as_json: bool) -> None:
     """Each model's service and task state; exit 3 when one is not running."""
     from supervisor.export import swarm_deploy
-    from supervisor.images import client_from_env
+    from supervisor.artifacts.images import client_from_env
 
     client = client_from_env()
     swarm_deploy.require_swarm(client)

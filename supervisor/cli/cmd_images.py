@@ -17,7 +17,7 @@ from supervisor import paths
 from supervisor.cli import output
 from supervisor.cli.where import local_state
 from supervisor.errors import ConfigError, ImageMismatch
-from supervisor.lock import read_lock, write_lock
+from supervisor.artifacts.lock import read_lock, write_lock
 
 
 def _say(line: str) -> None:
@@ -27,7 +27,7 @@ def _say(line: str) -> None:
 def _variant(name: str) -> str:
     if name != "auto":
         return name
-    from supervisor import hardware
+    from supervisor.artifacts import hardware
 
     return hardware.best_variant(hardware.detect())
 
@@ -69,7 +69,7 @@ def build(variant: str, source_spec: str | None, sha256: str | None, build_numbe
           lock_file: Path | None, quiet: bool, native: bool, from_image: bool, cuda_arch: str | None,
           jobs: int | None) -> None:
     """Build the llama-server image VARIANT (auto: the best for this host) and record it in the lock."""
-    from supervisor import images, source
+    from supervisor.artifacts import images, source
 
     variant = _variant(variant)
     lock_path = lock_file or paths.lock_path()
@@ -92,7 +92,7 @@ def build(variant: str, source_spec: str | None, sha256: str | None, build_numbe
 def _build_native(variant: str, lock_path: Path, *, source_spec: str | None, sha256: str | None,
                   build_number: int | None, quiet: bool, from_image: bool, cuda_arch: str | None,
                   jobs: int | None) -> None:
-    from supervisor import binaries, images, source
+    from supervisor.artifacts import binaries, images, source
 
     started = time.monotonic()
     progress = (lambda _: None) if quiet else _say
@@ -121,7 +121,7 @@ def _build_native(variant: str, lock_path: Path, *, source_spec: str | None, sha
 @local_state()
 def verify(variants: tuple[str, ...], lock_file: Path | None) -> None:
     """Re-derive each locked image (default: all) and compare it with the lock."""
-    from supervisor import images
+    from supervisor.artifacts import images
 
     lock_path = lock_file or paths.lock_path()
     check_signature(lock_path)
@@ -154,7 +154,7 @@ def verify(variants: tuple[str, ...], lock_file: Path | None) -> None:
 @local_state()
 def fetch_model(names: tuple[str, ...], manifests_dir: Path | None) -> None:
     """Fetch and verify the model files the manifests name (default: all)."""
-    from supervisor import modelsrc
+    from supervisor.artifacts import modelsrc
     from supervisor.manifest.loader import load_dir
 
     manifests = load_dir(manifests_dir or paths.manifests_dir())

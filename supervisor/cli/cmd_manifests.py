@@ -34,8 +34,9 @@ def register(cli: click.Group) -> None:
 @click.argument("directory", required=False, type=click.Path(path_type=Path))
 @local_state()
 def validate(directory: Path | None) -> None:
-    from supervisor import hardware, render
-    from supervisor.lock import read_lock
+    from supervisor.artifacts import hardware
+    from supervisor.render import desired as render
+    from supervisor.artifacts.lock import read_lock
     from supervisor.manifest import load_dir
 
     """Check every manifest in DIRECTORY (default: the manifest directory); exit 2 on any problem.
@@ -79,7 +80,7 @@ def chat_template_warnings(manifests: ManifestSet, model_paths: dict[str, str]) 
     /v1/chat/completions as ChatML for it, which a base model (the demo's) answers with
     the template's own tokens ('Say hi<|im_end|>...').
     """
-    from supervisor import gguf
+    from supervisor.artifacts import gguf
     from supervisor.manifest.loader import Origin
 
     warnings = []
@@ -101,7 +102,8 @@ def chat_template_warnings(manifests: ManifestSet, model_paths: dict[str, str]) 
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @local_state(announce=False)
 def hardware_cmd(as_json: bool) -> None:
-    from supervisor import hardware, render
+    from supervisor.artifacts import hardware
+    from supervisor.render import desired as render
 
     """Show the cores, memory, CPU flags and GPUs found, and what `profile: auto` picks."""
     host = hardware.detect()
@@ -111,7 +113,7 @@ def hardware_cmd(as_json: bool) -> None:
     if placement.gpu_layers is not None:
         flags += ["--n-gpu-layers", str(placement.gpu_layers)]
     notable = [f for f in hardware.NOTABLE_FLAGS if f in host.cpu_flags]
-    from supervisor.lock import read_lock
+    from supervisor.artifacts.lock import read_lock
     from supervisor.runtime.choose import docker_unreachable
 
     no_docker = docker_unreachable()

@@ -37,12 +37,12 @@ def make_loader(manifests: Path, lock_path: Path, *, isolated: bool = False, for
                 read_timeout_s: float | None = None) -> Any:
     """render.load_desired, with a fresh lock per read; any problem makes the whole set invalid.
 
-    isolated: read in a child process (supervisor.daemon.reader), as llama-supervisord does, so the
+    isolated: read in a child process (supervisor.render.reader), as llama-supervisord does, so the
     daemon never loads pydantic and PyYAML and a hostile manifest cannot take it down.
     for_process: render against the lock's native binaries (the process runtime).
     read_timeout_s: the isolated reader's deadline (reader.read_timeout_s: within the systemd watchdog).
     """
-    from supervisor import hardware
+    from supervisor.artifacts import hardware
 
     host = hardware.detect()
 
@@ -50,7 +50,7 @@ def make_loader(manifests: Path, lock_path: Path, *, isolated: bool = False, for
         import dataclasses
         import json
 
-        from supervisor.daemon import reader
+        from supervisor.render import reader
 
         host_json = json.dumps({**dataclasses.asdict(host), "cpu_flags": sorted(host.cpu_flags)})
 
@@ -63,8 +63,8 @@ def make_loader(manifests: Path, lock_path: Path, *, isolated: bool = False, for
 
         return load_isolated
 
-    from supervisor import render
-    from supervisor.lock import read_lock
+    from supervisor.render import desired as render
+    from supervisor.artifacts.lock import read_lock
 
     def load() -> Mapping[str, DesiredModel]:
         try:
@@ -210,7 +210,7 @@ class GatewayOptions:
 
 
 def _size(value: str, option: str) -> int:
-    from supervisor.sizes import parse_memory
+    from supervisor.core.sizes import parse_memory
 
     try:
         size = parse_memory(value)
@@ -239,16 +239,16 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         metrics_port: int | None, resync_interval: float, stop_timeout: float,
         stop_models_on_exit: bool, instance: str = "default", gateway: GatewayOptions | None = None,
         budgets: tuple[str, str] = ("auto", "auto"), runtime_kind: str = "docker", watch: bool = True) -> None:
-    from supervisor import hardware
+    from supervisor.artifacts import hardware
     from supervisor.core.events import Tick
     from supervisor.daemon.controller import DaemonController
     from supervisor.daemon.demand import Demand
     from supervisor.daemon.loop import LoopSettings, Supervisor
-    from supervisor.daemon.reader import read_timeout_s
+    from supervisor.render.reader import read_timeout_s
     from supervisor.daemon.statefile import StateFile
     from supervisor.daemon.watcher import ManifestWatcher
     from supervisor.gateway.keys import read_gateway_keys
-    from supervisor.health import Prober
+    from supervisor.daemon.health import Prober
     from supervisor.runtime import check_instance
     from supervisor.runtime.choose import choose
 
@@ -334,7 +334,7 @@ def _systemd_and_metrics(metrics_port: int | None, closers: list[Any]) -> tuple[
     max_wait = 5.0
     interval: float | None = None
     try:
-        from supervisor import sdnotify
+        from supervisor.daemon import sdnotify
 
         notifier = sdnotify.SdNotifier.from_env()
         interval = sdnotify.watchdog_interval_s()
@@ -343,7 +343,7 @@ def _systemd_and_metrics(metrics_port: int | None, closers: list[Any]) -> tuple[
         if hasattr(notifier, "close"):
             closers.append(notifier)
     except ModuleNotFoundError:
-        log.warning("supervisor.sdnotify missing: no systemd notifications")
+        log.warning("supervisor.daemon.sdnotify missing: no systemd notifications")
     metrics: Any = NullMetrics()
     if metrics_port is not None:
         from supervisor.metrics import PrometheusMetrics

@@ -1,6 +1,6 @@
 """What a model should be: the desired container and its policies, as values.
 
-Produced from manifests + profile + image lock by supervisor.render; consumed by
+Produced from manifests + profile + image lock by supervisor.render.desired; consumed by
 the planner and the runtime adapter. Everything that shapes the container is in
 `ContainerSpec` and goes into its config hash.
 """

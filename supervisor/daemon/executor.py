@@ -7,8 +7,7 @@ without another list call.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Protocol, assert_never
+from typing import assert_never
 
 import structlog
 
@@ -16,66 +15,13 @@ from supervisor.core.actions import Action, Create, Recreate, Remove, Start, Sto
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import DesiredModel
 from supervisor.errors import ResourceExhausted, VerificationError, exhaustion
+from supervisor.artifacts.verify import LockVerifier, NoVerifier, Verifier
 from supervisor.runtime import Runtime
 
+# The verifiers live with what they verify (supervisor/artifacts/verify.py); named here too for old importers.
+__all__ = ["Executor", "LockVerifier", "NoVerifier", "Verifier"]
+
 log = structlog.get_logger("supervisor.daemon.executor")
-
-
-class Verifier(Protocol):
-    """Checks pinned artefacts before a container is created; raises VerificationError subclasses."""
-
-    def check_model(self, desired: DesiredModel) -> None: ...
-
-    def check_image(self, desired: DesiredModel) -> None: ...
-
-    def confirm_model(self, desired: DesiredModel) -> None:
-        """After the container started: the model path still names the file check_model hashed."""
-
-
-class NoVerifier:
-    """For tests and tools that verified elsewhere."""
-
-    def check_model(self, desired: DesiredModel) -> None: pass
-
-    def check_image(self, desired: DesiredModel) -> None: pass
-
-    def confirm_model(self, desired: DesiredModel) -> None: pass
-
-
-class LockVerifier:
-    """The real checks: supervisor.modelsrc.ModelVerifier and supervisor.images.ImageVerifier.
-
-    Imported lazily so the daemon's core paths do not depend on them being importable in tests.
-    The image check's inspect containers carry `instance`, so an operator sees whose they are;
-    they are never model containers (runtime.inspect_labels).
-    """
-
-    def __init__(self, client: object, lock_path: Path, *, instance: str | None = None) -> None:
-        from supervisor import images, modelsrc
-        from supervisor.lock import read_lock
-
-        self._lock_path = lock_path
-        self._read_lock = read_lock
-        self._images = images.ImageVerifier(client, instance=instance)
-        self._models = modelsrc.ModelVerifier()
-
-    def check_model(self, desired: DesiredModel) -> None:
-        self._models.check(Path(desired.model_path), desired.spec.model_sha256)
-
-    def check_image(self, desired: DesiredModel) -> None:
-        from supervisor.errors import ImageMismatch
-
-        lock = self._read_lock(self._lock_path)
-        record = next((r for r in lock.images.values() if r.image_id == desired.spec.image_id), None)
-        if record is None:
-            raise ImageMismatch(
-                f"{desired.name}: image {desired.spec.image_id[:19]} is not in {self._lock_path}: "
-                f"run 'llama-supervisorctl build'"
-            )
-        self._images.check(record)
-
-    def confirm_model(self, desired: DesiredModel) -> None:
-        self._models.confirm(Path(desired.model_path), desired.spec.model_sha256)
 
 
 class Executor:

@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 import yaml
 
-from supervisor import render as render_mod
+from supervisor.render import desired as render_mod
 from supervisor.core.spec import DesiredModel
-from supervisor.hardware import HostInfo
-from supervisor.lock import ImageLock
+from supervisor.artifacts.hardware import HostInfo
+from supervisor.artifacts.lock import ImageLock
 from supervisor.manifest.loader import ManifestSet
 
 LABEL_PREFIX = "io.llama-supervisor"

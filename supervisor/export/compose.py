@@ -22,7 +22,7 @@ from supervisor.export.common import (
     header,
     seconds,
 )
-from supervisor.render import API_KEY_TARGET
+from supervisor.render.desired import API_KEY_TARGET
 
 NETWORK = "models"
 

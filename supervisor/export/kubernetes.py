@@ -36,7 +36,7 @@ from supervisor.export.common import (
     start_first,
     whole_seconds,
 )
-from supervisor.render import API_KEY_TARGET
+from supervisor.render.desired import API_KEY_TARGET
 
 MODELS_CLAIM = "llama-supervisor-models"
 ANNOTATION = "llama-supervisor.io"

@@ -37,7 +37,7 @@ from supervisor.export.common import (
     start_first,
 )
 from supervisor.export.compose import api_key_secret, healthcheck, logging
-from supervisor.render import API_KEY_TARGET
+from supervisor.render.desired import API_KEY_TARGET
 
 STACK_VERSION = "3.9"
 ARCH = {"arm64": "aarch64"}          # Swarm's node.platform.arch; every other variant is x86_64

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Union
 from packaging.utils import canonicalize_name
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
-from supervisor.sizes import parse_memory
+from supervisor.core.sizes import parse_memory
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -22,7 +22,7 @@ CPUSET_PATTERN = r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$"
 VARIANTS = ("cpu-generic", "cpu-avx2", "cpu-avx512", "arm64", "cuda")
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 
-# parse_memory lives in supervisor.sizes, free of pydantic: the daemon parses its own size options with it.
+# parse_memory lives in supervisor.core.sizes, free of pydantic: the daemon parses its own size options with it.
 
 
 def _on_off(value: object) -> object:
@@ -189,7 +189,7 @@ class ServerSettings(_Strict):
                           _ARGS_SCHEMA] = Field(
         default=(), max_length=128,
         description="a list of at most 128 further llama-server arguments: only inference and performance flags"
-                    " on the allowlist (supervisor/allowed_flags.py), e.g. [--temp, 0.7]",
+                    " on the allowlist (supervisor/render/allowed_flags.py), e.g. [--temp, 0.7]",
     )
 
     @model_validator(mode="after")

@@ -13,39 +13,31 @@ from typing import Protocol
 
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import ContainerSpec
+from supervisor.artifacts.labels import (
+    DEFAULT_INSTANCE,
+    LABEL_HASH,
+    LABEL_IMAGE,
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    LABEL_MODEL,
+    LABEL_PURPOSE,
+    PURPOSE_INSPECT,
+    inspect_labels,
+)
 from supervisor.errors import ConfigError
 from supervisor.logs import printable
 
-LABEL_MANAGED = "io.llama-supervisor.managed"
-LABEL_MODEL = "io.llama-supervisor.model"
-LABEL_HASH = "io.llama-supervisor.config-hash"
-# Which daemon owns the container: two daemons on one engine (a test run beside
-# `make run`, two services) must never take each other's containers for orphans.
-LABEL_INSTANCE = "io.llama-supervisor.instance"
-DEFAULT_INSTANCE = "default"
-
-
-# A throwaway container that reads facts from an image (its binary's hash, its
-# --version and --help): `purpose=inspect`, `managed=false`, no model, so that
-# owned_filter never lists it and no daemon adopts or removes it as a model.
-LABEL_PURPOSE = "io.llama-supervisor.purpose"
-LABEL_IMAGE = "io.llama-supervisor.image"
-PURPOSE_INSPECT = "inspect"
+# The labels live in supervisor/artifacts/labels.py (the image probe sets them too); named here for the runtime's users.
+__all__ = [
+    "DEFAULT_INSTANCE", "LABEL_HASH", "LABEL_IMAGE", "LABEL_INSTANCE", "LABEL_MANAGED", "LABEL_MODEL",
+    "LABEL_PURPOSE", "PURPOSE_INSPECT", "inspect_labels", "owned_filter", "NAME_PREFIX", "INSTANCE_PATTERN",
+    "check_instance", "process_rss", "MAX_TAIL_BYTES", "MAX_LINE_CHARS", "clean_log", "container_name", "Runtime",
+]
 
 
 def owned_filter(instance: str) -> list[str]:
     """The Docker label filter for this daemon's containers (list and events)."""
     return [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={instance}"]
-
-
-def inspect_labels(image: str, *, instance: str | None = None) -> dict[str, str]:
-    """Labels of an inspect container: whose it is (a daemon's instance, empty from the CLI), which image it reads.
-
-    A container inherits its image's labels: every label a daemon reads is set
-    here, so a wrong image labelled `managed=true` cannot pass its probe off as a model.
-    """
-    return {LABEL_PURPOSE: PURPOSE_INSPECT, LABEL_MANAGED: "false", LABEL_MODEL: "", LABEL_HASH: "",
-            LABEL_INSTANCE: instance or "", LABEL_IMAGE: image}
 
 
 NAME_PREFIX = "llama-supervisor-"

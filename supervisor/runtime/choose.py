@@ -62,7 +62,7 @@ def choose(kind: RuntimeKind, *, instance: str, lock_path: Path, post: Callable[
 def _docker(instance: str, lock_path: Path, post: Callable[[Event], None], *, why: str) -> Wiring:
     import docker
 
-    from supervisor.daemon.executor import LockVerifier
+    from supervisor.artifacts.verify import LockVerifier
     from supervisor.runtime.docker import DockerRuntime
     from supervisor.runtime.events import DockerEventStream
 
@@ -74,8 +74,8 @@ def _docker(instance: str, lock_path: Path, post: Callable[[Event], None], *, wh
 
 
 def _process(instance: str, lock_path: Path, post: Callable[[Event], None], *, why: str) -> Wiring:
-    from supervisor.binaries import BinaryVerifier
-    from supervisor.lock import read_lock
+    from supervisor.artifacts.binaries import BinaryVerifier
+    from supervisor.artifacts.lock import read_lock
     from supervisor.runtime.process import ProcessRuntime
 
     if not read_lock(lock_path).binaries:

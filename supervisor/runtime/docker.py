@@ -14,7 +14,6 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import docker
@@ -24,7 +23,8 @@ from docker.types import DeviceRequest, LogConfig, Mount
 
 from supervisor.core.observed import ContainerStatus, ObservedContainer
 from supervisor.core.spec import ContainerSpec
-from supervisor.errors import ResourceExhausted, RuntimeOperationError, RuntimeUnavailable, exhaustion
+from supervisor.artifacts.engine import UNREACHABLE_HINT, engine_errors
+from supervisor.errors import RuntimeOperationError, RuntimeUnavailable
 from supervisor.runtime import (
     DEFAULT_INSTANCE,
     LABEL_HASH,
@@ -143,10 +143,6 @@ def observed_from_list(d: dict[str, Any]) -> ObservedContainer:
     )
 
 
-UNREACHABLE_HINT = ("start it (systemctl start docker) or set DOCKER_HOST, "
-                    "and make sure this user may use its socket")
-
-
 class LogStream:
     """A followed container log. `close()` is safe from any thread and ends a blocked read at once
     (the docker SDK's CancellableStream shuts its socket down), which a generator's close() is not."""
@@ -178,30 +174,6 @@ class LogStream:
                 close()
             except Exception:  # noqa: BLE001 - the stream is going away either way; nothing to report
                 pass
-
-
-@contextmanager
-def engine_errors(op: str, target: str, *, hint: str = "") -> Iterator[None]:
-    """docker SDK and transport errors -> RuntimeOperationError / RuntimeUnavailable, `raise ... from e`.
-
-    The one place an engine error is translated: the runtime, the image probe and
-    the image build all go through it. `hint` says what to do when one call fails.
-    """
-    try:
-        yield
-    except docker.errors.APIError as e:
-        raise RuntimeOperationError(
-            f"docker {op} {target}: {e.explanation or e}" + (f": {hint}" if hint else "")) from e
-    except (requests.exceptions.RequestException, docker.errors.DockerException, OSError) as e:
-        if (cause := exhaustion(e)) is not None:   # our side ran out (EMFILE...): neither the engine nor the model
-            raise ResourceExhausted(
-                f"docker {op} {target}: the daemon is out of resources ({cause.strerror or cause}); retried later"
-            ) from e
-        if isinstance(e, requests.exceptions.RequestException):     # refused, timed out, cut mid-stream
-            raise RuntimeUnavailable(f"docker {op} {target}: engine unreachable ({e}): {UNREACHABLE_HINT}") from e
-        if isinstance(e, docker.errors.DockerException):
-            raise RuntimeUnavailable(f"docker {op} {target}: {e}: {UNREACHABLE_HINT}") from e
-        raise
 
 
 class DockerRuntime:

@@ -45,7 +45,7 @@ from supervisor.core.events import ContainerAction, ContainerEvent, Event
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import ContainerSpec
 from supervisor.errors import ImageMismatch, RuntimeOperationError
-from supervisor.hashing import CHUNK
+from supervisor.artifacts.hashing import CHUNK
 from supervisor.runtime import DEFAULT_INSTANCE, clean_log, container_name, process_rss
 from supervisor.runtime.cgroup import Cgroups
 from supervisor.runtime.process_spec import host_argv, parse_user, process_env, rlimits
@@ -403,8 +403,8 @@ class ProcessRuntime:
             raise RuntimeOperationError(f"create process record for {spec.model}: {e}") from e
 
     def _create(self, spec: ContainerSpec) -> str:
-        from supervisor import binaries
-        from supervisor.lock import read_lock
+        from supervisor.artifacts import binaries
+        from supervisor.artifacts.lock import read_lock
 
         rid = secrets.token_hex(32)
         binary = binaries.binary_for(read_lock(self.lock_path), spec.image_id)
@@ -452,8 +452,8 @@ class ProcessRuntime:
                 raise RuntimeOperationError(f"launch {rec.model}: {e}") from e
 
     def _launch(self, rec: ProcessRecord) -> None:
-        from supervisor import binaries
-        from supervisor.lock import read_lock
+        from supervisor.artifacts import binaries
+        from supervisor.artifacts.lock import read_lock
 
         locked = binaries.binary_for(read_lock(self.lock_path), rec.image_id)
         if locked is None or (locked.path, locked.sha256) != (rec.binary, rec.binary_sha256):

@@ -19,8 +19,9 @@ import docker
 import pytest
 
 from integration.daemon_harness import Daemon, free_port, model_yaml, remove_models
-from supervisor import images, paths
-from supervisor.lock import ImageLock, ImageRecord, write_lock
+from supervisor.artifacts import images
+from supervisor import paths
+from supervisor.artifacts.lock import ImageLock, ImageRecord, write_lock
 
 from .helpers import status, uid, write_manifest
 

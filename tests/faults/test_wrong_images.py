@@ -36,11 +36,11 @@ from typing import Any
 import docker
 import pytest
 
-from supervisor import images
-from supervisor.daemon.executor import LockVerifier
+from supervisor.artifacts import images
+from supervisor.artifacts.verify import LockVerifier
 from supervisor.errors import ImageMismatch
-from supervisor.lock import ImageLock, ImageRecord, write_lock
-from supervisor.probe import NAME_PREFIX, ImageProbe
+from supervisor.artifacts.lock import ImageLock, ImageRecord, write_lock
+from supervisor.artifacts.probe import NAME_PREFIX, ImageProbe
 from supervisor.runtime import LABEL_IMAGE, LABEL_INSTANCE, LABEL_MANAGED, LABEL_PURPOSE
 from supervisor.runtime.docker import DockerRuntime
 from unit.helpers import desired

@@ -14,11 +14,11 @@ import docker
 import httpx
 import pytest
 
-from supervisor import hardware, images
-from supervisor.allowed_flags import ALLOWED, OTHER_RELEASES
-from supervisor.lock import ImageLock, ImageRecord
+from supervisor.artifacts import hardware, images
+from supervisor.render.allowed_flags import ALLOWED, OTHER_RELEASES
+from supervisor.artifacts.lock import ImageLock, ImageRecord
 from supervisor.manifest import load_text
-from supervisor.render import CORS_ORIGINS, render_all
+from supervisor.render.desired import CORS_ORIGINS, render_all
 
 from .daemon_harness import wait_container_healthy
 

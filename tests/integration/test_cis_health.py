@@ -20,11 +20,11 @@ from typing import Any
 import docker
 import pytest
 
-from supervisor import hardware
+from supervisor.artifacts import hardware
 from supervisor.core.spec import DesiredModel
-from supervisor.lock import ImageLock, ImageRecord
+from supervisor.artifacts.lock import ImageLock, ImageRecord
 from supervisor.manifest import load_dir
-from supervisor.render import render_all, stat_sizes
+from supervisor.render.desired import render_all, stat_sizes
 from supervisor.runtime.docker import DockerRuntime
 
 from .daemon_harness import free_port, healthy, remove_models, wait_for

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.cli import ctl
-from supervisor.lock import ImageLock, ImageRecord, write_lock
+from supervisor.artifacts.lock import ImageLock, ImageRecord, write_lock
 
 CTL = str(Path(sys.executable).with_name("llama-supervisorctl"))
 NO_ENGINE = "unix:///nonexistent/docker.sock"

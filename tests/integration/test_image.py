@@ -12,9 +12,10 @@ import docker
 import httpx
 import pytest
 
-from supervisor import images, paths
+from supervisor.artifacts import images
+from supervisor import paths
 from supervisor.errors import ImageMismatch
-from supervisor.lock import ImageLock, ImageRecord
+from supervisor.artifacts.lock import ImageLock, ImageRecord
 
 pytestmark = pytest.mark.docker
 

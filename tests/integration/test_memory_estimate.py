@@ -19,9 +19,10 @@ import docker
 import httpx
 import pytest
 
-from supervisor import hardware, paths
-from supervisor.lock import ImageRecord, read_lock
-from supervisor.render import load_desired
+from supervisor.artifacts import hardware
+from supervisor import paths
+from supervisor.artifacts.lock import ImageRecord, read_lock
+from supervisor.render.desired import load_desired
 
 from .daemon_harness import free_port, wait_container_healthy
 

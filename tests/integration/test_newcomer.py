@@ -16,7 +16,7 @@ import pytest
 
 from supervisor import paths
 from supervisor.control.client import ControlClient
-from supervisor.lock import read_lock
+from supervisor.artifacts.lock import read_lock
 from supervisor.runtime import container_name
 
 from .daemon_harness import Daemon, container, free_port, healthy, instance_for, model_yaml, remove_models, wait_for

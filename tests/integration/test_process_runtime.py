@@ -25,8 +25,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from supervisor import binaries, paths
-from supervisor.lock import BinaryRecord, ImageLock, ImageRecord, write_lock
+from supervisor.artifacts import binaries
+from supervisor import paths
+from supervisor.artifacts.lock import BinaryRecord, ImageLock, ImageRecord, write_lock
 from supervisor.runtime.process import ProcessRecord, proc_info, proof
 from supervisor.runtime.process_spec import host_argv, process_env
 
@@ -314,8 +315,9 @@ def test_tampered_binary_is_refused_before_launch(tmp_path: Path, native: Binary
 def test_record_with_a_reused_pid_is_never_signalled_nor_adopted(
     tmp_path: Path, lock_file: Path, demo_model: Path
 ) -> None:
-    from supervisor import hardware, render
-    from supervisor.lock import read_lock
+    from supervisor.artifacts import hardware
+    from supervisor.render import desired as render
+    from supervisor.artifacts.lock import read_lock
 
     manifests = tmp_path / "manifests"
     manifests.mkdir()

@@ -19,12 +19,13 @@ import docker
 import pytest
 from click.testing import CliRunner
 
-from supervisor import export, hardware
+from supervisor import export
+from supervisor.artifacts import hardware
 from supervisor.cli import cmd_export
 from supervisor.export import swarm_deploy
-from supervisor.lock import ImageLock, ImageRecord
+from supervisor.artifacts.lock import ImageLock, ImageRecord
 from supervisor.manifest import load_dir
-from supervisor.render import stat_sizes
+from supervisor.render.desired import stat_sizes
 
 from .daemon_harness import free_port, healthy, model_yaml, wait_for
 

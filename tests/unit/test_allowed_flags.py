@@ -1,4 +1,4 @@
-"""The extra_args allowlist (supervisor/allowed_flags.py) against the pinned llama-server's own --help
+"""The extra_args allowlist (supervisor/render/allowed_flags.py) against the pinned llama-server's own --help
 (tests/fixtures/llama-server-help-11434.txt, `llama-server --help` of build 11434; the Docker test
 tests/integration/test_allowed_flags_image.py checks the same against the built image)."""
 
@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from supervisor.allowed_flags import ALLOWED, GROUPS, OTHER_RELEASES
-from supervisor.images import parse_help, parse_help_flags
-from supervisor.render import RESERVED
+from supervisor.render.allowed_flags import ALLOWED, GROUPS, OTHER_RELEASES
+from supervisor.artifacts.images import parse_help, parse_help_flags
+from supervisor.render.desired import RESERVED
 
 HELP = (Path(__file__).parents[1] / "fixtures" / "llama-server-help-11434.txt").read_text()
 FLAGS, WARNED = parse_help(HELP)

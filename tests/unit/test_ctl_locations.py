@@ -23,7 +23,7 @@ from supervisor.control.client import ControlClient
 from supervisor.control.server import ControlServer
 from supervisor.core.status import ModelStatus
 from supervisor.errors import ControlError, SupervisorError
-from supervisor.lock import BinaryRecord, ImageLock, write_lock
+from supervisor.artifacts.lock import BinaryRecord, ImageLock, write_lock
 
 PID = 4321
 BINARY = BinaryRecord(variant="cpu-avx2", path="/srv/var/state/bin/llama-server-cpu-avx2", sha256="b" * 64,

@@ -24,7 +24,7 @@ from supervisor.core.events import ProbeResult
 from supervisor.core.lifecycle import DAEMON_SIDE_RETRY_S, Lifecycle, ProbeOutcome, State
 from supervisor.core.spec import HealthPolicy, RestartPolicy, RestartSettings
 from supervisor.errors import ResourceExhausted, RuntimeUnavailable, exhaustion
-from supervisor.health import probe_once
+from supervisor.daemon.health import probe_once
 
 from .fakes import FakeClock
 from .helpers import desired
@@ -173,8 +173,8 @@ def test_probe_errors_are_classified_by_their_chain() -> None:
 CHILD = textwrap.dedent("""
     import json, os, resource, socket, sys, tempfile
     import httpx, docker
-    from supervisor.health import probe_once
-    from supervisor.modelsrc import ModelVerifier
+    from supervisor.daemon.health import probe_once
+    from supervisor.artifacts.modelsrc import ModelVerifier
     from supervisor.runtime.docker import engine_errors
     model = os.path.join(tempfile.mkdtemp(), "m.gguf")
     open(model, "wb").write(b"GGUF")

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from supervisor import source
-from supervisor.download import download
+from supervisor.artifacts import source
+from supervisor.artifacts.download import download
 from supervisor.errors import FetchError, SourceMismatch
 
 

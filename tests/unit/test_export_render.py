@@ -28,8 +28,8 @@ from click.testing import CliRunner
 from supervisor import export
 from supervisor.cli import cmd_export
 from supervisor.export import compose, kubernetes, swarm
-from supervisor.hardware import GpuInfo, HostInfo
-from supervisor.lock import ImageLock, ImageRecord, write_lock
+from supervisor.artifacts.hardware import GpuInfo, HostInfo
+from supervisor.artifacts.lock import ImageLock, ImageRecord, write_lock
 from supervisor.manifest import load_dir
 
 ROOT = Path(__file__).resolve().parents[2]

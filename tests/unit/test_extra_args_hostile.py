@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.images import parse_help
-from supervisor.lock import ImageLock
+from supervisor.artifacts.images import parse_help
+from supervisor.artifacts.lock import ImageLock
 
 from .test_render import one, record
 
@@ -58,7 +58,7 @@ def test_a_flag_a_new_release_adds_is_refused_until_it_is_on_the_allowlist(flag:
     assert problem == (
         f"m.yaml:8: extra_args sets {flag}, which is not on the allowlist of flags that only tune inference or"
         f" performance (fix: remove it; if it only tunes inference, propose adding it to GROUPS in"
-        f" supervisor/allowed_flags.py)")
+        f" supervisor/render/allowed_flags.py)")
 
 
 @pytest.mark.parametrize("flag", ["--agent", "-no-ag", "--no-webui-mcp-proxy", "--cors-origins", "--webui"])

@@ -7,8 +7,8 @@ import struct
 import time
 from pathlib import Path
 
-from supervisor import gguf
-from supervisor.render import estimate_memory
+from supervisor.artifacts import gguf
+from supervisor.render.desired import estimate_memory
 
 
 def _s(text: str) -> bytes:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor import hardware
-from supervisor.hardware import GpuInfo, HostInfo, best_variant, parse_cpuinfo
+from supervisor.artifacts import hardware
+from supervisor.artifacts.hardware import GpuInfo, HostInfo, best_variant, parse_cpuinfo
 
 X86_AVX512 = """\
 processor\t: 0

@@ -9,7 +9,7 @@ import httpx
 
 from supervisor.core.events import Event, ProbeResult
 from supervisor.core.lifecycle import ProbeOutcome
-from supervisor.health import Prober, health_url, probe_once
+from supervisor.daemon.health import Prober, health_url, probe_once
 
 
 def client(handler):  # type: ignore[no-untyped-def]

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import hostfile, modelsrc
+from supervisor.artifacts import hostfile, modelsrc
 from supervisor.daemon.executor import Executor
 from supervisor.core.actions import Create
 from supervisor.errors import ManifestError, ModelMismatch
-from supervisor.render import load_desired
+from supervisor.render.desired import load_desired
 
 from .fakes import FakeRuntime, FakeVerifier
 from .test_render import HOST, LOCK
@@ -111,7 +111,7 @@ def test_the_daemon_loader_refuses_the_whole_read_so_nothing_is_mounted(tmp_path
     d.mkdir()
     (d / "m.yaml").write_text(manifest("/var/run/docker.sock"))
     lock = tmp_path / "lock.json"
-    from supervisor.lock import write_lock
+    from supervisor.artifacts.lock import write_lock
 
     write_lock(lock, LOCK)
     with pytest.raises(ManifestError) as e:

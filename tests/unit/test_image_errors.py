@@ -12,11 +12,11 @@ from pathlib import Path
 import docker
 import pytest
 
-from supervisor import images
-from supervisor.daemon.executor import LockVerifier
+from supervisor.artifacts import images
+from supervisor.artifacts.verify import LockVerifier
 from supervisor.errors import ImageMismatch, RuntimeUnavailable
-from supervisor.lock import ImageLock, ImageRecord, write_lock
-from supervisor.probe import ImageProbe
+from supervisor.artifacts.lock import ImageLock, ImageRecord, write_lock
+from supervisor.artifacts.probe import ImageProbe
 from supervisor.runtime import LABEL_MODEL, inspect_labels, owned_filter
 
 from .helpers import desired
@@ -122,7 +122,7 @@ class _Probe:
         return "b" * 64
 
     def run(self, image_id: str, entrypoint: str, args: list[str]) -> object:
-        from supervisor.probe import Ran
+        from supervisor.artifacts.probe import Ran
 
         if args == ["--version"]:
             return Ran(0, "version: 11434 (pypi-sdist)\n")

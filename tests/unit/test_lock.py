@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from supervisor.errors import ConfigError
-from supervisor.images import parse_help_flags, parse_help_warnings
-from supervisor.lock import BinaryRecord, ImageLock, ImageRecord, compare, read_lock, write_lock
+from supervisor.artifacts.images import parse_help_flags, parse_help_warnings
+from supervisor.artifacts.lock import BinaryRecord, ImageLock, ImageRecord, compare, read_lock, write_lock
 
 
 def record(**changes: object) -> ImageRecord:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from supervisor import paths
 from supervisor.cli import cmd_manifests
-from supervisor.lock import ImageLock, write_lock
+from supervisor.artifacts.lock import ImageLock, write_lock
 from supervisor.manifest.jsonschema import schema_text
 
 from .test_gguf import gemma_like

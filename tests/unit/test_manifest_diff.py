@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from supervisor import render
+from supervisor.render import desired as render
 from supervisor.core.planner import Diff, diff
 from supervisor.manifest import ManifestSet, load_text
 

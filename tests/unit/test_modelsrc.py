@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import modelsrc
+from supervisor.artifacts import modelsrc
 from supervisor.errors import FetchError, ModelMismatch
 from supervisor.manifest.schema import ModelSource
 

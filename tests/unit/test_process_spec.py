@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import binaries
+from supervisor.artifacts import binaries
 from supervisor.errors import BuildError, ConfigError, RuntimeUnavailable
-from supervisor.hardware import GpuInfo, HostInfo
-from supervisor.lock import BinaryRecord, ImageLock, read_lock, write_lock
+from supervisor.artifacts.hardware import GpuInfo, HostInfo
+from supervisor.artifacts.lock import BinaryRecord, ImageLock, read_lock, write_lock
 from supervisor.manifest import load_text
-from supervisor.render import render_all
+from supervisor.render.desired import render_all
 from supervisor.runtime.cgroup import Cgroups
 from supervisor.runtime.choose import choose
 from supervisor.runtime.process import proc_info, proof, ProcessRecord

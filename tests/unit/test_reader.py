@@ -1,4 +1,4 @@
-"""The manifest reader child process (supervisor.daemon.reader): same models as an in-process read,
+"""The manifest reader child process (supervisor.render.reader): same models as an in-process read,
 the same file:line problems, and a daemon that never imports pydantic or PyYAML."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import pytest
 
 from supervisor.cli.daemon import make_loader
 from supervisor.core.spec import GpuRequest
-from supervisor.daemon import reader
+from supervisor.render import reader
 from supervisor.errors import ManifestError
-from supervisor.lock import write_lock
+from supervisor.artifacts.lock import write_lock
 from supervisor.manifest import load_text
-from supervisor.render import render_all
+from supervisor.render.desired import render_all
 
 from .test_render import GPU_HOST, LOCK, model
 
@@ -48,9 +48,9 @@ def test_the_child_reads_what_the_daemon_would_read_in_process(tmp_path: Path) -
 def test_the_daemon_side_imports_neither_pydantic_nor_yaml(tmp_path: Path) -> None:
     code = (
         "import sys; from pathlib import Path; from supervisor.cli.daemon import make_loader; "
-        "import supervisor.daemon.loop, supervisor.daemon.executor, supervisor.control.server, supervisor.health; "
+        "import supervisor.daemon.loop, supervisor.daemon.executor, supervisor.control.server, supervisor.daemon.health; "
         f"load = make_loader(Path({str(tmp_path)!r}), Path({str(tmp_path / 'lock.json')!r}), isolated=True); "
-        "load(); print(sorted(m for m in ('pydantic', 'yaml', 'supervisor.render') if m in sys.modules))"
+        "load(); print(sorted(m for m in ('pydantic', 'yaml', 'supervisor.render.desired') if m in sys.modules))"
     )
     write_lock(tmp_path / "lock.json", LOCK)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -59,8 +59,8 @@ def test_the_daemon_side_imports_neither_pydantic_nor_yaml(tmp_path: Path) -> No
 
 def test_the_reader_deadline_is_within_the_systemd_watchdog() -> None:
     """Issue 15, item 7: the loop waits for the reader; a 60 s deadline under WatchdogSec=30 let systemd kill it."""
-    from supervisor import sdnotify
-    from supervisor.daemon.reader import READ_TIMEOUT_S, read_timeout_s
+    from supervisor.daemon import sdnotify
+    from supervisor.render.reader import READ_TIMEOUT_S, read_timeout_s
 
     env = {"WATCHDOG_USEC": "30000000"}                                  # WatchdogSec=30
     assert read_timeout_s(sdnotify.watchdog_interval_s(env)) == 15.0     # half of it: the loop pings, then waits

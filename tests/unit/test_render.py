@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import modelsrc, paths
+from supervisor.artifacts import modelsrc
+from supervisor import paths
 from supervisor.core.spec import GpuRequest, Mount, RestartPolicy
 from supervisor.errors import ManifestError
-from supervisor.hardware import GpuInfo, HostInfo
-from supervisor.lock import ImageLock, ImageRecord
+from supervisor.artifacts.hardware import GpuInfo, HostInfo
+from supervisor.artifacts.lock import ImageLock, ImageRecord
 from supervisor.manifest import load_dir, load_text
-from supervisor.render import default_start_timeout, load_desired, render_all
+from supervisor.render.desired import default_start_timeout, load_desired, render_all
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 DEMO_SHA = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"

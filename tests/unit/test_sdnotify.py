@@ -12,7 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from supervisor.control.api import NullNotifier
-from supervisor.sdnotify import SdNotifier, watchdog_interval_s
+from supervisor.daemon.sdnotify import SdNotifier, watchdog_interval_s
 
 
 def receive(sock: socket.socket) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from supervisor import source
+from supervisor.artifacts import source
 from supervisor.errors import FetchError, SourceMismatch
 
 

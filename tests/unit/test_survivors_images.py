@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from supervisor import binaries, images
+from supervisor.artifacts import binaries, images
 from supervisor.errors import ImageMismatch
-from supervisor.lock import BinaryRecord, ImageRecord
+from supervisor.artifacts.lock import BinaryRecord, ImageRecord
 
 BINARY_BYTES = b"\x7fELF llama-server as built"
 IMAGE_ID = "sha256:" + "a" * 64

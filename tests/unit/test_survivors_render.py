@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.hardware import HostInfo
-from supervisor.lock import ImageLock, ImageRecord
-from supervisor.render import OVERHEAD_BYTES, load_desired
+from supervisor.artifacts.hardware import HostInfo
+from supervisor.artifacts.lock import ImageLock, ImageRecord
+from supervisor.render.desired import OVERHEAD_BYTES, load_desired
 
 FLAGS = frozenset({"--model", "--host", "--port", "--ctx-size", "--parallel", "--batch-size", "--threads",
                    "--flash-attn", "--cache-type-k", "--cache-type-v", "--no-webui", "--jinja", "--n-gpu-layers"})

@@ -7,8 +7,8 @@ import inspect
 
 import pytest
 
-from supervisor.binaries import BinaryVerifier
-from supervisor.daemon.executor import LockVerifier, NoVerifier, Verifier
+from supervisor.artifacts.binaries import BinaryVerifier
+from supervisor.artifacts.verify import LockVerifier, NoVerifier, Verifier
 
 from .fakes import FakeVerifier
 

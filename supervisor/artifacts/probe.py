@@ -24,9 +24,9 @@ import docker.errors
 import requests.exceptions
 
 from supervisor.errors import ImageMismatch, RuntimeOperationError, SupervisorError
-from supervisor.hashing import sha256_chunks
-from supervisor.runtime import inspect_labels
-from supervisor.runtime.docker import engine_errors
+from supervisor.artifacts.hashing import sha256_chunks
+from supervisor.artifacts.labels import inspect_labels
+from supervisor.artifacts.engine import engine_errors
 
 # The '.' keeps it apart from model containers, named llama-supervisor-<name> with
 # names of lowercase letters, digits and dashes only.

@@ -19,8 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor import gguf, hardware, hostfile, modelsrc, paths
-from supervisor.allowed_flags import ALLOWED
+from supervisor.artifacts import gguf, hardware, hostfile, modelsrc
+from supervisor import paths
+from supervisor.render.allowed_flags import ALLOWED
 from supervisor.core.spec import (
     ContainerSpec,
     DesiredModel,
@@ -32,9 +33,9 @@ from supervisor.core.spec import (
     RestartSettings,
     Serving,
 )
-from supervisor.gguf import GgufFacts
-from supervisor.hardware import HostInfo
-from supervisor.lock import ImageLock, ImageRecord
+from supervisor.artifacts.gguf import GgufFacts
+from supervisor.artifacts.hardware import HostInfo
+from supervisor.artifacts.lock import ImageLock, ImageRecord
 from supervisor.manifest.loader import ManifestSet, Origin, load_dir
 from supervisor.manifest.schema import ModelManifest, ProfileManifest
 
@@ -200,7 +201,7 @@ def render(
     """One model's DesiredModel, or None and its problems.
 
     model_path and api_key_path are the host paths to mount: load_desired passes
-    them resolved through symlinks (see supervisor.hostfile).
+    them resolved through symlinks (see supervisor.artifacts.hostfile).
     """
     problems: list[str] = []
     name = manifest.name
@@ -335,7 +336,7 @@ def serving(manifest: ModelManifest, spec: ContainerSpec, placement: Placement, 
 
 
 def check_extra_args(extra_args: tuple[str, ...], record: ImageRecord, origin: Origin) -> list[str]:
-    """A problem for each flag in extra_args that is not on the allowlist (supervisor.allowed_flags),
+    """A problem for each flag in extra_args that is not on the allowlist (supervisor.render.allowed_flags),
     that the supervisor renders itself, that the image's --help warns about, or that the image does not know.
 
     llama-server reads every item that starts with '-' in a flag's place as a flag, and takes no
@@ -375,7 +376,7 @@ def _flag_problem(flag: str, record: ImageRecord) -> str | None:
     if known:
         return (f"extra_args sets {flag}, which is not on the allowlist of flags that only tune inference or"
                 f" performance (fix: remove it; if it only tunes inference, propose adding it to GROUPS in"
-                f" supervisor/allowed_flags.py)")
+                f" supervisor/render/allowed_flags.py)")
     return (f"{flag} is not a flag of llama-server in image {record.tag} ({record.version})"
             f" (fix: {suggest(flag, record.flags)})")
 
@@ -493,7 +494,7 @@ class HostFiles:
 
 
 def host_files(manifests: ManifestSet) -> HostFiles:
-    """Resolve and check every model's source file and key file (supervisor.hostfile): the I/O render needs."""
+    """Resolve and check every model's source file and key file (supervisor.artifacts.hostfile): the I/O render needs."""
     sizes: dict[str, int] = {}
     models: dict[str, str] = {}
     keys: dict[str, str] = {}

@@ -7,7 +7,7 @@ itself: ID, SHA-256 of the llama-server binary, `--version`, the flags its
 `derive` does the same for verify, so a retagged image or a changed binary
 shows up as a field that differs from the lock. The fields read
 from the image's metadata come first and need no container; the rest are read
-through supervisor.probe, whose containers are labelled and always removed.
+through supervisor.artifacts.probe, whose containers are labelled and always removed.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from supervisor.errors import (
     RuntimeUnavailable,
     SupervisorError,
 )
-from supervisor.lock import ImageLock, ImageRecord, compare
-from supervisor.probe import ENGINE_HINT, ImageProbe
-from supervisor.runtime.docker import UNREACHABLE_HINT, engine_errors
-from supervisor.source import SourceTarball
+from supervisor.artifacts.lock import ImageLock, ImageRecord, compare
+from supervisor.artifacts.probe import ENGINE_HINT, ImageProbe
+from supervisor.artifacts.engine import UNREACHABLE_HINT, engine_errors
+from supervisor.artifacts.source import SourceTarball
 
 Progress = Callable[[str], None]
 
@@ -280,7 +280,7 @@ def derive_all(client: docker.DockerClient, ref: str, *, built_at: str = "",
     image_id = record.image_id
     readers: dict[tuple[str, ...], Callable[[], tuple[object, ...]]] = {   # fields -> their values
         ("binary_sha256",): lambda: (probe.file_sha256(image_id, BINARY),),
-        ("version",): lambda: (_version_line(_output(probe, image_id, "--version").strip()),),
+        ("version",): lambda: (version_line(_output(probe, image_id, "--version").strip()),),
         ("flags", "warned_flags"): lambda: parse_help(_output(probe, image_id, "--help")),
     }
     values: dict[str, object] = {}
@@ -320,7 +320,7 @@ def binary_sha256(client: docker.DockerClient, image_id: str) -> str:
     return ImageProbe(client).file_sha256(image_id, BINARY)
 
 
-def _version_line(text: str) -> str:
+def version_line(text: str) -> str:
     for line in text.splitlines():
         if line.startswith("version:"):
             return line.strip()

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from supervisor import paths
 from supervisor.errors import BuildError, ImageMismatch
-from supervisor.hashing import sha256_file
-from supervisor.lock import BINARY_ID_PREFIX, BinaryRecord, ImageLock, ImageRecord
+from supervisor.artifacts.hashing import sha256_file
+from supervisor.artifacts.lock import BINARY_ID_PREFIX, BinaryRecord, ImageLock, ImageRecord
 
 Progress = Callable[[str], None]
 
@@ -129,9 +129,9 @@ def _run_binary(path: Path, args: list[str]) -> str:
 def derive(path: Path, *, variant: str, origin: str, source_sha256: str, build_number: int,
            built_at: str = "") -> BinaryRecord:
     """Every fact the lock records about a host binary, read from the file now."""
-    from supervisor.images import _version_line, parse_help
+    from supervisor.artifacts.images import version_line, parse_help
 
-    version = _version_line(_run_binary(path, ["--version"]).strip())
+    version = version_line(_run_binary(path, ["--version"]).strip())
     flags, warned = parse_help(_run_binary(path, ["--help"]))
     return BinaryRecord(
         variant=variant, path=str(path), sha256=sha256_file(path), version=version,
@@ -146,7 +146,7 @@ def from_image(client: object, record: ImageRecord, *, progress: Progress) -> Bi
     """Take the static llama-server out of a locked image; refused unless it hashes as the lock says."""
     import docker.errors
 
-    from supervisor.images import BINARY
+    from supervisor.artifacts.images import BINARY
 
     progress(f"take {BINARY} out of {record.tag} ({record.image_id[:19]})")
     try:
@@ -179,7 +179,7 @@ def from_image(client: object, record: ImageRecord, *, progress: Progress) -> Bi
 def build_native(variant: str, source: object, *, progress: Progress, jobs: int | None = None,
                  cuda_arch: str | None = None) -> BinaryRecord:
     """Compile llama-server from the verified tarball with the host's cmake and compiler."""
-    from supervisor.source import SourceTarball, check_sha256
+    from supervisor.artifacts.source import SourceTarball, check_sha256
 
     assert isinstance(source, SourceTarball)
     cmake = shutil.which("cmake")
@@ -252,7 +252,7 @@ class BinaryVerifier:
     """The Verifier for the process runtime: the model file, then the binary the spec names."""
 
     def __init__(self, lock_path: Path) -> None:
-        from supervisor import modelsrc
+        from supervisor.artifacts import modelsrc
 
         self._lock_path = lock_path
         self._models = modelsrc.ModelVerifier()
@@ -265,7 +265,7 @@ class BinaryVerifier:
 
     def check_image(self, desired: object) -> None:
         from supervisor.core.spec import DesiredModel
-        from supervisor.lock import read_lock
+        from supervisor.artifacts.lock import read_lock
 
         assert isinstance(desired, DesiredModel)
         record = binary_for(read_lock(self._lock_path), desired.spec.image_id)

@@ -85,7 +85,7 @@ def read(manifests: Path, lock_path: Path, host_json: str, *, timeout_s: float =
     for_process: render against the lock's native binaries (the process runtime)."""
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "supervisor.daemon.reader", str(manifests), str(lock_path),
+            [sys.executable, "-m", "supervisor.render.reader", str(manifests), str(lock_path),
              *(["--for-process"] if for_process else [])],
             input=host_json, capture_output=True, text=True, timeout=timeout_s,
         )
@@ -106,8 +106,9 @@ def read(manifests: Path, lock_path: Path, host_json: str, *, timeout_s: float =
 def _child(argv: list[str]) -> int:
     import resource
 
-    from supervisor import hardware, render
-    from supervisor.lock import read_lock
+    from supervisor.artifacts import hardware
+    from supervisor.render import desired as render
+    from supervisor.artifacts.lock import read_lock
 
     try:
         resource.setrlimit(resource.RLIMIT_AS, (READ_MEMORY_BYTES, READ_MEMORY_BYTES))

