@@ -12,7 +12,7 @@ export LLAMA_SUPERVISOR_CACHE_DIR ?= $(STATE)/cache
 # asks it where this state is (verify, hardware, fetch-model, ...: cli/where.py).
 export LLAMA_SUPERVISOR_MANIFESTS ?= $(CURDIR)/manifests
 
-.PHONY: venv base-images image model setup tools run test unit mutate bench soak clean
+.PHONY: venv base-images image model setup tools run lint test unit mutate bench soak clean
 
 $(BIN)/llama-supervisorctl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,10 +50,14 @@ tools:
 run: setup
 	$(BIN)/llama-supervisord --manifests $(LLAMA_SUPERVISOR_MANIFESTS)
 
+# The package layers ([tool.importlinter] in pyproject.toml, docs/DESIGN.md "Module map").
+lint: venv
+	$(BIN)/lint-imports
+
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
-test: setup tools
+test: setup tools lint
 	$(BIN)/pytest -ra tests
 
 # Mutation testing (docs/TESTING.md): mutmut over the packages in [tool.mutmut] against tests/unit only.
