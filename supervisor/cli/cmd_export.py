@@ -45,9 +45,9 @@ def _render(target: str, manifests_dir: Path | None, image_refs: dict[str, str],
             swarm_nodes: int = 1) -> str:
     from supervisor import export
     from supervisor.artifacts import hardware
-    from supervisor.render import desired as render
     from supervisor.artifacts.lock import read_lock
     from supervisor.manifest import load_dir
+    from supervisor.render.facts import stat_sizes
 
     directory = manifests_dir or paths.manifests_dir()
     try:
@@ -62,7 +62,7 @@ def _render(target: str, manifests_dir: Path | None, image_refs: dict[str, str],
                           "(a render pins the images the lock records)")
     host = hardware.detect()
     models, problems = export.collect(manifests, read_lock(lock_file), host,
-                                      file_sizes=render.stat_sizes(manifests))
+                                      file_sizes=stat_sizes(manifests))
     for problem in problems:
         output.echo(problem, err=True)
     if problems:

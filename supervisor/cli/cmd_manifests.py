@@ -35,9 +35,10 @@ def register(cli: click.Group) -> None:
 @local_state()
 def validate(directory: Path | None) -> None:
     from supervisor.artifacts import hardware
-    from supervisor.render import desired as render
     from supervisor.artifacts.lock import read_lock
     from supervisor.manifest import load_dir
+    from supervisor.render import desired as render
+    from supervisor.render.facts import host_files
 
     """Check every manifest in DIRECTORY (default: the manifest directory); exit 2 on any problem.
 
@@ -52,7 +53,7 @@ def validate(directory: Path | None) -> None:
             output.echo(problem)
         raise _Invalid(f"{len(e.problems)} problem(s) in {directory}") from None
     lock_file = paths.lock_path()
-    files = render.host_files(manifests)
+    files = host_files(manifests)
     for warning in chat_template_warnings(manifests, files.models):
         output.echo(warning)
     problems: list[str] = list(files.problems)

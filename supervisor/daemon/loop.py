@@ -49,7 +49,8 @@ from supervisor.core.status import ModelStatus
 from supervisor.daemon.commands import Commands
 from supervisor.daemon.containers import ContainerEvents, _last_lines
 from supervisor.daemon.demand import Demand
-from supervisor.daemon.executor import Executor, Verifier
+from supervisor.daemon.executor import Executor
+from supervisor.artifacts.verify import Verifier
 from supervisor.daemon.manifests import Manifests
 from supervisor.daemon.ondemand import OnDemand
 from supervisor.daemon.reporting import Reporting

@@ -1,7 +1,7 @@
 """The llama-server flags a manifest may pass in `server.extra_args`: an allowlist (pure data).
 
 Only flags that tune inference or performance are here, grouped, with one line
-saying why the group is safe. render.check_extra_args refuses every other flag
+saying why the group is safe. render.argv.check_extra_args refuses every other flag
 with the manifest's file:line, so a new llama.cpp release adds no attack
 surface by default: its new flags are refused until someone adds them here.
 A flag on this list is still refused when the image's `--help` does not list it

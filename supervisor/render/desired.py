@@ -1,27 +1,20 @@
 """Manifest + profile + image lock + host -> DesiredModel, with the llama-server argv checked against the lock.
 
 Everything here is pure except `load_desired`, the daemon's entry point, which
-reads the manifest directory and stats the model files. A model with a problem
+reads the manifest directory and the model files (facts.py). A model with a problem
 is left out and its problems returned (`file:line: what (fix: how)`); the rest
-still render.
-
-Default health start_timeout (seconds), when the manifest leaves it null:
-    10 + file_size / 100 MB + ctx_size / 4096, capped at 600
-(ctx_size 0, the model's own context, counts as 32768; an absent file as 0 bytes.)
+still render. The flags and their checks are in argv.py, the memory estimate and
+default start timeout in memory.py.
 """
 
 from __future__ import annotations
 
-import difflib
-import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.artifacts import gguf, hardware, hostfile, modelsrc
+from supervisor.artifacts import gguf, hardware
 from supervisor import paths
-from supervisor.render.allowed_flags import ALLOWED
 from supervisor.core.spec import (
     ContainerSpec,
     DesiredModel,
@@ -35,86 +28,17 @@ from supervisor.core.spec import (
 )
 from supervisor.artifacts.gguf import GgufFacts
 from supervisor.artifacts.hardware import HostInfo
-from supervisor.artifacts.lock import ImageLock, ImageRecord
+from supervisor.artifacts.lock import ImageLock
 from supervisor.manifest.loader import ManifestSet, Origin, load_dir
 from supervisor.manifest.schema import ModelManifest, ProfileManifest
+from supervisor.render.argv import CORS_ORIGINS, OWNER_KEY, SPELLINGS, check_extra_args
+from supervisor.render.facts import host_files, model_facts, model_host_path
+from supervisor.render.memory import default_start_timeout, estimate_memory
 
 CONTAINER_PORT = 8080
 MODEL_DIR = "/models"
 API_KEY_TARGET = "/run/secrets/api-key"
 DEFAULT_GPU_LAYERS = 99
-
-START_BASE_S = 10.0
-START_PER_BYTE_S = 1.0 / 100_000_000   # 1 s per 100 MB
-START_PER_TOKEN_S = 1.0 / 4096         # 1 s per 4096 tokens of context
-START_CAP_S = 600.0
-UNKNOWN_CTX = 32768
-
-# Spellings of one option, preferred first; the first the image knows is rendered.
-SPELLINGS: dict[str, tuple[str, ...]] = {
-    "model": ("--model", "-m"),
-    "host": ("--host",),
-    "port": ("--port",),
-    "ctx_size": ("--ctx-size", "-c"),
-    "parallel": ("--parallel", "-np"),
-    "batch_size": ("--batch-size", "-b"),
-    "threads": ("--threads", "-t"),
-    "flash_attn": ("--flash-attn", "-fa"),
-    "cache_type_k": ("--cache-type-k", "-ctk"),
-    "cache_type_v": ("--cache-type-v", "-ctv"),
-    "api_key_file": ("--api-key-file",),
-    "no_webui": ("--no-webui",),
-    "gpu_layers": ("--n-gpu-layers", "--gpu-layers", "-ngl"),
-    # Turned off explicitly, so that an upstream change of default cannot turn them on (docs/SECURITY.md).
-    "no_agent": ("--no-agent", "-no-ag"),
-    "no_mcp_proxy": ("--no-ui-mcp-proxy", "--no-webui-mcp-proxy"),
-    "cors_origins": ("--cors-origins",),
-    "no_cors_credentials": ("--no-cors-credentials",),
-}
-# Allowed CORS origin: not an origin at all, so no browser page's Origin ever matches it. llama-server
-# answers every request with `Access-Control-Allow-Origin: <this value>` (any value but '*' or
-# 'localhost' is sent as is), and its default '*' with credentials echoes any Origin back.
-CORS_ORIGINS = "none"
-# The manifest key that owns each option (for messages and for extra_args that would override it).
-OWNER_KEY: dict[str, str] = {
-    "model": "source", "host": "server.host", "port": "server.port", "ctx_size": "server.ctx_size",
-    "parallel": "server.parallel", "batch_size": "server.batch_size", "threads": "server.threads",
-    "flash_attn": "server.flash_attn", "cache_type_k": "server.cache_type_k",
-    "cache_type_v": "server.cache_type_v", "api_key_file": "server.api_key_file",
-    "gpu_layers": "profile",
-}
-# Features the supervisor renders off: every spelling, on and off, so extra_args cannot set them again.
-_RENDERED_OFF: dict[str, tuple[str, ...]] = {
-    "the web UI": ("--ui", "--webui", "--no-ui", "--no-webui"),
-    "the agent's built-in tools and CORS proxy (they read, write and run code)": (
-        "-ag", "--agent", "-no-ag", "--no-agent"),
-    "the web UI's MCP proxy (it fetches any URL)": (
-        "--ui-mcp-proxy", "--webui-mcp-proxy", "--no-ui-mcp-proxy", "--no-webui-mcp-proxy"),
-    "CORS for browsers (no web page may call the model)": (
-        "--cors-origins", "--cors-credentials", "--no-cors-credentials"),
-}
-_OFF = frozenset(flag for flags in _RENDERED_OFF.values() for flag in flags)
-# Flags the supervisor sets itself, and the fix for each: in extra_args they would break it, leak a
-# secret, or turn a feature back on.
-RESERVED: dict[str, str] = {
-    **{flag: f"remove it and use {OWNER_KEY[opt]}"
-       for opt, flags in SPELLINGS.items() if opt in OWNER_KEY for flag in flags},
-    **{flag: "remove it and use a profile with gpu.layers" for flag in SPELLINGS["gpu_layers"]},
-    "--api-key": "remove it and use server.api_key_file (a key on the command line shows in docker inspect)",
-    **{flag: "remove it and use source" for flag in ("--model-url", "-mu", "--hf-repo", "-hf", "-hfr",
-                                                     "--hf-file", "-hff")},
-    **{flag: f"remove it: the supervisor turns off {what}, see docs/SECURITY.md"
-       for what, flags in _RENDERED_OFF.items() for flag in flags},
-}
-# Old or other spellings -> (replacement tokens, flag the image must know for the replacement to apply).
-RENAMES: dict[str, tuple[tuple[str, ...], str]] = {
-    "--mlock": (("--load-mode", "mlock"), "--load-mode"),        # llama.cpp folded both into --load-mode
-    "--no-mmap": (("--load-mode", "none"), "--load-mode"),
-    "--embedding": (("--embeddings",), "--embeddings"),
-    "--embeddings": (("--embedding",), "--embedding"),
-}
-_NUMBER = re.compile(r"^-?[0-9.]+([eE][-+]?[0-9]+)?$")
-
 
 @dataclass(frozen=True)
 class Placement:
@@ -131,41 +55,6 @@ class Placement:
 
 def image_tag(variant: str) -> str:
     return f"{paths.image_repo()}:{variant}"
-
-
-def model_host_path(manifest: ModelManifest) -> Path:
-    """Where the model file is on the host: source.path as given, else the model cache."""
-    return modelsrc.host_path(manifest.source)
-
-
-# Bytes per KV cache element for each cache type (quantized blocks hold 32 values).
-KV_ELEMENT_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
-                    "iq4_nl": 18 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32}
-# Beyond weights and KV cache: compute buffers, the HTTP server, the runtime. Checked on the demo model
-# (253 MB file): resident 320 / 339 / 423 MiB at ctx 512 / 4096 / 32768 against 402 / 465 / 969 MiB
-# estimated; the estimate stays above, most at long contexts (Gemma 3's sliding-window layers keep
-# a smaller KV cache than the full-attention count assumed here).
-OVERHEAD_BYTES = 128 * 1024 * 1024
-OVERHEAD_FRACTION = 0.10
-
-
-def estimate_memory(file_size: int, facts: GgufFacts | None, *, ctx_size: int, cache_type_k: str,
-                    cache_type_v: str) -> tuple[int, str]:
-    """What a model needs loaded: weights + KV cache + overhead, and how that was found."""
-    kv = 0
-    if facts is not None:
-        kv = facts.kv_bytes(ctx_size, k_bytes_per_elem=KV_ELEMENT_BYTES.get(cache_type_k, 2.0),
-                            v_bytes_per_elem=KV_ELEMENT_BYTES.get(cache_type_v, 2.0))
-    total = int(file_size + kv + OVERHEAD_BYTES + OVERHEAD_FRACTION * file_size)
-    mib = 1024 * 1024
-    kv_part = f"KV {kv // mib} MiB" if facts is not None else "KV unknown (not a readable GGUF header)"
-    return total, f"estimate: file {file_size // mib} MiB + {kv_part} + overhead"
-
-
-def default_start_timeout(file_size: int, ctx_size: int) -> float:
-    """See the module docstring: 10 s + 1 s per 100 MB + 1 s per 4096 tokens, at most 600 s."""
-    ctx = ctx_size if ctx_size > 0 else UNKNOWN_CTX
-    return min(START_CAP_S, START_BASE_S + max(0, file_size) * START_PER_BYTE_S + ctx * START_PER_TOKEN_S)
 
 
 def place(profile: ProfileManifest | None, host: HostInfo) -> Placement:
@@ -335,70 +224,6 @@ def serving(manifest: ModelManifest, spec: ContainerSpec, placement: Placement, 
     )
 
 
-def check_extra_args(extra_args: tuple[str, ...], record: ImageRecord, origin: Origin) -> list[str]:
-    """A problem for each flag in extra_args that is not on the allowlist (supervisor.render.allowed_flags),
-    that the supervisor renders itself, that the image's --help warns about, or that the image does not know.
-
-    llama-server reads every item that starts with '-' in a flag's place as a flag, and takes no
-    `--flag=value` items, so each such item is checked as a flag (a value that looks like one is refused).
-    """
-    problems: list[str] = []
-    for i, token in enumerate(extra_args):
-        where = origin.at(f"server.extra_args.{i}")
-        if not token or any(ord(c) < 32 or ord(c) == 127 for c in token):
-            problems.append(f"{where}: extra_args item {i} is empty or holds a control character"
-                            f" (fix: one plain argument per item)")
-            continue
-        if not token.startswith("-") or token == "-" or _NUMBER.match(token):
-            continue  # a value
-        problem = _flag_problem(token, record)
-        if problem:
-            problems.append(f"{where}: {problem}")
-    return problems
-
-
-def _flag_problem(flag: str, record: ImageRecord) -> str | None:
-    """Why one extra_args flag is refused, with the fix; None when it is allowed."""
-    name, eq, value = flag.partition("=")
-    if eq and value.startswith("-") and not _NUMBER.match(value):
-        return f"the value of {name} looks like a flag ({value!r}) (fix: give the value as the next item, or remove it)"
-    if eq:
-        return (f"{flag!r}: llama-server takes no flag=value items and would not start"
-                f" (fix: give the value as the next item: {name}, {value})")
-    if flag in RESERVED:
-        return f"extra_args sets {flag}, which the supervisor renders itself (fix: {RESERVED[flag]})"
-    if flag in record.warned_flags:
-        return (f"extra_args sets {flag}, whose --help in image {record.tag} ({record.version}) warns against"
-                f" untrusted environments (fix: remove it; no manifest may enable it)")
-    known = flag in record.flags
-    if flag in ALLOWED and known:
-        return None
-    if known:
-        return (f"extra_args sets {flag}, which is not on the allowlist of flags that only tune inference or"
-                f" performance (fix: remove it; if it only tunes inference, propose adding it to GROUPS in"
-                f" supervisor/render/allowed_flags.py)")
-    return (f"{flag} is not a flag of llama-server in image {record.tag} ({record.version})"
-            f" (fix: {suggest(flag, record.flags)})")
-
-
-def suggest(flag: str, known: frozenset[str]) -> str:
-    """How to replace a flag the image does not know: a known rename, another spelling, the closest flag
-    a manifest may use (an allowed flag, or one the supervisor renders from a manifest key)."""
-    rename = RENAMES.get(flag)
-    if rename is not None and rename[1] in known:
-        return f"use '{' '.join(rename[0])}'"
-    for spellings in SPELLINGS.values():
-        if flag in spellings:
-            other = next((f for f in spellings if f in known), None)
-            if other is not None:
-                return f"use '{other}'"
-    usable = {f for f in known if f in ALLOWED or (f in RESERVED and f not in _OFF)}
-    close = difflib.get_close_matches(flag, sorted(usable), n=1, cutoff=0.6)
-    if close:
-        return f"did you mean '{close[0]}'?"
-    return "remove it; 'docker run --rm <image> --help' lists the flags"
-
-
 def render_all(
     manifests: ManifestSet,
     lock: ImageLock,
@@ -443,7 +268,7 @@ def load_desired(
     manifests = load_dir(manifests_dir)
     files = host_files(manifests)
     budget = gguf.Budget()     # for every header this read parses together: a thousand hostile files cost one budget
-    facts = {name: _facts(Path(files.models.get(name) or model_host_path(m)), files.sizes.get(name, 0), budget)
+    facts = {name: model_facts(Path(files.models.get(name) or model_host_path(m)), files.sizes.get(name, 0), budget)
              for name, m in manifests.models.items() if name not in files.refused}
     desired, problems = render_all(manifests, lock, host, file_sizes=files.sizes, facts=facts,
                                    model_paths=files.models, key_paths=files.keys)
@@ -452,67 +277,3 @@ def load_desired(
     return desired, files.problems + problems
 
 
-_FACTS: dict[tuple[str, int, int], GgufFacts | None] = {}
-
-
-def _facts(path: Path, size: int, budget: gguf.Budget) -> GgufFacts | None:
-    """GGUF facts, read once per file version (path, size, mtime) in a long-lived process."""
-    try:
-        key = (str(path), size, os.stat(path).st_mtime_ns)
-    except OSError:
-        return None
-    if key in _FACTS:
-        return _FACTS[key]
-    found = gguf.facts(path, budget)
-    if found is not None:       # an unknown may be the shared budget's doing: read it again next time
-        if len(_FACTS) > 256:
-            _FACTS.clear()
-        _FACTS[key] = found
-    return found
-
-
-def stat_sizes(manifests: ManifestSet) -> dict[str, int]:
-    """Each model's file size in bytes (0 when the file is absent): the only I/O render needs."""
-    sizes = {}
-    for name, manifest in manifests.models.items():
-        try:
-            sizes[name] = os.stat(model_host_path(manifest)).st_size
-        except OSError:
-            sizes[name] = 0
-    return sizes
-
-
-@dataclass(frozen=True)
-class HostFiles:
-    """The host files of a set of manifests, resolved and checked (by model name)."""
-
-    sizes: dict[str, int]
-    models: dict[str, str]       # resolved model file paths: what is hashed and mounted
-    keys: dict[str, str]         # resolved api_key_file paths
-    problems: list[str]
-    refused: frozenset[str]      # models with a problem here
-
-
-def host_files(manifests: ManifestSet) -> HostFiles:
-    """Resolve and check every model's source file and key file (supervisor.artifacts.hostfile): the I/O render needs."""
-    sizes: dict[str, int] = {}
-    models: dict[str, str] = {}
-    keys: dict[str, str] = {}
-    problems: list[str] = []
-    refused: set[str] = set()
-    for name, manifest in manifests.models.items():
-        origin = manifests.model_origins.get(name, Origin("<unknown>", 1))
-        key = "source.path" if manifest.source.path else "source"
-        f, problem = hostfile.inspect(str(model_host_path(manifest)), what=f"model '{name}': model file")
-        if problem:
-            problems.append(f"{origin.at(key)}: {problem}")
-            refused.add(name)
-        models[name], sizes[name] = f.resolved, f.size
-        if manifest.server.api_key_file is not None:
-            k, problem = hostfile.inspect(manifest.server.api_key_file, what=f"model '{name}': api_key_file",
-                                          refused=hostfile.KEY_REFUSED)
-            if problem:
-                problems.append(f"{origin.at('server.api_key_file')}: {problem}")
-                refused.add(name)
-            keys[name] = k.resolved
-    return HostFiles(sizes, models, keys, problems, frozenset(refused))

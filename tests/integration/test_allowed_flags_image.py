@@ -18,7 +18,8 @@ from supervisor.artifacts import hardware, images
 from supervisor.render.allowed_flags import ALLOWED, OTHER_RELEASES
 from supervisor.artifacts.lock import ImageLock, ImageRecord
 from supervisor.manifest import load_text
-from supervisor.render.desired import CORS_ORIGINS, render_all
+from supervisor.render.argv import CORS_ORIGINS
+from supervisor.render.desired import render_all
 
 from .daemon_harness import wait_container_healthy
 

@@ -24,7 +24,8 @@ from supervisor.artifacts import hardware
 from supervisor.core.spec import DesiredModel
 from supervisor.artifacts.lock import ImageLock, ImageRecord
 from supervisor.manifest import load_dir
-from supervisor.render.desired import render_all, stat_sizes
+from supervisor.render.desired import render_all
+from supervisor.render.facts import stat_sizes
 from supervisor.runtime.docker import DockerRuntime
 
 from .daemon_harness import free_port, healthy, remove_models, wait_for

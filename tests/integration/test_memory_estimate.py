@@ -1,4 +1,4 @@
-"""The memory estimate against what the demo model really holds (issue 22: render.estimate_memory says
+"""The memory estimate against what the demo model really holds (issue 22: render.memory.estimate_memory says
 it stays above the measured resident figure; load_desired must feed it the GGUF header's KV sizes).
 
 The estimate comes from the real path (load_desired over a manifest naming the demo model, with the

@@ -25,7 +25,7 @@ from supervisor.cli import cmd_export
 from supervisor.export import swarm_deploy
 from supervisor.artifacts.lock import ImageLock, ImageRecord
 from supervisor.manifest import load_dir
-from supervisor.render.desired import stat_sizes
+from supervisor.render.facts import stat_sizes
 
 from .daemon_harness import free_port, healthy, model_yaml, wait_for
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from supervisor.render.allowed_flags import ALLOWED, GROUPS, OTHER_RELEASES
 from supervisor.artifacts.images import parse_help, parse_help_flags
-from supervisor.render.desired import RESERVED
+from supervisor.render.argv import RESERVED
 
 HELP = (Path(__file__).parents[1] / "fixtures" / "llama-server-help-11434.txt").read_text()
 FLAGS, WARNED = parse_help(HELP)

@@ -175,7 +175,7 @@ CHILD = textwrap.dedent("""
     import httpx, docker
     from supervisor.daemon.health import probe_once
     from supervisor.artifacts.modelsrc import ModelVerifier
-    from supervisor.runtime.docker import engine_errors
+    from supervisor.artifacts.engine import engine_errors
     model = os.path.join(tempfile.mkdtemp(), "m.gguf")
     open(model, "wb").write(b"GGUF")
     listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen(1)

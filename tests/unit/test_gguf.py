@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from supervisor.artifacts import gguf
-from supervisor.render.desired import estimate_memory
+from supervisor.render.memory import estimate_memory
 
 
 def _s(text: str) -> bytes:

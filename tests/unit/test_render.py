@@ -13,7 +13,8 @@ from supervisor.errors import ManifestError
 from supervisor.artifacts.hardware import GpuInfo, HostInfo
 from supervisor.artifacts.lock import ImageLock, ImageRecord
 from supervisor.manifest import load_dir, load_text
-from supervisor.render.desired import default_start_timeout, load_desired, render_all
+from supervisor.render.memory import default_start_timeout
+from supervisor.render.desired import load_desired, render_all
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 DEMO_SHA = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"

@@ -10,7 +10,8 @@ import pytest
 
 from supervisor.artifacts.hardware import HostInfo
 from supervisor.artifacts.lock import ImageLock, ImageRecord
-from supervisor.render.desired import OVERHEAD_BYTES, load_desired
+from supervisor.render.memory import OVERHEAD_BYTES
+from supervisor.render.desired import load_desired
 
 FLAGS = frozenset({"--model", "--host", "--port", "--ctx-size", "--parallel", "--batch-size", "--threads",
                    "--flash-attn", "--cache-type-k", "--cache-type-v", "--no-webui", "--jinja", "--n-gpu-layers"})
