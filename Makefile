@@ -66,7 +66,7 @@ test: setup tools lint
 MUTANTS ?=
 MUTATE_JOBS ?= 2
 mutate: venv
-	$(BIN)/pip install -q -e '.[test,demo,mutate]'
+	$(BIN)/pip install -q -e '.[test,mutate]'
 	$(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(foreach m,$(MUTANTS),'$(m)')
 	$(BIN)/python scripts/mutation-score
 
