@@ -242,7 +242,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
     from supervisor.artifacts import hardware
     from supervisor.core.events import Tick
     from supervisor.daemon.controller import DaemonController
-    from supervisor.daemon.demand import Demand
+    from supervisor.core.demand import Demand
     from supervisor.daemon.loop import LoopSettings, Supervisor
     from supervisor.render.reader import read_timeout_s
     from supervisor.daemon.statefile import StateFile

@@ -9,10 +9,10 @@ from concurrent.futures import Future
 
 from supervisor.control.api import Command, CommandResult
 from supervisor.core.commands import Readiness
+from supervisor.core.demand import Demand
 from supervisor.core.events import ControlRequest, EnsureRunning
 from supervisor.core.routing import Route
 from supervisor.core.status import ModelStatus
-from supervisor.daemon.demand import Demand
 from supervisor.daemon.loop import Supervisor
 from supervisor.errors import ControlError
 

@@ -29,6 +29,7 @@ import structlog
 from supervisor.control.api import CommandResult, MetricsSink, Notifier, NullMetrics, NullNotifier
 from supervisor.core.actions import Action, Create, Recreate, Remove, Start, Stop
 from supervisor.core.commands import Readiness
+from supervisor.core.demand import Demand
 from supervisor.core.events import (
     ContainerEvent,
     ControlRequest,
@@ -48,7 +49,6 @@ from supervisor.core.spec import DesiredModel
 from supervisor.core.status import ModelStatus
 from supervisor.daemon.commands import Commands
 from supervisor.daemon.containers import ContainerEvents, _last_lines
-from supervisor.daemon.demand import Demand
 from supervisor.daemon.executor import Executor
 from supervisor.artifacts.verify import Verifier
 from supervisor.daemon.manifests import Manifests

@@ -98,7 +98,7 @@ class OnDemand(LoopState):
                             self.metrics.eviction(victim, "memory")
                         else:
                             self.demand.mark_draining(victim)   # stopped once its requests are done
-        self.demand.contended = contended
+        self.demand.set_contended(contended)
         for name in self.demand.draining():
             slot = self.slots.get(name)
             if slot is None or not slot.lc.live or (name not in wanted_drain and slot.lc.state is not State.STOPPING):

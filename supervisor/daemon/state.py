@@ -20,6 +20,7 @@ import structlog
 
 from supervisor.control.api import CommandResult, MetricsSink, Notifier
 from supervisor.core.commands import Readiness, ReadinessCode
+from supervisor.core.demand import Demand
 from supervisor.core.events import Event
 from supervisor.core.lifecycle import Lifecycle, State, Transition
 from supervisor.core.observed import ObservedContainer
@@ -28,7 +29,6 @@ from supervisor.core.routing import Route
 from supervisor.core.scheduler import Budget
 from supervisor.core.spec import DesiredModel
 from supervisor.core.status import ModelStatus
-from supervisor.daemon.demand import Demand
 from supervisor.daemon.executor import Executor
 from supervisor.daemon.statefile import StateFile
 from supervisor.runtime import Runtime

@@ -23,8 +23,8 @@ from starlette.routing import Route as HttpRoute
 
 from supervisor.control.api import MetricsSink, NullMetrics
 from supervisor.core.commands import Readiness
+from supervisor.core.demand import Demand
 from supervisor.core.routing import Route
-from supervisor.daemon.demand import Demand
 from supervisor.gateway import endpoints, errors
 from supervisor.gateway.body import Bodies, BodyLimits, ReleaseBodies
 from supervisor.gateway.errors import GatewayError

@@ -22,7 +22,7 @@ import structlog
 
 from supervisor.core.commands import Readiness
 from supervisor.core.routing import Route, route_table
-from supervisor.daemon.demand import Demand
+from supervisor.core.demand import Demand
 from supervisor.gateway.app import create_app
 from supervisor.gateway.server import GatewayServer
 

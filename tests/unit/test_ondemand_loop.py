@@ -15,7 +15,7 @@ from supervisor.core.events import ControlRequest, EnsureRunning, Event, ProbeRe
 from supervisor.core.lifecycle import ProbeOutcome, State
 from supervisor.core.scheduler import Budget
 from supervisor.core.spec import DesiredModel, LoadPolicy, Serving
-from supervisor.daemon.demand import Demand
+from supervisor.core.demand import Demand
 from supervisor.daemon.loop import Supervisor
 
 from .fakes import FakeClock, FakeProber, FakeRuntime, FakeVerifier

@@ -12,7 +12,7 @@ import httpx
 
 from supervisor.core.commands import Readiness
 from supervisor.core.routing import Route, route_table
-from supervisor.daemon.demand import Demand
+from supervisor.core.demand import Demand
 from supervisor.gateway import errors
 from supervisor.gateway.app import GatewaySettings, create_app
 from supervisor.gateway.proxy import Upstream

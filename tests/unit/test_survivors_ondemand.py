@@ -1,4 +1,4 @@
-"""On-demand use and eviction on the fake clock (issue 22's survivors at daemon/demand.py and
+"""On-demand use and eviction on the fake clock (issue 22's survivors at core/demand.py and
 daemon/ondemand.py): the idle TTL counts from a request's end, and a model with requests queued for
 it is not the one evicted."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from supervisor.core.lifecycle import State
 from supervisor.core.scheduler import Budget
-from supervisor.daemon.demand import Demand, Usage
+from supervisor.core.demand import Demand, Usage
 
 from .fakes import FakeClock
 from .test_ondemand_loop import G, Rig, od
@@ -67,7 +67,7 @@ class Wakes:
 def test_the_loop_is_woken_only_by_the_last_request_out_of_a_draining_or_awaited_model() -> None:
     wake, clock = Wakes(), FakeClock()
     d = Demand(clock, wake)
-    assert d.usage("a") == Usage(0, 0, None, False) and d.contended is False
+    assert d.usage("a") == Usage(0, 0, None, False) and d.contended() is False
     d.enter("a"), d.enter("a"), d.enter("b")
     d.leave("a")
     d.leave("b")
@@ -76,7 +76,7 @@ def test_the_loop_is_woken_only_by_the_last_request_out_of_a_draining_or_awaited
     assert d.usage("a") == Usage(1, 0, clock(), True) and d.usage("b") == Usage(0, 0, clock(), False)
     d.leave("a")
     assert wake.n == 1, "the last request out of a draining model wakes the loop"
-    d.contended = True
+    d.set_contended(True)
     d.enter("b"), d.enter("b")
     d.leave("b")
     assert wake.n == 1, "one still in flight"
@@ -87,7 +87,7 @@ def test_the_loop_is_woken_only_by_the_last_request_out_of_a_draining_or_awaited
     assert wake.n == 2
     d.wait_end("c")
     assert wake.n == 3
-    d.contended = False
+    d.set_contended(False)
     assert d.wait_begin("c", 1)
     d.wait_end("c")
     assert wake.n == 3, "no wake when nothing waits for memory"

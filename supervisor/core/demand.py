@@ -5,7 +5,9 @@ race it closes is real: the loop must never stop a model between the moment the
 gateway decided to send it a request and the moment the request is in flight.
 `enter` (gateway) and `try_drain` (loop) are atomic with respect to each other: once
 a model is draining no new request enters it, and it is only drained while nothing
-is in flight.
+is in flight. Every field is read and written under the lock, `contended` included
+(the loop sets it, the gateway's threads read it). No I/O: it lives in the core, below
+both the gateway and the daemon that share it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class Demand:
         self._waiting: dict[str, int] = {}
         self._last_used: dict[str, float] = {}
         self._draining: set[str] = set()
-        self.contended = False                  # the loop waits for memory: wake it when a model frees up
+        self._contended = False                 # the loop waits for memory: wake it when a model frees up
 
     # --- the gateway -------------------------------------------------------------------------
 
@@ -53,7 +55,7 @@ class Demand:
             self._inflight[model] = max(0, n)
             if touch:
                 self._last_used[model] = self._clock()
-            wake = n <= 0 and (model in self._draining or self.contended)
+            wake = n <= 0 and (model in self._draining or self._contended)
         if wake:
             self._wake()
 
@@ -70,11 +72,20 @@ class Demand:
         with self._lock:
             n = self._waiting.get(model, 0) - 1
             self._waiting[model] = max(0, n)
-            wake = n <= 0 and self.contended
+            wake = n <= 0 and self._contended
         if wake:
             self._wake()
 
     # --- the loop ------------------------------------------------------------------------------
+
+    def contended(self) -> bool:
+        """Whether the loop waits for memory (then the last request out of any model wakes it)."""
+        with self._lock:
+            return self._contended
+
+    def set_contended(self, contended: bool) -> None:
+        with self._lock:
+            self._contended = contended
 
     def usage(self, model: str) -> Usage:
         with self._lock:
