@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from supervisor.core.lifecycle import State
+
 
 @dataclass(frozen=True)
 class Route:
     name: str
-    state: str                        # State.name
+    state: State                      # serialised as State.value (the same string as State.name)
     host: str | None                  # where the model answers now (None: not running)
     port: int | None
     aliases: tuple[str, ...] = ()

@@ -108,7 +108,7 @@ class OnDemand(LoopState):
         """After a publish: requests whose model is RUNNING go ahead, with the route just published."""
         for name in list(self._pending):
             route = routes.get(name)
-            if route is not None and route.state == State.RUNNING.name and route.url is not None:
+            if route is not None and route.state is State.RUNNING and route.url is not None:
                 for f in self._pending.pop(name):
                     if not f.done():
                         f.set_result(Readiness("ok", route=route))

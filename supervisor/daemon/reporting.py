@@ -46,7 +46,7 @@ class Reporting(LoopState):
                 inflight=u.inflight, waiting=u.waiting,
             ))
             routes.append(Route(
-                name=name, state=lc.state.name, host=host, port=port if lc.live else None,
+                name=name, state=lc.state, host=host, port=port if lc.live else None,
                 aliases=serving.aliases, on_demand=serving.on_demand, enabled=lc.enabled, reason=lc.reason,
                 api_key_file=slot.desired.api_key_file, start_timeout_s=slot.desired.health.start_timeout_s,
                 max_queue=serving.max_queue,

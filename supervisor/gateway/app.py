@@ -24,6 +24,7 @@ from starlette.routing import Route as HttpRoute
 from supervisor.control.api import MetricsSink, NullMetrics
 from supervisor.core.commands import Readiness
 from supervisor.core.demand import Demand
+from supervisor.core.lifecycle import State
 from supervisor.core.routing import Route
 from supervisor.gateway import endpoints, errors
 from supervisor.gateway.body import Bodies, BodyLimits, ReleaseBodies
@@ -35,7 +36,6 @@ from supervisor.gateway.startup import StartupGate
 
 log = structlog.get_logger("supervisor.gateway")
 
-RUNNING = "RUNNING"
 PROXY_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 
 
@@ -100,7 +100,7 @@ class Gateway:
         routes = _unique(self.backend.routes())
         states: dict[str, int] = {}
         for r in routes:
-            states[r.state] = states.get(r.state, 0) + 1
+            states[r.state.value] = states.get(r.state.value, 0) + 1
         return JSONResponse({"status": "ok", "models": len(routes), "states": states})
 
     async def list_models(self, request: Request) -> Response:
@@ -108,7 +108,7 @@ class Gateway:
         data = []
         for r in _unique(self.backend.routes()):
             entry = {"id": r.name, "object": "model", "created": 0, "owned_by": "llama-supervisor",
-                     "state": r.state, "lifecycle": "on-demand" if r.on_demand else "always",
+                     "state": r.state.value, "lifecycle": "on-demand" if r.on_demand else "always",
                      "aliases": list(r.aliases)}
             data.append(entry)
             data += [{**entry, "id": alias, "alias_of": r.name} for alias in r.aliases]
@@ -121,7 +121,7 @@ class Gateway:
         if r is None:
             raise self._not_found(name)
         return JSONResponse({"id": name, "object": "model", "created": 0, "owned_by": "llama-supervisor",
-                             "state": r.state, "alias_of": r.name if name != r.name else None})
+                             "state": r.state.value, "alias_of": r.name if name != r.name else None})
 
     async def openai(self, request: Request) -> Response:
         """A /v1/* inference POST with a JSON `model`: routed to that model, started if it is on-demand."""
@@ -159,8 +159,9 @@ class Gateway:
             raise self._not_found(name)
         self._authorize_model(request, route)
         body = await self._body(request)
-        if route.state != RUNNING or route.url is None or not self.backend.demand.enter(route.name, touch=False):
-            raise errors.unavailable(f"model '{route.name}' is {route.state}, not running"
+        running = route.state is State.RUNNING and route.url is not None
+        if not running or not self.backend.demand.enter(route.name, touch=False):
+            raise errors.unavailable(f"model '{route.name}' is {route.state.value}, not running"
                                      " (/upstream/ does not start models: send a /v1/ request)", "model_not_running")
         return ProxyResponse(
             gateway=self, lease=Lease(route, self.clock(), touch=False), method=request.method,
@@ -174,7 +175,7 @@ class Gateway:
         """Enter the model's in-flight count once it is RUNNING; wait for it (bounded queue) otherwise."""
         demand = self.backend.demand
         route = self.backend.routes().get(model)
-        if route is not None and route.state == RUNNING and route.url is not None and demand.enter(model):
+        if route is not None and route.state is State.RUNNING and route.url is not None and demand.enter(model):
             return Lease(route, self.clock())
         limit = route.max_queue if route is not None else 1
         if not demand.wait_begin(model, limit):

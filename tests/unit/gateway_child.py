@@ -21,6 +21,7 @@ from concurrent.futures import Future
 import structlog
 
 from supervisor.core.commands import Readiness
+from supervisor.core.lifecycle import State
 from supervisor.core.routing import Route, route_table
 from supervisor.core.demand import Demand
 from supervisor.gateway.app import create_app
@@ -32,7 +33,7 @@ COMPLETION = {"object": "text_completion", "choices": [{"index": 0, "text": "ok"
 class Backend:
     def __init__(self, model_port: int) -> None:
         self.demand = Demand(time.monotonic)
-        self.table = route_table((Route("m", "RUNNING", "127.0.0.1", model_port, start_timeout_s=5),))
+        self.table = route_table((Route("m", State.RUNNING, "127.0.0.1", model_port, start_timeout_s=5),))
 
     def routes(self) -> dict[str, Route]:
         return self.table

@@ -14,13 +14,14 @@ import httpx
 import pytest
 
 from supervisor.core.commands import Readiness
+from supervisor.core.lifecycle import State
 from supervisor.core.routing import Route, route_table
 from supervisor.core.demand import Demand
 from supervisor.gateway.app import GatewaySettings, create_app
 from supervisor.gateway.proxy import Upstream
 
-RUNNING = Route("m", "RUNNING", "127.0.0.1", 9001, aliases=("m-alias",), start_timeout_s=0.2)
-STOPPED = Route("m", "STOPPED", "127.0.0.1", None, on_demand=True, start_timeout_s=0.2, max_queue=1)
+RUNNING = Route("m", State.RUNNING, "127.0.0.1", 9001, aliases=("m-alias",), start_timeout_s=0.2)
+STOPPED = Route("m", State.STOPPED, "127.0.0.1", None, on_demand=True, start_timeout_s=0.2, max_queue=1)
 
 
 class FakeBackend:
@@ -109,7 +110,7 @@ def test_body_over_the_limit_is_413() -> None:
 def test_gateway_keys_are_required_and_the_model_gets_its_own_key(tmp_path: Path) -> None:
     key_file = tmp_path / "model.key"
     key_file.write_text("model-secret\n")
-    route = Route("m", "RUNNING", "127.0.0.1", 9001, api_key_file=str(key_file))
+    route = Route("m", State.RUNNING, "127.0.0.1", 9001, api_key_file=str(key_file))
     seen: list[str] = []
 
     def upstream(r: httpx.Request) -> httpx.Response:

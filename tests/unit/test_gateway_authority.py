@@ -12,6 +12,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from supervisor.core.lifecycle import State
 from supervisor.core.routing import Route
 from supervisor.errors import ConfigError
 from supervisor.gateway.keys import parse_keys, read_gateway_keys
@@ -24,7 +25,7 @@ JSON = {"content-type": "application/json"}
 def keyed(tmp_path: Path, text: str = "model-secret\n") -> Route:
     key_file = tmp_path / "model.key"
     key_file.write_text(text)
-    return Route("k", "RUNNING", "127.0.0.1", 9002, api_key_file=str(key_file))
+    return Route("k", State.RUNNING, "127.0.0.1", 9002, api_key_file=str(key_file))
 
 
 def exchange(routes: list[Route], path: str, *, token: str | None = None, method: str = "POST",

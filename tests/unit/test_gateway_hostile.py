@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from supervisor.core.commands import Readiness
+from supervisor.core.lifecycle import State
 from supervisor.core.routing import Route, route_table
 from supervisor.core.demand import Demand
 from supervisor.gateway.app import GatewaySettings, create_app
@@ -37,7 +38,7 @@ class Backend:
 
     def __init__(self) -> None:
         self.demand = Demand(time.monotonic)
-        self.table = route_table((Route("m", "RUNNING", "127.0.0.1", 9, start_timeout_s=0.2),))
+        self.table = route_table((Route("m", State.RUNNING, "127.0.0.1", 9, start_timeout_s=0.2),))
 
     def routes(self) -> dict[str, Route]:
         return self.table

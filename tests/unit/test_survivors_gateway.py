@@ -11,6 +11,7 @@ from concurrent.futures import Future
 import httpx
 
 from supervisor.core.commands import Readiness
+from supervisor.core.lifecycle import State
 from supervisor.core.routing import Route, route_table
 from supervisor.core.demand import Demand
 from supervisor.gateway import errors
@@ -18,7 +19,7 @@ from supervisor.gateway.app import GatewaySettings, create_app
 from supervisor.gateway.proxy import Upstream
 
 # A start timeout no test waits for: the waiting request is answered by hand.
-SLOW = Route("m", "STOPPED", "127.0.0.1", None, on_demand=True, start_timeout_s=600, max_queue=1)
+SLOW = Route("m", State.STOPPED, "127.0.0.1", None, on_demand=True, start_timeout_s=600, max_queue=1)
 
 
 def test_queue_full_is_a_429_rate_limit_error_with_retry_after() -> None:
