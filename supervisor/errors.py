@@ -8,11 +8,12 @@
     │   ├── ModelMismatch           model file SHA-256, missing file or not a GGUF
     │   └── ImageMismatch           image ID, binary SHA-256, version or flags differ from the lock
     ├── BuildError                  an image build failed (the last build log lines are in the message)
-    ├── FetchError                  a source or model could not be obtained
-    ├── DaemonSideError             the daemon itself cannot act now: retryable, never a model's failure
-    │   ├── RuntimeUnavailable      the container runtime (Docker) cannot be reached
-    │   └── ResourceExhausted       the daemon is out of file descriptors or memory (EMFILE, ENFILE, ENOMEM, ENOBUFS)
-    ├── RuntimeOperationError       one runtime call failed (create, start, stop...): retryable
+    ├── FetchError                  a source or model could not be obtained (retryable: run the command again)
+    ├── RetryableError              the loop tries the step again later (catch this, not its children one by one)
+    │   ├── DaemonSideError         the daemon itself cannot act now: never a model's failure
+    │   │   ├── RuntimeUnavailable  the container runtime (Docker) cannot be reached
+    │   │   └── ResourceExhausted   the daemon is out of descriptors or memory (EMFILE, ENFILE, ENOMEM, ENOBUFS)
+    │   └── RuntimeOperationError   one runtime call failed (create, start, stop...)
     └── ControlError                the control socket: daemon unreachable, unknown model, bad request
 
 Library code raises these, translated at the edge with ``raise ... from e``;
@@ -71,7 +72,13 @@ class FetchError(SupervisorError):
     retryable = True
 
 
-class DaemonSideError(SupervisorError):
+class RetryableError(SupervisorError):
+    """A step that may succeed when tried again: the loop catches this class and retries later."""
+
+    retryable = True
+
+
+class DaemonSideError(RetryableError):
     """The daemon could not do its part (the engine is unreachable, it is out of descriptors).
 
     Whatever it was doing for a model is retried later; it never counts as that model's
@@ -79,21 +86,18 @@ class DaemonSideError(SupervisorError):
     """
 
     exit_code = 4
-    retryable = True
 
 
 class RuntimeUnavailable(DaemonSideError):
     exit_code = 4
-    retryable = True
 
 
 class ResourceExhausted(DaemonSideError):
     exit_code = 1
-    retryable = True
 
 
-class RuntimeOperationError(SupervisorError):
-    retryable = True
+class RuntimeOperationError(RetryableError):
+    pass
 
 
 class ControlError(SupervisorError):

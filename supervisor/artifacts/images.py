@@ -30,9 +30,8 @@ import requests.exceptions
 from supervisor import paths
 from supervisor.errors import (
     BuildError,
-    DaemonSideError,
     ImageMismatch,
-    RuntimeOperationError,
+    RetryableError,
     RuntimeUnavailable,
     SupervisorError,
 )
@@ -297,7 +296,7 @@ def derive_all(client: docker.DockerClient, ref: str, *, built_at: str = "",
                 values.update(zip(names, read(), strict=True))
             except ImageMismatch as e:
                 why = str(e)
-            except (RuntimeOperationError, DaemonSideError) as e:
+            except RetryableError as e:
                 engine_error = e
                 why = f"not read: {e}"
         unknown.update(dict.fromkeys(names, why) if why else {})

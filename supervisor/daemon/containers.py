@@ -13,7 +13,7 @@ from supervisor.core.events import ContainerAction, ContainerEvent, ProbeResult
 from supervisor.core.lifecycle import ProbeOutcome, State
 from supervisor.core.planner import UP
 from supervisor.daemon.state import LoopState, Slot
-from supervisor.errors import DaemonSideError, RuntimeOperationError
+from supervisor.errors import RetryableError
 
 log = structlog.get_logger("supervisor.daemon")
 
@@ -55,7 +55,7 @@ class ContainerEvents(LoopState):
         """Re-inspect a container that died (or vanished) and tell its lifecycle."""
         try:
             c = self.runtime.inspect(container_id)
-        except (RuntimeOperationError, DaemonSideError) as e:
+        except RetryableError as e:
             log.warning("inspect failed", container=container_id[:12], error=str(e))
             self._resync_now = True
             return

@@ -56,7 +56,13 @@ from supervisor.daemon.ondemand import OnDemand
 from supervisor.daemon.reporting import Reporting
 from supervisor.daemon.state import LoopSettings, ProbeSink, Slot, Waiter
 from supervisor.daemon.statefile import StateFile
-from supervisor.errors import DaemonSideError, RuntimeOperationError, VerificationError
+from supervisor.errors import (
+    DaemonSideError,
+    ModelMismatch,
+    RetryableError,
+    RuntimeOperationError,
+    VerificationError,
+)
 from supervisor.runtime import Runtime
 
 log = structlog.get_logger("supervisor.daemon")
@@ -248,7 +254,7 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
         self._resync_at = now + self.settings.resync_interval_s
         try:
             listed = self.runtime.list_managed()
-        except (RuntimeOperationError, DaemonSideError) as e:
+        except RetryableError as e:
             log.error("resync failed; docker unreachable", error=str(e))
             self._resync_at = now + min(5.0, self.settings.resync_interval_s)
             return
@@ -297,7 +303,7 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
     def _apply(self, action: Stop | Remove, cid: str) -> bool:
         try:
             after = self.executor.apply(action, self.cache.get(cid))
-        except (RuntimeOperationError, DaemonSideError) as e:
+        except RetryableError as e:
             log.error("action failed", action=type(action).__name__, model=action.model, error=str(e))
             self._resync_now = True
             return False
@@ -319,7 +325,7 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
         try:
             after = self.executor.apply(action, self.cache.get(cid) if cid else None)
         except VerificationError as e:
-            what = "model" if "model" in type(e).__name__.lower() else "image"
+            what = "model" if isinstance(e, ModelMismatch) else "image"
             self.metrics.verification_failure(model, what)
             log.error("verification failed; start refused", model=model, error=str(e))
             self._log_transition(slot.lc.start_failed(self.clock(), f"verification failed: {e}", permanent=True))
@@ -393,11 +399,11 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
             try:
                 self.runtime.stop(cid, timeout_s=self.settings.stop_timeout_s)
                 log.info("stopped model", model=name, container=cid[:12])
-            except (RuntimeOperationError, DaemonSideError) as e:
+            except RetryableError as e:
                 log.error("stop failed; killing", model=name, error=str(e))
                 try:
                     self.runtime.kill(cid)
-                except (RuntimeOperationError, DaemonSideError) as e2:
+                except RetryableError as e2:
                     log.error("kill failed", model=name, error=str(e2))
 
 def _start_reason(action: Create | Recreate | Start) -> str:

@@ -216,6 +216,19 @@ def test_resource_exhausted_is_daemon_side_and_retryable() -> None:
     assert ResourceExhausted.retryable and RuntimeUnavailable.retryable
 
 
+def test_the_loop_retries_exactly_the_retryable_branch_of_the_tree() -> None:
+    """The loop's handlers catch RetryableError: a runtime call's failure and the daemon's own, never a
+    verification failure (permanent) nor a fetch (the operator runs the command again)."""
+    from supervisor import errors
+
+    retried = (errors.RuntimeOperationError, errors.RuntimeUnavailable, errors.ResourceExhausted,
+               errors.DaemonSideError)
+    assert all(issubclass(c, errors.RetryableError) and c.retryable for c in retried)
+    permanent = (errors.VerificationError, errors.ModelMismatch, errors.ImageMismatch, errors.SourceMismatch,
+                 errors.ConfigError, errors.ControlError, errors.BuildError, errors.FetchError)
+    assert not any(issubclass(c, errors.RetryableError) for c in permanent)
+
+
 def test_the_daemon_raises_its_soft_nofile_limit_to_the_hard_one() -> None:
     child = ("import resource; from supervisor.cli.daemon import raise_nofile_limit;"
              "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1];"
