@@ -13,20 +13,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 import httpx
 import structlog
 
+from supervisor.control.api import MetricsSink
+from supervisor.core.demand import Demand
 from supervisor.core.routing import Route
 from supervisor.gateway import errors
 from supervisor.gateway.errors import GatewayError
 from supervisor.gateway.keys import KeyFiles
-
-if TYPE_CHECKING:
-    from supervisor.gateway.app import Gateway
 
 log = structlog.get_logger("supervisor.gateway")
 
@@ -76,8 +76,39 @@ class Upstream:
             self._client = None
 
 
+class _Backend(Protocol):
+    @property
+    def demand(self) -> Demand: ...
+
+
+class _Settings(Protocol):
+    @property
+    def retry_delay_s(self) -> float: ...
+
+
+class Host(Protocol):
+    """What a ProxyResponse needs of the gateway (app.Gateway is one): so only app imports proxy."""
+
+    @property
+    def backend(self) -> _Backend: ...
+
+    @property
+    def settings(self) -> _Settings: ...
+
+    @property
+    def metrics(self) -> MetricsSink: ...
+
+    @property
+    def upstream(self) -> Upstream: ...
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+    async def acquire(self, model: str, *, deadline: float) -> Lease: ...
+
+
 class ProxyResponse:
-    def __init__(self, *, gateway: Gateway, lease: Lease, method: str, path: str, query: str, body: bytes,
+    def __init__(self, *, gateway: Host, lease: Lease, method: str, path: str, query: str, body: bytes,
                  headers: dict[str, str], deadline: float, retries: int = 1) -> None:
         self.gw = gateway
         self.lease: Lease | None = lease
