@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import replace
 
+from supervisor.control.api import (
+    Command,
+    CommandResult,
+    ModelResult,
+    Reload,
+    Reread,
+    RestartModels,
+    Shutdown,
+    StartModels,
+    StopModels,
+    Update,
+)
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import ContainerSpec, DesiredModel
-from supervisor.errors import ModelMismatch
+from supervisor.core.status import ModelStatus
+from supervisor.errors import ControlError, ModelMismatch
 from supervisor.runtime import container_name
 
 
@@ -140,3 +154,52 @@ class FakeNotifier:
     def status(self, text: str) -> None: self.messages.append(f"STATUS={text}")
     def reloading(self) -> None: self.messages.append("RELOADING")
     def stopping(self) -> None: self.messages.append("STOPPING")
+
+
+class FakeController:
+    """The daemon as the control server sees it: fixed statuses, scripted command results."""
+
+    def __init__(self, models: list[ModelStatus], *, pid: int = 4242) -> None:
+        self.models = {m.name: m for m in models}
+        self.commands: list[Command] = []
+        self.failures: dict[str, str] = {}            # name -> reason its start fails with
+        self.changes: list[ModelResult] = []          # what reread/update report
+        self.log_lines = [b"line 1\n", b"line 2\n", b"line 3\n"]
+        self._pid = pid
+
+    def status(self, names: tuple[str, ...] = ()) -> list[ModelStatus]:
+        if not names:
+            return list(self.models.values())
+        return [self.models[n] for n in names if n in self.models]
+
+    def submit(self, command: Command) -> Future[CommandResult]:
+        self.commands.append(command)
+        future: Future[CommandResult] = Future()
+        future.set_result(self._execute(command))
+        return future
+
+    def _execute(self, command: Command) -> CommandResult:
+        match command:
+            case StartModels(names=names) | RestartModels(names=names) | StopModels(names=names):
+                verb = "stopped" if isinstance(command, StopModels) else "started"
+                targets = tuple(self.models) if names == ("all",) else names
+                unknown = tuple(n for n in targets if n not in self.models)
+                results = tuple(
+                    ModelResult(n, False, self.failures[n]) if n in self.failures and verb == "started"
+                    else ModelResult(n, True, verb)
+                    for n in targets if n in self.models
+                )
+                return CommandResult(ok=all(r.ok for r in results), results=results, unknown=unknown)
+            case Reread() | Update() | Reload():
+                return CommandResult(ok=True, results=tuple(self.changes))
+            case Shutdown():
+                return CommandResult(ok=True)
+        raise AssertionError(command)
+
+    def logs(self, name: str, *, lines: int = 100, follow: bool = False) -> Iterator[bytes]:
+        if name not in self.models:
+            raise ControlError(f"no such model: {name}")
+        yield from self.log_lines[-lines:] if lines else []
+
+    def pid(self) -> int:
+        return self._pid

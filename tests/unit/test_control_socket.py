@@ -7,42 +7,28 @@ import os
 import socket
 import stat
 from collections.abc import Iterator
-from concurrent.futures import Future
 from pathlib import Path
 
 import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from supervisor.control.api import Command, CommandResult
 from supervisor.control.client import ControlClient
 from supervisor.control.server import ControlServer
 from supervisor.core.status import ModelStatus
 from supervisor.errors import ControlError
 
+from .fakes import FakeController
+
 GEMMA = ModelStatus(name="gemma", state="RUNNING", port=8081, container_id="3f2a9c1d", image_id=None,
                     uptime_s=5.0, restarts=0, last_exit_code=None, reason="")
 
 
-class FakeController:
-    def __init__(self, pid: int) -> None:
-        self._pid = pid
-        self.commands: list[Command] = []
-
-    def status(self, names: tuple[str, ...] = ()) -> list[ModelStatus]:
-        return [GEMMA] if not names or "gemma" in names else []
-
-    def submit(self, command: Command) -> Future[CommandResult]:
-        self.commands.append(command)
-        future: Future[CommandResult] = Future()
-        future.set_result(CommandResult(ok=True))
-        return future
-
-    def logs(self, name: str, *, lines: int = 100, follow: bool = False) -> Iterator[bytes]:
-        yield b"hello\n"
-
-    def pid(self) -> int:
-        return self._pid
+def one_model(pid: int) -> FakeController:
+    """The shared fake with one model, GEMMA, whose log is one line."""
+    controller = FakeController([GEMMA], pid=pid)
+    controller.log_lines = [b"hello\n"]
+    return controller
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +39,7 @@ def quiet_logs() -> Iterator[None]:
 
 def test_socket_is_0660_in_a_new_0755_directory(sock_dir: Path) -> None:
     path = sock_dir / "run" / "control.sock"
-    with ControlServer(FakeController(1234), path):
+    with ControlServer(one_model(1234), path):
         mode = os.stat(path).st_mode
         assert stat.S_ISSOCK(mode)
         assert stat.S_IMODE(mode) == 0o660
@@ -67,7 +53,7 @@ def test_socket_is_0660_in_a_new_0755_directory(sock_dir: Path) -> None:
 def test_group_owns_socket_and_new_directory(sock_dir: Path) -> None:
     group = grp.getgrgid(os.getgid()).gr_name
     path = sock_dir / "run" / "control.sock"
-    with ControlServer(FakeController(1), path, group=group, mode=0o600):
+    with ControlServer(one_model(1), path, group=group, mode=0o600):
         assert os.stat(path).st_gid == os.getgid()
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o750
@@ -75,14 +61,14 @@ def test_group_owns_socket_and_new_directory(sock_dir: Path) -> None:
 
 def test_unknown_group_is_refused(sock_dir: Path) -> None:
     with pytest.raises(ControlError, match="no group named 'no-such-group-xyz'"):
-        ControlServer(FakeController(1), sock_dir / "control.sock", group="no-such-group-xyz").start()
+        ControlServer(one_model(1), sock_dir / "control.sock", group="no-such-group-xyz").start()
 
 
 def test_second_server_on_the_same_path_is_refused_with_the_pid(sock_dir: Path) -> None:
     path = sock_dir / "control.sock"
-    with ControlServer(FakeController(1234), path):
+    with ControlServer(one_model(1234), path):
         with pytest.raises(ControlError) as e:
-            ControlServer(FakeController(5678), path).start()
+            ControlServer(one_model(5678), path).start()
         assert str(e.value) == f"another llama-supervisord (pid 1234) holds {path}"
         with ControlClient(path) as client:  # the first one is untouched
             assert client.pid() == 1234
@@ -90,10 +76,10 @@ def test_second_server_on_the_same_path_is_refused_with_the_pid(sock_dir: Path) 
 
 def test_live_daemon_without_the_lock_is_not_replaced(sock_dir: Path) -> None:
     path = sock_dir / "control.sock"
-    with ControlServer(FakeController(1234), path):
+    with ControlServer(one_model(1234), path):
         (sock_dir / "control.sock.lock").unlink()  # as if it ran in another mount namespace
         with pytest.raises(ControlError, match=r"\(pid 1234\) holds"):
-            ControlServer(FakeController(5678), path).start()
+            ControlServer(one_model(5678), path).start()
 
 
 def test_stale_socket_file_is_recovered(sock_dir: Path) -> None:
@@ -102,7 +88,7 @@ def test_stale_socket_file_is_recovered(sock_dir: Path) -> None:
     dead.bind(str(path))  # a daemon that died: the file stays, nobody listens
     dead.close()
     assert stat.S_ISSOCK(os.stat(path).st_mode)
-    with ControlServer(FakeController(99), path):
+    with ControlServer(one_model(99), path):
         with ControlClient(path) as client:
             assert client.pid() == 99
 
@@ -111,23 +97,23 @@ def test_a_file_that_is_not_a_socket_is_left_alone(sock_dir: Path) -> None:
     path = sock_dir / "control.sock"
     path.write_text("not mine")
     with pytest.raises(ControlError, match="exists and is not a socket"):
-        ControlServer(FakeController(1), path).start()
+        ControlServer(one_model(1), path).start()
     assert path.read_text() == "not mine"
 
 
 def test_a_closed_server_gives_the_path_back(sock_dir: Path) -> None:
     path = sock_dir / "control.sock"
-    first = ControlServer(FakeController(1), path)
+    first = ControlServer(one_model(1), path)
     first.start()
     first.close()
     assert not path.exists()
-    with ControlServer(FakeController(2), path), ControlClient(path) as client:
+    with ControlServer(one_model(2), path), ControlClient(path) as client:
         assert client.pid() == 2
 
 
 def test_http_edges(sock_dir: Path) -> None:
     path = sock_dir / "control.sock"
-    with ControlServer(FakeController(7), path):
+    with ControlServer(one_model(7), path):
         http = httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://x")
         assert http.get("/v1/version").json() == {"api": "v1", "version": "0.1.0", "pid": 7}
         assert http.get("/v2/status").status_code == 404

@@ -11,7 +11,8 @@ from structlog.testing import capture_logs
 
 from supervisor.control.server import ControlServer
 
-from .test_ctl_status import BROKEN, GEMMA, QWEN, FakeController, run
+from .fakes import FakeController
+from .test_ctl_status import BROKEN, GEMMA, QWEN, run
 
 
 @pytest.fixture

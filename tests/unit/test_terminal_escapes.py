@@ -15,7 +15,8 @@ from supervisor.cli import cmd_manifests
 from supervisor.control.server import ControlServer
 from supervisor.logs import printable, printable_bytes
 
-from .test_ctl_status import GEMMA, FakeController, model, quiet_logs, run  # noqa: F401 (autouse fixture)
+from .fakes import FakeController
+from .test_ctl_status import GEMMA, model, quiet_logs, run  # noqa: F401 (autouse fixture)
 
 TITLE = "\x1b]0;pwned\x07"          # OSC: retitles the terminal
 CLEAR = "\x1b[2J"                  # CSI: clears the screen
