@@ -26,17 +26,21 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
                     "pid", "tail", "bench"),
     "cmd_export": ("render", "deploy"),
 }
+_MODULE_OF = {command: module for module, commands in COMMAND_MODULES.items() for command in commands}
+
+
+def _load(module: str, group: click.Group) -> None:
+    """Import one subcommand module and let it add its commands to `group`."""
+    importlib.import_module(f"supervisor.cli.{module}").register(group)
 
 
 class _LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*self.commands, *(c for cmds in COMMAND_MODULES.values() for c in cmds)})
+        return sorted({*self.commands, *_MODULE_OF})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self.commands:
-            module = next((m for m, cmds in COMMAND_MODULES.items() if cmd_name in cmds), None)
-            if module is not None:
-                importlib.import_module(f"supervisor.cli.{module}").register(self)
+        if cmd_name not in self.commands and cmd_name in _MODULE_OF:
+            _load(_MODULE_OF[cmd_name], self)
         return self.commands.get(cmd_name)
 
 
@@ -57,7 +61,7 @@ def cli() -> None:
 def _register() -> None:
     """Register every subcommand now (for tools that list them; main() registers lazily)."""
     for module in COMMAND_MODULES:
-        importlib.import_module(f"supervisor.cli.{module}").register(cli)
+        _load(module, cli)
 
 
 def main(argv: list[str] | None = None) -> None:
