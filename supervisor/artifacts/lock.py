@@ -20,15 +20,29 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from supervisor.errors import ConfigError
 
 LOCK_VERSION = 1
 
+_SETS = ("flags", "warned_flags")
+
+
+class _FlagSetsJson:
+    """to_json/from_json of a record dataclass whose flag sets are written as sorted lists (a diff-friendly
+    file) and read back as frozensets; a lock written before warned_flags existed reads it as empty."""
+
+    def to_json(self) -> dict[str, object]:
+        return {k: sorted(v) if k in _SETS else v for k, v in asdict(self).items()}  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Self:
+        return cls(**{**d, **{k: frozenset(d.get(k) or ()) for k in _SETS}})
+
 
 @dataclass(frozen=True)
-class ImageRecord:
+class ImageRecord(_FlagSetsJson):
     variant: str                     # cpu-generic | cpu-avx2 | cpu-avx512 | arm64 | cuda
     tag: str                         # llama-supervisor/llama-server:<variant>
     image_id: str                    # sha256:...
@@ -41,32 +55,12 @@ class ImageRecord:
     architecture: str = "amd64"
     warned_flags: frozenset[str] = frozenset()   # flags whose --help text warns against untrusted environments
 
-    def to_json(self) -> dict[str, object]:
-        return _sets_sorted(asdict(self))
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ImageRecord:
-        return cls(**_sets_read(d))
-
-
-_SETS = ("flags", "warned_flags")
-
-
-def _sets_sorted(d: dict[str, Any]) -> dict[str, Any]:
-    """The flag sets as sorted lists: a diff-friendly file."""
-    return {k: sorted(v) if k in _SETS else v for k, v in d.items()}
-
-
-def _sets_read(d: dict[str, Any]) -> dict[str, Any]:
-    """The flag sets back as frozensets; a lock written before warned_flags existed reads it as empty."""
-    return {**d, **{k: frozenset(d.get(k) or ()) for k in _SETS}}
-
 
 BINARY_ID_PREFIX = "binary-sha256:"
 
 
 @dataclass(frozen=True)
-class BinaryRecord:
+class BinaryRecord(_FlagSetsJson):
     """A llama-server binary on the host, for the process runtime."""
 
     variant: str
@@ -94,13 +88,6 @@ class BinaryRecord:
             source_sha256=self.source_sha256, built_at=self.built_at, architecture=self.architecture,
             warned_flags=self.warned_flags,
         )
-
-    def to_json(self) -> dict[str, object]:
-        return _sets_sorted(asdict(self))
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> BinaryRecord:
-        return cls(**_sets_read(d))
 
 
 @dataclass(frozen=True)
