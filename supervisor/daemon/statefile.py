@@ -1,6 +1,6 @@
 """Per-model failure counts and FATAL, kept across daemon restarts in one small JSON file.
 
-    <state dir>/models.state.json   {"version": 1, "models": {NAME: {"config_hash", "failures", "fatal"}}}
+    <state dir>/models.<instance>.state.json   {"version": 1, "models": {NAME: {"config_hash", "failures", "fatal"}}}
 
 A crash-looping model is not retried on every daemon restart: the next daemon
 reads what this one recorded, for the same config hash only (a manifest change

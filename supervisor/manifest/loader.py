@@ -1,8 +1,11 @@
 """Read a manifest directory into a ManifestSet, or raise ManifestError with every problem.
 
-Each problem is one line, `file:LINE: what is wrong (fix: how to fix)`; lines
-come from the YAML nodes composed with a SafeLoader, which also guards against
-alias bombs. `diff` compares two sets by model name (supervisord's diff_to_active).
+`load_dir` (the directory's *.yaml / *.yml files, `is_manifest_file`) and `load_text` (one
+string) validate every document against manifest/schema.py and keep each one's `Origin`
+(file and the line of every key). Each problem is one line, `file:LINE: what is wrong (fix:
+how to fix)`; lines come from the YAML nodes composed with a SafeLoader, which also guards
+against alias bombs; the MAX_* bounds cap what a directory may cost. Comparing two sets of
+models is core/planner.py's `diff`, over the rendered DesiredModels.
 """
 
 from __future__ import annotations

@@ -1,8 +1,14 @@
-"""The container runtime as the daemon sees it: a protocol, and labels that mark ownership.
+"""The runtime as the daemon sees it: the `Runtime` protocol, and what every runtime shares.
 
-`DockerRuntime` (runtime/docker.py) implements it with the docker SDK; unit tests
-use a hand-written fake. Every method is one or a few engine calls and raises
-RuntimeUnavailable / RuntimeOperationError, never a docker exception.
+Two adapters implement the protocol: `DockerRuntime` (runtime/docker.py, the docker SDK)
+and `ProcessRuntime` (runtime/process.py, llama-server as a host process); runtime/choose.py
+picks one. Unit tests use a hand-written fake. Every method is one or a few engine calls and
+raises RuntimeUnavailable / RuntimeOperationError, never a docker exception.
+
+Shared here: the names runtimes give models (`container_name`, `check_instance`), the label
+filter that finds a daemon's own containers (`owned_filter`; the labels live in
+artifacts/labels.py), a host process's RSS (`process_rss`) and a model's log tail made fit
+for a status line (`clean_log`).
 """
 
 from __future__ import annotations
