@@ -31,7 +31,7 @@ from supervisor.artifacts import binaries
 from supervisor import paths
 from supervisor.control.client import ControlClient
 from supervisor.artifacts.lock import ImageLock, read_lock, write_lock
-from supervisor.runtime.process import ProcessRecord, proof
+from supervisor.runtime.process.records import ProcessRecord, proof
 from tests.integration.daemon_harness import instance_for
 
 BEGIN, END = "<!-- bench.process_runtime:begin -->", "<!-- bench.process_runtime:end -->"

@@ -258,6 +258,7 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
             log.error("resync failed; docker unreachable", error=str(e))
             self._resync_at = now + min(5.0, self.settings.resync_interval_s)
             return
+        self.runtime.maintain()
         self.cache = {c.id: c for c in listed}
         t0 = time.monotonic()
         for slot in self.slots.values():

@@ -1,7 +1,7 @@
 """The runtime as the daemon sees it: the `Runtime` protocol, and what every runtime shares.
 
 Two adapters implement the protocol: `DockerRuntime` (runtime/docker.py, the docker SDK)
-and `ProcessRuntime` (runtime/process.py, llama-server as a host process); runtime/choose.py
+and `ProcessRuntime` (runtime/process/, llama-server as a host process); runtime/choose.py
 picks one. Unit tests use a hand-written fake. Every method is one or a few engine calls and
 raises RuntimeUnavailable / RuntimeOperationError, never a docker exception.
 
@@ -125,3 +125,6 @@ class Runtime(Protocol):
 
     def memory_usage(self, container_id: str) -> int | None:
         """Bytes the container uses now (its cgroup's figure), None when it cannot be read cheaply."""
+
+    def maintain(self) -> None:
+        """Periodic upkeep on each resync (the process runtime rotates its logs); no engine call."""

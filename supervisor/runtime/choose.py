@@ -76,7 +76,7 @@ def _docker(instance: str, lock_path: Path, post: Callable[[Event], None], *, wh
 def _process(instance: str, lock_path: Path, post: Callable[[Event], None], *, why: str) -> Wiring:
     from supervisor.artifacts.binaries import BinaryVerifier
     from supervisor.artifacts.lock import read_lock
-    from supervisor.runtime.process import ProcessRuntime
+    from supervisor.runtime.process.runtime import ProcessRuntime
 
     if not read_lock(lock_path).binaries:
         raise RuntimeUnavailable(

@@ -334,6 +334,9 @@ class DockerRuntime:
             stream = self._api.logs(container_id, stdout=True, stderr=True, tail=lines, stream=True, follow=True)
         return LogStream(stream)
 
+    def maintain(self) -> None:
+        """Nothing to do: the engine rotates container logs (the log driver's max-size)."""
+
     def memory_usage(self, container_id: str) -> int | None:
         """No engine call: the resident set of the container's process (the pid its last inspect gave;
         it counts the model's mapped pages, which the cgroup charges to whoever read the file first),

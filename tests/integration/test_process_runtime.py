@@ -28,8 +28,8 @@ import pytest
 from supervisor.artifacts import binaries
 from supervisor import paths
 from supervisor.artifacts.lock import BinaryRecord, ImageLock, ImageRecord, write_lock
-from supervisor.runtime.process import ProcessRecord, proc_info, proof
-from supervisor.runtime.process_spec import host_argv, process_env
+from supervisor.runtime.process.records import ProcessRecord, proc_info, proof
+from supervisor.runtime.process.spec import host_argv, process_env
 
 from .daemon_harness import Daemon, free_port, healthy, instance_for, model_yaml, wait_for
 

@@ -47,6 +47,7 @@ class FakeRuntime:
         self._ids = itertools.count(1)
         self.fail_next: dict[str, Exception] = {}
         self.memory: dict[str, int] = {}
+        self.maintained = 0
 
     def _call(self, op: str, arg: str) -> None:
         self.calls.append((op, arg))
@@ -105,6 +106,9 @@ class FakeRuntime:
 
     def memory_usage(self, container_id: str) -> int | None:
         return self.memory.get(container_id)       # a file read in the real runtime: not a recorded call
+
+    def maintain(self) -> None:
+        self.maintained += 1                       # upkeep, no engine call: not a recorded call
 
     # test helpers (not calls)
     def crash(self, cid: str, code: int = 139, oom: bool = False) -> None:

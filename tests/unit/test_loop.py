@@ -251,6 +251,16 @@ def test_stop_command_stops_gracefully_and_stays_stopped() -> None:
     assert h.runtime.ops()[n:] == ["list"]    # the periodic resync, nothing else
 
 
+def test_each_resync_runs_the_runtime_upkeep() -> None:
+    h = Harness([desired("a")])
+    h.step()
+    h.healthy("a")
+    before = h.runtime.maintained
+    h.clock.advance(100)
+    h.step()
+    assert h.runtime.maintained == before + 1
+
+
 def test_reread_reports_diff_without_applying() -> None:
     h = Harness(two())
     h.step()

@@ -16,8 +16,8 @@ from supervisor.manifest import load_text
 from supervisor.render.desired import render_all
 from supervisor.runtime.cgroup import Cgroups
 from supervisor.runtime.choose import choose
-from supervisor.runtime.process import proc_info, proof, ProcessRecord
-from supervisor.runtime.process_spec import gpu_env, host_argv, parse_user, process_env, rlimits
+from supervisor.runtime.process.records import proc_info, proof, ProcessRecord
+from supervisor.runtime.process.spec import gpu_env, host_argv, parse_user, process_env, rlimits
 
 from .test_render import FLAGS, HOST, LOCK, OFF_FLAGS, RENDERED_OFF, model, one
 
@@ -174,7 +174,7 @@ def test_process_runtime_without_a_binary_is_refused_with_the_fix(tmp_path: Path
 def test_reachability_by_another_uid_is_read_from_mode_bits() -> None:
     import tempfile
 
-    from supervisor.runtime.process import unreachable_by
+    from supervisor.runtime.process.records import unreachable_by
 
     tmp_path = Path(tempfile.mkdtemp(dir="/tmp"))      # pytest's own tmp root is 0700
     d = tmp_path / "private"
@@ -215,14 +215,14 @@ def test_proof_of_a_pid_needs_start_time_and_command_line() -> None:
 
 
 def test_log_rotation_keeps_three_and_a_writer_keeps_appending(tmp_path: Path) -> None:
-    from supervisor.runtime.process import _shift, _tail
+    from supervisor.runtime.process.logfiles import shift, tail
 
     log = tmp_path / "m.log"
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)    # as the model process holds it
     try:
         for i in range(4):
             os.write(fd, f"run {i} line a\nrun {i} line b\n".encode())
-            _shift(log, copy=True)                           # while it writes: copy, then truncate
+            shift(log, copy=True)                           # while it writes: copy, then truncate
         os.write(fd, b"after the last rotation\n")
     finally:
         os.close(fd)
@@ -230,7 +230,7 @@ def test_log_rotation_keeps_three_and_a_writer_keeps_appending(tmp_path: Path) -
     assert (tmp_path / "m.log.1").read_text() == "run 3 line a\nrun 3 line b\n"
     assert (tmp_path / "m.log.3").read_text() == "run 1 line a\nrun 1 line b\n"
     assert not (tmp_path / "m.log.4").exists()
-    assert _tail(tmp_path / "m.log.1", 1) == b"run 3 line b\n"
-    _shift(log)                                              # before a launch: a plain rename
+    assert tail(tmp_path / "m.log.1", 1) == b"run 3 line b\n"
+    shift(log)                                              # before a launch: a plain rename
     assert not log.exists() and (tmp_path / "m.log.1").read_text() == "after the last rotation\n"
-    assert _tail(log, 5) == b""
+    assert tail(log, 5) == b""

@@ -79,7 +79,7 @@ def test_tail_strips_what_a_model_prints(hostile_daemon: FakeController, sock_di
 
 
 def test_the_process_runtime_log_tail_is_cleaned(tmp_path: Path) -> None:
-    from supervisor.runtime.process import ProcessRuntime
+    from supervisor.runtime.process.runtime import ProcessRuntime
 
     log = tmp_path / "m.log"
     log.write_bytes(f"loading {TITLE}\nerror: {CLEAR}boom\x07\n".encode())

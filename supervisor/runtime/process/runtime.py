@@ -1,21 +1,11 @@
 """The Runtime protocol on host processes: the verified llama-server binary, without Docker.
 
-One record per "container" under <state dir>/processes/<instance>/records/<id>.json
-holds what proves a process is ours: pid, start time (/proc/<pid>/stat field 22)
-and the exact command line. A pid is signalled only through a pidfd opened while
-that proof holds, so a reused pid is never signalled nor adopted. Each process
-runs in its own session (it outlives a daemon restart, as a container does); a
-restarted daemon adopts it when the proof holds and the config hash matches.
-
-Launch goes through a tiny Python launcher (no preexec_fn in a threaded daemon):
-it joins the cgroup, sets rlimits, drops to the unprivileged uid, enters a
-private working directory and execs the binary through the very file descriptor
-the runtime hashed, so the SHA-256 checked is the one executed. A pipe closed on
-exec tells the runtime the exec happened (or carries the launcher's error).
-
-Deaths are seen through pidfds on one selector thread, posted as the same
-ContainerEvent(DIE) the Docker events stream posts. Own children are reaped for
-their exit code; an adopted process (not our child) dies without one.
+Each process runs in its own session (it outlives a daemon restart, as a container
+does); a restarted daemon adopts it when its record's proof holds (records.py) and
+the config hash matches. A pid is signalled only through a pidfd opened while that
+proof holds. Launch: launcher.py; logs: logfiles.py; deaths: deathwatch.py, posted
+as the same ContainerEvent(DIE) the Docker events stream posts. Own children are
+reaped for their exit code; an adopted process (not our child) dies without one.
 """
 
 from __future__ import annotations
@@ -24,18 +14,15 @@ import json
 import os
 import secrets
 import select
-import selectors
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import asdict
 from pathlib import Path
 
 import structlog
@@ -45,205 +32,23 @@ from supervisor.core.events import ContainerAction, ContainerEvent, Event
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import ContainerSpec
 from supervisor.errors import ImageMismatch, RuntimeOperationError
-from supervisor.artifacts.hashing import CHUNK
 from supervisor.runtime import DEFAULT_INSTANCE, clean_log, container_name, process_rss
 from supervisor.runtime.cgroup import Cgroups
-from supervisor.runtime.process_spec import host_argv, parse_user, process_env, rlimits
+from supervisor.runtime.process.deathwatch import DeathWatch
+from supervisor.runtime.process.launcher import launch
+from supervisor.runtime.process.logfiles import LOG_MAX_BYTES, rotate_if_large, tail
+from supervisor.runtime.process.records import ProcessRecord, exit_code, now, proof, unreachable_by
+from supervisor.runtime.process.spec import host_argv, parse_user, process_env, rlimits
 
 log = structlog.get_logger("supervisor.runtime.process")
 
-LOG_MAX_BYTES = 10 * 1024 * 1024
-LOG_KEEP = 3
 KILL_WAIT_S = 10.0
-EXEC_WAIT_S = 30.0
-
-_LAUNCHER = r"""
-import json, os, resource, sys
-p = json.loads(sys.argv[1])
-w = p["status_fd"]
-try:
-    os.set_inheritable(w, False)
-    if p["cgroup_procs"]:
-        with open(p["cgroup_procs"], "w") as f:
-            f.write(str(os.getpid()))
-    for name, soft, hard in p["rlimits"]:
-        resource.setrlimit(getattr(resource, name), (soft, hard))
-    if p["uid"] is not None:
-        os.setgroups([])
-        os.setgid(p["gid"])
-        os.setuid(p["uid"])
-    os.chdir(p["workdir"])
-    os.umask(0o077)
-    os.execve(p["binary_fd"], p["argv"], p["env"])
-except BaseException as e:
-    os.write(w, ("%s: %s" % (type(e).__name__, e)).encode())
-    os._exit(127)
-"""
-
-
-@dataclass
-class ProcessRecord:
-    """Everything to relaunch the process and to prove a live pid is it (one JSON file)."""
-
-    id: str
-    model: str
-    config_hash: str
-    instance: str
-    image_id: str                        # binary-sha256:<hex>
-    binary: str
-    binary_sha256: str
-    argv: list[str]
-    env: dict[str, str]
-    uid: int | None
-    gid: int | None
-    rlimits: list[tuple[str, int, int]]
-    memory_bytes: int | None
-    pids_limit: int
-    workdir: str
-    log: str
-    created_at: str
-    status: str = "created"              # created | running | exited
-    pid: int | None = None
-    start_time: int | None = None        # clock ticks after boot, /proc/<pid>/stat field 22
-    started_at: str = ""
-    exit_code: int | None = None
-    port: int = 0                        # where it listens (picked at create when the spec says 0)
-
-    @classmethod
-    def from_json(cls, d: dict[str, object]) -> ProcessRecord:
-        d = dict(d)
-        d["rlimits"] = [tuple(r) for r in d.get("rlimits") or []]  # type: ignore[attr-defined]
-        return cls(**d)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class ProcInfo:
-    state: str            # R, S, D, T, t, Z, X ...
-    start_time: int
-
-
-def proc_info(pid: int) -> ProcInfo | None:
-    """State and start time of a pid from /proc, None when there is no such process."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes().decode(errors="replace")
-    except OSError:
-        return None
-    rest = raw[raw.rfind(")") + 2:].split()      # after "pid (comm) "; comm may hold spaces
-    return ProcInfo(state=rest[0], start_time=int(rest[19]))
-
-
-def proc_cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return raw.decode(errors="replace").split("\0")[:-1]
-
-
-def proof(rec: ProcessRecord) -> str | None:
-    """None when the record's pid is the very process it launched; else why not (pid reuse, gone)."""
-    if rec.pid is None or rec.start_time is None:
-        return "never started"
-    info = proc_info(rec.pid)
-    if info is None:
-        return "no such process"
-    if info.state in ("Z", "X"):
-        return "exited (zombie)"
-    if info.start_time != rec.start_time:
-        return f"pid {rec.pid} was reused (start time {info.start_time}, recorded {rec.start_time})"
-    if proc_cmdline(rec.pid) != rec.argv:
-        return f"pid {rec.pid} runs another command line"
-    return None
-
-
-def unreachable_by(path: Path, uid: int, gid: int, *, need: int) -> str | None:
-    """Why `uid`/`gid` cannot open `path` for `need` (4 read, 1 execute), judged from the mode bits; None if it can."""
-    def allowed(st: os.stat_result, bits: int) -> bool:
-        if st.st_uid == uid:
-            return bool(st.st_mode & (bits << 6))
-        if st.st_gid == gid:
-            return bool(st.st_mode & (bits << 3))
-        return bool(st.st_mode & bits)
-
-    try:
-        for parent in reversed(path.parents):
-            st = os.stat(parent)
-            if not allowed(st, 1):
-                return f"directory {parent} is {oct(st.st_mode & 0o777)}, owner {st.st_uid}"
-        st = os.stat(path)
-    except OSError as e:
-        return str(e)
-    if not allowed(st, need):
-        return f"{path} is {oct(st.st_mode & 0o777)}, owner {st.st_uid}"
-    return None
-
-
-def _exit_code(returncode: int) -> int:
-    """Popen's -N for a signal as the engine reports it: 128 + N."""
-    return 128 - returncode if returncode < 0 else returncode
-
 
 def _free_port(host: str) -> int:
     """A port the kernel has free on host now (the engine's pick, done by hand for a process)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-class DeathWatch:
-    """One thread, one selector over pidfds: a process's exit is seen when it happens, not polled."""
-
-    def __init__(self, on_exit: Callable[[str, int, int], None]) -> None:
-        self._on_exit = on_exit                      # (record id, pid, pidfd)
-        self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
-        self._pending: list[tuple[int, str, int]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pidfd-watch", daemon=True)
-        self._thread.start()
-
-    def watch(self, rid: str, pid: int, pidfd: int) -> None:
-        with self._lock:
-            self._pending.append((pidfd, rid, pid))
-        os.write(self._wake_w, b"x")
-
-    def close(self) -> None:
-        self._stop.set()
-        os.write(self._wake_w, b"x")
-        self._thread.join(5)
-        if not self._thread.is_alive():
-            self._sel.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for key, _ in self._sel.select():
-                if key.data is None:
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
-                    with self._lock:
-                        pending, self._pending = self._pending, []
-                    for fd, rid, pid in pending:
-                        self._sel.register(fd, selectors.EVENT_READ, (rid, pid))
-                    continue
-                rid, pid = key.data
-                self._sel.unregister(key.fd)
-                try:
-                    self._on_exit(rid, pid, key.fd)
-                except Exception as e:  # a failed record update must not stop the watch of the others
-                    log.error("exit handling failed", id=rid[:12], pid=pid, error=str(e))
-                finally:
-                    os.close(key.fd)
 
 
 class ProcessRuntime:
@@ -316,7 +121,7 @@ class ProcessRuntime:
             why = proof(rec)
             child = self._children.get(rec.pid) if rec.pid is not None else None
             if why is not None and child is not None and child.poll() is not None:
-                rec.status, rec.exit_code = "exited", _exit_code(child.returncode)   # our child: reap it now
+                rec.status, rec.exit_code = "exited", exit_code(child.returncode)   # our child: reap it now
                 self._save(rec)
             elif why is not None:
                 if "reused" in why or "another command" in why:
@@ -367,7 +172,7 @@ class ProcessRuntime:
         t_ns = time.time_ns()
         with self._lock:
             child = self._children.pop(pid, None)
-            code = _exit_code(child.wait()) if child is not None else None
+            code = exit_code(child.wait()) if child is not None else None
             rec = self._records.get(rid)
             if self._pidfds.get(rid) == pidfd:
                 del self._pidfds[rid]
@@ -385,9 +190,14 @@ class ProcessRuntime:
     def list_managed(self) -> list[ObservedContainer]:
         self.calls["list"] += 1
         with self._lock:
-            out = [self._observed(r) for r in list(self._records.values())]
-        self._rotate_running()
-        return out
+            return [self._observed(r) for r in list(self._records.values())]
+
+    def maintain(self) -> None:
+        """Periodic upkeep the loop calls on each resync: copy-truncate logs past their size."""
+        with self._lock:
+            logs = [Path(r.log) for r in self._records.values()]
+        for path in logs:
+            rotate_if_large(path, self.log_max_bytes)
 
     def inspect(self, container_id: str) -> ObservedContainer | None:
         self.calls["inspect"] += 1
@@ -433,7 +243,7 @@ class ProcessRuntime:
             argv=list(host_argv(spec, port=port)), env=process_env(spec, str(workdir)), uid=uid, gid=gid,
             rlimits=[(r.name, r.soft, r.hard) for r in rlimits(spec, memory_by_cgroup=self.cgroups.available)],
             memory_bytes=spec.memory_bytes, pids_limit=spec.pids_limit, workdir=str(workdir),
-            log=str(self.logs_dir / f"{spec.model}.log"), created_at=_now(), port=port,
+            log=str(self.logs_dir / f"{spec.model}.log"), created_at=now(), port=port,
         )
         with self._lock:
             self._records[rid] = rec
@@ -452,51 +262,10 @@ class ProcessRuntime:
                 raise RuntimeOperationError(f"launch {rec.model}: {e}") from e
 
     def _launch(self, rec: ProcessRecord) -> None:
-        from supervisor.artifacts import binaries
-        from supervisor.artifacts.lock import read_lock
-
-        locked = binaries.binary_for(read_lock(self.lock_path), rec.image_id)
-        if locked is None or (locked.path, locked.sha256) != (rec.binary, rec.binary_sha256):
-            raise ImageMismatch(f"{rec.model}: binary {rec.binary} ({rec.image_id[:27]}) is not the one "
-                                f"{self.lock_path} records: refusing to launch")
-        bin_fd = os.open(rec.binary, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            actual = _sha256_fd(bin_fd)
-            if actual != rec.binary_sha256:
-                raise ImageMismatch(
-                    f"llama-server binary {rec.binary} has SHA-256 {actual}, the lock has {rec.binary_sha256}: "
-                    f"refusing to launch {rec.model}; rebuild with 'llama-supervisorctl build --native'"
-                )
-            procs = self.cgroups.prepare(rec.id, memory_bytes=rec.memory_bytes, pids_limit=rec.pids_limit)
-            log_fd = self._open_log(rec)
-            r, w = os.pipe()
-            payload = {"status_fd": w, "binary_fd": bin_fd, "argv": rec.argv, "env": rec.env,
-                       "workdir": rec.workdir, "uid": rec.uid, "gid": rec.gid,
-                       "rlimits": rec.rlimits, "cgroup_procs": str(procs) if procs else None}
-            try:
-                child = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", _LAUNCHER, json.dumps(payload)],
-                    stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, pass_fds=(bin_fd, w),
-                    start_new_session=True, env={}, cwd="/",
-                )
-            except OSError as e:
-                os.close(r)
-                raise RuntimeOperationError(f"launch {rec.model}: {e}") from e
-            finally:
-                os.close(w)
-                os.close(log_fd)
-        finally:
-            os.close(bin_fd)
-        pidfd = os.pidfd_open(child.pid)       # our unreaped child: its pid cannot be reused yet
-        info = proc_info(child.pid)
-        error = _read_until_exec(r, EXEC_WAIT_S)
-        if error or info is None:
-            os.close(pidfd)
-            child.kill()
-            child.wait()
-            raise RuntimeOperationError(f"launch {rec.model}: {error or 'the launcher vanished'}")
-        rec.pid, rec.start_time = child.pid, info.start_time
-        rec.status, rec.exit_code, rec.started_at = "running", None, _now()
+        launched = launch(rec, lock_path=self.lock_path, cgroups=self.cgroups, log_max_bytes=self.log_max_bytes)
+        child, pidfd = launched.child, launched.pidfd
+        rec.pid, rec.start_time = child.pid, launched.start_time
+        rec.status, rec.exit_code, rec.started_at = "running", None, now()
         self._save(rec)
         self._children[child.pid] = child
         self._pidfds[rec.id] = pidfd
@@ -573,7 +342,7 @@ class ProcessRuntime:
         rec = self._records.get(container_id)
         if rec is None:
             return ""
-        return clean_log(_tail(Path(rec.log), lines))       # a reason for status: no escapes, lines cut short
+        return clean_log(tail(Path(rec.log), lines))       # a reason for status: no escapes, lines cut short
 
     def logs(self, container_id: str, *, lines: int = 100, follow: bool = False) -> Iterator[bytes]:
         self.calls["logs"] += 1
@@ -581,7 +350,7 @@ class ProcessRuntime:
         if rec is None:
             raise RuntimeOperationError(f"no process {container_id[:12]}")
         path = Path(rec.log)
-        yield _tail(path, lines)
+        yield tail(path, lines)
         if not follow:
             return
         pause = threading.Event()
@@ -602,25 +371,6 @@ class ProcessRuntime:
             if not running:
                 return                           # as `docker logs -f` ends when the container stops
             pause.wait(0.2)
-
-    # --- logs ----------------------------------------------------------------------------------
-
-    def _open_log(self, rec: ProcessRecord) -> int:
-        path = Path(rec.log)
-        if path.exists() and path.stat().st_size > self.log_max_bytes:
-            _shift(path)
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-
-    def _rotate_running(self) -> None:
-        """Copy-truncate a log past its size while its process writes (it appends: O_APPEND)."""
-        for rec in list(self._records.values()):
-            path = Path(rec.log)
-            try:
-                if path.stat().st_size <= self.log_max_bytes:
-                    continue
-            except OSError:
-                continue
-            _shift(path, copy=True)
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -644,63 +394,6 @@ class ProcessRuntime:
         self._watch.close()
 
 
-def _sha256_fd(fd: int) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    offset = 0
-    while block := os.pread(fd, CHUNK, offset):
-        h.update(block)
-        offset += len(block)
-    return h.hexdigest()
-
-
-def _read_until_exec(fd: int, timeout_s: float) -> str:
-    """The launcher's error message, or "" once its exec closed the pipe."""
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return "the launcher did not exec llama-server in time"
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                continue
-            block = os.read(fd, 4096)
-            if not block:
-                return b"".join(chunks).decode(errors="replace")
-            chunks.append(block)
-    finally:
-        os.close(fd)
-
-
 def _wait_readable(fd: int, timeout_s: float) -> bool:
     ready, _, _ = select.select([fd], [], [], max(0.0, timeout_s))
     return bool(ready)
-
-
-def _tail(path: Path, lines: int) -> bytes:
-    if lines <= 0 or not path.exists():
-        return b""
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        block = min(size, max(8192, lines * 400))
-        f.seek(size - block)
-        data = f.read(block)
-    return b"".join(data.splitlines(keepends=True)[-lines:])
-
-
-def _shift(path: Path, *, copy: bool = False) -> None:
-    """log -> log.1 -> log.2 ...; copy=True keeps the file (a writer holds it) and truncates it."""
-    for i in range(LOG_KEEP - 1, 0, -1):
-        older = path.with_name(f"{path.name}.{i}")
-        if older.exists():
-            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
-    if copy:
-        shutil.copyfile(path, path.with_name(f"{path.name}.1"))
-        os.truncate(path, 0)
-    else:
-        os.replace(path, path.with_name(f"{path.name}.1"))
-
