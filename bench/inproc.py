@@ -24,7 +24,7 @@ from supervisor.core.events import Event, SignalReceived
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import ContainerSpec
 from supervisor.runtime import container_name
-from supervisor.runtime.docker import DockerRuntime
+from supervisor.runtime.docker.runtime import DockerRuntime
 
 ALL = "(all: list)"
 
@@ -103,7 +103,7 @@ class InProcessDaemon:
         from supervisor.daemon.loop import LoopSettings, Supervisor
         from supervisor.daemon.watcher import ManifestWatcher
         from supervisor.daemon.health import Prober
-        from supervisor.runtime.events import DockerEventStream
+        from supervisor.runtime.docker.events import DockerEventStream
 
         self.events: queue.Queue[Event] = queue.Queue()
         self.instance = instance

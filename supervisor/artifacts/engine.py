@@ -1,8 +1,8 @@
 """The one translation of Docker engine errors into the supervisor's (engine_errors), for the image
-tools (images.py, probe.py) and the runtime (runtime/docker.py) alike.
+tools (images.py, probe.py) and the runtime (runtime/docker/runtime.py) alike.
 
 Below the runtime on purpose: images.py and probe.py build and read images through the engine
-without importing the runtime that runs models; runtime/docker.py re-exports these names.
+without importing the runtime that runs models; runtime/docker/runtime.py re-exports these names.
 """
 
 from __future__ import annotations

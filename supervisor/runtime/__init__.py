@@ -1,6 +1,6 @@
 """The runtime as the daemon sees it: the `Runtime` protocol, and what every runtime shares.
 
-Two adapters implement the protocol: `DockerRuntime` (runtime/docker.py, the docker SDK)
+Two adapters implement the protocol: `DockerRuntime` (runtime/docker/, the docker SDK)
 and `ProcessRuntime` (runtime/process/, llama-server as a host process); runtime/choose.py
 picks one. Unit tests use a hand-written fake. Every method is one or a few engine calls and
 raises RuntimeUnavailable / RuntimeOperationError, never a docker exception.

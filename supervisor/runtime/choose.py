@@ -63,8 +63,8 @@ def _docker(instance: str, lock_path: Path, post: Callable[[Event], None], *, wh
     import docker
 
     from supervisor.artifacts.verify import LockVerifier
-    from supervisor.runtime.docker import DockerRuntime
-    from supervisor.runtime.events import DockerEventStream
+    from supervisor.runtime.docker.runtime import DockerRuntime
+    from supervisor.runtime.docker.events import DockerEventStream
 
     runtime = DockerRuntime(instance=instance)
     return Wiring(

@@ -28,7 +28,7 @@ from supervisor.artifacts.verify import LockVerifier
 from supervisor.daemon.loop import LoopSettings, Supervisor
 from supervisor.errors import RuntimeOperationError
 from supervisor.runtime import LABEL_HASH, LABEL_INSTANCE, LABEL_MODEL
-from supervisor.runtime.docker import DockerRuntime
+from supervisor.runtime.docker.runtime import DockerRuntime
 
 from .helpers import fault_yaml, uid, write_manifest
 

@@ -42,7 +42,7 @@ from supervisor.errors import ImageMismatch
 from supervisor.artifacts.lock import ImageLock, ImageRecord, write_lock
 from supervisor.artifacts.probe import NAME_PREFIX, ImageProbe
 from supervisor.runtime import LABEL_IMAGE, LABEL_INSTANCE, LABEL_MANAGED, LABEL_PURPOSE
-from supervisor.runtime.docker import DockerRuntime
+from supervisor.runtime.docker.runtime import DockerRuntime
 from unit.helpers import desired
 
 pytestmark = pytest.mark.docker

@@ -26,7 +26,7 @@ from supervisor.artifacts.lock import ImageLock, ImageRecord
 from supervisor.manifest import load_dir
 from supervisor.render.desired import render_all
 from supervisor.render.facts import stat_sizes
-from supervisor.runtime.docker import DockerRuntime
+from supervisor.runtime.docker.runtime import DockerRuntime
 
 from .daemon_harness import free_port, healthy, remove_models, wait_for
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from supervisor import paths
-from supervisor.runtime.docker import DockerRuntime
+from supervisor.runtime.docker.runtime import DockerRuntime
 
 from .daemon_harness import Daemon, container, free_port, healthy, instance_for, model_yaml, remove_models, wait_for
 

@@ -18,14 +18,14 @@ from supervisor.runtime import (
     check_instance,
     container_name,
 )
-from supervisor.runtime.docker import (
+from supervisor.runtime.docker.runtime import (
     DockerRuntime,
     container_kwargs,
     host_config_kwargs,
     observed_from_inspect,
     observed_from_list,
 )
-from supervisor.runtime.events import parse
+from supervisor.runtime.docker.events import parse
 
 from .helpers import desired
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from supervisor.errors import ManifestError
-from supervisor.runtime.docker import host_config_kwargs
+from supervisor.runtime.docker.runtime import host_config_kwargs
 
 from .test_render import model, one
 

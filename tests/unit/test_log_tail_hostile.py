@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from supervisor.runtime.docker import DockerRuntime
+from supervisor.runtime.docker.runtime import DockerRuntime
 
 MAX_LINE_CHARS = 300
 

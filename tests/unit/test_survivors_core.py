@@ -8,7 +8,7 @@ from dataclasses import replace
 from supervisor.core.actions import Remove, Start
 from supervisor.core.planner import Want, plan
 from supervisor.core.spec import GpuRequest
-from supervisor.runtime.docker import host_config_kwargs
+from supervisor.runtime.docker.runtime import host_config_kwargs
 
 from .helpers import desired, observed
 
