@@ -1,4 +1,4 @@
-"""llama-supervisorctl's daemon commands: status, start/stop/restart, reread/update/reload, tail, pid, shutdown, bench.
+"""llama-supervisorctl's daemon commands: status, start/stop/restart, reread/update/reload, tail, pid, shutdown.
 
 They speak supervisorctl's language: `NAME: started`, `NAME: ERROR (reason)`, and
 its exit codes (0 all well, 3 some named model not running, 4 daemon unreachable
@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import click
 
@@ -26,16 +24,13 @@ from supervisor.control.client import ControlClient
 from supervisor.core.status import ModelStatus
 from supervisor.errors import SupervisorError
 
-if TYPE_CHECKING:
-    import httpx     # only `bench` needs it, imported there: `status` must start fast
-
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_NOT_RUNNING = 3
 EXIT_UNKNOWN = 4          # also: daemon unreachable (ControlError.exit_code)
 
 _SOCKET_KEY = SOCKET_KEY
-_NO_SUCH_MODEL = "no such model"
+NO_SUCH_MODEL = "no such model"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,7 +47,7 @@ class CommandExit(click.ClickException):
             output.echo(f"error: {self.message}", err=True, file=file)
 
 
-def _speaks_errors(fn: F) -> F:
+def speaks_errors(fn: F) -> F:
     """SupervisorError -> `error: ...` and its exit code, with or without ctl.main around us."""
 
     @functools.wraps(fn)
@@ -73,7 +68,7 @@ def _remember_socket(ctx: click.Context, _param: click.Parameter, value: Path | 
 
 
 @contextmanager
-def _client(ctx: click.Context) -> Iterator[ControlClient]:
+def control_client(ctx: click.Context) -> Iterator[ControlClient]:
     client = ControlClient(resolve_socket(ctx.meta.get(_SOCKET_KEY)))
     try:
         yield client
@@ -139,10 +134,10 @@ def format_status(models: Sequence[ModelStatus]) -> list[str]:
 @click.argument("names", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of model status objects.")
 @click.pass_context
-@_speaks_errors
+@speaks_errors
 def status(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
     """Show every model's state, or only NAME's. Exit 3 if one is not RUNNING, 4 for an unknown name."""
-    with _client(ctx) as client:
+    with control_client(ctx) as client:
         reply = client.status(names)
     if as_json:
         output.echo(json.dumps([m.to_json() for m in reply.models], indent=2))
@@ -154,7 +149,7 @@ def status(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
         if reply.runtime and not names:
             output.echo(f"runtime: {reply.runtime}", err=True)
     for name in reply.unknown:
-        output.echo(f"{name}: ERROR ({_NO_SUCH_MODEL})", err=as_json)
+        output.echo(f"{name}: ERROR ({NO_SUCH_MODEL})", err=as_json)
     if reply.unknown:
         raise CommandExit(EXIT_UNKNOWN)
     if any(not _as_wanted(m) for m in reply.models):
@@ -169,10 +164,10 @@ def _as_wanted(m: ModelStatus) -> bool:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="The OpenAI-style list, as JSON.")
 @click.pass_context
-@_speaks_errors
+@speaks_errors
 def models(ctx: click.Context, as_json: bool) -> None:
     """What the gateway serves: each model with its aliases, lifecycle, state and memory counted."""
-    with _client(ctx) as client:
+    with control_client(ctx) as client:
         reply = client.status(())
     if as_json:
         output.echo(json.dumps([{"id": m.name, "aliases": list(m.aliases), "lifecycle": m.lifecycle,
@@ -193,7 +188,7 @@ def _print_result(result: CommandResult, *, failed_exit: int) -> None:
     for r in result.results:
         output.echo(f"{r.name}: {r.message}" if r.ok else f"{r.name}: ERROR ({r.message})")
     for name in result.unknown:
-        output.echo(f"{name}: ERROR ({_NO_SUCH_MODEL})")
+        output.echo(f"{name}: ERROR ({NO_SUCH_MODEL})")
     if result.error:
         output.echo(f"error: {result.error}", err=True)
     if result.unknown:
@@ -209,20 +204,20 @@ _NAMES = click.argument("names", nargs=-1, required=True, metavar="NAME...|all")
 @_NAMES
 @click.option("--no-wait", is_flag=True, help="Return once queued instead of waiting for RUNNING.")
 @click.pass_context
-@_speaks_errors
+@speaks_errors
 def start(ctx: click.Context, names: tuple[str, ...], no_wait: bool) -> None:
     """Start models and wait until each is RUNNING or has failed."""
-    with _client(ctx) as client:
+    with control_client(ctx) as client:
         _print_result(client.start(names, wait=not no_wait), failed_exit=EXIT_NOT_RUNNING)
 
 
 @click.command()
 @_NAMES
 @click.pass_context
-@_speaks_errors
+@speaks_errors
 def stop(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Stop models (their containers are stopped, not removed)."""
-    with _client(ctx) as client:
+    with control_client(ctx) as client:
         _print_result(client.stop(names), failed_exit=EXIT_FAILED)
 
 
@@ -230,10 +225,10 @@ def stop(ctx: click.Context, names: tuple[str, ...]) -> None:
 @_NAMES
 @click.option("--no-wait", is_flag=True, help="Return once queued instead of waiting for RUNNING.")
 @click.pass_context
-@_speaks_errors
+@speaks_errors
 def restart(ctx: click.Context, names: tuple[str, ...], no_wait: bool) -> None:
     """Stop then start models, waiting until each is RUNNING or has failed."""
-    with _client(ctx) as client:
+    with control_client(ctx) as client:
         _print_result(client.restart(names, wait=not no_wait), failed_exit=EXIT_NOT_RUNNING)
 
 
@@ -245,28 +240,28 @@ def _print_changes(result: CommandResult) -> None:
 
 @click.command()
 @click.pass_context
-@_speaks_errors
+@speaks_errors
 def reread(ctx: click.Context) -> None:
     """Re-read the manifests and show what changed: NAME: available | changed | disappeared."""
-    with _client(ctx) as client:
+    with control_client(ctx) as client:
         _print_changes(client.reread())
 
 
 @click.command()
 @click.pass_context
-@_speaks_errors
+@speaks_errors
 def update(ctx: click.Context) -> None:
     """Re-read the manifests and apply the changes (only the models that changed)."""
-    with _client(ctx) as client:
+    with control_client(ctx) as client:
         _print_changes(client.update())
 
 
 @click.command()
 @click.pass_context
-@_speaks_errors
+@speaks_errors
 def reload(ctx: click.Context) -> None:
     """Re-read everything and apply it, returning when the daemon has (systemd's ExecReload)."""
-    with _client(ctx) as client:
+    with control_client(ctx) as client:
         result = client.reload()
     _print_result(result, failed_exit=EXIT_FAILED)
     output.echo("reloaded")
@@ -275,10 +270,10 @@ def reload(ctx: click.Context) -> None:
 @click.command()
 @click.option("--stop-models", is_flag=True, help="Stop every model container too (default: leave them running).")
 @click.pass_context
-@_speaks_errors
+@speaks_errors
 def shutdown(ctx: click.Context, stop_models: bool) -> None:
     """Stop the daemon; its models keep running unless --stop-models."""
-    with _client(ctx) as client:
+    with control_client(ctx) as client:
         result = client.shutdown(stop_models=stop_models)
     _print_result(result, failed_exit=EXIT_FAILED)
     output.echo("Shut down")
@@ -286,10 +281,10 @@ def shutdown(ctx: click.Context, stop_models: bool) -> None:
 
 @click.command()
 @click.pass_context
-@_speaks_errors
+@speaks_errors
 def pid(ctx: click.Context) -> None:
     """The daemon's process id."""
-    with _client(ctx) as client:
+    with control_client(ctx) as client:
         output.echo(str(client.pid()))
 
 
@@ -298,10 +293,10 @@ def pid(ctx: click.Context) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until interrupted.")
 @click.option("-n", "--lines", default=100, show_default=True, type=click.IntRange(min=0), help="Lines of history.")
 @click.pass_context
-@_speaks_errors
+@speaks_errors
 def tail(ctx: click.Context, name: str, follow: bool, lines: int) -> None:
     """The model container's log."""
-    with _client(ctx) as client:
+    with control_client(ctx) as client:
         try:
             for chunk in client.logs(name, lines=lines, follow=follow):
                 output.write_bytes(chunk)   # a container prints what it likes: no escapes reach the terminal
@@ -309,121 +304,22 @@ def tail(ctx: click.Context, name: str, follow: bool, lines: int) -> None:
             pass
 
 
-# --- bench -----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class BenchResult:
-    ttft_s: float
-    tokens: int
-    tokens_per_s: float
-    total_s: float
-
-
-def run_bench(url: str, *, prompt: str, max_tokens: int, api_key: str | None = None,
-              timeout: float = 300.0, http: httpx.Client | None = None) -> BenchResult:
-    """One streaming chat completion against a llama-server; tokens/s is generation only (after the first token)."""
-    import httpx
-
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    body = {
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    client = http or httpx.Client(timeout=timeout)
-    start = time.monotonic()
-    first: float | None = None
-    last = start
-    chunks = 0
-    reported: int | None = None
-    server_rate: float | None = None
-    try:
-        with client.stream("POST", url, json=body, headers=headers) as response:
-            if response.status_code != 200:
-                response.read()
-                hint = ": pass --api-key-file" if response.status_code == 401 else ""
-                raise SupervisorError(f"HTTP {response.status_code} from {url}{hint}: {response.text[:200]}")
-            for line in response.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                event = json.loads(data)
-                for choice in event.get("choices") or ():
-                    delta = choice.get("delta") or {}
-                    if delta.get("content") or delta.get("reasoning_content"):
-                        now = time.monotonic()
-                        first = first if first is not None else now
-                        last = now
-                        chunks += 1
-                timings = event.get("timings") or {}
-                usage = event.get("usage") or {}
-                reported = timings.get("predicted_n") or usage.get("completion_tokens") or reported
-                server_rate = timings.get("predicted_per_second") or server_rate
-    except httpx.HTTPError as e:
-        raise SupervisorError(f"request to {url} failed: {e}") from e
-    except ValueError as e:
-        raise SupervisorError(f"{url} streamed something that is not JSON: {e}") from e
-    finally:
-        if http is None:
-            client.close()
-    total = time.monotonic() - start
-    if first is None:
-        raise SupervisorError(f"{url} streamed no tokens")
-    tokens = int(reported or chunks)
-    if server_rate:
-        rate = float(server_rate)
-    elif tokens > 1 and last > first:
-        rate = (tokens - 1) / (last - first)
-    else:
-        rate = tokens / total
-    return BenchResult(ttft_s=first - start, tokens=tokens, tokens_per_s=rate, total_s=total)
-
-
-@click.command()
-@click.argument("name")
-@click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="File holding the model's API key (its server.api_key_file).")
-@click.option("--prompt", default="Write one sentence about the sea.", show_default=True)
-@click.option("--max-tokens", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address the model's port is published on.")
-@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for the whole completion.")
-@click.pass_context
-@_speaks_errors
-def bench(ctx: click.Context, name: str, api_key_file: Path | None, prompt: str, max_tokens: int,
-          host: str, timeout: float) -> None:
-    """One real streaming completion straight to the model's port: time to first token, tokens/s, latency."""
-    with _client(ctx) as client:
-        reply = client.status((name,))
-    if reply.unknown:
-        output.echo(f"{name}: ERROR ({_NO_SUCH_MODEL})")
-        raise CommandExit(EXIT_UNKNOWN)
-    model = reply.models[0]
-    if model.state != "RUNNING" or model.port is None:
-        output.echo(f"{name}: ERROR (not running: {model.state}{', ' + model.reason if model.reason else ''})")
-        raise CommandExit(EXIT_NOT_RUNNING)
-    api_key = api_key_file.read_text().strip() if api_key_file else None
-    url = f"http://{host}:{model.port}/v1/chat/completions"
-    result = run_bench(url, prompt=prompt, max_tokens=max_tokens, api_key=api_key, timeout=timeout)
-    output.echo(f"{name} (port {model.port}, {result.tokens} tokens)")
-    output.echo(f"  time to first token  {result.ttft_s:.3f} s")
-    output.echo(f"  tokens/s             {result.tokens_per_s:.1f}")
-    output.echo(f"  total latency        {result.total_s:.3f} s")
-
-
 # --- registration ----------------------------------------------------------------------------
 
-COMMANDS = (status, models, start, stop, restart, reread, update, reload, shutdown, pid, tail, bench)
+COMMANDS = (status, models, start, stop, restart, reread, update, reload, shutdown, pid, tail)
 
 
-def register(cli: click.Group) -> None:
+def add_socket_option(cli: click.Group) -> None:
+    """--socket on a group that lacks it (ctl.py's has it; a test's bare group does not)."""
     if not any(p.name == "socket" for p in cli.params):
         cli.params.append(click.Option(
             ["--socket"], type=click.Path(dir_okay=False, path_type=Path), expose_value=False,
             callback=_remember_socket,
             help="The daemon's control socket (default: $LLAMA_SUPERVISOR_SOCKET or the standard place).",
         ))
+
+
+def register(cli: click.Group) -> None:
+    add_socket_option(cli)
     for command in COMMANDS:
         cli.add_command(command)

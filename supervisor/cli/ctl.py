@@ -23,7 +23,8 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "cmd_images": ("build", "verify", "fetch-model"),
     "cmd_manifests": ("validate", "hardware", "schema"),
     "cmd_control": ("status", "models", "start", "stop", "restart", "reread", "update", "reload", "shutdown",
-                    "pid", "tail", "bench"),
+                    "pid", "tail"),
+    "cmd_bench": ("bench",),
     "cmd_export": ("render", "deploy"),
 }
 _MODULE_OF = {command: module for module, commands in COMMAND_MODULES.items() for command in commands}

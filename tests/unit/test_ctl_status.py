@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from structlog.testing import capture_logs
 
-from supervisor.cli import cmd_control
+from supervisor.cli import cmd_bench, cmd_control
 from supervisor.control.api import (
     ModelResult,
     Reload,
@@ -67,6 +67,7 @@ def ctl() -> None:
 
 
 cmd_control.register(ctl)
+cmd_bench.register(ctl)
 
 
 def run(sock_dir: Path, *args: str) -> tuple[int, str, str]:
