@@ -1,5 +1,9 @@
 """The per-model state machine: supervisord's states, a monotonic clock, restart backoff.
 
+Over 450 lines on purpose: one state machine. Its states, the ALLOWED table every change is
+checked against and the transitions that use it belong in one file, read together; split, each
+half could not be checked against the table without the other.
+
 A `Lifecycle` is told what happened (`container_started`, `probe`, `container_exited`,
 `hung`, `stop_requested`, ...) with the time `now` from a monotonic clock the caller
 owns, and answers with the `Transition` it made (or None). It never does I/O: the
