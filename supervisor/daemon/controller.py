@@ -67,7 +67,7 @@ class DaemonController:
 
     def runtime(self) -> str:
         """docker or process: the adapter this daemon runs models with."""
-        return str(getattr(self._sup.runtime, "kind", "docker"))
+        return self._sup.runtime.kind
 
     def pid(self) -> int:
         return os.getpid()

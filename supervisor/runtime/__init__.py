@@ -98,6 +98,16 @@ def container_name(model: str, instance: str = DEFAULT_INSTANCE) -> str:
 
 
 class Runtime(Protocol):
+    """What the daemon calls on the runtime it runs models with (DockerRuntime, ProcessRuntime, the tests' fake)."""
+
+    @property
+    def kind(self) -> str:
+        """"docker" or "process": the adapter's name (status, the start-up log)."""
+
+    @property
+    def call_count(self) -> int:
+        """Engine calls made so far (logged at exit)."""
+
     def list_managed(self) -> list[ObservedContainer]:
         """Every container with the managed label, running or not (one engine call)."""
 
@@ -128,3 +138,6 @@ class Runtime(Protocol):
 
     def maintain(self) -> None:
         """Periodic upkeep on each resync (the process runtime rotates its logs); no engine call."""
+
+    def close(self) -> None:
+        """At exit: release the engine client or stop watching; the models keep running."""

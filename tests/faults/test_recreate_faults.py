@@ -85,6 +85,21 @@ class FaultyRuntime:
     def logs(self, container_id: str, *, lines: int = 100, follow: bool = False) -> Iterator[bytes]:
         return self.real.logs(container_id, lines=lines, follow=follow)
 
+    kind = "docker"
+
+    @property
+    def call_count(self) -> int:
+        return self.real.call_count
+
+    def memory_usage(self, container_id: str) -> int | None:
+        return self.real.memory_usage(container_id)
+
+    def maintain(self) -> None:
+        self.real.maintain()
+
+    def close(self) -> None:
+        self.real.close()
+
 
 class NoProbes:
     """Health is not what this test is about: no probes, models stay STARTING."""

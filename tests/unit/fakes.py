@@ -41,6 +41,8 @@ class FakeClock:
 class FakeRuntime:
     """Containers as values in a dict; every call is recorded as (operation, argument)."""
 
+    kind = "docker"
+
     def __init__(self) -> None:
         self.containers: dict[str, ObservedContainer] = {}
         self.calls: list[tuple[str, str]] = []
@@ -48,6 +50,7 @@ class FakeRuntime:
         self.fail_next: dict[str, Exception] = {}
         self.memory: dict[str, int] = {}
         self.maintained = 0
+        self.closed = False
 
     def _call(self, op: str, arg: str) -> None:
         self.calls.append((op, arg))
@@ -109,6 +112,13 @@ class FakeRuntime:
 
     def maintain(self) -> None:
         self.maintained += 1                       # upkeep, no engine call: not a recorded call
+
+    @property
+    def call_count(self) -> int:
+        return len(self.calls)
+
+    def close(self) -> None:
+        self.closed = True
 
     # test helpers (not calls)
     def crash(self, cid: str, code: int = 139, oom: bool = False) -> None:

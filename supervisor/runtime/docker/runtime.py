@@ -177,6 +177,10 @@ class LogStream:
 
 
 class DockerRuntime:
+    """Runtime (supervisor.runtime) for llama-server in Docker containers; `kind` is "docker"."""
+
+    kind = "docker"
+
     def __init__(self, client: docker.DockerClient | None = None, *, timeout_s: float = 60,
                  instance: str = DEFAULT_INSTANCE) -> None:
         self.instance = instance
