@@ -99,7 +99,7 @@ def calls_for(calls: list[tuple[str, str]], *, model: str, container_ids: set[st
 class InProcessDaemon:
     def __init__(self, manifests: Path, *, instance: str) -> None:
         from supervisor.cli.daemon import make_loader
-        from supervisor.artifacts.verify import LockVerifier
+        from supervisor.runtime.docker.verifier import LockVerifier
         from supervisor.daemon.loop import LoopSettings, Supervisor
         from supervisor.daemon.watcher import ManifestWatcher
         from supervisor.daemon.health import Prober

@@ -3,7 +3,8 @@
 Either way the binary lands under <state dir>/bin/<variant>-<sha256[:12]>/llama-server
 (mode 0755, so the unprivileged uid the runtime drops to can execute it) and its
 lock record holds the same facts as an image's: SHA-256 of the file, `--version`,
-every flag `--help` lists and those it warns about. `BinaryVerifier` is the check before every create;
+every flag `--help` lists and those it warns about. `BinaryVerifier`
+(runtime/process/verifier.py) is the check before every create;
 the runtime hashes the very file descriptor it executes once more at launch.
 """
 
@@ -246,42 +247,6 @@ def verify_file(record: BinaryRecord) -> None:
             f"llama-server binary {path} has SHA-256 {actual}, the lock has {record.sha256}: refusing to start; "
             f"rebuild with 'llama-supervisorctl build --native {record.variant}'"
         )
-
-
-class BinaryVerifier:
-    """The Verifier for the process runtime: the model file, then the binary the spec names."""
-
-    def __init__(self, lock_path: Path) -> None:
-        from supervisor.artifacts import modelsrc
-
-        self._lock_path = lock_path
-        self._models = modelsrc.ModelVerifier()
-
-    def check_model(self, desired: object) -> None:
-        from supervisor.core.spec import DesiredModel
-
-        assert isinstance(desired, DesiredModel)
-        self._models.check(Path(desired.model_path), desired.spec.model_sha256)
-
-    def check_image(self, desired: object) -> None:
-        from supervisor.core.spec import DesiredModel
-        from supervisor.artifacts.lock import read_lock
-
-        assert isinstance(desired, DesiredModel)
-        record = binary_for(read_lock(self._lock_path), desired.spec.image_id)
-        if record is None:
-            raise ImageMismatch(
-                f"{desired.name}: binary {desired.spec.image_id[:27]} is not in {self._lock_path}: run "
-                f"'llama-supervisorctl build --native VARIANT' (add --from-image to take it out of the image)"
-            )
-        verify_file(record)
-
-    def confirm_model(self, desired: object) -> None:
-        """After the launch: the model file is still the one hashed (as for containers)."""
-        from supervisor.core.spec import DesiredModel
-
-        assert isinstance(desired, DesiredModel)
-        self._models.confirm(Path(desired.model_path), desired.spec.model_sha256)
 
 
 def binary_for(lock: ImageLock, binary_id: str) -> BinaryRecord | None:

@@ -20,9 +20,14 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from supervisor.errors import ConfigError
+
+# Which section of the lock render renders models against: "images" (Docker) or "binaries" (host processes,
+# each variant's binary seen as its image: ImageLock.for_process). A runtime's adapter names its view.
+LockView = Literal["images", "binaries"]
+LOCK_VIEWS: tuple[LockView, ...] = ("images", "binaries")
 
 LOCK_VERSION = 1
 

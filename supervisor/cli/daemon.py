@@ -323,7 +323,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
                 c.close()
             except Exception as e:  # best effort at exit: report and go on closing the rest
                 log.warning("close failed", what=type(c).__name__, error=str(e))
-        runtime.close()
+        wiring.close()
         log.info("exited", runtime=wiring.kind, runtime_calls=runtime.call_count)
 
 

@@ -15,11 +15,12 @@ from supervisor.core.actions import Action, Create, Recreate, Remove, Start, Sto
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import DesiredModel
 from supervisor.errors import ResourceExhausted, VerificationError, exhaustion
-from supervisor.artifacts.verify import LockVerifier, NoVerifier, Verifier
+from supervisor.artifacts.verify import NoVerifier, Verifier
 from supervisor.runtime import Runtime
 
-# The verifiers live with what they verify (supervisor/artifacts/verify.py); named here too for old importers.
-__all__ = ["Executor", "LockVerifier", "NoVerifier", "Verifier"]
+# The Verifier protocol lives in supervisor/artifacts/verify.py, each runtime's verifier in its package
+# (runtime/docker/verifier.py, runtime/process/verifier.py); named here too for old importers.
+__all__ = ["Executor", "NoVerifier", "Verifier"]
 
 log = structlog.get_logger("supervisor.daemon.executor")
 

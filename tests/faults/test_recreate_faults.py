@@ -24,7 +24,7 @@ from supervisor.cli.daemon import make_loader
 from supervisor.core.events import Event, ManifestsChanged
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import ContainerSpec
-from supervisor.artifacts.verify import LockVerifier
+from supervisor.runtime.docker.verifier import LockVerifier
 from supervisor.daemon.loop import LoopSettings, Supervisor
 from supervisor.errors import RuntimeOperationError
 from supervisor.runtime import LABEL_HASH, LABEL_INSTANCE, LABEL_MODEL

@@ -13,7 +13,7 @@ import docker
 import pytest
 
 from supervisor.artifacts import images
-from supervisor.artifacts.verify import LockVerifier
+from supervisor.runtime.docker.verifier import LockVerifier
 from supervisor.errors import ImageMismatch, RuntimeUnavailable
 from supervisor.artifacts.lock import ImageLock, ImageRecord, write_lock
 from supervisor.artifacts.probe import ImageProbe

@@ -1,0 +1,43 @@
+"""The Docker runtime's Verifier (supervisor.artifacts.verify): a model's file and its image, against the lock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from supervisor.core.spec import DesiredModel
+
+
+class LockVerifier:
+    """The real checks: supervisor.artifacts.modelsrc.ModelVerifier and supervisor.artifacts.images.ImageVerifier.
+
+    Imported lazily so the daemon's core paths do not depend on them being importable in tests.
+    The image check's inspect containers carry `instance`, so an operator sees whose they are;
+    they are never model containers (runtime.inspect_labels).
+    """
+
+    def __init__(self, client: object, lock_path: Path, *, instance: str | None = None) -> None:
+        from supervisor.artifacts import images, modelsrc
+        from supervisor.artifacts.lock import read_lock
+
+        self._lock_path = lock_path
+        self._read_lock = read_lock
+        self._images = images.ImageVerifier(client, instance=instance)
+        self._models = modelsrc.ModelVerifier()
+
+    def check_model(self, desired: DesiredModel) -> None:
+        self._models.check(Path(desired.model_path), desired.spec.model_sha256)
+
+    def check_image(self, desired: DesiredModel) -> None:
+        from supervisor.errors import ImageMismatch
+
+        lock = self._read_lock(self._lock_path)
+        record = next((r for r in lock.images.values() if r.image_id == desired.spec.image_id), None)
+        if record is None:
+            raise ImageMismatch(
+                f"{desired.name}: image {desired.spec.image_id[:19]} is not in {self._lock_path}: "
+                f"run 'llama-supervisorctl build'"
+            )
+        self._images.check(record)
+
+    def confirm_model(self, desired: DesiredModel) -> None:
+        self._models.confirm(Path(desired.model_path), desired.spec.model_sha256)

@@ -1,0 +1,24 @@
+"""The Docker runtime's adapter: DockerRuntime, the image verifier and the engine's event stream."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from supervisor.core.events import Event
+from supervisor.runtime.adapter import RuntimeAdapter
+
+
+def wire(*, instance: str, lock_path: Path, post: Callable[[Event], None], why: str) -> RuntimeAdapter:
+    import docker
+
+    from supervisor.runtime.docker.events import DockerEventStream
+    from supervisor.runtime.docker.runtime import DockerRuntime
+    from supervisor.runtime.docker.verifier import LockVerifier
+
+    runtime = DockerRuntime(instance=instance)
+    return RuntimeAdapter(
+        kind="docker", why=why, runtime=runtime, verifier=LockVerifier(runtime.client, lock_path, instance=instance),
+        lock_view="images",
+        events=DockerEventStream(lambda: docker.from_env(timeout=60), post, instance=instance),
+    )
