@@ -116,6 +116,14 @@ class ImageLock:
         """The lock as render sees it under the process runtime: each variant is its host binary."""
         return ImageLock({k: b.as_image_record() for k, b in self.binaries.items()}, self.binaries)
 
+    def view(self, name: LockView) -> ImageLock:
+        """The lock as render sees it under a runtime whose adapter names `name` (RuntimeAdapter.lock_view)."""
+        if name == "images":
+            return self
+        if name == "binaries":
+            return self.for_process()
+        raise ConfigError(f"lock view {name!r}: use one of {', '.join(LOCK_VIEWS)}")
+
     def dumps(self) -> str:
         body: dict[str, object] = {
             "version": LOCK_VERSION,

@@ -27,19 +27,20 @@ import structlog
 from supervisor import __version__, logs, paths
 from supervisor.cli import output
 from supervisor.core.events import Event, SignalReceived
+from supervisor.artifacts.lock import LockView
 from supervisor.core.spec import DesiredModel
 from supervisor.errors import ConfigError, ManifestError, SupervisorError
 
 log = structlog.get_logger("supervisor.daemon")
 
 
-def make_loader(manifests: Path, lock_path: Path, *, isolated: bool = False, for_process: bool = False,
+def make_loader(manifests: Path, lock_path: Path, *, isolated: bool = False, lock_view: LockView = "images",
                 read_timeout_s: float | None = None) -> Any:
     """render.load_desired, with a fresh lock per read; any problem makes the whole set invalid.
 
     isolated: read in a child process (supervisor.render.reader), as llama-supervisord does, so the
     daemon never loads pydantic and PyYAML and a hostile manifest cannot take it down.
-    for_process: render against the lock's native binaries (the process runtime).
+    lock_view: the lock's section to render against, as the runtime's adapter names it (RuntimeAdapter.lock_view).
     read_timeout_s: the isolated reader's deadline (reader.read_timeout_s: within the systemd watchdog).
     """
     from supervisor.artifacts import hardware
@@ -55,7 +56,7 @@ def make_loader(manifests: Path, lock_path: Path, *, isolated: bool = False, for
         host_json = json.dumps({**dataclasses.asdict(host), "cpu_flags": sorted(host.cpu_flags)})
 
         def load_isolated() -> Mapping[str, DesiredModel]:
-            desired, problems = reader.read(manifests, lock_path, host_json, for_process=for_process,
+            desired, problems = reader.read(manifests, lock_path, host_json, lock_view=lock_view,
                                             timeout_s=read_timeout_s or reader.READ_TIMEOUT_S)
             if problems:
                 raise ManifestError(problems)
@@ -69,7 +70,7 @@ def make_loader(manifests: Path, lock_path: Path, *, isolated: bool = False, for
     def load() -> Mapping[str, DesiredModel]:
         try:
             lock = read_lock(lock_path)
-            desired, problems = render.load_desired(manifests, lock.for_process() if for_process else lock, host)
+            desired, problems = render.load_desired(manifests, lock.view(lock_view), host)
         finally:
             _release_freed_memory()   # parsing and validation leave freed heap behind (~1 MiB of RSS)
         if problems:
@@ -269,7 +270,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         events=events,
         runtime=runtime,
         verifier=wiring.verifier,
-        load_desired=make_loader(manifests, lock_path, isolated=True, for_process=wiring.kind == "process",
+        load_desired=make_loader(manifests, lock_path, isolated=True, lock_view=wiring.lock_view,
                                  read_timeout_s=read_timeout_s(watchdog_s)),
         prober=(prober := Prober(events.put)),
         notifier=notifier,

@@ -34,6 +34,7 @@ from supervisor.core.spec import (
     RestartSettings,
     Serving,
 )
+from supervisor.artifacts.lock import LockView
 from supervisor.errors import ManifestError, SupervisorError
 
 READ_TIMEOUT_S = 60.0
@@ -80,13 +81,13 @@ def decode(d: Mapping[str, Any]) -> DesiredModel:
 
 
 def read(manifests: Path, lock_path: Path, host_json: str, *, timeout_s: float = READ_TIMEOUT_S,
-         for_process: bool = False) -> tuple[dict[str, DesiredModel], list[str]]:
+         lock_view: LockView = "images") -> tuple[dict[str, DesiredModel], list[str]]:
     """render.load_desired in a child process: (desired, problems); ManifestError / SupervisorError as it raises.
-    for_process: render against the lock's native binaries (the process runtime)."""
+    lock_view: the lock's section to render against, as the runtime's adapter names it (RuntimeAdapter.lock_view)."""
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "supervisor.render.reader", str(manifests), str(lock_path),
-             *(["--for-process"] if for_process else [])],
+             "--lock-view", lock_view],
             input=host_json, capture_output=True, text=True, timeout=timeout_s,
         )
     except subprocess.TimeoutExpired as e:
@@ -121,8 +122,8 @@ def _child(argv: list[str]) -> int:
                              gpus=tuple(hardware.GpuInfo(**g) for g in h["gpus"]))
     try:
         lock = read_lock(lock_path)
-        desired, problems = render.load_desired(manifests, lock.for_process() if "--for-process" in argv else lock,
-                                                host)
+        view = argv[argv.index("--lock-view") + 1] if "--lock-view" in argv else "images"
+        desired, problems = render.load_desired(manifests, lock.view(view), host)  # type: ignore[arg-type]
         out: dict[str, Any] = {"desired": {n: encode(m) for n, m in desired.items()}, "problems": problems}
     except ManifestError as e:
         out = {"error": str(e), "problems": e.problems}

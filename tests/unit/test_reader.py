@@ -92,3 +92,28 @@ def test_the_loop_pings_the_watchdog_right_before_a_read() -> None:
     sup._reload(apply=True, origin="start")
     sup._reload(apply=True, origin="watcher")
     assert [m[-1] for m in seen] == ["WATCHDOG=1", "WATCHDOG=1"]
+
+
+def test_the_child_renders_against_the_lock_view_the_runtime_adapter_names(tmp_path: Path) -> None:
+    """The process runtime's adapter names the `binaries` view: the reader child renders each variant as its
+    host binary, as an in-process read does; the Docker adapter's `images` view renders the image."""
+    from supervisor.errors import ConfigError
+
+    from .test_process_spec import binary
+
+    d = tmp_path / "manifests"
+    d.mkdir()
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    (d / "m.yaml").write_text(model().replace("/m/m.gguf", str(gguf)))
+    lock = tmp_path / "lock.json"
+    both = LOCK.with_binary(binary())
+    write_lock(lock, both)
+    as_process = make_loader(d, lock, isolated=True, lock_view="binaries")()
+    as_docker = make_loader(d, lock, isolated=True, lock_view="images")()
+    assert as_process == make_loader(d, lock, lock_view="binaries")()
+    assert as_process["m"].spec.image_id == both.for_process().get("cpu-avx512").image_id  # type: ignore[union-attr]
+    assert as_docker == make_loader(d, lock, isolated=True)() and as_docker["m"].spec.image_id != as_process["m"].spec.image_id
+    assert both.view("images") is both and both.view("binaries") == both.for_process()
+    with pytest.raises(ConfigError, match="use one of images, binaries"):
+        both.view("podman")  # type: ignore[arg-type]
