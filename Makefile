@@ -50,9 +50,11 @@ tools:
 run: setup
 	$(BIN)/llama-supervisord --manifests $(LLAMA_SUPERVISOR_MANIFESTS)
 
-# The package layers ([tool.importlinter] in pyproject.toml, docs/DESIGN.md "Module map").
+# The package layers ([tool.importlinter] in pyproject.toml, docs/DESIGN.md "Module map"), then
+# mypy --strict over the packages [tool.mypy] names.
 lint: venv
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 unit: venv
 	$(BIN)/pytest -q tests/unit

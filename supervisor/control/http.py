@@ -97,7 +97,8 @@ class JsonHandler(BaseHTTPRequestHandler):
     # --- plumbing --------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        self.timeout = self.server.read_timeout_s
+        # typeshed makes StreamRequestHandler.timeout a ClassVar; socketserver reads self.timeout, so a per-instance value works.
+        self.timeout = self.server.read_timeout_s  # type: ignore[misc]
         super().setup()
         # A client that trickles a byte every few seconds passes the read timeout; the deadline
         # ends it anyway: shutting the socket down makes the pending read return at once.

@@ -85,6 +85,7 @@ class LoopState:
     stopping: bool
     _resync_now: bool
     _waiters: list[Waiter]
+    _after_reconcile: list[tuple[Future[CommandResult], CommandResult]]   # Reload answers, sent after the next reconcile
     _pending: dict[str, list[Future[Readiness]]]   # model -> gateway requests waiting for it, in arrival order
     _load_desired: Callable[[], Mapping[str, DesiredModel]]
     manifests_ok: bool                          # no good set yet: plan nothing, remove nothing

@@ -78,9 +78,9 @@ class StateFile:
             if data.get("version") != VERSION:
                 raise ValueError(f"version {data.get('version')!r}, expected {VERSION}")
             out: dict[str, Entry] = {}
-            for name, e in data["models"].items():
-                fatal = e.get("fatal")
-                entry = Entry(str(e["config_hash"]), int(e["failures"]), None if fatal is None else str(fatal))
+            for name, item in data["models"].items():
+                fatal = item.get("fatal")
+                entry = Entry(str(item["config_hash"]), int(item["failures"]), None if fatal is None else str(fatal))
                 out[str(name)] = entry
             return out
         except (ValueError, KeyError, TypeError, AttributeError) as e:

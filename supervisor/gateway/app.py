@@ -123,7 +123,7 @@ class Gateway:
         return JSONResponse({"id": name, "object": "model", "created": 0, "owned_by": "llama-supervisor",
                              "state": r.state.value, "alias_of": r.name if name != r.name else None})
 
-    async def openai(self, request: Request) -> Response:
+    async def openai(self, request: Request) -> ProxyResponse:
         """A /v1/* inference POST with a JSON `model`: routed to that model, started if it is on-demand."""
         if (refused := endpoints.check_inference("/v1/" + request.path_params["path"])) is not None:
             raise refused
@@ -147,7 +147,7 @@ class Gateway:
             headers=_forward_headers(request.headers), deadline=deadline,
         )
 
-    async def raw(self, request: Request) -> Response:
+    async def raw(self, request: Request) -> ProxyResponse:
         """/upstream/<model>/<path>: a model's own endpoints (/health, /slots, /metrics, web UI), only
         while it runs; it starts nothing and does not count as use. Only the endpoints.UPSTREAM ones."""
         if (refused := endpoints.check_upstream(request.method, "/" + request.path_params["path"])) is not None:

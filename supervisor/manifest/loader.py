@@ -150,19 +150,20 @@ class _Loader(yaml.SafeLoader):
 
     def compose_document(self) -> yaml.Node | None:
         self.aliases = 0
-        return super().compose_document()  # type: ignore[no-any-return]
+        return super().compose_document()
 
     def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             self.aliases += 1
             if self.aliases > MAX_ALIASES:
-                mark = self.peek_event().start_mark
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]  # types-PyYAML leaves Parser.peek_event unannotated
                 raise _Bomb(
                     mark.line + 1,
                     f"more than {MAX_ALIASES} aliases in one document"
                     " (fix: write the values out; alias-heavy YAML is refused as a possible YAML bomb)",
                 )
-        return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        # The stub says `index: int`; PyYAML also passes None (the document root, a mapping key) and the key's node (a mapping value).
+        return super().compose_node(parent, index)  # type: ignore[arg-type]
 
 
 def _load_file(file: Path, problems: list[_Problem]) -> list[_Doc]:
