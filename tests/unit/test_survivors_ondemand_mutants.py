@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import Any
 
 from structlog.testing import capture_logs
@@ -196,3 +197,72 @@ def test_no_idle_deadline_without_a_running_on_demand_model() -> None:
     r = Rig([od("a"), od("fixed", ttl=1.0, lifecycle=LoadPolicy.ALWAYS)])
     r.healthy("fixed")
     assert r.sup._idle_deadline(r.clock()) is None
+
+
+def test_a_model_with_a_request_in_flight_is_not_the_one_evicted_even_if_least_recently_used() -> None:
+    r = Rig([od("a"), od("b"), od("c")], Budget(memory_bytes=2 * G + G // 2))
+    r.ask("a")
+    r.healthy("a")
+    assert r.demand.enter("a")                          # a long completion on a
+    r.clock.advance(10)
+    r.ask("c")
+    r.healthy("c")                                      # c: used after a, idle now
+    r.clock.advance(10)
+    r.ask("b")
+    assert r.state("c") is State.STOPPED and r.state("b") is State.STARTING
+    assert r.state("a") is State.RUNNING and not r.demand.usage("a").draining
+    r.demand.leave("a")
+
+
+def test_a_running_model_with_no_recorded_use_idles_from_when_it_became_running() -> None:
+    r = Rig([od("a", ttl=30.0), od("b", ttl=30.0)], Budget(memory_bytes=G + G // 2))
+    r.ask("a")
+    r.clock.advance(5)
+    r.healthy("a")                                      # RUNNING since 1005
+    r.demand.forget("a")                                # as after an adoption: no request seen yet
+    r.clock.advance(29)
+    r.step()
+    assert r.state("a") is State.RUNNING, "idle since it became RUNNING, 29 s ago"
+    r.clock.advance(1)
+    r.step()
+    assert r.state("a") is State.STOPPED
+
+
+def test_a_model_with_no_recorded_use_can_be_evicted() -> None:
+    r = Rig([od("a"), od("b")], Budget(memory_bytes=G + G // 2))
+    r.ask("a")
+    r.healthy("a")
+    r.demand.forget("a")
+    r.ask("b")
+    assert r.state("a") is State.STOPPED and r.state("b") is State.STARTING
+
+
+def test_removing_a_model_nobody_asked_for_answers_nothing_and_goes_on() -> None:
+    r = Rig([od("a"), od("b")])
+    fut = r.ask("b")
+    del r.models["a"]
+    r.step(ManifestsChanged(origin="test"))
+    assert "a" not in r.sup.slots and not fut.done() and r.state("b") is State.STARTING
+
+
+def test_a_starting_model_with_a_known_port_is_not_answered_before_it_is_running() -> None:
+    m = od("p")
+    m = replace(m, spec=replace(m.spec, host_port=18081))
+    r = Rig([m])
+    fut = r.ask("p")
+    assert r.state("p") is State.STARTING
+    route = r.sup.routes()["p"]
+    assert route.url is not None and route.state == "STARTING", "published with its port while starting"
+    assert not fut.done(), "answered before the model was healthy"
+    r.healthy("p")
+    assert fut.result(0).ok
+
+
+def test_a_model_starting_for_a_queued_request_is_not_stopped_as_idle() -> None:
+    r = Rig([od("a", ttl=30.0)])
+    fut = r.ask("a")                                    # the request stays queued while a starts
+    r.clock.advance(31)                                 # longer than its idle TTL, shorter than its start timeout
+    r.step()
+    assert r.state("a") is State.STARTING and not r.demand.usage("a").draining
+    r.healthy("a")
+    assert fut.result(0).ok
