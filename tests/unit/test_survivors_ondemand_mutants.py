@@ -261,8 +261,10 @@ def test_a_starting_model_with_a_known_port_is_not_answered_before_it_is_running
 def test_a_model_starting_for_a_queued_request_is_not_stopped_as_idle() -> None:
     r = Rig([od("a", ttl=30.0)])
     fut = r.ask("a")                                    # the request stays queued while a starts
+    cid = r.sup.slots["a"].container_id
     r.clock.advance(31)                                 # longer than its idle TTL, shorter than its start timeout
     r.step()
-    assert r.state("a") is State.STARTING and not r.demand.usage("a").draining
+    assert "stop" not in r.runtime.ops(), "stopped as idle (and started again for its request)"
+    assert r.state("a") is State.STARTING and r.sup.slots["a"].container_id == cid
     r.healthy("a")
     assert fut.result(0).ok
