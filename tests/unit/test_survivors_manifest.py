@@ -61,3 +61,53 @@ def test_a_profile_name_used_twice_is_refused_naming_both_and_the_rest_still_che
         "m.yaml:22: unknown key 'colour' (fix: allowed keys: aliases, health, idle_ttl, kind, lifecycle, logs,"
         " max_queue, name, profile, resources, restart, server, source)",
     ]
+
+
+def test_an_unknown_key_deep_in_a_list_names_its_section_and_the_keys_allowed_there() -> None:
+    text = ("kind: model\nname: a\nsource:\n"
+            f"  pypi: {{package: p, version: '1', bogus: 1, wheels: [{{name: p, version: '1', sha256: {SHA}, colour: 2}}]}}\n"
+            f"  sha256: {SHA}\n  file: f.gguf\nserver:\n  port: 1\nresources:\n  memory: 1g\n")
+    assert problems(text) == [
+        "m.yaml:4: unknown key 'colour' in source.pypi.wheels.0 (fix: allowed keys: name, sha256, version)",
+        "m.yaml:4: unknown key 'bogus' in source.pypi (fix: allowed keys: package, version, wheels)",
+    ]
+
+
+def test_an_unknown_key_suggests_only_the_closest_allowed_key() -> None:
+    assert problems(model("a", 1, extra="restart: {policy: always, backoff: 1}\n")) == [
+        "m.yaml:10: unknown key 'backoff' in restart (fix: did you mean 'backoff_max'? allowed keys:"
+        " backoff_initial, backoff_max, max_failures, policy)"]
+
+
+def test_a_missing_key_in_a_section_names_the_section_and_what_to_write() -> None:
+    text = "kind: model\nname: a\nsource:\n  path: /srv/models/a.gguf\nserver:\n  port: 1\nresources:\n  memory: 1g\n"
+    assert problems(text) == [
+        "m.yaml:3: missing required key 'sha256' in source"
+        " (fix: add 'sha256:' with the file's SHA-256, 64 lowercase hex digits)"]
+
+
+@pytest.mark.parametrize(("n", "shown"), [(58, "'" + "x" * 58 + "'"), (59, "'" + "x" * 56 + "...")])
+def test_a_wrong_value_is_quoted_whole_up_to_60_characters_then_cut(n: int, shown: str) -> None:
+    text = model("a", 1).replace("  port: 1\n", f"  port: 1\n  ctx_size: '{'x' * n}'\n")
+    assert problems(text) == [
+        "m.yaml:8: server.ctx_size: Input should be a valid integer, unable to parse string as an integer,"
+        f" got {shown} (fix: set server.ctx_size to a context size in tokens, 0 for the model's own)"]
+
+
+def test_a_yaml_error_gives_its_context_and_problem_at_the_problems_line() -> None:
+    assert problems("kind: model\na: [1, 2\nb: 3\n") == [
+        "m.yaml:3: YAML syntax error: while parsing a flow sequence, expected ',' or ']', but got ':'"
+        " (fix: correct the YAML at this line)"]
+
+
+def test_flash_attn_off_in_yaml_1_1_is_read_back_as_off() -> None:
+    text = model("a", 1).replace("  port: 1\n", "  port: 1\n  flash_attn: off\n")
+    assert load_text(text).models["a"].server.flash_attn == "off"
+
+
+def test_extra_args_turn_numbers_into_strings_but_refuse_booleans() -> None:
+    ok = model("a", 1).replace("  port: 1\n", "  port: 1\n  extra_args: [--n-predict, 128, --temp, 0.5]\n")
+    assert load_text(ok).models["a"].server.extra_args == ("--n-predict", "128", "--temp", "0.5")
+    bad = model("a", 1).replace("  port: 1\n", "  port: 1\n  extra_args: [true]\n")
+    assert problems(bad) == ["m.yaml:8: server.extra_args.0: Input should be a valid string, got True"
+                             " (fix: see docs/DESIGN.md)"]
