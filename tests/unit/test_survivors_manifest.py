@@ -4,10 +4,14 @@ wording point at the place to fix."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from supervisor.errors import ManifestError
 from supervisor.manifest import load_text
+from supervisor.manifest.jsonschema import schema_text, write_schema
 
 SHA = "1a" * 32
 
@@ -111,3 +115,20 @@ def test_extra_args_turn_numbers_into_strings_but_refuse_booleans() -> None:
     bad = model("a", 1).replace("  port: 1\n", "  port: 1\n  extra_args: [true]\n")
     assert problems(bad) == ["m.yaml:8: server.extra_args.0: Input should be a valid string, got True"
                              " (fix: see docs/DESIGN.md)"]
+
+
+def test_load_text_names_an_unnamed_text_string() -> None:
+    with pytest.raises(ManifestError) as info:
+        load_text("kind: model\ncolour: red\n")
+    assert info.value.problems[0].startswith("<string>:"), info.value.problems
+
+
+def test_write_schema_creates_folders_rewrites_a_stale_file_and_leaves_a_current_one(tmp_path: Path) -> None:
+    out = write_schema(tmp_path / "a" / "b" / "s.json")
+    assert out.read_text() == schema_text()
+    os.utime(out, ns=(1_000_000_000, 1_000_000_000))
+    write_schema(out)
+    assert out.stat().st_mtime_ns == 1_000_000_000, "rewritten although its text was current"
+    out.write_text("{}")
+    write_schema(out)
+    assert out.read_text() == schema_text(), "a stale schema was left in place"
