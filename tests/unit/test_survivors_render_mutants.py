@@ -8,8 +8,10 @@ from __future__ import annotations
 from supervisor.core.spec import GpuRequest, LoadPolicy, Mount
 from supervisor.gguf import GgufFacts
 from supervisor.manifest import load_text
-from supervisor.render import OVERHEAD_BYTES, OVERHEAD_FRACTION, render_all
+from supervisor.manifest.loader import Origin
+from supervisor.render import OVERHEAD_BYTES, OVERHEAD_FRACTION, check_extra_args, render_all
 
+from . import test_render
 from .test_render import GPU_HOST, HOST, LOCK
 
 SHA = "ef" * 32
@@ -70,3 +72,22 @@ def test_the_model_cpuset_wins_over_the_profiles() -> None:
 def test_the_api_key_file_is_mounted_from_the_path_host_files_resolved() -> None:
     m = render_one(text(server="  api_key_file: /etc/llama/link\n"), key_paths={"m": "/etc/llama/real-key"})
     assert Mount("/etc/llama/real-key", "/run/secrets/api-key", True) in m.spec.mounts
+
+
+def test_a_model_without_a_port_asks_the_engine_for_one() -> None:
+    m = render_one(text().replace("  port: 8081\n", ""))
+    assert m.spec.host_port == 0
+
+
+def test_without_a_readable_header_the_basis_says_the_kv_cache_is_unknown() -> None:
+    assert render_one(text()).serving.memory_basis.endswith("+ KV unknown (not a readable GGUF header) + overhead")
+
+
+def test_every_bad_item_is_reported_a_delete_character_and_a_lone_dash_included() -> None:
+    record = test_render.record("cpu-avx512")
+    problems = check_extra_args(("a\x7fb", "-", "--bogus", "\x01"), record, Origin("m.yaml", 1))
+    assert [p.split(": ", 1)[1].split(" (")[0] for p in problems] == [
+        "extra_args item 0 is empty or holds a control character",
+        "--bogus is not a flag of llama-server in image llama-supervisor/llama-server:cpu-avx512",
+        "extra_args item 3 is empty or holds a control character",
+    ]
