@@ -10,7 +10,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from supervisor.errors import ConfigError
-from supervisor.gateway.keys import KeyFiles, bearer, read_gateway_keys
+from supervisor.core.routing import Route
+from supervisor.gateway.keys import Authority, KeyFiles, bearer, read_gateway_keys
 
 
 def test_bearer_takes_everything_after_the_scheme_and_nothing_for_another_scheme() -> None:
@@ -59,3 +60,15 @@ def test_the_gateway_keys_file_says_why_it_cannot_be_used(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match=r"empty: no key in it \(fix: one key per line;"
                                           r" only lines that start with # are comments\)$"):
         read_gateway_keys(empty)
+
+
+def test_with_gateway_keys_a_wrong_token_is_not_admitted_and_a_models_own_key_is(tmp_path: Path) -> None:
+    key = tmp_path / "model.key"
+    key.write_text("model-key\n")
+    routes = {"m": Route("m", "RUNNING", "127.0.0.1", 9001, api_key_file=str(key)),
+              "open": Route("open", "RUNNING", "127.0.0.1", 9002)}
+    auth = Authority(frozenset({"gw-key"}), KeyFiles())
+    assert auth.admits("gw-key", routes) and auth.admits("model-key", routes)
+    assert not auth.admits("wrong", routes) and not auth.admits("", routes)
+    assert not auth.admits("wrong", {}), "no model key files: only a gateway key"
+    assert Authority(frozenset(), KeyFiles()).admits("", routes), "an open gateway admits everyone"
