@@ -42,6 +42,7 @@ def test_an_unreadable_key_file_holds_no_key_and_is_logged_by_path_and_error(tmp
     f.write_bytes(b"\xff\xfe not utf-8")
     with capture_logs() as logs:
         assert KeyFiles().keys(str(f)) == ()
+    assert KeyFiles().first(str(f)) is None and KeyFiles().first(None) is None
     assert logs == [{"event": "cannot read the model's api_key_file", "path": str(f),
                      "error": "UnicodeDecodeError", "log_level": "error"}]
 
