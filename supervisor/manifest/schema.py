@@ -327,6 +327,8 @@ def model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | No
     """The nested pydantic model reached by following field names in `loc` (None if not a model)."""
     current: type[BaseModel] = cls
     for part in loc:
+        if isinstance(part, int):
+            continue                  # an item of a list of models: `_model_in` already took the item's type
         field = current.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
             return None

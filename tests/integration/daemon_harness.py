@@ -20,6 +20,9 @@ import docker.errors
 import httpx
 
 DAEMON = Path(sys.executable).with_name("llama-supervisord")
+# The daemons under test resync with the engine this often: a check that nothing happens waits one
+# full interval (plus a second), so that a resync pass, the one path not driven by an event, has run.
+RESYNC_INTERVAL_S = 5
 
 
 def free_port() -> int:
@@ -111,7 +114,7 @@ class Daemon:
         env = {**os.environ, **self.env}
         self.proc = subprocess.Popen(
             [str(DAEMON), "--manifests", str(self.manifests), "--socket", str(self.sockdir / "ctl.sock"),
-             "--log-format", "json", "--resync-interval", "5", "--stop-timeout", "3",
+             "--log-format", "json", "--resync-interval", str(RESYNC_INTERVAL_S), "--stop-timeout", "3",
              "--instance", instance_for(self.manifests), *self.extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
             preexec_fn=None if self.nofile is None else self._limit_fds,

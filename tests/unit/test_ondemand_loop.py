@@ -9,7 +9,7 @@ from concurrent.futures import Future
 
 from structlog.testing import capture_logs
 
-from supervisor.control.api import CommandResult, StopModels
+from supervisor.control.api import CommandResult, MetricsSink, StopModels
 from supervisor.core.commands import Readiness
 from supervisor.core.events import ControlRequest, EnsureRunning, Event, ProbeResult
 from supervisor.core.lifecycle import ProbeOutcome, State
@@ -30,15 +30,18 @@ def od(name: str, *, mem: int = G, ttl: float = 300.0, lifecycle: LoadPolicy = L
 
 
 class Rig:
-    def __init__(self, models: list[DesiredModel], budget: Budget = Budget()) -> None:
+    def __init__(self, models: list[DesiredModel], budget: Budget = Budget(),
+                 metrics: MetricsSink | None = None) -> None:
         self.runtime, self.clock, self.prober = FakeRuntime(), FakeClock(), FakeProber()
+        self.models = {m.name: m for m in models}         # what the manifests say; a test may change it
         self.q: queue.Queue[Event] = queue.Queue()
         self.woken = 0
         self.demand = Demand(self.clock, wake=self._wake)
         self.verifier = FakeVerifier()
         self.sup = Supervisor(events=self.q, runtime=self.runtime, verifier=self.verifier,
-                              load_desired=lambda: {m.name: m for m in models}, prober=self.prober,
-                              clock=self.clock, rng=random.Random(1), demand=self.demand, budget=budget)
+                              load_desired=lambda: dict(self.models), prober=self.prober,
+                              clock=self.clock, rng=random.Random(1), demand=self.demand, budget=budget,
+                              metrics=metrics)
         self.sup._reload(apply=True, origin="start")
         self.step()
 
