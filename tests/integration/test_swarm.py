@@ -98,9 +98,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, swarm_engine: docker.DockerC
         try:
             swarm_deploy.remove(s.name)
         finally:
+            # sparse: no inspect per container, which races the task being removed (404 between list and inspect)
             wait_for(lambda: not swarm_engine.containers.list(
-                all=True, filters={"label": f"{swarm_deploy.STACK_LABEL}={s.name}"}), 60, "task containers gone",
-                step=0.5)
+                all=True, sparse=True, filters={"label": f"{swarm_deploy.STACK_LABEL}={s.name}"}), 60,
+                "task containers gone", step=0.5)
 
 
 def converged(client: docker.DockerClient, s: Stack) -> list[swarm_deploy.ServiceState] | None:
