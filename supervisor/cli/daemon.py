@@ -9,6 +9,7 @@ upgrade or restart drops no model (they are adopted on the next start);
 
 from __future__ import annotations
 
+import gc
 import queue
 import resource
 import signal
@@ -310,6 +311,10 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
             closers.insert(0, server)
         if gateway is not None:
             closers.insert(0, _gateway(controller, gateway, api_keys, metrics))
+        # Everything made so far (modules, classes, the wiring) lives as long as the process: out of
+        # the collector's sight, a full collection walks only what came later, so a flood of
+        # short-lived connections cannot make one pause every thread (gateway included) for long.
+        gc.freeze()
         loop = threading.Thread(target=sup.run, name="loop")
         loop.start()
         while loop.is_alive():
