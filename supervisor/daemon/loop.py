@@ -7,9 +7,9 @@ status snapshot and the gateway's routes. Unchanged models get no Docker call: o
 resync (every ~30 s, or after the events stream reconnects) lists containers.
 
 This module holds the iteration, the reconcile and shutdown; the parts for the manifests
-(manifests.py), container events (containers.py), commands (commands.py), the gateway's
-requests (ondemand.py) and reporting (reporting.py) are mixed in, all over the state
-declared in state.py.
+(manifests.py), container events (containers.py), commands (commands.py) and the gateway's
+requests (ondemand.py) are mixed in, all over the state declared in state.py; what it
+publishes is computed by the pure `reporting.publish`.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from supervisor.daemon.executor import Executor
 from supervisor.artifacts.verify import Verifier
 from supervisor.daemon.manifests import Manifests
 from supervisor.daemon.ondemand import OnDemand
-from supervisor.daemon.reporting import Reporting
+from supervisor.daemon.reporting import MemorySampler, publish, remember_failures
 from supervisor.daemon.state import LoopSettings, ProbeSink, Slot, Waiter
 from supervisor.daemon.statefile import StateFile
 from supervisor.errors import (
@@ -70,7 +70,7 @@ log = structlog.get_logger("supervisor.daemon")
 LoadDesired = Callable[[], Mapping[str, DesiredModel]]   # raises ManifestError (or another ConfigError)
 
 
-class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
+class Supervisor(Manifests, ContainerEvents, Commands, OnDemand):
     def __init__(
         self,
         *,
@@ -116,7 +116,7 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
         self._pending: dict[str, list[Future[Readiness]]] = {}
         self._snapshot: tuple[ModelStatus, ...] = ()
         self._routes: dict[str, Route] = {}
-        self._memory_seen: dict[str, tuple[float, int | None]] = {}   # model -> (when sampled, bytes)
+        self.memory = MemorySampler(runtime.memory_usage)
         self._snapshot_lock = threading.Lock()
         self.published = threading.Event()
         self.done = threading.Event()
@@ -165,9 +165,24 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
                 return
         self._reconcile()
         self._publish()
-        self._remember_failures()
+        remember_failures(self.slots, self.state)
         self.notifier.watchdog()
         self.iterations += 1
+
+    def _publish(self) -> None:
+        """Publish the snapshot and the routes (the gateway reads them), then let the requests whose
+        model is RUNNING go ahead."""
+        now = self.clock()
+        snap, table = publish(self.slots, self.cache, self.demand.usage, self.memory.sample(self.slots, now), now)
+        with self._snapshot_lock:
+            changed = snap != self._snapshot
+            self._snapshot = snap
+            self._routes = table
+        self.published.set()
+        self._answer_ready(table)
+        if changed:
+            running = sum(1 for s in snap if s.state == State.RUNNING.name)
+            self.notifier.status(f"{running}/{len(snap)} models running")
 
     def _wait_s(self) -> float:
         now = self.clock()

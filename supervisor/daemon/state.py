@@ -66,6 +66,16 @@ class Waiter:
     attempted: set[str] = field(default_factory=set)
 
 
+def endpoint(slot: Slot, cache: Mapping[str, ObservedContainer]) -> tuple[str, int | None]:
+    """Where the model answers: its published address, and the port bound now (the engine's pick
+    when the manifest gave none)."""
+    spec = slot.desired.spec
+    host = "127.0.0.1" if spec.host_ip in ("", "0.0.0.0") else spec.host_ip
+    c = cache.get(slot.container_id) if slot.container_id else None
+    port = c.host_port if c is not None and c.host_port else (spec.host_port or None)
+    return host, port
+
+
 class LoopState:
     """What the loop thread owns (assigned in Supervisor.__init__)."""
 
@@ -94,7 +104,6 @@ class LoopState:
     _ready_sent: bool
     _snapshot: tuple[ModelStatus, ...]
     _routes: dict[str, Route]
-    _memory_seen: dict[str, tuple[float, int | None]]   # model -> (when sampled, bytes)
     _snapshot_lock: threading.Lock
     published: threading.Event                 # set by the first _publish: the gateway holds requests until then
 
@@ -105,13 +114,7 @@ class LoopState:
         def _answer_ready(self, routes: dict[str, Route]) -> None: ...
 
     def _endpoint(self, slot: Slot) -> tuple[str, int | None]:
-        """Where the model answers: its published address, and the port bound now (the engine's pick
-        when the manifest gave none)."""
-        spec = slot.desired.spec
-        host = "127.0.0.1" if spec.host_ip in ("", "0.0.0.0") else spec.host_ip
-        c = self.cache.get(slot.container_id) if slot.container_id else None
-        port = c.host_port if c is not None and c.host_port else (spec.host_port or None)
-        return host, port
+        return endpoint(slot, self.cache)
 
     def _log_transition(self, t: Transition | None) -> None:
         if t is None:
