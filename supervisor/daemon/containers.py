@@ -81,7 +81,7 @@ class ContainerEvents(LoopState):
                     detected_after_ms=_since_ms(event.time_ns) if event and event.time_ns else None)
         self.metrics.exit(c.model, c.exit_code, c.oom_killed)
         self._log_transition(slot.lc.container_exited(
-            now, exit_code=c.exit_code, oom_killed=c.oom_killed, log_tail=_last_lines(tail, 3)))
+            now, exit_code=c.exit_code, oom_killed=c.oom_killed, log_tail=last_lines(tail, 3)))
 
     def _on_probe(self, ev: ProbeResult) -> None:
         slot = self.slots.get(ev.model)
@@ -111,7 +111,8 @@ class ContainerEvents(LoopState):
                 lc.probe_sent(now)
 
 
-def _last_lines(text: str, n: int) -> str:
+def last_lines(text: str, n: int) -> str:
+    """The last `n` non-blank lines of a container's log, joined on one line (a lifecycle's log tail)."""
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     return " | ".join(lines[-n:])
 

@@ -48,7 +48,7 @@ from supervisor.core.scheduler import Budget
 from supervisor.core.spec import DesiredModel
 from supervisor.core.status import ModelStatus
 from supervisor.daemon.commands import Commands
-from supervisor.daemon.containers import ContainerEvents, _last_lines
+from supervisor.daemon.containers import ContainerEvents, last_lines
 from supervisor.daemon.executor import Executor
 from supervisor.artifacts.verify import Verifier
 from supervisor.daemon.manifests import Manifests
@@ -371,7 +371,7 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand):
         if after.status not in UP:
             self._log_transition(slot.lc.container_exited(
                 self.clock(), exit_code=after.exit_code, oom_killed=after.oom_killed,
-                log_tail=_last_lines(self.runtime.log_tail(after.id, lines=5), 3)))
+                log_tail=last_lines(self.runtime.log_tail(after.id, lines=5), 3)))
 
     def _store(self, cid: str, after: ObservedContainer | None) -> None:
         if after is None:
