@@ -7,9 +7,10 @@ status snapshot and the gateway's routes. Unchanged models get no Docker call: o
 resync (every ~30 s, or after the events stream reconnects) lists containers.
 
 This module holds the iteration, the reconcile and shutdown; the parts for the manifests
-(manifests.py), container events (containers.py), commands (commands.py) and the gateway's
-requests (ondemand.py) are mixed in, all over the state declared in state.py; what it
-publishes is computed by the pure `reporting.publish`.
+(manifests.py), container events (containers.py), and commands (commands.py) are mixed in,
+all over the state declared in state.py; the gateway's requests go to an `OnDemandScheduler`
+(ondemand.py) that owns them, and what the loop publishes is computed by the pure
+`reporting.publish`.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from supervisor.daemon.containers import ContainerEvents, last_lines
 from supervisor.daemon.executor import Executor
 from supervisor.artifacts.verify import Verifier
 from supervisor.daemon.manifests import Manifests
-from supervisor.daemon.ondemand import OnDemand
+from supervisor.daemon.ondemand import OnDemandScheduler
 from supervisor.daemon.reporting import MemorySampler, publish, remember_failures
 from supervisor.daemon.state import LoopSettings, ProbeSink, Slot, Waiter
 from supervisor.daemon.statefile import StateFile
@@ -70,7 +71,7 @@ log = structlog.get_logger("supervisor.daemon")
 LoadDesired = Callable[[], Mapping[str, DesiredModel]]   # raises ManifestError (or another ConfigError)
 
 
-class Supervisor(Manifests, ContainerEvents, Commands, OnDemand):
+class Supervisor(Manifests, ContainerEvents, Commands):
     def __init__(
         self,
         *,
@@ -113,7 +114,7 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand):
         self._waiters: list[Waiter] = []
         self._after_reconcile: list[tuple[Future[CommandResult], CommandResult]] = []
         self._ready_sent = False
-        self._pending: dict[str, list[Future[Readiness]]] = {}
+        self.ondemand = OnDemandScheduler(self.demand, budget, self.metrics)
         self._snapshot: tuple[ModelStatus, ...] = ()
         self._routes: dict[str, Route] = {}
         self.memory = MemorySampler(runtime.memory_usage)
@@ -179,7 +180,7 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand):
             self._snapshot = snap
             self._routes = table
         self.published.set()
-        self._answer_ready(table)
+        self.ondemand.answer_ready(table)
         if changed:
             running = sum(1 for s in snap if s.state == State.RUNNING.name)
             self.notifier.status(f"{running}/{len(snap)} models running")
@@ -189,7 +190,7 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand):
         deadlines = [self._resync_at, now + self.settings.max_wait_s]
         deadlines += [d for s in self.slots.values() if (d := s.lc.next_deadline()) is not None]
         deadlines += [w.deadline for w in self._waiters]
-        if (idle := self._idle_deadline(now)) is not None:
+        if (idle := self.ondemand.idle_deadline(self.slots)) is not None:
             deadlines.append(idle)
         if self._resync_now:
             return 0.0
@@ -208,7 +209,7 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand):
             case ControlRequest(command=cmd, future=fut):
                 self._on_command(cmd, fut)
             case EnsureRunning():
-                self._on_ensure(ev)
+                self.ondemand.request(ev, known=ev.model in self.slots, stopping=self.stopping)
             case SignalReceived(signum=signum):
                 self._on_signal(signum)
             case Tick(resync=resync):
@@ -241,7 +242,8 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand):
             self._log_transition(slot.lc.tick(now))
         ran = False
         for _ in range(3):          # a stop that makes a restart possible plans again at once
-            self._schedule(now)     # on-demand starts, evictions, idle stops
+            for t in self.ondemand.schedule(self.slots, now):   # on-demand starts, evictions, idle stops
+                self._log_transition(t)
             if self._resync_now:
                 # An action failed part-way (a recreate that removed the old container, then
                 # failed to create or start): plan from what the engine has, not the stale cache.
@@ -391,7 +393,7 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand):
         for w in self._waiters:
             w.future.set_result(CommandResult(ok=False, error="daemon shutting down"))
         self._waiters.clear()
-        self._answer_all("shutting_down", "the daemon is shutting down")
+        self.ondemand.answer_all("shutting_down", "the daemon is shutting down")
         for fut, result in self._after_reconcile:
             fut.set_result(result)
         self._after_reconcile.clear()

@@ -52,7 +52,7 @@ class Manifests(LoopState):
                 del self.slots[name]
                 self.metrics.forget(name)
                 self.demand.forget(name)
-                self._answer(name, "unknown", f"model {name!r} was removed from the manifests")
+                self.ondemand.answer(name, "unknown", f"model {name!r} was removed from the manifests")
                 self.state.forget(name)
             for name in d.added:
                 m = new[name]

@@ -1,9 +1,10 @@
 """The loop's state and the types its parts share: settings, a model's slot, a command's waiter.
 
 `Supervisor` (loop.py) is assembled from parts, one concern each: container events and
-probes (containers.py), control commands (commands.py), the gateway's requests and
-on-demand scheduling (ondemand.py). Each part is a class over `LoopState`, so every
-attribute the loop thread owns is declared once, here.
+probes (containers.py), control commands (commands.py), the manifests (manifests.py). Each
+part is a class over `LoopState`, so every attribute the loop thread owns is declared once,
+here. The gateway's requests are held by an `OnDemandScheduler` (ondemand.py), an object of
+its own.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from supervisor.control.api import CommandResult, MetricsSink, Notifier
-from supervisor.core.commands import Readiness, ReadinessCode
 from supervisor.core.demand import Demand
 from supervisor.core.events import Event
 from supervisor.core.lifecycle import Lifecycle, State, Transition
@@ -30,6 +30,8 @@ from supervisor.core.scheduler import Budget
 from supervisor.core.spec import DesiredModel
 from supervisor.core.status import ModelStatus
 from supervisor.daemon.executor import Executor
+if TYPE_CHECKING:
+    from supervisor.daemon.ondemand import OnDemandScheduler
 from supervisor.daemon.statefile import StateFile
 from supervisor.runtime import Runtime
 
@@ -96,7 +98,7 @@ class LoopState:
     _resync_now: bool
     _waiters: list[Waiter]
     _after_reconcile: list[tuple[Future[CommandResult], CommandResult]]   # Reload answers, sent after the next reconcile
-    _pending: dict[str, list[Future[Readiness]]]   # model -> gateway requests waiting for it, in arrival order
+    ondemand: OnDemandScheduler                 # the gateway's requests waiting for their model
     _load_desired: Callable[[], Mapping[str, DesiredModel]]
     manifests_ok: bool                          # no good set yet: plan nothing, remove nothing
     problems: list[str]                         # of the last failed manifest read
@@ -110,8 +112,6 @@ class LoopState:
     if TYPE_CHECKING:   # defined by one part or Supervisor (loop.py), called by others
         def _reload(self, *, apply: bool, origin: str) -> Diff | None: ...
         def _begin_shutdown(self, *, stop_models: bool) -> None: ...
-        def _answer(self, name: str, code: ReadinessCode, message: str) -> None: ...
-        def _answer_ready(self, routes: dict[str, Route]) -> None: ...
 
     def _endpoint(self, slot: Slot) -> tuple[str, int | None]:
         return endpoint(slot, self.cache)
