@@ -22,7 +22,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from typing import assert_never
 
 import structlog
@@ -43,7 +42,7 @@ from supervisor.core.events import (
 )
 from supervisor.core.lifecycle import State
 from supervisor.core.observed import ObservedContainer
-from supervisor.core.planner import UP, Want, plan
+from supervisor.core.planner import UP, Diff, Want, plan
 from supervisor.core.routing import Route
 from supervisor.core.scheduler import Budget
 from supervisor.core.spec import DesiredModel
@@ -55,7 +54,7 @@ from supervisor.artifacts.verify import Verifier
 from supervisor.daemon.manifests import Manifests
 from supervisor.daemon.ondemand import OnDemandScheduler
 from supervisor.daemon.reporting import MemorySampler, publish, remember_failures
-from supervisor.daemon.state import LoopSettings, ProbeSink, Slot, Waiter
+from supervisor.daemon.state import LoopSettings, ProbeSink, Slot
 from supervisor.daemon.statefile import StateFile
 from supervisor.errors import (
     DaemonSideError,
@@ -71,7 +70,7 @@ log = structlog.get_logger("supervisor.daemon")
 LoadDesired = Callable[[], Mapping[str, DesiredModel]]   # raises ManifestError (or another ConfigError)
 
 
-class Supervisor(Manifests, ContainerEvents, Commands):
+class Supervisor(Manifests, ContainerEvents):
     def __init__(
         self,
         *,
@@ -111,8 +110,7 @@ class Supervisor(Manifests, ContainerEvents, Commands):
         self.iterations = 0
         self._resync_at = 0.0
         self._resync_now = True
-        self._waiters: list[Waiter] = []
-        self._after_reconcile: list[tuple[Future[CommandResult], CommandResult]] = []
+        self.commands = Commands(settings.command_timeout_s)
         self._ready_sent = False
         self.ondemand = OnDemandScheduler(self.demand, budget, self.metrics)
         self._snapshot: tuple[ModelStatus, ...] = ()
@@ -189,7 +187,7 @@ class Supervisor(Manifests, ContainerEvents, Commands):
         now = self.clock()
         deadlines = [self._resync_at, now + self.settings.max_wait_s]
         deadlines += [d for s in self.slots.values() if (d := s.lc.next_deadline()) is not None]
-        deadlines += [w.deadline for w in self._waiters]
+        deadlines += self.commands.deadlines()
         if (idle := self.ondemand.idle_deadline(self.slots)) is not None:
             deadlines.append(idle)
         if self._resync_now:
@@ -207,7 +205,9 @@ class Supervisor(Manifests, ContainerEvents, Commands):
             case ManifestsChanged(origin=origin):
                 self._reload(apply=True, origin=origin)
             case ControlRequest(command=cmd, future=fut):
-                self._on_command(cmd, fut)
+                for t in self.commands.handle(cmd, fut, slots=self.slots, now=self.clock(),
+                                              reload=self._reload_for_command, shutdown=self._shutdown_requested):
+                    self._log_transition(t)
             case EnsureRunning():
                 self.ondemand.request(ev, known=ev.model in self.slots, stopping=self.stopping)
             case SignalReceived(signum=signum):
@@ -217,6 +217,13 @@ class Supervisor(Manifests, ContainerEvents, Commands):
                     self._resync_now = True
             case _:
                 assert_never(ev)
+
+    def _reload_for_command(self, apply: bool, origin: str) -> tuple[Diff | None, list[str]]:
+        d = self._reload(apply=apply, origin=origin)
+        return d, self.problems
+
+    def _shutdown_requested(self, stop_models: bool) -> None:
+        self._begin_shutdown(stop_models=stop_models)
 
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
@@ -257,14 +264,12 @@ class Supervisor(Manifests, ContainerEvents, Commands):
         if ran:
             self.metrics.reconcile(time.monotonic() - t0)
         self._send_probes(now)
-        self._check_waiters(now)
+        self.commands.check_waiters(self.slots, now)
         if not self._ready_sent:
             self._ready_sent = True
             self.notifier.ready()
             log.info("ready", models=len(self.slots))
-        for fut, result in self._after_reconcile:
-            fut.set_result(result)
-        self._after_reconcile.clear()
+        self.commands.answer_reloads()
 
     def _resync(self, now: float) -> None:
         self._resync_now = False
@@ -390,13 +395,9 @@ class Supervisor(Manifests, ContainerEvents, Commands):
 
     def _shutdown_steps(self) -> None:
         stop_models = getattr(self, "_stop_models_on_exit", self.settings.stop_models_on_exit)
-        for w in self._waiters:
-            w.future.set_result(CommandResult(ok=False, error="daemon shutting down"))
-        self._waiters.clear()
+        self.commands.fail_waiters("daemon shutting down")
         self.ondemand.answer_all("shutting_down", "the daemon is shutting down")
-        for fut, result in self._after_reconcile:
-            fut.set_result(result)
-        self._after_reconcile.clear()
+        self.commands.answer_reloads()
         while True:       # fail commands that arrived after the signal
             try:
                 ev = self.events.get_nowait()

@@ -1,10 +1,10 @@
 """The loop's state and the types its parts share: settings, a model's slot, a command's waiter.
 
 `Supervisor` (loop.py) is assembled from parts, one concern each: container events and
-probes (containers.py), control commands (commands.py), the manifests (manifests.py). Each
-part is a class over `LoopState`, so every attribute the loop thread owns is declared once,
-here. The gateway's requests are held by an `OnDemandScheduler` (ondemand.py), an object of
-its own.
+probes (containers.py) and the manifests (manifests.py) are classes over `LoopState`, so every
+attribute the loop thread owns is declared once, here. Control commands (`Commands`,
+commands.py) and the gateway's requests (`OnDemandScheduler`, ondemand.py) are objects of their
+own that hold their waiters and are given the slots.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from supervisor.core.demand import Demand
 from supervisor.core.events import Event
 from supervisor.core.lifecycle import Lifecycle, State, Transition
 from supervisor.core.observed import ObservedContainer
-from supervisor.core.planner import Diff
 from supervisor.core.routing import Route
 from supervisor.core.scheduler import Budget
 from supervisor.core.spec import DesiredModel
@@ -96,8 +95,6 @@ class LoopState:
     cache: dict[str, ObservedContainer]       # container ID -> what we last saw
     stopping: bool
     _resync_now: bool
-    _waiters: list[Waiter]
-    _after_reconcile: list[tuple[Future[CommandResult], CommandResult]]   # Reload answers, sent after the next reconcile
     ondemand: OnDemandScheduler                 # the gateway's requests waiting for their model
     _load_desired: Callable[[], Mapping[str, DesiredModel]]
     manifests_ok: bool                          # no good set yet: plan nothing, remove nothing
@@ -108,10 +105,6 @@ class LoopState:
     _routes: dict[str, Route]
     _snapshot_lock: threading.Lock
     published: threading.Event                 # set by the first _publish: the gateway holds requests until then
-
-    if TYPE_CHECKING:   # defined by one part or Supervisor (loop.py), called by others
-        def _reload(self, *, apply: bool, origin: str) -> Diff | None: ...
-        def _begin_shutdown(self, *, stop_models: bool) -> None: ...
 
     def _endpoint(self, slot: Slot) -> tuple[str, int | None]:
         return endpoint(slot, self.cache)
