@@ -7,10 +7,10 @@ status snapshot and the gateway's routes. Unchanged models get no Docker call: o
 resync (every ~30 s, or after the events stream reconnects) lists containers.
 
 This module holds the iteration, the reconcile and shutdown; the parts for the manifests
-(manifests.py), container events (containers.py), and commands (commands.py) are mixed in,
-all over the state declared in state.py; the gateway's requests go to an `OnDemandScheduler`
-(ondemand.py) that owns them, and what the loop publishes is computed by the pure
-`reporting.publish`.
+(manifests.py) and container events (containers.py) are mixed in, over the state declared
+in state.py; control commands go to `Commands` (commands.py) and the gateway's requests to an
+`OnDemandScheduler` (ondemand.py), objects that own their waiters, and what the loop publishes
+is computed by the pure `reporting.publish`.
 """
 
 from __future__ import annotations
