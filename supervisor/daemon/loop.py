@@ -7,10 +7,10 @@ status snapshot and the gateway's routes. Unchanged models get no Docker call: o
 resync (every ~30 s, or after the events stream reconnects) lists containers.
 
 This module holds the iteration, the reconcile and shutdown; the parts for the manifests
-(manifests.py) and container events (containers.py) are mixed in, over the state declared
-in state.py; control commands go to `Commands` (commands.py) and the gateway's requests to an
-`OnDemandScheduler` (ondemand.py), objects that own their waiters, and what the loop publishes
-is computed by the pure `reporting.publish`.
+(manifests.py) is mixed in, over the state declared in state.py; container events go to
+`ContainerEvents` (containers.py), control commands to `Commands` (commands.py) and the gateway's
+requests to an `OnDemandScheduler` (ondemand.py), objects that return the transitions for the
+loop to log, and what the loop publishes is computed by the pure `reporting.publish`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from supervisor.core.scheduler import Budget
 from supervisor.core.spec import DesiredModel
 from supervisor.core.status import ModelStatus
 from supervisor.daemon.commands import Commands
-from supervisor.daemon.containers import ContainerEvents, last_lines
+from supervisor.daemon.containers import ContainerEvents, Heard, last_lines
 from supervisor.daemon.executor import Executor
 from supervisor.artifacts.verify import Verifier
 from supervisor.daemon.manifests import Manifests
@@ -70,7 +70,7 @@ log = structlog.get_logger("supervisor.daemon")
 LoadDesired = Callable[[], Mapping[str, DesiredModel]]   # raises ManifestError (or another ConfigError)
 
 
-class Supervisor(Manifests, ContainerEvents):
+class Supervisor(Manifests):
     def __init__(
         self,
         *,
@@ -92,9 +92,9 @@ class Supervisor(Manifests, ContainerEvents):
         self.runtime = runtime
         self.executor = Executor(runtime, verifier, stop_timeout_s=settings.stop_timeout_s)
         self._load_desired = load_desired
-        self.prober = prober
+        self._prober = prober
         self.notifier = notifier or NullNotifier()
-        self.metrics = metrics or NullMetrics()
+        self._metrics = metrics or NullMetrics()
         self.clock = clock
         self.rng = rng or random.Random()
         self.settings = settings
@@ -112,13 +112,32 @@ class Supervisor(Manifests, ContainerEvents):
         self._resync_now = True
         self.commands = Commands(settings.command_timeout_s)
         self._ready_sent = False
-        self.ondemand = OnDemandScheduler(self.demand, budget, self.metrics)
+        self.ondemand = OnDemandScheduler(self.demand, budget, self._metrics)
+        self.containers = ContainerEvents(runtime, self._metrics, prober)
         self._snapshot: tuple[ModelStatus, ...] = ()
         self._routes: dict[str, Route] = {}
         self.memory = MemorySampler(runtime.memory_usage)
         self._snapshot_lock = threading.Lock()
-        self.published = threading.Event()
+        self.published = threading.Event()       # set by the first _publish: the gateway holds requests until then
         self.done = threading.Event()
+
+    # --- the sinks the parts report to (a test may swap one) ------------------------------------
+
+    @property
+    def metrics(self) -> MetricsSink:
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, metrics: MetricsSink) -> None:
+        self._metrics = self.ondemand.metrics = self.containers.metrics = metrics
+
+    @property
+    def prober(self) -> ProbeSink:
+        return self._prober
+
+    @prober.setter
+    def prober(self, prober: ProbeSink) -> None:
+        self._prober = self.containers.prober = prober
 
     # --- producers call these (any thread) ---------------------------------------------------
 
@@ -199,9 +218,9 @@ class Supervisor(Manifests, ContainerEvents):
     def _handle(self, ev: Event) -> None:
         match ev:
             case ContainerEvent():
-                self._on_container_event(ev)
+                self._heard(self.containers.on_event(ev, self.slots, self.cache, self.clock()))
             case ProbeResult():
-                self._on_probe(ev)
+                self._log_transition(self.containers.on_probe(ev, self.slots, self.clock()))
             case ManifestsChanged(origin=origin):
                 self._reload(apply=True, origin=origin)
             case ControlRequest(command=cmd, future=fut):
@@ -217,6 +236,12 @@ class Supervisor(Manifests, ContainerEvents):
                     self._resync_now = True
             case _:
                 assert_never(ev)
+
+    def _heard(self, heard: Heard) -> None:
+        if heard.resync:
+            self._resync_now = True
+        for t in heard.transitions:
+            self._log_transition(t)
 
     def _reload_for_command(self, apply: bool, origin: str) -> tuple[Diff | None, list[str]]:
         d = self._reload(apply=apply, origin=origin)
@@ -263,7 +288,7 @@ class Supervisor(Manifests, ContainerEvents):
             now = self.clock()
         if ran:
             self.metrics.reconcile(time.monotonic() - t0)
-        self._send_probes(now)
+        self.containers.send_probes(self.slots, self.cache, now)
         self.commands.check_waiters(self.slots, now)
         if not self._ready_sent:
             self._ready_sent = True
@@ -288,7 +313,8 @@ class Supervisor(Manifests, ContainerEvents):
             if lc.live and slot.container_id is not None:
                 c = self.cache.get(slot.container_id)
                 if c is None or c.status not in UP:
-                    self._refresh_exit(slot.container_id, now, event=None)   # an exit the events missed
+                    self._heard(self.containers.refresh_exit(slot.container_id, self.slots, self.cache, now,
+                                                             event=None))   # an exit the events missed
                 elif c.status == "paused":
                     self._log_transition(lc.hung(now, "container paused (hung): restart"))
             elif lc.state is State.STOPPED and (lc.enabled or slot.desired.serving.on_demand):

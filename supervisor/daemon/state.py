@@ -1,17 +1,15 @@
 """The loop's state and the types its parts share: settings, a model's slot, a command's waiter.
 
-`Supervisor` (loop.py) is assembled from parts, one concern each: container events and
-probes (containers.py) and the manifests (manifests.py) are classes over `LoopState`, so every
-attribute the loop thread owns is declared once, here. Control commands (`Commands`,
-commands.py) and the gateway's requests (`OnDemandScheduler`, ondemand.py) are objects of their
-own that hold their waiters and are given the slots.
+`Supervisor` (loop.py) composes parts, one concern each. Container events and probes
+(`ContainerEvents`, containers.py), control commands (`Commands`, commands.py) and the gateway's
+requests (`OnDemandScheduler`, ondemand.py) are objects: given the slots (and the container cache),
+they return the transitions for the loop to log. The manifests part (manifests.py) is still a class
+over `LoopState`, which declares only what it shares with the loop.
 """
 
 from __future__ import annotations
 
-import queue
 import random
-import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -21,18 +19,13 @@ import structlog
 
 from supervisor.control.api import CommandResult, MetricsSink, Notifier
 from supervisor.core.demand import Demand
-from supervisor.core.events import Event
 from supervisor.core.lifecycle import Lifecycle, State, Transition
 from supervisor.core.observed import ObservedContainer
-from supervisor.core.routing import Route
-from supervisor.core.scheduler import Budget
 from supervisor.core.spec import DesiredModel
-from supervisor.core.status import ModelStatus
-from supervisor.daemon.executor import Executor
+from supervisor.daemon.statefile import StateFile
+
 if TYPE_CHECKING:
     from supervisor.daemon.ondemand import OnDemandScheduler
-from supervisor.daemon.statefile import StateFile
-from supervisor.runtime import Runtime
 
 log = structlog.get_logger("supervisor.daemon")
 
@@ -78,33 +71,21 @@ def endpoint(slot: Slot, cache: Mapping[str, ObservedContainer]) -> tuple[str, i
 
 
 class LoopState:
-    """What the loop thread owns (assigned in Supervisor.__init__)."""
+    """What the parts mixed into Supervisor share (assigned in Supervisor.__init__)."""
 
-    events: queue.Queue[Event]
-    runtime: Runtime
-    executor: Executor
-    prober: ProbeSink
     notifier: Notifier
     metrics: MetricsSink
     clock: Callable[[], float]
     rng: random.Random
-    settings: LoopSettings
     demand: Demand
-    budget: Budget
     slots: dict[str, Slot]
     cache: dict[str, ObservedContainer]       # container ID -> what we last saw
-    stopping: bool
-    _resync_now: bool
     ondemand: OnDemandScheduler                 # the gateway's requests waiting for their model
     _load_desired: Callable[[], Mapping[str, DesiredModel]]
     manifests_ok: bool                          # no good set yet: plan nothing, remove nothing
     problems: list[str]                         # of the last failed manifest read
     state: StateFile                            # failure counts and FATAL across daemon restarts
     _ready_sent: bool
-    _snapshot: tuple[ModelStatus, ...]
-    _routes: dict[str, Route]
-    _snapshot_lock: threading.Lock
-    published: threading.Event                 # set by the first _publish: the gateway holds requests until then
 
     def _endpoint(self, slot: Slot) -> tuple[str, int | None]:
         return endpoint(slot, self.cache)
