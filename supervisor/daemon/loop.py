@@ -6,11 +6,12 @@ plans and applies the actions one model at a time, sends due probes and publishe
 status snapshot and the gateway's routes. Unchanged models get no Docker call: only a
 resync (every ~30 s, or after the events stream reconnects) lists containers.
 
-This module holds the iteration, the reconcile and shutdown; the parts for the manifests
-(manifests.py) is mixed in, over the state declared in state.py; container events go to
-`ContainerEvents` (containers.py), control commands to `Commands` (commands.py) and the gateway's
-requests to an `OnDemandScheduler` (ondemand.py), objects that return the transitions for the
-loop to log, and what the loop publishes is computed by the pure `reporting.publish`.
+This module holds the iteration, the reconcile and shutdown, and owns the slots and the
+container cache. Its parts are objects given them as inputs: the manifests (`Manifests`,
+manifests.py), container events (`ContainerEvents`, containers.py), control commands
+(`Commands`, commands.py) and the gateway's requests (`OnDemandScheduler`, ondemand.py); each
+returns the transitions for the loop to log. What the loop publishes is computed by the pure
+`reporting.publish`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import assert_never
 
 import structlog
@@ -40,21 +41,20 @@ from supervisor.core.events import (
     SignalReceived,
     Tick,
 )
-from supervisor.core.lifecycle import State
+from supervisor.core.lifecycle import State, Transition
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.planner import UP, Diff, Want, plan
 from supervisor.core.routing import Route
 from supervisor.core.scheduler import Budget
-from supervisor.core.spec import DesiredModel
 from supervisor.core.status import ModelStatus
 from supervisor.daemon.commands import Commands
 from supervisor.daemon.containers import ContainerEvents, Heard, last_lines
 from supervisor.daemon.executor import Executor
 from supervisor.artifacts.verify import Verifier
-from supervisor.daemon.manifests import Manifests
+from supervisor.daemon.manifests import LoadDesired, Manifests
 from supervisor.daemon.ondemand import OnDemandScheduler
 from supervisor.daemon.reporting import MemorySampler, publish, remember_failures
-from supervisor.daemon.state import LoopSettings, ProbeSink, Slot
+from supervisor.daemon.state import LoopSettings, ProbeSink, Slot, endpoint
 from supervisor.daemon.statefile import StateFile
 from supervisor.errors import (
     DaemonSideError,
@@ -67,10 +67,7 @@ from supervisor.runtime import Runtime
 
 log = structlog.get_logger("supervisor.daemon")
 
-LoadDesired = Callable[[], Mapping[str, DesiredModel]]   # raises ManifestError (or another ConfigError)
-
-
-class Supervisor(Manifests):
+class Supervisor:
     def __init__(
         self,
         *,
@@ -104,8 +101,7 @@ class Supervisor(Manifests):
 
         self.slots: dict[str, Slot] = {}
         self.cache: dict[str, ObservedContainer] = {}     # container ID -> what we last saw
-        self.manifests_ok = False                          # no good set yet: plan nothing, remove nothing
-        self.problems: list[str] = []                     # of the last failed manifest read
+        self.manifests = Manifests(load_desired)
         self.stopping = False
         self.iterations = 0
         self._resync_at = 0.0
@@ -138,6 +134,16 @@ class Supervisor(Manifests):
     @prober.setter
     def prober(self, prober: ProbeSink) -> None:
         self._prober = self.containers.prober = prober
+
+    @property
+    def manifests_ok(self) -> bool:
+        """A good set has been applied (until then: plan nothing, remove nothing)."""
+        return self.manifests.ok
+
+    @property
+    def problems(self) -> list[str]:
+        """Of the last failed manifest read."""
+        return self.manifests.problems
 
     # --- producers call these (any thread) ---------------------------------------------------
 
@@ -236,6 +242,28 @@ class Supervisor(Manifests):
                     self._resync_now = True
             case _:
                 assert_never(ev)
+
+    def _reload(self, *, apply: bool, origin: str) -> Diff | None:
+        if origin != "start":
+            self.notifier.reloading()
+        try:
+            self.notifier.watchdog()    # the read may take up to its deadline (half the watchdog): start it fresh
+            r = self.manifests.reload(self.slots, apply=apply, origin=origin, clock=self.clock, rng=self.rng,
+                                      state=self.state, metrics=self._metrics, forget=self._forget)
+            for t in r.transitions:
+                self._log_transition(t)
+            return r.diff
+        finally:
+            if origin != "start" and self._ready_sent:
+                self.notifier.ready()
+
+    def _forget(self, name: str) -> None:
+        """A model removed from the manifests: its metrics, request counts, waiting requests and
+        remembered failures go."""
+        self._metrics.forget(name)
+        self.demand.forget(name)
+        self.ondemand.answer(name, "unknown", f"model {name!r} was removed from the manifests")
+        self.state.forget(name)
 
     def _heard(self, heard: Heard) -> None:
         if heard.resync:
@@ -405,6 +433,20 @@ class Supervisor(Manifests):
             self._log_transition(slot.lc.container_exited(
                 self.clock(), exit_code=after.exit_code, oom_killed=after.oom_killed,
                 log_tail=last_lines(self.runtime.log_tail(after.id, lines=5), 3)))
+
+    def _log_transition(self, t: Transition | None) -> None:
+        if t is None:
+            return
+        slot = self.slots.get(t.model)
+        level = "warning" if t.to_state in (State.BACKOFF, State.FATAL, State.EXITED) else "info"
+        where = {}
+        if slot and t.to_state is State.RUNNING:     # tell the operator where the model answers
+            host, port = endpoint(slot, self.cache)
+            where["url"] = f"http://{host}:{port}"
+        getattr(log, level)("transition", model=t.model, reason=t.reason,
+                            container=(slot.container_id or "")[:12] if slot else "",
+                            **{"from": t.from_state.name, "to": t.to_state.name}, **where)
+        self.metrics.model_state(t.model, t.to_state.name)
 
     def _store(self, cid: str, after: ObservedContainer | None) -> None:
         if after is None:
