@@ -1,8 +1,9 @@
-"""The loop's part that executes control commands (start, stop, restart, reread, update, reload,
-shutdown) and answers their waiters when the models get there."""
+"""Control commands (start, stop, restart, reread, update, reload, shutdown): `Commands` runs them and
+answers their waiters when the models get there."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import assert_never
 
@@ -18,63 +19,85 @@ from supervisor.core.commands import (
     StopModels,
     Update,
 )
-from supervisor.core.lifecycle import State
+from supervisor.core.lifecycle import State, Transition
 from supervisor.core.planner import Diff
-from supervisor.daemon.state import LoopState, Waiter
+from supervisor.daemon.state import Slot, Waiter
 
 
-class Commands(LoopState):
-    def _names(self, names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        if "all" in names:
-            return tuple(sorted(self.slots)), ()
-        return tuple(n for n in names if n in self.slots), tuple(n for n in names if n not in self.slots)
+class Commands:
+    """Runs control commands on the slots it is given and holds their waiters until the models get
+    there (or the command times out). Reading the manifests and shutting down are the loop's: they
+    come in as `reload` and `shutdown`."""
 
-    def _on_command(self, cmd: Command, fut: Future[CommandResult]) -> None:
+    def __init__(self, command_timeout_s: float) -> None:
+        self._timeout_s = command_timeout_s
+        self._waiters: list[Waiter] = []
+        self._after_reconcile: list[tuple[Future[CommandResult], CommandResult]] = []   # Reload answers
+
+    def deadlines(self) -> list[float]:
+        """When waiters give up (the loop wakes then)."""
+        return [w.deadline for w in self._waiters]
+
+    def handle(
+        self,
+        cmd: Command,
+        fut: Future[CommandResult],
+        *,
+        slots: Mapping[str, Slot],
+        now: float,
+        reload: Callable[[bool, str], tuple[Diff | None, list[str]]],
+        shutdown: Callable[[bool], None],
+    ) -> list[Transition]:
+        """Run `cmd`; returns the lifecycles' transitions, in the order they happened. `reload(apply,
+        origin)` reads the manifests (the diff, or None and the problems); `shutdown(stop_models)`."""
+        out: list[Transition] = []
+
+        def did(t: Transition | None) -> None:
+            if t is not None:
+                out.append(t)
+
         if not fut.set_running_or_notify_cancel():
-            return
-        now = self.clock()
+            return out
         match cmd:
             case StartModels(names=names, wait=wait) | RestartModels(names=names, wait=wait):
-                known, unknown = self._names(names)
+                known, unknown = _names(names, slots)
                 for n in known:
-                    lc = self.slots[n].lc
+                    lc = slots[n].lc
                     if isinstance(cmd, RestartModels) and lc.live:
-                        self._log_transition(lc.stop_requested(now, disable=False, reason="restart requested"))
+                        did(lc.stop_requested(now, disable=False, reason="restart requested"))
                     else:
-                        self._log_transition(lc.start_requested(now))
+                        did(lc.start_requested(now))
                 if wait and known:
-                    self._waiters.append(Waiter("start", known, fut, now + self.settings.command_timeout_s,
-                                                unknown))
+                    self._waiters.append(Waiter("start", known, fut, now + self._timeout_s, unknown))
                 else:
                     fut.set_result(CommandResult(ok=not unknown, results=tuple(
                         ModelResult(n, True, "starting") for n in known), unknown=unknown))
             case StopModels(names=names):
-                known, unknown = self._names(names)
+                known, unknown = _names(names, slots)
                 for n in known:
-                    self._log_transition(self.slots[n].lc.stop_requested(now))
-                self._waiters.append(Waiter("stop", known, fut, now + self.settings.command_timeout_s, unknown))
+                    did(slots[n].lc.stop_requested(now))
+                self._waiters.append(Waiter("stop", known, fut, now + self._timeout_s, unknown))
             case Reread():
-                d = self._reload(apply=False, origin="reread")
-                fut.set_result(_diff_result(d, self.problems))
+                fut.set_result(_diff_result(*reload(False, "reread")))
             case Update():
-                d = self._reload(apply=True, origin="update")
-                fut.set_result(_diff_result(d, self.problems))
+                fut.set_result(_diff_result(*reload(True, "update")))
             case Reload():
-                d = self._reload(apply=True, origin="reload")
-                self._after_reconcile.append((fut, _diff_result(d, self.problems)))
+                self._after_reconcile.append((fut, _diff_result(*reload(True, "reload"))))
             case Shutdown(stop_models=stop_models):
-                self._begin_shutdown(stop_models=stop_models)
+                shutdown(stop_models)
                 fut.set_result(CommandResult(ok=True))
             case _:
                 assert_never(cmd)
+        return out
 
-    def _check_waiters(self, now: float) -> None:
+    def check_waiters(self, slots: Mapping[str, Slot], now: float) -> None:
+        """Answer the waiters whose models got there, or whose time ran out."""
         keep: list[Waiter] = []
         for w in self._waiters:
             results: list[ModelResult] = []
             pending = False
             for n in w.names:
-                slot = self.slots.get(n)
+                slot = slots.get(n)
                 if slot is None:
                     results.append(ModelResult(n, False, "disappeared from the manifests"))
                     continue
@@ -99,6 +122,23 @@ class Commands(LoopState):
             w.future.set_result(CommandResult(ok=all(r.ok for r in results) and not w.unknown,
                                               results=tuple(results), unknown=w.unknown))
         self._waiters = keep
+
+    def answer_reloads(self) -> None:
+        """After a reconcile: answer the reloads (their models have been planned for)."""
+        for fut, result in self._after_reconcile:
+            fut.set_result(result)
+        self._after_reconcile.clear()
+
+    def fail_waiters(self, error: str) -> None:
+        for w in self._waiters:
+            w.future.set_result(CommandResult(ok=False, error=error))
+        self._waiters.clear()
+
+
+def _names(names: tuple[str, ...], slots: Mapping[str, Slot]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if "all" in names:
+        return tuple(sorted(slots)), ()
+    return tuple(n for n in names if n in slots), tuple(n for n in names if n not in slots)
 
 
 def _diff_result(d: Diff | None, problems: list[str]) -> CommandResult:

@@ -6,10 +6,12 @@ plans and applies the actions one model at a time, sends due probes and publishe
 status snapshot and the gateway's routes. Unchanged models get no Docker call: only a
 resync (every ~30 s, or after the events stream reconnects) lists containers.
 
-This module holds the iteration, the reconcile and shutdown; the parts for the manifests
-(manifests.py), container events (containers.py), commands (commands.py), the gateway's
-requests (ondemand.py) and reporting (reporting.py) are mixed in, all over the state
-declared in state.py.
+This module holds the iteration, the reconcile and shutdown, and owns the slots and the
+container cache. Its parts are objects given them as inputs: the manifests (`Manifests`,
+manifests.py), container events (`ContainerEvents`, containers.py), control commands
+(`Commands`, commands.py) and the gateway's requests (`OnDemandScheduler`, ondemand.py); each
+returns the transitions for the loop to log. What the loop publishes is computed by the pure
+`reporting.publish`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from collections.abc import Callable
 from typing import assert_never
 
 import structlog
@@ -40,21 +41,20 @@ from supervisor.core.events import (
     SignalReceived,
     Tick,
 )
-from supervisor.core.lifecycle import State
+from supervisor.core.lifecycle import State, Transition
 from supervisor.core.observed import ObservedContainer
-from supervisor.core.planner import UP, Want, plan
+from supervisor.core.planner import UP, Diff, Want, plan
 from supervisor.core.routing import Route
 from supervisor.core.scheduler import Budget
-from supervisor.core.spec import DesiredModel
 from supervisor.core.status import ModelStatus
 from supervisor.daemon.commands import Commands
-from supervisor.daemon.containers import ContainerEvents, _last_lines
+from supervisor.daemon.containers import ContainerEvents, Heard, last_lines
 from supervisor.daemon.executor import Executor
 from supervisor.artifacts.verify import Verifier
-from supervisor.daemon.manifests import Manifests
-from supervisor.daemon.ondemand import OnDemand
-from supervisor.daemon.reporting import Reporting
-from supervisor.daemon.state import LoopSettings, ProbeSink, Slot, Waiter
+from supervisor.daemon.manifests import LoadDesired, Manifests
+from supervisor.daemon.ondemand import OnDemandScheduler
+from supervisor.daemon.reporting import MemorySampler, publish, remember_failures
+from supervisor.daemon.state import LoopSettings, ProbeSink, Slot, endpoint
 from supervisor.daemon.statefile import StateFile
 from supervisor.errors import (
     DaemonSideError,
@@ -67,10 +67,7 @@ from supervisor.runtime import Runtime
 
 log = structlog.get_logger("supervisor.daemon")
 
-LoadDesired = Callable[[], Mapping[str, DesiredModel]]   # raises ManifestError (or another ConfigError)
-
-
-class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
+class Supervisor:
     def __init__(
         self,
         *,
@@ -92,9 +89,9 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
         self.runtime = runtime
         self.executor = Executor(runtime, verifier, stop_timeout_s=settings.stop_timeout_s)
         self._load_desired = load_desired
-        self.prober = prober
+        self._prober = prober
         self.notifier = notifier or NullNotifier()
-        self.metrics = metrics or NullMetrics()
+        self._metrics = metrics or NullMetrics()
         self.clock = clock
         self.rng = rng or random.Random()
         self.settings = settings
@@ -104,22 +101,49 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
 
         self.slots: dict[str, Slot] = {}
         self.cache: dict[str, ObservedContainer] = {}     # container ID -> what we last saw
-        self.manifests_ok = False                          # no good set yet: plan nothing, remove nothing
-        self.problems: list[str] = []                     # of the last failed manifest read
+        self.manifests = Manifests(load_desired)
         self.stopping = False
         self.iterations = 0
         self._resync_at = 0.0
         self._resync_now = True
-        self._waiters: list[Waiter] = []
-        self._after_reconcile: list[tuple[Future[CommandResult], CommandResult]] = []
+        self.commands = Commands(settings.command_timeout_s)
         self._ready_sent = False
-        self._pending: dict[str, list[Future[Readiness]]] = {}
+        self.ondemand = OnDemandScheduler(self.demand, budget, self._metrics)
+        self.containers = ContainerEvents(runtime, self._metrics, prober)
         self._snapshot: tuple[ModelStatus, ...] = ()
         self._routes: dict[str, Route] = {}
-        self._memory_seen: dict[str, tuple[float, int | None]] = {}   # model -> (when sampled, bytes)
+        self.memory = MemorySampler(runtime.memory_usage)
         self._snapshot_lock = threading.Lock()
-        self.published = threading.Event()
+        self.published = threading.Event()       # set by the first _publish: the gateway holds requests until then
         self.done = threading.Event()
+
+    # --- the sinks the parts report to (a test may swap one) ------------------------------------
+
+    @property
+    def metrics(self) -> MetricsSink:
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, metrics: MetricsSink) -> None:
+        self._metrics = self.ondemand.metrics = self.containers.metrics = metrics
+
+    @property
+    def prober(self) -> ProbeSink:
+        return self._prober
+
+    @prober.setter
+    def prober(self, prober: ProbeSink) -> None:
+        self._prober = self.containers.prober = prober
+
+    @property
+    def manifests_ok(self) -> bool:
+        """A good set has been applied (until then: plan nothing, remove nothing)."""
+        return self.manifests.ok
+
+    @property
+    def problems(self) -> list[str]:
+        """Of the last failed manifest read."""
+        return self.manifests.problems
 
     # --- producers call these (any thread) ---------------------------------------------------
 
@@ -165,16 +189,31 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
                 return
         self._reconcile()
         self._publish()
-        self._remember_failures()
+        remember_failures(self.slots, self.state)
         self.notifier.watchdog()
         self.iterations += 1
+
+    def _publish(self) -> None:
+        """Publish the snapshot and the routes (the gateway reads them), then let the requests whose
+        model is RUNNING go ahead."""
+        now = self.clock()
+        snap, table = publish(self.slots, self.cache, self.demand.usage, self.memory.sample(self.slots, now), now)
+        with self._snapshot_lock:
+            changed = snap != self._snapshot
+            self._snapshot = snap
+            self._routes = table
+        self.published.set()
+        self.ondemand.answer_ready(table)
+        if changed:
+            running = sum(1 for s in snap if s.state == State.RUNNING.name)
+            self.notifier.status(f"{running}/{len(snap)} models running")
 
     def _wait_s(self) -> float:
         now = self.clock()
         deadlines = [self._resync_at, now + self.settings.max_wait_s]
         deadlines += [d for s in self.slots.values() if (d := s.lc.next_deadline()) is not None]
-        deadlines += [w.deadline for w in self._waiters]
-        if (idle := self._idle_deadline(now)) is not None:
+        deadlines += self.commands.deadlines()
+        if (idle := self.ondemand.idle_deadline(self.slots)) is not None:
             deadlines.append(idle)
         if self._resync_now:
             return 0.0
@@ -185,15 +224,17 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
     def _handle(self, ev: Event) -> None:
         match ev:
             case ContainerEvent():
-                self._on_container_event(ev)
+                self._heard(self.containers.on_event(ev, self.slots, self.cache, self.clock()))
             case ProbeResult():
-                self._on_probe(ev)
+                self._log_transition(self.containers.on_probe(ev, self.slots, self.clock()))
             case ManifestsChanged(origin=origin):
                 self._reload(apply=True, origin=origin)
             case ControlRequest(command=cmd, future=fut):
-                self._on_command(cmd, fut)
+                for t in self.commands.handle(cmd, fut, slots=self.slots, now=self.clock(),
+                                              reload=self._reload_for_command, shutdown=self._shutdown_requested):
+                    self._log_transition(t)
             case EnsureRunning():
-                self._on_ensure(ev)
+                self.ondemand.request(ev, known=ev.model in self.slots, stopping=self.stopping)
             case SignalReceived(signum=signum):
                 self._on_signal(signum)
             case Tick(resync=resync):
@@ -201,6 +242,41 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
                     self._resync_now = True
             case _:
                 assert_never(ev)
+
+    def _reload(self, *, apply: bool, origin: str) -> Diff | None:
+        if origin != "start":
+            self.notifier.reloading()
+        try:
+            self.notifier.watchdog()    # the read may take up to its deadline (half the watchdog): start it fresh
+            r = self.manifests.reload(self.slots, apply=apply, origin=origin, clock=self.clock, rng=self.rng,
+                                      state=self.state, metrics=self._metrics, forget=self._forget)
+            for t in r.transitions:
+                self._log_transition(t)
+            return r.diff
+        finally:
+            if origin != "start" and self._ready_sent:
+                self.notifier.ready()
+
+    def _forget(self, name: str) -> None:
+        """A model removed from the manifests: its metrics, request counts, waiting requests and
+        remembered failures go."""
+        self._metrics.forget(name)
+        self.demand.forget(name)
+        self.ondemand.answer(name, "unknown", f"model {name!r} was removed from the manifests")
+        self.state.forget(name)
+
+    def _heard(self, heard: Heard) -> None:
+        if heard.resync:
+            self._resync_now = True
+        for t in heard.transitions:
+            self._log_transition(t)
+
+    def _reload_for_command(self, apply: bool, origin: str) -> tuple[Diff | None, list[str]]:
+        d = self._reload(apply=apply, origin=origin)
+        return d, self.problems
+
+    def _shutdown_requested(self, stop_models: bool) -> None:
+        self._begin_shutdown(stop_models=stop_models)
 
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
@@ -226,7 +302,8 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
             self._log_transition(slot.lc.tick(now))
         ran = False
         for _ in range(3):          # a stop that makes a restart possible plans again at once
-            self._schedule(now)     # on-demand starts, evictions, idle stops
+            for t in self.ondemand.schedule(self.slots, now):   # on-demand starts, evictions, idle stops
+                self._log_transition(t)
             if self._resync_now:
                 # An action failed part-way (a recreate that removed the old container, then
                 # failed to create or start): plan from what the engine has, not the stale cache.
@@ -239,15 +316,13 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
             now = self.clock()
         if ran:
             self.metrics.reconcile(time.monotonic() - t0)
-        self._send_probes(now)
-        self._check_waiters(now)
+        self.containers.send_probes(self.slots, self.cache, now)
+        self.commands.check_waiters(self.slots, now)
         if not self._ready_sent:
             self._ready_sent = True
             self.notifier.ready()
             log.info("ready", models=len(self.slots))
-        for fut, result in self._after_reconcile:
-            fut.set_result(result)
-        self._after_reconcile.clear()
+        self.commands.answer_reloads()
 
     def _resync(self, now: float) -> None:
         self._resync_now = False
@@ -266,7 +341,8 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
             if lc.live and slot.container_id is not None:
                 c = self.cache.get(slot.container_id)
                 if c is None or c.status not in UP:
-                    self._refresh_exit(slot.container_id, now, event=None)   # an exit the events missed
+                    self._heard(self.containers.refresh_exit(slot.container_id, self.slots, self.cache, now,
+                                                             event=None))   # an exit the events missed
                 elif c.status == "paused":
                     self._log_transition(lc.hung(now, "container paused (hung): restart"))
             elif lc.state is State.STOPPED and (lc.enabled or slot.desired.serving.on_demand):
@@ -356,7 +432,21 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
         if after.status not in UP:
             self._log_transition(slot.lc.container_exited(
                 self.clock(), exit_code=after.exit_code, oom_killed=after.oom_killed,
-                log_tail=_last_lines(self.runtime.log_tail(after.id, lines=5), 3)))
+                log_tail=last_lines(self.runtime.log_tail(after.id, lines=5), 3)))
+
+    def _log_transition(self, t: Transition | None) -> None:
+        if t is None:
+            return
+        slot = self.slots.get(t.model)
+        level = "warning" if t.to_state in (State.BACKOFF, State.FATAL, State.EXITED) else "info"
+        where = {}
+        if slot and t.to_state is State.RUNNING:     # tell the operator where the model answers
+            host, port = endpoint(slot, self.cache)
+            where["url"] = f"http://{host}:{port}"
+        getattr(log, level)("transition", model=t.model, reason=t.reason,
+                            container=(slot.container_id or "")[:12] if slot else "",
+                            **{"from": t.from_state.name, "to": t.to_state.name}, **where)
+        self.metrics.model_state(t.model, t.to_state.name)
 
     def _store(self, cid: str, after: ObservedContainer | None) -> None:
         if after is None:
@@ -373,13 +463,9 @@ class Supervisor(Manifests, ContainerEvents, Commands, OnDemand, Reporting):
 
     def _shutdown_steps(self) -> None:
         stop_models = getattr(self, "_stop_models_on_exit", self.settings.stop_models_on_exit)
-        for w in self._waiters:
-            w.future.set_result(CommandResult(ok=False, error="daemon shutting down"))
-        self._waiters.clear()
-        self._answer_all("shutting_down", "the daemon is shutting down")
-        for fut, result in self._after_reconcile:
-            fut.set_result(result)
-        self._after_reconcile.clear()
+        self.commands.fail_waiters("daemon shutting down")
+        self.ondemand.answer_all("shutting_down", "the daemon is shutting down")
+        self.commands.answer_reloads()
         while True:       # fail commands that arrived after the signal
             try:
                 ev = self.events.get_nowait()

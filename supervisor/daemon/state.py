@@ -1,40 +1,23 @@
-"""The loop's state and the types its parts share: settings, a model's slot, a command's waiter.
+"""The types the loop's parts share: settings, a model's slot, a command's waiter, a model's endpoint.
 
-`Supervisor` (loop.py) is assembled from parts, one concern each: container events and
-probes (containers.py), control commands (commands.py), the gateway's requests and
-on-demand scheduling (ondemand.py). Each part is a class over `LoopState`, so every
-attribute the loop thread owns is declared once, here.
+`Supervisor` (loop.py) owns the slots and composes parts, one concern each, as objects: the
+manifests (`Manifests`, manifests.py), container events and probes (`ContainerEvents`,
+containers.py), control commands (`Commands`, commands.py) and the gateway's requests
+(`OnDemandScheduler`, ondemand.py). Each is given the slots (and the container cache) and returns
+the transitions for the loop to log; what the loop publishes is `reporting.publish`.
 """
 
 from __future__ import annotations
 
-import queue
-import random
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-import structlog
-
-from supervisor.control.api import CommandResult, MetricsSink, Notifier
-from supervisor.core.commands import Readiness, ReadinessCode
-from supervisor.core.demand import Demand
-from supervisor.core.events import Event
-from supervisor.core.lifecycle import Lifecycle, State, Transition
+from supervisor.control.api import CommandResult
+from supervisor.core.lifecycle import Lifecycle
 from supervisor.core.observed import ObservedContainer
-from supervisor.core.planner import Diff
-from supervisor.core.routing import Route
-from supervisor.core.scheduler import Budget
 from supervisor.core.spec import DesiredModel
-from supervisor.core.status import ModelStatus
-from supervisor.daemon.executor import Executor
-from supervisor.daemon.statefile import StateFile
-from supervisor.runtime import Runtime
-
-log = structlog.get_logger("supervisor.daemon")
-
 
 class ProbeSink(Protocol):
     def submit(self, model: str, container_id: str, *, host_ip: str, port: int, timeout_s: float) -> bool: ...
@@ -66,63 +49,11 @@ class Waiter:
     attempted: set[str] = field(default_factory=set)
 
 
-class LoopState:
-    """What the loop thread owns (assigned in Supervisor.__init__)."""
-
-    events: queue.Queue[Event]
-    runtime: Runtime
-    executor: Executor
-    prober: ProbeSink
-    notifier: Notifier
-    metrics: MetricsSink
-    clock: Callable[[], float]
-    rng: random.Random
-    settings: LoopSettings
-    demand: Demand
-    budget: Budget
-    slots: dict[str, Slot]
-    cache: dict[str, ObservedContainer]       # container ID -> what we last saw
-    stopping: bool
-    _resync_now: bool
-    _waiters: list[Waiter]
-    _after_reconcile: list[tuple[Future[CommandResult], CommandResult]]   # Reload answers, sent after the next reconcile
-    _pending: dict[str, list[Future[Readiness]]]   # model -> gateway requests waiting for it, in arrival order
-    _load_desired: Callable[[], Mapping[str, DesiredModel]]
-    manifests_ok: bool                          # no good set yet: plan nothing, remove nothing
-    problems: list[str]                         # of the last failed manifest read
-    state: StateFile                            # failure counts and FATAL across daemon restarts
-    _ready_sent: bool
-    _snapshot: tuple[ModelStatus, ...]
-    _routes: dict[str, Route]
-    _memory_seen: dict[str, tuple[float, int | None]]   # model -> (when sampled, bytes)
-    _snapshot_lock: threading.Lock
-    published: threading.Event                 # set by the first _publish: the gateway holds requests until then
-
-    if TYPE_CHECKING:   # defined by one part or Supervisor (loop.py), called by others
-        def _reload(self, *, apply: bool, origin: str) -> Diff | None: ...
-        def _begin_shutdown(self, *, stop_models: bool) -> None: ...
-        def _answer(self, name: str, code: ReadinessCode, message: str) -> None: ...
-        def _answer_ready(self, routes: dict[str, Route]) -> None: ...
-
-    def _endpoint(self, slot: Slot) -> tuple[str, int | None]:
-        """Where the model answers: its published address, and the port bound now (the engine's pick
-        when the manifest gave none)."""
-        spec = slot.desired.spec
-        host = "127.0.0.1" if spec.host_ip in ("", "0.0.0.0") else spec.host_ip
-        c = self.cache.get(slot.container_id) if slot.container_id else None
-        port = c.host_port if c is not None and c.host_port else (spec.host_port or None)
-        return host, port
-
-    def _log_transition(self, t: Transition | None) -> None:
-        if t is None:
-            return
-        slot = self.slots.get(t.model)
-        level = "warning" if t.to_state in (State.BACKOFF, State.FATAL, State.EXITED) else "info"
-        where = {}
-        if slot and t.to_state is State.RUNNING:     # tell the operator where the model answers
-            host, port = self._endpoint(slot)
-            where["url"] = f"http://{host}:{port}"
-        getattr(log, level)("transition", model=t.model, reason=t.reason,
-                            container=(slot.container_id or "")[:12] if slot else "",
-                            **{"from": t.from_state.name, "to": t.to_state.name}, **where)
-        self.metrics.model_state(t.model, t.to_state.name)
+def endpoint(slot: Slot, cache: Mapping[str, ObservedContainer]) -> tuple[str, int | None]:
+    """Where the model answers: its published address, and the port bound now (the engine's pick
+    when the manifest gave none)."""
+    spec = slot.desired.spec
+    host = "127.0.0.1" if spec.host_ip in ("", "0.0.0.0") else spec.host_ip
+    c = cache.get(slot.container_id) if slot.container_id else None
+    port = c.host_port if c is not None and c.host_port else (spec.host_port or None)
+    return host, port

@@ -94,7 +94,7 @@ def test_an_unknown_name_is_answered_with_the_name_and_a_cancelled_request_is_dr
         gone.cancel()                                   # the client left before the loop saw it
         r.step(EnsureRunning(model, gone))
         assert gone.cancelled()
-    assert r.state("a") is State.STOPPED and not r.sup._pending
+    assert r.state("a") is State.STOPPED and not r.sup.ondemand.pending
 
 
 def test_requests_still_waiting_at_shutdown_are_answered_for_every_model() -> None:
@@ -181,22 +181,22 @@ def test_the_loop_wakes_at_the_earliest_idle_deadline_of_running_unused_on_deman
     r.healthy("fixed")
     t0 = r.clock()
     assert r.demand.enter("busy") and r.demand.wait_begin("queued", limit=4)
-    assert r.sup._idle_deadline(t0) == t0 + 30.0, "busy, queued, stopped and always-on models have no TTL"
+    assert r.sup.ondemand.idle_deadline(r.sup.slots) == t0 + 30.0, "busy, queued, stopped and always-on models have no TTL"
     assert r.demand.enter("a")
-    assert r.sup._idle_deadline(t0) == t0 + 100.0
+    assert r.sup.ondemand.idle_deadline(r.sup.slots) == t0 + 100.0
     r.clock.advance(10)
     r.demand.leave("a")                                 # a's TTL runs from the end of its request
     r.demand.forget("b")                                # no use recorded: counted from when it became RUNNING
-    assert r.sup._idle_deadline(r.clock()) == t0 + 10.0 + 30.0
+    assert r.sup.ondemand.idle_deadline(r.sup.slots) == t0 + 10.0 + 30.0
     assert r.demand.enter("a")
-    assert r.sup._idle_deadline(r.clock()) == r.sup.slots["b"].lc.since + 100.0
+    assert r.sup.ondemand.idle_deadline(r.sup.slots) == r.sup.slots["b"].lc.since + 100.0
     r.demand.leave("busy"), r.demand.wait_end("queued"), r.demand.leave("a")
 
 
 def test_no_idle_deadline_without_a_running_on_demand_model() -> None:
     r = Rig([od("a"), od("fixed", ttl=1.0, lifecycle=LoadPolicy.ALWAYS)])
     r.healthy("fixed")
-    assert r.sup._idle_deadline(r.clock()) is None
+    assert r.sup.ondemand.idle_deadline(r.sup.slots) is None
 
 
 def test_a_model_with_a_request_in_flight_is_not_the_one_evicted_even_if_least_recently_used() -> None:

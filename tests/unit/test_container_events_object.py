@@ -1,0 +1,52 @@
+"""The loop's container part on its own: an event, the slots and the cache in; transitions and a resync out."""
+
+from __future__ import annotations
+
+import random
+
+from supervisor.control.api import NullMetrics
+from supervisor.core.events import ContainerAction, ContainerEvent
+from supervisor.core.lifecycle import Lifecycle, ProbeOutcome, State
+from supervisor.core.observed import ObservedContainer
+from supervisor.daemon.containers import ContainerEvents, Heard
+from supervisor.daemon.state import Slot
+
+from .fakes import FakeProber, FakeRuntime
+from .helpers import desired, observed
+
+
+def running(name: str, cid: str) -> Slot:
+    d = desired(name)
+    lc = Lifecycle(name, health=d.health, restart=d.restart, rng=random.Random(1))
+    lc.start_attempt(0.0)
+    lc.container_started(0.0)
+    lc.probe(0.0, ProbeOutcome.OK)
+    assert lc.state is State.RUNNING
+    return Slot(d, lc, container_id=cid)
+
+
+def test_a_container_started_by_someone_else_asks_for_a_resync() -> None:
+    parts = ContainerEvents(FakeRuntime(), NullMetrics(), FakeProber())
+    heard = parts.on_event(ContainerEvent(ContainerAction.START, "c-x", "x"), {}, {}, 0.0)
+    assert heard == Heard(resync=True)
+
+
+def test_a_removed_container_is_an_exit_and_the_slot_forgets_it() -> None:
+    slots = {"m": running("m", "c-m")}
+    cache: dict[str, ObservedContainer] = {"c-m": observed("m", cid="c-m")}
+    runtime = FakeRuntime()                     # the engine no longer has it
+    heard = ContainerEvents(runtime, NullMetrics(), FakeProber()).on_event(
+        ContainerEvent(ContainerAction.DIE, "c-m", "m", exit_code=137), slots, cache, 5.0)
+    [t] = heard.transitions
+    assert (t.model, t.from_state, t.to_state, heard.resync) == ("m", State.RUNNING, State.BACKOFF, False)
+    assert slots["m"].container_id is None and cache == {} and runtime.calls == [("inspect", "c-m")]
+
+
+def test_a_pause_marks_the_cache_and_restarts_the_model() -> None:
+    slots = {"m": running("m", "c-m")}
+    cache = {"c-m": observed("m", cid="c-m")}
+    heard = ContainerEvents(FakeRuntime(), NullMetrics(), FakeProber()).on_event(
+        ContainerEvent(ContainerAction.PAUSE, "c-m", "m"), slots, cache, 5.0)
+    assert cache["c-m"].status == "paused"
+    [t] = heard.transitions
+    assert t.reason.startswith("container paused (hung): restart") and t.to_state is State.BACKOFF
