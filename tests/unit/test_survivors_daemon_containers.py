@@ -292,25 +292,3 @@ def test_an_accepted_probe_is_not_sent_again_before_due() -> None:
     n = len(h.prober.sent)
     h.step()
     assert n >= 1 and len(h.prober.sent) == n
-
-
-def test_no_probe_while_stopping() -> None:
-    from concurrent.futures import Future
-
-    from supervisor.control.api import CommandResult, StopModels
-    from supervisor.core.events import ControlRequest
-
-    class SlowStop(FakeRuntime):
-        def stop(self, container_id: str, *, timeout_s: float) -> None:
-            self._call("stop", container_id)      # still running afterwards: stays STOPPING
-
-    h = Harness([desired("a")], runtime=SlowStop())
-    h.step()
-    h.healthy("a")
-    fut: Future[CommandResult] = Future()
-    h.step(ControlRequest(StopModels(("a",)), fut))
-    if h.state("a") is State.STOPPING:
-        n = len(h.prober.sent)
-        h.clock.advance(30)
-        h.step()
-        assert len(h.prober.sent) == n
