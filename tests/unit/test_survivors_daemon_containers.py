@@ -5,12 +5,16 @@ runtime, the fake clock and a recording metrics sink: mutants of supervisor/daem
 from __future__ import annotations
 
 import time
+from collections.abc import MutableMapping
+from typing import Any
+from dataclasses import replace
 
 from structlog.testing import capture_logs
 
+from supervisor.control.api import NullMetrics
 from supervisor.core.events import ContainerAction, ContainerEvent, ProbeResult
 from supervisor.core.lifecycle import ProbeOutcome, State
-from supervisor.core.spec import HealthPolicy
+from supervisor.core.spec import ContainerSpec, HealthPolicy
 from supervisor.errors import RuntimeOperationError
 
 from .fakes import FakeProber, FakeRuntime
@@ -18,7 +22,7 @@ from .helpers import desired
 from .test_loop import Harness
 
 
-class RecordingMetrics:
+class RecordingMetrics(NullMetrics):
     """The MetricsSink calls the container side makes, as tuples; the rest are ignored."""
 
     def __init__(self) -> None:
@@ -30,9 +34,6 @@ class RecordingMetrics:
 
     def probe(self, model: str, latency_s: float, ok: bool) -> None:
         self.probes.append((model, latency_s, ok))
-
-    def __getattr__(self, name: str) -> object:
-        return lambda *a, **k: None
 
 
 class TailRuntime(FakeRuntime):
@@ -64,7 +65,7 @@ def running(models: list[str] | None = None, *, runtime: FakeRuntime | None = No
     return h, m
 
 
-def transitions(logs: list[dict[str, object]]) -> list[dict[str, object]]:
+def transitions(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
     return [e for e in logs if e["event"] == "transition"]
 
 
@@ -111,9 +112,9 @@ def test_detection_delay_is_logged_in_ms_from_the_event_time() -> None:
     cid = h.cid("a")
     h.runtime.crash(cid, 1)
     with capture_logs() as logs:
-        h.step(ContainerEvent(ContainerAction.DIE, cid, "a", exit_code=1, time_ns=time.time_ns() - 5_000_000_000))
+        h.step(ContainerEvent(ContainerAction.DIE, cid, "a", exit_code=1, time_ns=time.time_ns() - 1000 * 10**9))
     ms = [e for e in logs if e["event"] == "container exited"][0]["detected_after_ms"]
-    assert isinstance(ms, int) and 5_000 <= ms < 60_000
+    assert isinstance(ms, int) and 1_000_000 <= ms < 1_060_000
 
 
 def test_event_time_in_the_future_logs_zero_delay() -> None:
@@ -147,7 +148,7 @@ def test_destroyed_container_clears_the_slot_and_tells_the_lifecycle() -> None:
     assert m.exits[0] == ("a", 9, False)
     tr = transitions(logs)
     assert (tr[0]["from"], tr[0]["to"]) == ("RUNNING", "EXITED")
-    assert "exited with code 9" in str(tr[0]["reason"]) and "container was removed" in str(tr[0]["reason"])
+    assert str(tr[0]["reason"]).startswith("exited with code 9; last log: container was removed")
     assert h.sup.slots["a"].container_id != cid          # a new one was created in its place
     assert "create" in h.runtime.ops()
 
@@ -173,6 +174,7 @@ def test_inspect_failure_logs_and_resyncs_at_once() -> None:
     h, m = running()
     cid = h.cid("a")
     h.runtime.crash(cid, 1)
+    h.step()                                   # the periodic resync, before the event
     h.runtime.fail_next["inspect"] = RuntimeOperationError("engine busy")
     h.runtime.calls.clear()
     with capture_logs() as logs:
@@ -292,3 +294,125 @@ def test_an_accepted_probe_is_not_sent_again_before_due() -> None:
     n = len(h.prober.sent)
     h.step()
     assert n >= 1 and len(h.prober.sent) == n
+
+
+class LongIds(FakeRuntime):
+    """Container ids as long as the engine's: logs name only their first 12 characters."""
+
+    def create(self, spec: ContainerSpec) -> str:
+        cid = super().create(spec)
+        long = cid + "-" + "f" * 50
+        self.containers[long] = replace(self.containers.pop(cid), id=long)
+        return long
+
+
+def test_logs_name_the_first_12_characters_of_a_container_id() -> None:
+    rt = LongIds()
+    h, _ = running(runtime=rt)
+    h.step()
+    cid = h.cid("a")
+    assert len(cid) > 13
+    with capture_logs() as logs:
+        h.step(ContainerEvent(ContainerAction.OOM, cid, "a"))
+        rt.crash(cid, 137, oom=True)
+        rt.fail_next["inspect"] = RuntimeOperationError("busy")
+        h.step(ContainerEvent(ContainerAction.DIE, cid, "a", exit_code=137))
+        h.step(ContainerEvent(ContainerAction.DIE, cid, "a", exit_code=137))
+    named = {e["event"]: e["container"] for e in logs
+             if e["event"] in ("container OOM", "inspect failed", "container exited")}
+    assert named == {"container OOM": cid[:12], "inspect failed": cid[:12], "container exited": cid[:12]}
+
+
+def test_the_exit_log_tail_is_read_from_the_dead_container() -> None:
+    rt = TailRuntime()
+    h, _ = running(runtime=rt)
+    cid = h.cid("a")
+    rt.crash(cid, 1)
+    rt.calls.clear()
+    h.step(ContainerEvent(ContainerAction.DIE, cid, "a", exit_code=1))
+    assert ("logs", cid) in rt.calls
+
+
+def test_a_die_event_without_the_model_name_still_finds_the_model() -> None:
+    h, m = running()
+    cid = h.cid("a")
+    h.runtime.crash(cid, 2)
+    h.step(ContainerEvent(ContainerAction.DIE, cid, "", exit_code=2))
+    assert m.exits == [("a", 2, False)]
+
+
+def test_a_destroy_event_without_the_model_name_still_clears_the_model() -> None:
+    h, m = running()
+    h.step()
+    cid = h.cid("a")
+    h.runtime.containers.pop(cid)
+    h.step(ContainerEvent(ContainerAction.DESTROY, cid, "", exit_code=4))
+    assert m.exits[:1] == [("a", 4, False)]
+
+
+def test_the_die_of_a_stopped_models_container_is_not_an_exit() -> None:
+    from concurrent.futures import Future
+
+    from supervisor.control.api import CommandResult, StopModels
+    from supervisor.core.events import ControlRequest
+
+    h, m = running()
+    cid = h.cid("a")
+    fut: Future[CommandResult] = Future()
+    h.step(ControlRequest(StopModels(("a",)), fut))
+    assert h.state("a") is State.STOPPED
+    with capture_logs() as logs:
+        h.step(ContainerEvent(ContainerAction.DIE, cid, "a", exit_code=0))
+    assert m.exits == [] and not any(e["event"] == "container exited" for e in logs)
+
+
+def test_a_pause_event_itself_restarts_the_hung_model() -> None:
+    h, _ = running()
+    h.step()                                   # the periodic resync, before the event
+    cid = h.cid("a")
+    h.runtime.pause(cid)
+    with capture_logs() as logs:
+        h.step(ContainerEvent(ContainerAction.PAUSE, cid, "a"))
+    tr = transitions(logs)
+    assert (tr[0]["from"], tr[0]["to"], tr[0]["reason"]) == ("RUNNING", "EXITED", "container paused (hung): restart")
+
+
+def test_failed_probes_name_their_detail_when_the_model_is_restarted() -> None:
+    h, _ = running()
+    cid = h.cid("a")
+    with capture_logs() as logs:
+        for _ in range(h.sup.slots["a"].lc.health.failures):
+            h.step(ProbeResult("a", cid, ProbeOutcome.FAILED, 0.1, "HTTP 503"))
+    tr = transitions(logs)
+    assert tr and str(tr[0]["reason"]) == f"health check failed {h.sup.slots['a'].lc.health.failures}x (HTTP 503)"
+
+
+def test_a_good_probe_of_a_running_model_logs_no_failure() -> None:
+    h, _ = running()
+    with capture_logs() as logs:
+        h.step(ProbeResult("a", h.cid("a"), ProbeOutcome.OK, 0.1))
+    assert not any(e["event"] == "probe failed" for e in logs)
+
+
+def test_probes_go_to_the_models_own_container_host_and_port_and_skip_none() -> None:
+    from concurrent.futures import Future
+
+    from supervisor.control.api import CommandResult, StopModels
+    from supervisor.core.events import ControlRequest
+
+    seen: list[tuple[str, str, str, int]] = []
+
+    class Recording(FakeProber):
+        def submit(self, model: str, container_id: str, *, host_ip: str, port: int, timeout_s: float) -> bool:
+            seen.append((model, container_id, host_ip, port))
+            return True
+
+    h = Harness([desired("a", port=18081), desired("b", port=18082)])
+    h.sup.prober = Recording()
+    h.step()
+    fut: Future[CommandResult] = Future()
+    h.step(ControlRequest(StopModels(("a",)), fut))      # the first model in order is not probed
+    seen.clear()
+    h.clock.advance(5)
+    h.step()
+    assert seen == [("b", h.cid("b"), "127.0.0.1", 18082)]

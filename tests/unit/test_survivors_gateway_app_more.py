@@ -12,6 +12,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from supervisor.control.api import NullMetrics
 from supervisor.core.commands import Readiness
 from supervisor.core.lifecycle import State
 from supervisor.core.routing import Route
@@ -22,7 +23,7 @@ from supervisor.gateway.proxy import Upstream
 from .test_gateway_app import RUNNING, STOPPED, FakeBackend, ok
 
 
-class Metrics:
+class Metrics(NullMetrics):
     """The gateway's MetricsSink calls, in order; the loop's are ignored."""
 
     def __init__(self) -> None:
@@ -37,14 +38,11 @@ class Metrics:
     def gateway_wait(self, model: str, seconds: float) -> None:
         self.calls.append(("wait", model, seconds))
 
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        return lambda *a, **k: None
-
 
 def call(backend: FakeBackend, method: str, path: str, *, metrics: Metrics | None = None,
          upstream: Callable[[httpx.Request], httpx.Response] | None = None, **kw: object) -> httpx.Response:
     up = Upstream(transport=httpx.MockTransport(upstream or (lambda r: ok({"ok": 1}))))
-    app = create_app(backend, GatewaySettings(retry_delay_s=0.01, wait_grace_s=0.1), metrics,  # type: ignore[arg-type]
+    app = create_app(backend, GatewaySettings(retry_delay_s=0.01, wait_grace_s=0.1), metrics,
                      upstream=up)
 
     async def go() -> httpx.Response:
