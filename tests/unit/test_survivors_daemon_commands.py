@@ -92,8 +92,8 @@ def test_start_wait_reports_a_failure_with_its_state_and_reason() -> None:
     assert h.state("a") is State.FATAL
     fut = send(h, StartModels(("a",)))
     r = fut.result(0)
-    assert not r.ok and len(r.results) == 1
-    assert r.results[0].name == "a" and not r.results[0].ok
+    assert r.ok is False and len(r.results) == 1
+    assert r.results[0].name == "a" and r.results[0].ok is False
     assert r.results[0].message.startswith("FATAL: ") and "SHA-256" in r.results[0].message
 
 
@@ -106,7 +106,7 @@ def test_start_wait_times_out_after_the_command_timeout() -> None:
     h.clock.advance(9)
     h.step()
     assert not fut.done()
-    h.clock.advance(1.5)
+    h.clock.advance(1)                         # exactly at the deadline: no longer waiting
     h.step()
     r = fut.result(0)
     assert not r.ok and r.results[-1] == ModelResult("a,b", False, "timed out waiting")
@@ -172,7 +172,7 @@ def test_update_of_invalid_manifests_is_refused_with_every_problem() -> None:
     h.models = ManifestError(["/etc/llama/a.toml:3: ctx_size must be positive",
                               "/etc/llama/b.toml:9: port taken"])
     r = send(h, Update()).result(0)
-    assert not r.ok and r.results == ()
+    assert r.ok is False and r.results == ()
     assert r.error is not None and r.error.splitlines() == [
         "/etc/llama/a.toml:3: ctx_size must be positive", "/etc/llama/b.toml:9: port taken"]
     assert set(h.sup.slots) == {"a", "b"}
@@ -207,3 +207,51 @@ def test_a_cancelled_request_is_not_executed() -> None:
     fut.cancel()
     h.step(ControlRequest(StopModels(("a",)), fut))
     assert h.state("a") is State.RUNNING and fut.cancelled()
+
+
+def test_start_of_a_running_model_does_not_restart_it() -> None:
+    h = up()
+    cid = h.cid("a")
+    r = send(h, StartModels(("a",), wait=False)).result(0)
+    assert r.ok and ("stop", cid) not in h.runtime.calls and h.state("a") is State.RUNNING
+
+
+def test_one_waiter_still_pending_does_not_hold_up_the_next() -> None:
+    h = stopped_both()
+    first = send(h, StartModels(("a",)))
+    second = send(h, StartModels(("b",)))
+    h.healthy("b")
+    assert not first.done()
+    assert second.result(0) == CommandResult(ok=True, results=(ModelResult("b", True, "started"),))
+
+
+def test_a_waiter_reports_the_models_after_one_that_disappeared() -> None:
+    h = stopped_both()
+    fut = send(h, StartModels(("a", "b")))
+    h.models = {"b": desired("b", port=18082)}
+    send(h, Update())
+    h.healthy("b")
+    r = fut.result(0)
+    assert r.results == (ModelResult("a", False, "disappeared from the manifests"), ModelResult("b", True, "started"))
+
+
+def test_update_and_reload_name_their_origin_when_they_apply_a_change() -> None:
+    h = up()
+    h.models = {**h.models, "c": desired("c", port=18083)}
+    with capture_logs() as logs:
+        send(h, Update())
+    h.models = {**h.models, "d": desired("d", port=18084)}
+    with capture_logs() as later:
+        send(h, Reload())
+        h.step()
+    applied = [e["origin"] for e in logs + later if e["event"] == "manifests applied"]
+    assert applied == ["update", "reload"]
+
+
+def test_reload_of_invalid_manifests_answers_every_problem() -> None:
+    h = up()
+    h.models = ManifestError(["/etc/llama/a.toml:2: bad", "/etc/llama/b.toml:4: worse"])
+    fut = send(h, Reload())
+    h.step()
+    r = fut.result(0)
+    assert r.ok is False and r.error == "/etc/llama/a.toml:2: bad\n/etc/llama/b.toml:4: worse"
