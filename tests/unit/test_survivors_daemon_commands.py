@@ -237,10 +237,10 @@ def test_a_waiter_reports_the_models_after_one_that_disappeared() -> None:
 
 def test_update_and_reload_name_their_origin_when_they_apply_a_change() -> None:
     h = up()
-    h.models = {**h.models, "c": desired("c", port=18083)}
+    h.models = {m.name: m for m in (*two(), desired("c", port=18083))}
     with capture_logs() as logs:
         send(h, Update())
-    h.models = {**h.models, "d": desired("d", port=18084)}
+    h.models = {m.name: m for m in (*two(), desired("c", port=18083), desired("d", port=18084))}
     with capture_logs() as later:
         send(h, Reload())
         h.step()
