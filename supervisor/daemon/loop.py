@@ -1,5 +1,9 @@
 """The one loop thread: it owns every model's state, fed by a queue of typed events.
 
+(About 500 lines, over the 450 the layout allows without a reason: the reconcile — plan,
+execute, store — and the shutdown steps still live here beside the iteration that owns the
+slots. They are the next part to become an object of their own; until then this file says so.)
+
 Each iteration waits on the queue until the next deadline (`queue.get(timeout=)`,
 never sleep), handles what arrived, ticks the lifecycles, schedules on-demand models,
 plans and applies the actions one model at a time, sends due probes and publishes a
