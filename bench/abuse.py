@@ -276,7 +276,7 @@ def bench_abuse(r: Report, *, quick: bool = False) -> None:
     ctl = str(Path(sys.executable).with_name("llama-supervisorctl"))
     demo = cache_path(live.DEMO_SHA256, live.DEMO_FILE)
     tag = uuid.uuid4().hex[:6]
-    names = [f"abuse{tag}-{i}" for i in range(3)]
+    names = [f"bench-abuse{tag}-{i}" for i in range(3)]   # bench*: CrowdWatch knows them as its own
     plan = Plan(idle=400, uploads=20, seconds=15) if quick else Plan()
     client = docker.from_env()
     with tempfile.TemporaryDirectory(prefix="bench-abuse-") as tmp:
