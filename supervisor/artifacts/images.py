@@ -58,7 +58,7 @@ def images_dir() -> Path:
     """images/ of this checkout, else the copy a non-editable install put under <prefix>/share."""
     candidates = [
         Path(os.environ["LLAMA_SUPERVISOR_IMAGES_DIR"]) if os.environ.get("LLAMA_SUPERVISOR_IMAGES_DIR") else None,
-        Path(__file__).resolve().parent.parent / "images",
+        Path(__file__).resolve().parents[2] / "images",      # <checkout>/supervisor/artifacts/images.py
         Path(sys.prefix) / "share" / "llama-supervisor" / "images",
     ]
     for c in candidates:

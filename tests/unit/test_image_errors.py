@@ -143,3 +143,12 @@ def test_derive_records_the_flags_whose_help_warns_and_a_failed_help_leaves_both
     assert images.differences(dataclasses.replace(LOCKED, warned_flags=frozenset({"--tools"})), failed)[-2:] == [
         "flags: lock 3 flags, image unknown ('llama-server --help' exited 1: boom)",
         "warned_flags: lock 1 flags, image unknown ('llama-server --help' exited 1: boom)"]
+
+
+def test_a_checkout_builds_from_its_own_images_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a copy a past install left under <venv>/share: a fresh clone has none (seen when the module
+    moved into artifacts/ and its parent.parent stopped being the checkout)."""
+    from supervisor.artifacts import images
+
+    monkeypatch.delenv("LLAMA_SUPERVISOR_IMAGES_DIR", raising=False)
+    assert images.images_dir() == Path(__file__).resolve().parents[2] / "images"
