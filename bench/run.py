@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import psutil
 
 from bench import live
 from bench.stats import Sample, of, timed
+from tests.integration.daemon_harness import instance_for
 
 CTL = str(Path(sys.executable).with_name("llama-supervisorctl"))
 
@@ -308,7 +308,8 @@ def bench_edit_calls(r: Report, *, runs: int) -> None:
     demo = live.demo_model()
     fleet = live.Fleet(demo, 2, prefix="benchip")
     changed, unchanged = fleet.models
-    daemon = InProcessDaemon(fleet.dir, instance=f"bench-inproc-{uuid.uuid4().hex[:8]}").start()
+    # the fleet finds containers by its directory's instance label: the in-process daemon must use it too
+    daemon = InProcessDaemon(fleet.dir, instance=instance_for(fleet.dir)).start()
     healthy_s: list[float] = []
     per_changed: Counter[str] = Counter()
     per_unchanged: Counter[str] = Counter()
