@@ -8,14 +8,13 @@ and uvicorn log through `logging`): an attack that makes the daemon fail the sam
 thousands of times a second (asyncio's "socket.accept() out of system resource" under
 EMFILE) costs a few lines per window and one "log repeats suppressed" line, not the disk.
 
-`printable` is the one function that makes text safe for a terminal; the CLI prints
-every line through it (supervisor/cli/output.py).
+(`printable`, which makes text safe for a terminal, is in core/text.py: the CLI prints every
+line through it, and must not pay for structlog's import to do so.)
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import threading
 import time
@@ -34,28 +33,6 @@ RATE_LIMIT_MAX_KEYS = 1024        # distinct lines tracked at once; the oldest w
 # Two lines are "the same" when their level, event text and every field are equal: a repeated
 # probe failure or accept error is limited; a new problem, file or reason is always logged.
 
-# C0 controls but tab and newline, DEL, C1 controls (0x9b is a one-byte CSI on some terminals).
-_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_UNPRINTABLE_BYTES = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
-
-
-def printable(text: str) -> str:
-    """`text` without terminal escapes or other control characters; tabs and newlines stay (layout).
-
-    A manifest's path, a model's reason, a container's log line may hold "\\x1b]0;title\\x07" or
-    "\\x1b[2J": printed as is they retitle, clear or reprogram the operator's terminal.
-    """
-    return _UNPRINTABLE.sub("", text)
-
-
-def printable_bytes(data: bytes) -> bytes:
-    """The same for a byte stream (`tail`): C0 controls but tab and newline, and DEL, removed.
-
-    C1 controls are left alone here: in UTF-8 they are two bytes (0xC2 0x80-0x9F), and the
-    bytes 0x80-0x9F are continuation bytes of ordinary characters.
-    """
-    data = _UNPRINTABLE_BYTES.sub(b"", data)
-    return data.replace(b"\xc2\x9b", b"")   # UTF-8 CSI: the one C1 control terminals act on
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Everything the CLIs print goes through here, made safe for a terminal (`logs.printable`).
+"""Everything the CLIs print goes through here, made safe for a terminal (`core.text.printable`).
 
 Manifest paths, a model's reason, problems, container logs: any of it may hold terminal
 escapes ("\x1b]0;title\x07", "\x1b[2J") that would retitle, clear or reprogram the
@@ -13,7 +13,7 @@ from typing import IO, Any
 
 import click
 
-from supervisor.logs import printable, printable_bytes
+from supervisor.core.text import printable, printable_bytes
 
 
 def echo(text: str = "", *, err: bool = False, nl: bool = True, file: IO[Any] | None = None) -> None:

@@ -31,7 +31,7 @@ from supervisor.artifacts.labels import (
     inspect_labels,
 )
 from supervisor.errors import ConfigError
-from supervisor.logs import printable
+from supervisor.core.text import printable
 
 # The labels live in supervisor/artifacts/labels.py (the image probe sets them too); named here for the runtime's users.
 __all__ = [

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from supervisor.cli import cmd_manifests
 from supervisor.control.server import ControlServer
-from supervisor.logs import printable, printable_bytes
+from supervisor.core.text import printable, printable_bytes
 
 from .fakes import FakeController
 from .test_ctl_status import GEMMA, model, quiet_logs, run  # noqa: F401 (autouse fixture)
