@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from supervisor.core.observed import ContainerStatus, ObservedContainer
 from supervisor.core.spec import ContainerSpec, DesiredModel, HealthPolicy, Mount, RestartSettings, Serving
 
@@ -32,3 +35,14 @@ def observed(d: DesiredModel | str, *, cid: str | None = None, status: Container
     h = config_hash if config_hash is not None else ("x" * 64 if isinstance(d, str) else d.spec.config_hash())
     return ObservedContainer(id=cid or f"c-{name}", name=f"llama-supervisor-{name}", model=name,
                              config_hash=h, status=status)
+
+
+def exited_process_record(state_dir: Path, log: Path) -> None:
+    """A process runtime's record of model "m" (id "p1"), exited, writing to `log`, under state_dir."""
+    records = state_dir / "processes" / "default" / "records"
+    records.mkdir(parents=True)
+    (records / "p1.json").write_text(json.dumps({
+        "id": "p1", "model": "m", "config_hash": "h", "instance": "default", "image_id": "binary-sha256:0",
+        "binary": "/bin/false", "binary_sha256": "0", "argv": [], "env": {}, "uid": None, "gid": None,
+        "rlimits": [], "memory_bytes": None, "pids_limit": 64, "workdir": str(state_dir), "log": str(log),
+        "created_at": "", "status": "exited", "exit_code": 1}))

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from supervisor.runtime.process.runtime import ProcessRuntime
+
+from .helpers import exited_process_record
 
 
 def _runtime_with_a_big_log(tmp_path: Path) -> tuple[ProcessRuntime, Path]:
     log = tmp_path / "m.log"
     log.write_bytes(b"x" * 100)
-    records = tmp_path / "processes" / "default" / "records"
-    records.mkdir(parents=True)
-    (records / "p1.json").write_text(json.dumps({
-        "id": "p1", "model": "m", "config_hash": "h", "instance": "default", "image_id": "binary-sha256:0",
-        "binary": "/bin/false", "binary_sha256": "0", "argv": [], "env": {}, "uid": None, "gid": None,
-        "rlimits": [], "memory_bytes": None, "pids_limit": 64, "workdir": str(tmp_path), "log": str(log),
-        "created_at": "", "status": "exited", "exit_code": 1}))
+    exited_process_record(tmp_path, log)
     return ProcessRuntime(state_dir=tmp_path, lock_path=tmp_path / "lock.json", log_max_bytes=10), log
 
 

@@ -4,7 +4,6 @@ operator's terminal through `status`, `validate` or `tail`: the CLI prints every
 from __future__ import annotations
 
 import ast
-import json
 from pathlib import Path
 
 import click
@@ -16,6 +15,7 @@ from supervisor.control.server import ControlServer
 from supervisor.core.text import printable, printable_bytes
 
 from .fakes import FakeController
+from .helpers import exited_process_record
 from .test_ctl_status import GEMMA, model, quiet_logs, run  # noqa: F401 (autouse fixture)
 
 TITLE = "\x1b]0;pwned\x07"          # OSC: retitles the terminal
@@ -83,13 +83,7 @@ def test_the_process_runtime_log_tail_is_cleaned(tmp_path: Path) -> None:
 
     log = tmp_path / "m.log"
     log.write_bytes(f"loading {TITLE}\nerror: {CLEAR}boom\x07\n".encode())
-    records = tmp_path / "processes" / "default" / "records"
-    records.mkdir(parents=True)
-    (records / "p1.json").write_text(json.dumps({
-        "id": "p1", "model": "m", "config_hash": "h", "instance": "default", "image_id": "binary-sha256:0",
-        "binary": "/bin/false", "binary_sha256": "0", "argv": [], "env": {}, "uid": None, "gid": None,
-        "rlimits": [], "memory_bytes": None, "pids_limit": 64, "workdir": str(tmp_path), "log": str(log),
-        "created_at": "", "status": "exited", "exit_code": 1}))
+    exited_process_record(tmp_path, log)
     rt = ProcessRuntime(state_dir=tmp_path, lock_path=tmp_path / "lock.json")
     try:
         tail = rt.log_tail("p1", lines=5)
