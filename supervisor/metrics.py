@@ -15,6 +15,7 @@ STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FA
 _PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 _WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 _RECONCILE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0)
+_KV_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class PrometheusMetrics:
@@ -48,6 +49,12 @@ class PrometheusMetrics:
                                     ["model"], namespace=ns, registry=r, buckets=_WAIT_BUCKETS)
         self.bytes_streamed = Counter("gateway_response_bytes", "Response bytes the gateway passed to clients",
                                       ["model"], namespace=ns, registry=r)
+        self.kv_ops = Counter("kv_cache_operations", "KV cache saves and restores by outcome"
+                              " (ok, failed, skipped, rejected)", ["model", "op", "outcome"], namespace=ns, registry=r)
+        self.kv_bytes = Counter("kv_cache_bytes", "Bytes of KV cache saved and restored", ["model", "op"],
+                                namespace=ns, registry=r)
+        self.kv_seconds = Histogram("kv_cache_duration_seconds", "Time one slot's KV cache save or restore took",
+                                    ["model", "op"], namespace=ns, registry=r, buckets=_KV_BUCKETS)
         self._labels: dict[str, set[tuple[MetricWrapperBase, tuple[str, ...]]]] = defaultdict(set)
         self._lock = threading.Lock()
         self._server: WSGIServer | None = None
@@ -92,6 +99,16 @@ class PrometheusMetrics:
     def eviction(self, model: str, reason: str) -> None:
         self.evictions.labels(model, reason).inc()
         self._track(model, self.evictions, model, reason)
+
+    def kv_cache(self, model: str, op: str, outcome: str, nbytes: int, seconds: float) -> None:
+        """A KV cache save or restore (op) of one slot: its outcome, bytes and time."""
+        self.kv_ops.labels(model, op, outcome).inc()
+        self._track(model, self.kv_ops, model, op, outcome)
+        if outcome == "ok":
+            self.kv_bytes.labels(model, op).inc(nbytes)
+            self.kv_seconds.labels(model, op).observe(seconds)
+            self._track(model, self.kv_bytes, model, op)
+            self._track(model, self.kv_seconds, model, op)
 
     # --- the gateway's (called from its thread) -------------------------------------------------
 

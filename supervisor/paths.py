@@ -5,6 +5,7 @@
     LLAMA_SUPERVISOR_MANIFESTS   the manifest directory             (root: /etc/llama-supervisor/manifests)
     LLAMA_SUPERVISOR_SOCKET      the control socket                 (root: /run/llama-supervisor/control.sock)
     LLAMA_SUPERVISOR_IMAGE_REPO  the repository of built images     (llama-supervisor/llama-server)
+    LLAMA_SUPERVISOR_KV_DIR      KV caches kept across stops         (<state dir>/kv)
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def _home_dir(env: str, root_default: str, xdg: str, xdg_default: str) -> Path:
 
 def state_dir() -> Path:
     return _home_dir("LLAMA_SUPERVISOR_STATE_DIR", "/var/lib/llama-supervisor", "XDG_STATE_HOME", ".local/state")
+
+
+def kv_dir() -> Path:
+    """Where models' KV caches are kept across stops (core/kvcache.py): <state>/kv unless
+    LLAMA_SUPERVISOR_KV_DIR says otherwise."""
+    return Path(os.environ.get("LLAMA_SUPERVISOR_KV_DIR") or state_dir() / "kv")
 
 
 def cache_dir() -> Path:

@@ -9,7 +9,7 @@ The total work is bounded too, not only each value (issue 15: an 800 MB header o
 100 M empty strings held a manifest read for 57 s): a `Budget` counts the entries and
 array items visited and the header bytes passed, across every file of one manifest
 read; past it the facts are unknown, with the reason. Reading stops as soon as the
-fields are known and an array (the tokenizer's, written after them) begins, so a real
+fields are known and a tokenizer array (written after the architecture's keys) begins, so a real
 model file costs a few dozen entries. The chat template is written after the tokenizer's
 arrays, so `whole=True` walks them too (within the same budget) and skips the template's
 value by seeking: only whether the key is there matters.
@@ -75,6 +75,12 @@ class GgufFacts:
     value_length: int
     context_length: int       # the model's trained context (ctx_size 0 means this)
     has_chat_template: bool | None = None   # None: not looked for (whole=False); without one llama-server uses ChatML
+    sliding_window: int = 0   # tokens of sliding-window attention (<arch>.attention.sliding_window), 0: none
+
+    @property
+    def swa(self) -> bool:
+        """Sliding-window attention: a saved KV cache is reused only when the whole window is kept (--swa-full)."""
+        return self.sliding_window > 0
 
     def kv_bytes(self, n_ctx: int, *, k_bytes_per_elem: float, v_bytes_per_elem: float) -> int:
         """The KV cache of n_ctx tokens (all slots together: llama-server divides ctx among them)."""
@@ -172,8 +178,8 @@ def _has_required(meta: dict[str, object]) -> bool:
 
 
 def read_header(path: Path | str, budget: Budget | None = None, *, whole: bool = False) -> dict[str, object] | Unknown:
-    """The header's scalar and string values (arrays and the chat template as None), up to the first array
-    after the fields `facts` needs (every entry with `whole`); Unknown(reason) if this is no readable
+    """The header's scalar and string values (arrays and the chat template as None), up to the first tokenizer
+    array after the fields `facts` needs (every entry with `whole`); Unknown(reason) if this is no readable
     GGUF v2/v3 or the budget ran out."""
     budget = Budget() if budget is None else budget
     try:
@@ -193,7 +199,7 @@ def read_header(path: Path | str, budget: Budget | None = None, *, whole: bool =
                 budget.spend()
                 key = r.string().decode("utf-8", "replace")
                 vtype = int(r.scalar("<I"))
-                if vtype == _ARRAY and not whole and _has_required(meta):
+                if vtype == _ARRAY and not whole and _has_required(meta) and key.startswith("tokenizer."):
                     break                          # the tokenizer's arrays: what facts need is known
                 if key == CHAT_TEMPLATE and vtype == _STRING:
                     n = int(r.scalar("<Q"))        # kilobytes of Jinja: its presence is the fact
@@ -241,6 +247,7 @@ def read_facts(path: Path | str, budget: Budget | None = None, *, whole: bool = 
         value_length=num("attention.value_length", head) or head,
         context_length=num("context_length", 4096) or 4096,
         has_chat_template=(CHAT_TEMPLATE in meta) if whole else None,
+        sliding_window=max(0, num("attention.sliding_window", 0) or 0),
     )
 
 

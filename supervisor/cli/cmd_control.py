@@ -100,6 +100,8 @@ def describe(model: ModelStatus) -> str:
     if model.memory_counted is not None:
         used = f"{_mib(model.memory_used)} used of " if model.memory_used is not None else ""
         parts.append(f"memory {used}{_mib(model.memory_counted)} counted")
+    if model.kv_bytes:
+        parts.append(f"KV cache {model.kv_tokens} tokens ({_mib(model.kv_bytes)}) kept")
     return ", ".join(parts)
 
 
@@ -166,19 +168,22 @@ def _as_wanted(m: ModelStatus) -> bool:
 @click.pass_context
 @speaks_errors
 def models(ctx: click.Context, as_json: bool) -> None:
-    """What the gateway serves: each model with its aliases, lifecycle, state and memory counted."""
+    """What the gateway serves: each model with its aliases, lifecycle, state, memory counted and the KV
+    cache it keeps across stops."""
     with control_client(ctx) as client:
         reply = client.status(())
     if as_json:
         output.echo(json.dumps([{"id": m.name, "aliases": list(m.aliases), "lifecycle": m.lifecycle,
-                                "state": m.state, "memory_counted": m.memory_counted} for m in reply.models],
+                                "state": m.state, "memory_counted": m.memory_counted, "kv_tokens": m.kv_tokens,
+                                "kv_bytes": m.kv_bytes, "kv_note": m.kv_note} for m in reply.models],
                               indent=2))
         return
     width = max([20, *(len(m.name) for m in reply.models)]) + 2
-    output.echo(f"{'MODEL':<{width}}{'STATE':<10}{'LIFECYCLE':<11}{'MEMORY':>10}  ALIASES")
+    output.echo(f"{'MODEL':<{width}}{'STATE':<10}{'LIFECYCLE':<11}{'MEMORY':>10}{'KV CACHE':>22}  ALIASES")
     for m in reply.models:
         mem = _mib(m.memory_counted) if m.memory_counted is not None else "-"
-        output.echo(f"{m.name:<{width}}{m.state:<10}{m.lifecycle:<11}{mem:>10}  {', '.join(m.aliases) or '-'}")
+        kv = f"{m.kv_tokens} tok, {_mib(m.kv_bytes)}" if m.kv_bytes is not None else "off"
+        output.echo(f"{m.name:<{width}}{m.state:<10}{m.lifecycle:<11}{mem:>10}{kv:>22}  {', '.join(m.aliases) or '-'}")
 
 
 # --- commands --------------------------------------------------------------------------------

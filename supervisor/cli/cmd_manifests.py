@@ -58,10 +58,19 @@ def validate(directory: Path | None) -> None:
         output.echo(warning)
     problems: list[str] = list(files.problems)
     if lock_file.exists():
-        problems += render.render_all(
-            manifests, read_lock(lock_file), hardware.detect(), file_sizes=files.sizes,
+        from supervisor.artifacts import gguf
+
+        budget = gguf.Budget()
+        facts = {name: gguf.facts(path, budget) for name, path in files.models.items()}
+        desired, found = render.render_all(
+            manifests, read_lock(lock_file), hardware.detect(), file_sizes=files.sizes, facts=facts,
             model_paths=files.models, key_paths=files.keys,
-        )[1]
+        )
+        problems += found
+        for name, d in sorted(desired.items()):
+            if d.kv.note != "kept" and (d.kv.keep or manifests.models[name].kv_cache.keep is not None
+                                        or d.serving.on_demand):
+                output.echo(f"note: model '{name}': KV cache across stops {d.kv.note}")
     else:
         output.echo(f"note: no image lock at {lock_file}; llama-server flags not checked", err=True)
     for problem in problems:

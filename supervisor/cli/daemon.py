@@ -138,6 +138,9 @@ def _release_freed_memory() -> None:
               help="Do not apply manifest changes as they land: only 'llama-supervisorctl update' (or reload, "
                    "SIGHUP) does, after 'reread' shows them (supervisord's way).")
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
+@click.option("--kv-cache-max", default="8g", show_default=True, envvar="LLAMA_SUPERVISOR_KV_CACHE_MAX",
+              help="Disk all models' kept KV caches may take together (least recently used files go first); "
+                   "none: keep no KV cache. Each model's own bound is kv_cache.max_size.")
 @click.option("--runtime", "runtime_kind", type=click.Choice(["docker", "process", "auto"]), default="docker",
               show_default=True, envvar="LLAMA_SUPERVISOR_RUNTIME",
               help="Run models as Docker containers, as host processes (the lock's native binary), or "
@@ -147,7 +150,7 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
         instance: str, gateway_listen: str, no_gateway: bool, gateway_api_keys_file: Path | None,
         gateway_allowed_hosts: str, gateway_max_body: str, gateway_body_budget: str, gateway_max_uploads: int,
         gateway_max_connections: int, memory_budget: str, gpu_memory_budget: str, no_watch: bool,
-        log_format: logs.LogFormat, runtime_kind: str) -> None:
+        log_format: logs.LogFormat, runtime_kind: str, kv_cache_max: str) -> None:
     """Keep the llama-server models the manifests describe alive, and serve them on one endpoint."""
     logs.setup(log_format)
     soft, hard = raise_nofile_limit()
@@ -174,6 +177,7 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
         budgets=(memory_budget, gpu_memory_budget),
         runtime_kind=runtime_kind,
         watch=not no_watch,
+        kv_cache_max=None if kv_cache_max.strip().lower() == "none" else _size(kv_cache_max, "--kv-cache-max"),
     )
 
 
@@ -222,6 +226,24 @@ def _size(value: str, option: str) -> int:
     return size
 
 
+def kv_wiring(total_bytes: int | None, runtime_kind: str) -> dict[str, Any]:
+    """The Supervisor's KV cache store (kvstore.py) and why it keeps none, if it keeps none."""
+    import os
+
+    from supervisor.daemon.kvkeeper import owner_for
+    from supervisor.daemon.kvstore import KvStore
+
+    if total_bytes is None:
+        return {}
+    store = KvStore(paths.kv_dir(), total_bytes=total_bytes, owner=owner_for("65532:65532"))
+    off = ""
+    if runtime_kind == "docker" and os.geteuid() != 0:
+        off = (f"off: the daemon runs as uid {os.geteuid()}, not root, so it cannot give the containers' uid"
+               f" 65532 a cache directory of its own (the process runtime can)")
+        log.warning("kv cache: not kept", reason=off)
+    return {"kv_store": store, "kv_off_reason": off}
+
+
 def make_budget(memory: str, gpu_memory: str, host: Any) -> Any:
     """auto: 90% of what the host has (RAM; the GPUs' memory, none without GPUs); none: no budget."""
     from supervisor.core.scheduler import Budget
@@ -240,7 +262,8 @@ def make_budget(memory: str, gpu_memory: str, host: Any) -> Any:
 def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: str | None,
         metrics_port: int | None, resync_interval: float, stop_timeout: float,
         stop_models_on_exit: bool, instance: str = "default", gateway: GatewayOptions | None = None,
-        budgets: tuple[str, str] = ("auto", "auto"), runtime_kind: str = "docker", watch: bool = True) -> None:
+        budgets: tuple[str, str] = ("auto", "auto"), runtime_kind: str = "docker", watch: bool = True,
+        kv_cache_max: int | None = 8 * 1024**3) -> None:
     from supervisor.artifacts import hardware
     from supervisor.core.events import Tick
     from supervisor.daemon.controller import DaemonController
@@ -281,7 +304,11 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         demand=Demand(time.monotonic, wake=lambda: events.put(Tick())),
         budget=budget,
         state=StateFile(paths.state_dir() / f"models.{instance}.state.json"),
+        **kv_wiring(kv_cache_max, wiring.kind),
     )
+    if sup.kv is not None:
+        prober.on_healthy = sup.kv.restore
+        closers.append(sup.kv)
     log.info("memory budgets", memory_mib=budget.memory_bytes and budget.memory_bytes >> 20,
              gpu_memory_mib=budget.gpu_memory_bytes and budget.gpu_memory_bytes >> 20)
     closers.append(prober)

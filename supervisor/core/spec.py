@@ -118,6 +118,18 @@ class Serving:
 
 
 @dataclass(frozen=True)
+class KvCache:
+    """Whether the model's KV cache is kept across stops (core/kvcache.py) and where (not hashed
+    itself: the cache directory and flags it adds are in the spec)."""
+
+    keep: bool = False
+    max_bytes: int = 0                # the files of this model, all config keys together
+    key: str = ""                     # the config key its files are kept under
+    dir: str = ""                     # host directory of this key (index.json, slots/)
+    note: str = ""                    # why it is not kept, or how it is (status, validate)
+
+
+@dataclass(frozen=True)
 class DesiredModel:
     """One model as the manifests want it."""
 
@@ -129,3 +141,4 @@ class DesiredModel:
     source_file: str = ""             # the manifest it came from, for messages
     api_key_file: str | None = None
     serving: Serving = field(default_factory=Serving)
+    kv: KvCache = field(default_factory=KvCache)

@@ -26,6 +26,9 @@ class ModelStatus:
     ttl_left_s: float | None = None      # on-demand and running: seconds until it is stopped when idle
     inflight: int = 0                    # gateway requests in flight
     waiting: int = 0                     # gateway requests waiting for it to be ready
+    kv_tokens: int | None = None         # KV cache kept on disk across stops: tokens (None: the model keeps none)
+    kv_bytes: int | None = None          # ... and bytes
+    kv_note: str = ""                    # whether its KV cache is kept across stops, and why not
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)

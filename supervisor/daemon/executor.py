@@ -16,6 +16,7 @@ from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import DesiredModel
 from supervisor.errors import ResourceExhausted, VerificationError, exhaustion
 from supervisor.artifacts.verify import NoVerifier, Verifier
+from supervisor.daemon.kvkeeper import KvKeeper
 from supervisor.runtime import Runtime
 
 # The Verifier protocol lives in supervisor/artifacts/verify.py, each runtime's verifier in its package
@@ -26,10 +27,12 @@ log = structlog.get_logger("supervisor.daemon.executor")
 
 
 class Executor:
-    def __init__(self, runtime: Runtime, verifier: Verifier, *, stop_timeout_s: float = 10.0) -> None:
+    def __init__(self, runtime: Runtime, verifier: Verifier, *, stop_timeout_s: float = 10.0,
+                 kv: KvKeeper | None = None) -> None:
         self.runtime = runtime
         self.verifier = verifier
         self.stop_timeout_s = stop_timeout_s
+        self.kv = kv          # KV caches kept across stops: saved before a graceful stop, prepared before a start
 
     def apply(self, action: Action, current: ObservedContainer | None) -> ObservedContainer | None:
         """Run one action; `current` is the cached container it acts on (if any).
@@ -64,10 +67,17 @@ class Executor:
                 if current is not None and current.status == "paused":
                     rt.unpause(cid)
                 log.info("start in place", model=m, container=cid[:12])
+                if self.kv is not None:
+                    self.kv.prepare(m)
                 rt.start(cid)
+                if self.kv is not None:
+                    self.kv.started(m, cid)
                 return rt.inspect(cid)
             case Stop(model=m, container_id=cid, reason=why, kill=kill):
-                self._stop(cid, current, reason=why, kill=kill)
+                spent = 0.0
+                if not kill and self.kv is not None:
+                    spent = self.kv.save(m, current, self.stop_timeout_s)    # within the stop's timeout
+                self._stop(cid, current, reason=why, kill=kill, timeout_s=self.stop_timeout_s - spent)
                 return _with_status(current, "exited")
             case Remove(container_id=cid, reason=why):
                 log.info("remove", model=action.model, container=cid[:12], reason=why)
@@ -83,9 +93,13 @@ class Executor:
         self.verifier.check_image(d)
 
     def _create_and_start(self, d: DesiredModel) -> ObservedContainer | None:
+        if self.kv is not None:
+            self.kv.prepare(d.name)     # its bind mount's source must exist before the create
         cid = self.runtime.create(d.spec)
         log.info("created", model=d.name, container=cid[:12], config_hash=d.spec.config_hash()[:12])
         self.runtime.start(cid)
+        if self.kv is not None:
+            self.kv.started(d.name, cid)
         try:
             # Docker resolved the bind mount at start: the file must still be the one hashed.
             self.verifier.confirm_model(d)
@@ -96,7 +110,8 @@ class Executor:
             raise
         return self.runtime.inspect(cid)
 
-    def _stop(self, cid: str, current: ObservedContainer | None, *, reason: str, kill: bool) -> None:
+    def _stop(self, cid: str, current: ObservedContainer | None, *, reason: str, kill: bool,
+              timeout_s: float | None = None) -> None:
         """Graceful first, force after the timeout.
 
         A kill goes to a paused container as it is (the engine delivers SIGKILL
@@ -110,9 +125,10 @@ class Executor:
             return
         if current is not None and current.status == "paused":
             self.runtime.unpause(cid)
+        timeout = self.stop_timeout_s if timeout_s is None else max(0.0, min(self.stop_timeout_s, timeout_s))
         log.info("stop", model=current.model if current else "", container=cid[:12], reason=reason,
-                 timeout_s=self.stop_timeout_s)
-        self.runtime.stop(cid, timeout_s=self.stop_timeout_s)
+                 timeout_s=round(timeout, 3))
+        self.runtime.stop(cid, timeout_s=timeout)
 
 
 def _with_status(c: ObservedContainer | None, status: str) -> ObservedContainer | None:

@@ -69,6 +69,9 @@ class Prober:
         self._clock = clock
         self._lock = threading.Lock()
         self._in_flight: set[str] = set()
+        # Runs after a healthy probe, before its result is posted (KV caches restored before the model
+        # turns RUNNING: kvkeeper.py): (model, container ID, health URL). Must not raise.
+        self.on_healthy: Callable[[str, str, str], None] | None = None
 
     def in_flight(self, model: str) -> bool:
         with self._lock:
@@ -87,12 +90,16 @@ class Prober:
         t0 = self._clock()
         try:
             outcome, detail = probe_once(self._client, url, timeout_s)
+            latency = self._clock() - t0
+            if outcome is ProbeOutcome.OK and self.on_healthy is not None:
+                self.on_healthy(model, container_id, url)
         except Exception as e:  # never lose a probe: a bug here must still be reported (EMFILE: inconclusive)
             outcome, detail = classify_error(e, timeout_s)
+            latency = self._clock() - t0
         finally:
             with self._lock:
                 self._in_flight.discard(model)
-        self._post(ProbeResult(model, container_id, outcome, self._clock() - t0, detail))
+        self._post(ProbeResult(model, container_id, outcome, latency, detail))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

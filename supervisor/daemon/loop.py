@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import assert_never
+from typing import Any, assert_never
 
 import structlog
 
@@ -54,6 +54,8 @@ from supervisor.core.status import ModelStatus
 from supervisor.daemon.commands import Commands
 from supervisor.daemon.containers import ContainerEvents, Heard, last_lines
 from supervisor.daemon.executor import Executor
+from supervisor.daemon.kvkeeper import KvKeeper
+from supervisor.daemon.kvstore import KvStore
 from supervisor.artifacts.verify import Verifier
 from supervisor.daemon.manifests import LoadDesired, Manifests
 from supervisor.daemon.ondemand import OnDemandScheduler
@@ -88,10 +90,16 @@ class Supervisor:
         demand: Demand | None = None,
         budget: Budget = Budget(),
         state: StateFile | None = None,
+        kv_store: KvStore | None = None,
+        kv_off_reason: str = "",
     ) -> None:
         self.events = events
         self.runtime = runtime
-        self.executor = Executor(runtime, verifier, stop_timeout_s=settings.stop_timeout_s)
+        self.slots: dict[str, Slot] = {}
+        # KV caches kept across stops (kvkeeper.py): None when the daemon keeps none
+        self.kv = (KvKeeper(kv_store, self.slots, metrics or NullMetrics(), off_reason=kv_off_reason)
+                   if kv_store is not None else None)
+        self.executor = Executor(runtime, verifier, stop_timeout_s=settings.stop_timeout_s, kv=self.kv)
         self._load_desired = load_desired
         self._prober = prober
         self.notifier = notifier or NullNotifier()
@@ -103,7 +111,6 @@ class Supervisor:
         self.budget = budget
         self.state = state or StateFile(None)            # failure counts and FATAL across restarts
 
-        self.slots: dict[str, Slot] = {}
         self.cache: dict[str, ObservedContainer] = {}     # container ID -> what we last saw
         self.manifests = Manifests(load_desired)
         self.stopping = False
@@ -130,6 +137,8 @@ class Supervisor:
     @metrics.setter
     def metrics(self, metrics: MetricsSink) -> None:
         self._metrics = self.ondemand.metrics = self.containers.metrics = metrics
+        if self.kv is not None:
+            self.kv.metrics = metrics
 
     @property
     def prober(self) -> ProbeSink:
@@ -201,7 +210,8 @@ class Supervisor:
         """Publish the snapshot and the routes (the gateway reads them), then let the requests whose
         model is RUNNING go ahead."""
         now = self.clock()
-        snap, table = publish(self.slots, self.cache, self.demand.usage, self.memory.sample(self.slots, now), now)
+        snap, table = publish(self.slots, self.cache, self.demand.usage, self.memory.sample(self.slots, now), now,
+                              **self._kv_report())
         with self._snapshot_lock:
             changed = snap != self._snapshot
             self._snapshot = snap
@@ -211,6 +221,13 @@ class Supervisor:
         if changed:
             running = sum(1 for s in snap if s.state == State.RUNNING.name)
             self.notifier.status(f"{running}/{len(snap)} models running")
+
+    def _kv_report(self) -> dict[str, Any]:
+        if self.kv is None:
+            return {}
+        if self.kv.off_reason:
+            return {"kv": None, "kv_off": self.kv.off_reason}
+        return {"kv": self.kv.usage()}
 
     def _wait_s(self) -> float:
         now = self.clock()
@@ -256,6 +273,8 @@ class Supervisor:
                                       state=self.state, metrics=self._metrics, forget=self._forget)
             for t in r.transitions:
                 self._log_transition(t)
+            if self.kv is not None and self.manifests_ok:
+                self.kv.bound(self.slots)
             return r.diff
         finally:
             if origin != "start" and self._ready_sent:
@@ -487,8 +506,9 @@ class Supervisor:
             if cid is None:
                 continue
             log.info("stopping model", model=name, container=cid[:12], timeout_s=self.settings.stop_timeout_s)
+            spent = self.kv.save(name, self.cache.get(cid), self.settings.stop_timeout_s) if self.kv else 0.0
             try:
-                self.runtime.stop(cid, timeout_s=self.settings.stop_timeout_s)
+                self.runtime.stop(cid, timeout_s=max(0.0, self.settings.stop_timeout_s - spent))
                 log.info("stopped model", model=name, container=cid[:12])
             except RetryableError as e:
                 log.error("stop failed; killing", model=name, error=str(e))

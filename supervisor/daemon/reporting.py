@@ -23,11 +23,14 @@ def publish(
     usage: Callable[[str], Usage],
     memory: Mapping[str, int | None],
     now: float,
+    kv: Mapping[str, tuple[int, int]] | None = None,
+    kv_off: str = "off: this daemon keeps no KV cache",
 ) -> tuple[tuple[ModelStatus, ...], dict[str, Route]]:
     """The status snapshot and the route table (every name and alias -> route) for `slots` at `now`.
 
     `cache` is what the engine last showed (container ID -> container), `usage` the gateway's request
-    counts per model, `memory` the bytes each model's container uses (MemorySampler.sample).
+    counts per model, `memory` the bytes each model's container uses (MemorySampler.sample), `kv` the
+    tokens and bytes of KV cache each model keeps on disk (None: the daemon keeps none, `kv_off` says why).
     """
     statuses, routes = [], []
     for name, slot in sorted(slots.items()):
@@ -39,6 +42,7 @@ def publish(
         ttl_left = None
         if serving.on_demand and lc.state is State.RUNNING:
             ttl_left = max(0.0, (last if last is not None else lc.since) + serving.idle_ttl_s - now)
+        kv_tokens, kv_bytes, kv_note = _kv_fields(slot, kv, kv_off)
         statuses.append(ModelStatus(
             name=name, state=lc.state.name, port=port,
             container_id=slot.container_id, image_id=c.image_id if c else slot.desired.spec.image_id,
@@ -49,6 +53,7 @@ def publish(
             memory_used=memory.get(name),
             idle_s=None if last is None else max(0.0, now - last), ttl_left_s=ttl_left,
             inflight=u.inflight, waiting=u.waiting,
+            kv_tokens=kv_tokens, kv_bytes=kv_bytes, kv_note=kv_note,
         ))
         routes.append(Route(
             name=name, state=lc.state, host=host, port=port if lc.live else None,
@@ -57,6 +62,17 @@ def publish(
             max_queue=serving.max_queue,
         ))
     return tuple(statuses), route_table(tuple(routes))
+
+
+def _kv_fields(slot: Slot, kv: Mapping[str, tuple[int, int]] | None, off: str) -> tuple[int | None, int | None, str]:
+    """(tokens, bytes, note) of the KV cache the model keeps on disk."""
+    note = slot.desired.kv.note
+    if not slot.desired.kv.keep:
+        return None, None, note
+    if kv is None:
+        return None, None, off
+    tokens, nbytes = kv.get(slot.desired.name, (0, 0))
+    return tokens, nbytes, note
 
 
 class MemorySampler:

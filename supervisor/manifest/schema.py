@@ -267,6 +267,18 @@ class LogSettings(_Strict):
     max_files: int = Field(default=3, ge=1, le=100, description="how many log files to keep, 1-100")
 
 
+class KvCacheSettings(_Strict):
+    """The KV cache kept across stops (docs/DESIGN.md "KV caches kept across stops")."""
+
+    keep: bool | None = Field(
+        default=None,
+        description="true or false: save the slots' KV cache when the model stops and restore it when it"
+                    " starts again; null (the default) keeps it for on-demand models only",
+    )
+    max_size: MemorySize = Field(
+        default=1024**3, description="the most disk its saved cache files may take, such as 1g or 512m")
+
+
 class ModelManifest(_Strict):
     """`kind: model`: one llama-server container."""
 
@@ -294,6 +306,8 @@ class ModelManifest(_Strict):
     restart: RestartSection = Field(default_factory=RestartSection, description="restart policy and backoff")
     resources: Resources = Field(default_factory=Resources, description="container limits")
     logs: LogSettings = Field(default_factory=LogSettings, description="log rotation: {max_size: 10m, max_files: 3}")
+    kv_cache: KvCacheSettings = Field(default_factory=KvCacheSettings,
+                                      description="KV cache kept across stops: {keep: true, max_size: 1g}")
 
 
 class ProfileManifest(_Strict):

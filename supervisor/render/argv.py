@@ -65,6 +65,7 @@ RESERVED: dict[str, str] = {
        for opt, flags in SPELLINGS.items() if opt in OWNER_KEY for flag in flags},
     **{flag: "remove it and use a profile with gpu.layers" for flag in SPELLINGS["gpu_layers"]},
     "--api-key": "remove it and use server.api_key_file (a key on the command line shows in docker inspect)",
+    "--slot-save-path": "remove it and use kv_cache: the supervisor names the cache directory and its files",
     **{flag: "remove it and use source" for flag in ("--model-url", "-mu", "--hf-repo", "-hf", "-hfr",
                                                      "--hf-file", "-hff")},
     **{flag: f"remove it: the supervisor turns off {what}, see docs/SECURITY.md"

@@ -10,7 +10,7 @@ default start timeout in memory.py.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from supervisor.artifacts import gguf, hardware
@@ -20,6 +20,7 @@ from supervisor.core.spec import (
     DesiredModel,
     GpuRequest,
     HealthPolicy,
+    KvCache,
     LoadPolicy,
     Mount,
     RestartPolicy,
@@ -28,7 +29,8 @@ from supervisor.core.spec import (
 )
 from supervisor.artifacts.gguf import GgufFacts
 from supervisor.artifacts.hardware import HostInfo
-from supervisor.artifacts.lock import ImageLock
+from supervisor.artifacts.lock import ImageLock, ImageRecord
+from supervisor.core import kvcache
 from supervisor.manifest.loader import ManifestSet, Origin, load_dir
 from supervisor.manifest.schema import ModelManifest, ProfileManifest
 from supervisor.render.argv import CORS_ORIGINS, OWNER_KEY, SPELLINGS, check_extra_args
@@ -38,6 +40,7 @@ from supervisor.render.memory import default_start_timeout, estimate_memory
 CONTAINER_PORT = 8080
 MODEL_DIR = "/models"
 API_KEY_TARGET = "/run/secrets/api-key"
+KV_TARGET = "/kv"                  # the kept KV cache's directory in the container (core/kvcache.py)
 DEFAULT_GPU_LAYERS = 99
 
 @dataclass(frozen=True)
@@ -153,6 +156,9 @@ def render(
     argv.extend(server.extra_args)
     if problems:
         return None, problems
+    keep, swa_full, kv_note = kv_choice(manifest, record, facts)
+    if swa_full:
+        argv.append("--swa-full")
 
     mounts = [Mount(model_path, f"{MODEL_DIR}/{manifest.source.filename}", read_only=True)]
     if server.api_key_file is not None:
@@ -176,6 +182,15 @@ def render(
         log_max_bytes=manifest.logs.max_size,
         log_max_files=manifest.logs.max_files,
     )
+    kv = KvCache(keep=False, note=kv_note)
+    if keep:
+        # The files are kept under the hash of the model as rendered without them: the same model,
+        # image and flags find them again; any other change starts a directory of its own.
+        key = spec.config_hash()[:kvcache.KEY_LEN]
+        kv_dir = paths.kv_dir() / name / key
+        kv = KvCache(keep=True, max_bytes=manifest.kv_cache.max_size, key=key, dir=str(kv_dir), note=kv_note)
+        spec = replace(spec, argv=(*spec.argv, "--slot-save-path", KV_TARGET),
+                       mounts=(*spec.mounts, Mount(str(kv_dir / kvcache.SLOT_DIR), KV_TARGET, read_only=False)))
     health = manifest.health
     rs = manifest.restart
     desired = DesiredModel(
@@ -201,8 +216,38 @@ def render(
         source_file=origin.file,
         api_key_file=server.api_key_file,
         serving=serving(manifest, spec, placement, file_size, facts),
+        kv=kv,
     )
     return desired, problems
+
+
+def kv_choice(manifest: ModelManifest, record: ImageRecord, facts: GgufFacts | None) -> tuple[bool, bool, str]:
+    """Whether the model's KV cache is kept across stops, whether that needs --swa-full, and why (said
+    plainly in status and validate)."""
+    setting = manifest.kv_cache.keep
+    extra = manifest.server.extra_args
+    if setting is False:
+        return False, False, "off (kv_cache.keep: false)"
+    if setting is None and manifest.lifecycle != "on-demand":
+        return False, False, "off: lifecycle always (kv_cache.keep: true keeps it across restarts)"
+    if "--slot-save-path" not in record.flags:
+        return False, False, f"not kept: image {record.tag} ({record.version}) has no --slot-save-path"
+    if "--no-slots" in extra:
+        return False, False, ("not kept: extra_args has --no-slots, and the daemon finds the slots to save"
+                              " through GET /slots (fix: remove --no-slots, or set kv_cache.keep: false)")
+    if facts is None:
+        return True, False, ("kept; whether the model uses sliding-window attention is unknown (its GGUF"
+                             " header was not read), so a restored cache may not be reused")
+    if not facts.swa:
+        return True, False, "kept"
+    if "--swa-full" not in record.flags:
+        return False, False, (f"not kept: the model uses sliding-window attention ({facts.sliding_window}"
+                              f" tokens) and image {record.tag} has no --swa-full, without which a restored"
+                              f" cache is not reused")
+    full = "--swa-full" in extra
+    return True, not full, (f"kept with --swa-full: the model uses sliding-window attention"
+                            f" ({facts.sliding_window} tokens), whose restored cache is reused only when"
+                            f" every layer keeps the whole context (the memory estimate counts that)")
 
 
 def serving(manifest: ModelManifest, spec: ContainerSpec, placement: Placement, file_size: int,

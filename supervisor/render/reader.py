@@ -28,6 +28,7 @@ from supervisor.core.spec import (
     DesiredModel,
     GpuRequest,
     HealthPolicy,
+    KvCache,
     LoadPolicy,
     Mount,
     RestartPolicy,
@@ -77,6 +78,7 @@ def decode(d: Mapping[str, Any]) -> DesiredModel:
         restart=RestartSettings(**{**restart, "policy": RestartPolicy(restart["policy"])}),
         model_path=d["model_path"], source_file=d["source_file"], api_key_file=d["api_key_file"],
         serving=Serving(**{**serving, "aliases": tuple(serving["aliases"]), "lifecycle": LoadPolicy(serving["lifecycle"])}),
+        kv=KvCache(**d.get("kv", {})),
     )
 
 

@@ -44,7 +44,7 @@ def test_unknown_keys_name_the_allowed_keys_and_the_closest() -> None:
         " batch_size, cache_type_k, cache_type_v, ctx_size, extra_args, flash_attn, host, parallel, port, threads)",
         f"{f}:11: unknown key 'memroy' in resources (fix: did you mean 'memory'? allowed keys: cpu_shares, cpus, cpuset,"
         " memory, pids)",
-        f"{f}:12: unknown key 'colour' (fix: allowed keys: aliases, health, idle_ttl, kind, lifecycle, logs,"
+        f"{f}:12: unknown key 'colour' (fix: allowed keys: aliases, health, idle_ttl, kind, kv_cache, lifecycle, logs,"
         " max_queue, name, profile, resources, restart, server, source)",
     ]
 
