@@ -36,6 +36,7 @@ class Handler(JsonHandler):
         ("GET", "paths"): "get_paths",
         ("GET", "status"): "get_status",
         ("GET", "logs"): "get_logs",
+        ("GET", "console"): "get_console",
         ("POST", "start"): "post_start",
         ("POST", "stop"): "post_stop",
         ("POST", "restart"): "post_restart",
@@ -73,16 +74,25 @@ class Handler(JsonHandler):
             body["error"] = f"no such model: {', '.join(unknown)}"
         self._send_json(HTTPStatus.NOT_FOUND if unknown else HTTPStatus.OK, body)
 
+    def get_console(self) -> None:
+        """The web console's login URL (`llama-supervisorctl console`): whoever may use this socket may act there."""
+        login = getattr(self.server.controller, "console_login", None)
+        url = login() if login is not None else None
+        if url is None:
+            self._error(HTTPStatus.NOT_FOUND, "this daemon serves no console (it runs with --no-gateway)")
+            return
+        self._send_json(HTTPStatus.OK, {"url": url})
+
     def post_start(self) -> None:
         body = self._body()
-        self._run(StartModels(_names(body), wait=_flag(body, "wait", True)))
+        self._run(command_for("start", _names(body), wait=_flag(body, "wait", True)))
 
     def post_stop(self) -> None:
-        self._run(StopModels(_names(self._body())))
+        self._run(command_for("stop", _names(self._body())))
 
     def post_restart(self) -> None:
         body = self._body()
-        self._run(RestartModels(_names(body), wait=_flag(body, "wait", True)))
+        self._run(command_for("restart", _names(body), wait=_flag(body, "wait", True)))
 
     def post_reread(self) -> None:
         self._run(Reread())
@@ -130,6 +140,27 @@ class Handler(JsonHandler):
         result = self.server.controller.submit(command).result()
         status = HTTPStatus.NOT_FOUND if result.unknown else HTTPStatus.OK
         self._send_json(status, result_to_json(result))
+
+
+ACTIONS = ("start", "stop", "restart")
+
+
+def command_for(verb: str, names: tuple[str, ...], *, wait: bool = True) -> Command:
+    """The command a start, stop or restart asks the loop for: the socket's POSTs and the web console's
+    buttons both build theirs here (one path for actions)."""
+    match verb:
+        case "start":
+            return StartModels(names, wait=wait)
+        case "stop":
+            return StopModels(names)
+        case "restart":
+            return RestartModels(names, wait=wait)
+    raise BadRequest(f"{verb!r} is not an action (one of: {', '.join(ACTIONS)})")
+
+
+def checked_names(names: list[str]) -> tuple[str, ...]:
+    """Model names as the socket checks them (400 unless each matches the manifests' name pattern)."""
+    return _checked_names(names)
 
 
 def _names(body: dict[str, Any]) -> tuple[str, ...]:
