@@ -44,13 +44,29 @@
     tbody.replaceChildren(...data.map(r => h("tr", {}, ...r.map(v => h("td", {}, v)))));
   }
 
+  // A card changes in place: its buttons are replaced only when the actions offered change, so a
+  // button stays put (and keeps focus) while the uptime ticks.
+  function update(old, m) {
+    const fresh = card(m);
+    const same = old.querySelector(".actions").textContent === fresh.querySelector(".actions").textContent;
+    if (!same) { keepFocus(old, () => old.replaceWith(fresh)); return fresh; }
+    old.dataset.state = m.state;
+    for (const part of Array.from(old.children)) { if (!part.classList.contains("actions")) part.remove(); }
+    const actions = old.querySelector(".actions");
+    for (const part of Array.from(fresh.children)) { if (!part.classList.contains("actions")) actions.before(part); }
+    return old;
+  }
   const handlers = {
     models(view) {
       const box = document.getElementById("models");
-      keepFocus(box, () => box.replaceChildren(...(view.models.length ? view.models.map(card) : [h("p", {}, "No models.")])));
-      const old = document.querySelector(".budget");
-      const fresh = meter(view.budget, "bar budget");
-      if (old && fresh) old.replaceWith(fresh);
+      const old = new Map(Array.from(box.querySelectorAll("article.model")).map(a => [a.dataset.model, a]));
+      const next = view.models.map(m => old.has(m.name) ? update(old.get(m.name), m) : card(m));
+      if (!next.length) next.push(h("p", {}, "No models."));
+      next.forEach((node, i) => { if (box.children[i] !== node) box.insertBefore(node, box.children[i] || null); });
+      while (box.children.length > next.length) box.lastElementChild.remove();
+      const oldBudget = document.querySelector(".budget");
+      const freshBudget = meter(view.budget, "bar budget");
+      if (oldBudget && freshBudget) oldBudget.replaceWith(freshBudget);
     },
     activity(view) {
       rows(document.getElementById("inflight"), view.inflight);
