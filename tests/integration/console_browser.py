@@ -57,13 +57,15 @@ def card_state(driver: Any, model: str) -> str | None:
     return found[0].get_attribute("data-state") if found else None
 
 
-def screenshots(driver: Any, base: str, pages: dict[str, str]) -> None:
-    """Each page at desktop width and at 390 px into docs/console/ (`make screenshots`)."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
+def screenshots(driver: Any, base: str, pages: dict[str, str], out: Path = SHOTS) -> None:
+    """Each page at desktop width and at 390 px into `out` (docs/console/: `make screenshots`)."""
+    import time
+
+    out.mkdir(parents=True, exist_ok=True)
     for label, (w, h) in WIDTHS.items():
         driver.set_window_size(w, h)
         for name, path in pages.items():
             driver.get(base + path)
-            driver.implicitly_wait(0.3)
-            driver.save_screenshot(str(SHOTS / f"{name}-{label}.png"))
+            time.sleep(0.4)                     # the event stream's first update
+            driver.save_screenshot(str(out / f"{name}-{label}.png"))
     driver.set_window_size(*WIDTHS["desktop"])

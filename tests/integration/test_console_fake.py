@@ -15,7 +15,8 @@ import pytest
 import uvicorn
 from starlette.routing import Mount
 
-from supervisor.console.app import Console
+from supervisor.console.app import Console, HostFacts
+from supervisor.console.views import Budgets
 from supervisor.console.auth import Authority
 from supervisor.core.activity import Activity
 from supervisor.core.commands import StopModels
@@ -34,7 +35,9 @@ def served() -> Iterator[tuple[str, FakeDaemon]]:
     daemon = FakeDaemon([status("m", reason="healthy"),
                          status("evil", "FATAL", reason="<script>alert(1)</script> in /tmp/<b>x</b>", port=None)])
     activity = Activity()
-    console = Console(daemon, activity, Authority(TOKEN))
+    daemon.log_chunks.append(b"main: server is listening on http://0.0.0.0:8080\n\x1b]0;retitled\x07ok\n")
+    host = HostFacts(cores=16, memory_bytes=64 << 30, arch="x86_64", budgets=Budgets(8 << 30, None))
+    console = Console(daemon, activity, Authority(TOKEN), host)
     up = Upstream(transport=httpx.MockTransport(lambda r: ok({"usage": {"completion_tokens": 4}})))
     app = create_app(FakeBackend(RUNNING), GatewaySettings(), upstream=up, activity=activity,
                      mounts=[Mount("/ui", app=console.app)])
@@ -114,6 +117,19 @@ def test_a_request_appears_in_activity_live(browser: Any, served: tuple[str, Fak
     assert time.monotonic() - t0 < 1.0
 
 
+def test_a_log_line_appears_live_without_control_characters(browser: Any, served: tuple[str, FakeDaemon]) -> None:
+    from selenium.webdriver.common.by import By
+
+    base, daemon = served
+    browser.get(f"{base}/ui/login?token={TOKEN}")
+    browser.get(base + "/ui/logs?model=m")
+    until(browser, 3, "the log's history", lambda d: "server is listening" in d.find_element(By.ID, "log").text)
+    assert "\x1b" not in browser.find_element(By.ID, "log").get_attribute("textContent")
+    daemon.log_chunks.append(b"slot 0: a new line <b>here</b>\n")
+    until(browser, 3, "the new line", lambda d: "a new line <b>here</b>" in d.find_element(By.ID, "log").text)
+    browser.delete_all_cookies()
+
+
 def test_pages_fit_390_px(browser: Any, served: tuple[str, FakeDaemon]) -> None:
     base, _ = served
     browser.set_window_size(390, 844)
@@ -124,3 +140,22 @@ def test_pages_fit_390_px(browser: Any, served: tuple[str, FakeDaemon]) -> None:
             assert width <= 390, (path, width)     # wide tables scroll inside their own box
     finally:
         browser.set_window_size(1280, 900)
+
+
+def test_screenshots_of_each_page(browser: Any, served: tuple[str, FakeDaemon], tmp_path: Any) -> None:
+    """Every page at desktop width and at 390 px; `make screenshots` (CONSOLE_SCREENSHOTS=1) writes them
+    to docs/console/ for the README, otherwise they go to a temporary directory."""
+    import os
+    from pathlib import Path
+
+    from .console_browser import SHOTS, screenshots
+
+    base, daemon = served
+    httpx.post(base + "/v1/completions", json={"model": "m", "prompt": "hi"}, timeout=5).raise_for_status()
+    browser.get(f"{base}/ui/login?token={TOKEN}")
+    out = SHOTS if os.environ.get("CONSOLE_SCREENSHOTS") else Path(tmp_path)
+    screenshots(browser, base, {"models": "/ui/", "activity": "/ui/activity", "logs": "/ui/logs?model=m",
+                                "host": "/ui/host"}, out)
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(
+        f"{page}-{w}.png" for page in ("models", "activity", "logs", "host") for w in ("desktop", "390px"))
+    browser.delete_all_cookies()

@@ -45,6 +45,7 @@ class FakeDaemon:
         self.models = models
         self.commands: list[Command] = []
         self.log_chunks: list[bytes] = []
+        self._log_read = 0
 
     def status(self, names: tuple[str, ...] = ()) -> list[ModelStatus]:
         return [m for m in self.models if not names or m.name in names]
@@ -56,7 +57,10 @@ class FakeDaemon:
         return fut
 
     def logs(self, name: str, *, lines: int = 100, follow: bool = False) -> Iterator[bytes]:
-        return iter(self.log_chunks)
+        """With lines: the whole log; lines=0 (followed again): what came since the last read."""
+        chunks = self.log_chunks[0 if lines else self._log_read:]
+        self._log_read = len(self.log_chunks)
+        return iter(list(chunks))
 
     def runtime(self) -> str:
         return "docker"
