@@ -359,9 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=int, default=3, help="N models under the real daemon (default 3)")
     ap.add_argument("--quick", action="store_true", help="3 runs, 10 s idle window: a smoke test, not for the doc")
     ap.add_argument("--cold-build", action="store_true", help="also time docker build --no-cache of cpu-generic")
-    ap.add_argument("--only", choices=("all", "main", "gateway", "abuse"), default="all",
+    ap.add_argument("--only", choices=("all", "main", "gateway", "abuse", "console"), default="all",
                     help="main: every section but the gateway's and abuse's; gateway: only the gateway's (issue 8); "
-                         "abuse: only hostile clients (issue 15)")
+                         "abuse: only hostile clients (issue 15); console: only the web console's (issue 18)")
     a = ap.parse_args(argv)
     import logging
 
@@ -397,10 +397,12 @@ def main(argv: list[str] | None = None) -> int:
             write_section(a.out, text)
             print(f"wrote {a.out}")
     from bench.abuse import bench_abuse
+    from bench.console import bench_console
     from bench.gateway import bench_gateway
 
     sections = [("gateway", bench_gateway, render_gateway_doc, (GW_BEGIN, GW_END), END, "ratio to direct / floor"),
-                ("abuse", bench_abuse, render_abuse_doc, (AB_BEGIN, AB_END), GW_END, "ratio to rest")]
+                ("abuse", bench_abuse, render_abuse_doc, (AB_BEGIN, AB_END), GW_END, "ratio to rest"),
+                ("console", bench_console, render_console_doc, (UI_BEGIN, UI_END), AB_END, "ratio to floor")]
     for name, bench, render, markers, after, ratio_head in sections:
         if a.only not in ("all", name):
             continue
@@ -430,6 +432,7 @@ def watched_section(name: str, bench: Callable[..., None], *, quick: bool, rende
 BEGIN, END = "<!-- bench.run:begin -->", "<!-- bench.run:end -->"
 GW_BEGIN, GW_END = "<!-- bench.gateway:begin -->", "<!-- bench.gateway:end -->"
 AB_BEGIN, AB_END = "<!-- bench.abuse:begin -->", "<!-- bench.abuse:end -->"
+UI_BEGIN, UI_END = "<!-- bench.console:begin -->", "<!-- bench.console:end -->"
 
 
 class CrowdWatch:
@@ -531,6 +534,16 @@ def render_abuse_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: 
     return _section_doc((AB_BEGIN, AB_END), "## Abuse: hostile clients (`python -m bench.run --only abuse`)", about,
                         r, info, quiet=quiet, ratio_head="ratio to rest",
                         reproduce=["### How to reproduce (abuse)", ""])
+
+
+def render_console_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: float, quiet: str,
+                       quick: bool) -> str:
+    about = (f"In-process gateway and console over a hand-written daemon of 100 models (no engine, no model: the "
+             f"console's own cost); whole section {elapsed / 60:.1f} min{' (--quick: a smoke test)' if quick else ''}")
+    return _section_doc((UI_BEGIN, UI_END), "## Web console (`python -m bench.run --only console`)", about, r, info,
+                        quiet=quiet, ratio_head="ratio to floor", reproduce=[
+                            "### How to reproduce (console)", "",
+                            "`.venv/bin/python -m bench.run --only console --out docs/BENCHMARKS.md`.", ""])
 
 
 def write_section(path: Path, section: str, *, markers: tuple[str, str] = (BEGIN, END),

@@ -19,7 +19,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,10 +32,8 @@ from supervisor.console import pages, views
 from supervisor.console.auth import COOKIE, CSRF_HEADER, Access, Authority
 from supervisor.console.events import EventLog
 from supervisor.console.follow import LogFollower
-from supervisor.control.http import BadRequest
-from supervisor.control.routes import ACTIONS, checked_names, command_for
 from supervisor.core.activity import Activity
-from supervisor.core.commands import Command, CommandResult
+from supervisor.core.commands import ACTIONS, NAME, Command, CommandResult, command_for
 from supervisor.core.status import ModelStatus
 from supervisor.errors import ConfigError
 from supervisor.gateway.keys import bearer
@@ -74,7 +71,7 @@ class ConsoleSettings:
     public_read: bool = True          # False when the gateway has inference keys
     max_streams: int = 16
     max_followers: int = 4
-    tick_s: float = 1.0               # the models view at most this often; the daemon's events looked for as often
+    tick_s: float = 1.0               # how often the statuses are looked at (events, pokes); in-flight rows refresh
 
 
 @dataclass
@@ -111,7 +108,8 @@ class Console:
         self.followers = 0
         self._pokes: set[asyncio.Event] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._models_cache: tuple[float, str] = (-1.0, "")
+        self._models_text = ""
+        self._models_seen: tuple[tuple[ModelStatus, ...], str, dict[str, str]] | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         activity.wake = self.poke
@@ -126,7 +124,8 @@ class Console:
             Route("/static/{file}", self.static, methods=["GET"]),
         ]
         self.app = SecurityHeaders(Starlette(routes=routes))
-        self._static = {name: (resources.files("supervisor.console") / "static" / name).read_bytes() for name in STATIC}
+        here = Path(__file__).parent / "static"       # package data ([tool.setuptools.package-data])
+        self._static = {name: (here / name).read_bytes() for name in STATIC}
 
     # --- the daemon's events, looked for on a thread while the daemon runs --------------------------
 
@@ -140,10 +139,14 @@ class Console:
             self._watcher.join(5)
 
     def _watch(self) -> None:
+        """Every tick: the daemon's events, and a poke to the open pages when any status changed (at rest,
+        nothing changes and no page is woken)."""
+        last: tuple[ModelStatus, ...] = ()
         while not self._stop.wait(self.settings.tick_s):
-            before = self.events.version
-            self.events.observe(self.daemon.status(), self.wall())
-            if self.events.version != before:
+            statuses = tuple(self.daemon.status())
+            self.events.observe(statuses, self.wall())
+            if statuses != last:
+                last = statuses
                 self.poke()
 
     def poke(self) -> None:
@@ -189,13 +192,14 @@ class Console:
         return views.models_view(self.daemon.status(), self.host.budgets, self.variants(), self.daemon.runtime())
 
     def models_json(self) -> str:
-        """The models view as JSON, computed at most once a tick whoever asks (every open page shares it)."""
-        now = self.clock()
-        at, text = self._models_cache
-        if now - at >= self.settings.tick_s or at < 0:
-            text = json.dumps(self.models_view(), separators=(",", ":"))
-            self._models_cache = (now, text)
-        return text
+        """The models view as JSON, formatted again only when the statuses changed (every open page shares it)."""
+        statuses, runtime, variants = tuple(self.daemon.status()), self.daemon.runtime(), self.variants()
+        if self._models_seen is not None and self._models_seen == (statuses, runtime, variants):
+            return self._models_text                  # nothing changed: not formatted again (the cost at rest)
+        self._models_text = json.dumps(views.models_view(statuses, self.host.budgets, variants, runtime),
+                                       separators=(",", ":"))
+        self._models_seen = (statuses, runtime, variants)
+        return self._models_text
 
     def activity_view(self) -> dict[str, Any]:
         inflight, done = self.activity.snapshot()
@@ -288,11 +292,10 @@ class Console:
         if action not in ACTIONS:
             return JSONResponse({"ok": False, "error": f"no action {action!r} (one of: {', '.join(ACTIONS)})"},
                                 status_code=404)
-        try:
-            names = checked_names([name])
-            command = command_for(action, names, wait=False)
-        except BadRequest as e:
-            return JSONResponse({"ok": False, "error": str(e)}, status_code=400)
+        if not NAME.match(name):
+            return JSONResponse({"ok": False, "error": f"{name[:70]!r} is not a model name (lowercase letters, digits"
+                                 " and dashes, at most 63)"}, status_code=400)
+        command = command_for(action, (name,), wait=False)
         future = asyncio.wrap_future(self.daemon.submit(command))
         done, _ = await asyncio.wait({future}, timeout=ACTION_WAIT_S)
         if not done:
@@ -373,8 +376,11 @@ class Console:
             elif self.clock() - quiet_since >= HEARTBEAT_S:
                 quiet_since = self.clock()
                 yield b": still here\n\n"
+            # woken by a change (the watcher's poke, the activity ring, a log line); the clock alone wakes
+            # it only for a heartbeat, or every tick while requests are in flight (their rows count time)
+            patience = self.settings.tick_s if self.activity.snapshot()[0] else HEARTBEAT_S
             try:
-                await asyncio.wait_for(poke.wait(), timeout=self.settings.tick_s)
+                await asyncio.wait_for(poke.wait(), timeout=patience)
             except asyncio.TimeoutError:
                 pass
 

@@ -6,7 +6,6 @@ against the manifest name pattern before use. The HTTP plumbing and its limits a
 from __future__ import annotations
 
 import dataclasses
-import re
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -24,9 +23,10 @@ from supervisor.control.api import (
     Update,
 )
 from supervisor.control.http import BadRequest, JsonHandler, is_count
+from supervisor.core.commands import NAME as _NAME
+from supervisor.core.commands import command_for
 
 MAX_LOG_LINES = 100_000
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")   # the manifest's name pattern (manifest.schema)
 
 
 class Handler(JsonHandler):
@@ -140,27 +140,6 @@ class Handler(JsonHandler):
         result = self.server.controller.submit(command).result()
         status = HTTPStatus.NOT_FOUND if result.unknown else HTTPStatus.OK
         self._send_json(status, result_to_json(result))
-
-
-ACTIONS = ("start", "stop", "restart")
-
-
-def command_for(verb: str, names: tuple[str, ...], *, wait: bool = True) -> Command:
-    """The command a start, stop or restart asks the loop for: the socket's POSTs and the web console's
-    buttons both build theirs here (one path for actions)."""
-    match verb:
-        case "start":
-            return StartModels(names, wait=wait)
-        case "stop":
-            return StopModels(names)
-        case "restart":
-            return RestartModels(names, wait=wait)
-    raise BadRequest(f"{verb!r} is not an action (one of: {', '.join(ACTIONS)})")
-
-
-def checked_names(names: list[str]) -> tuple[str, ...]:
-    """Model names as the socket checks them (400 unless each matches the manifests' name pattern)."""
-    return _checked_names(names)
 
 
 def _names(body: dict[str, Any]) -> tuple[str, ...]:
