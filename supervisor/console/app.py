@@ -5,7 +5,7 @@ Sec-Fetch-Site, JSON bodies). Pages are server-rendered; one event stream (/ui/e
   or an admin key); a model's log always needs a session or an admin key.
 - Acting: POST /ui/api/models/NAME/ACTION (start, stop, restart) with an admin key, or with a session
   cookie + its CSRF token + an Origin (the Guard checked it is this gateway's); the command is built by
-  control.routes.command_for and queued like the control socket's.
+  core.commands.command_for and queued like the control socket's.
 - Bounds: `max_streams` event streams and `max_followers` followed logs at once (503 beyond), each
   stream's log lines in a bounded buffer, sessions bounded (auth.py), the activity ring bounded.
 """
