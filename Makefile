@@ -12,7 +12,7 @@ export LLAMA_SUPERVISOR_CACHE_DIR ?= $(STATE)/cache
 # asks it where this state is (verify, hardware, fetch-model, ...: cli/where.py).
 export LLAMA_SUPERVISOR_MANIFESTS ?= $(CURDIR)/manifests
 
-.PHONY: venv base-images image model setup tools run lint test unit mutate bench soak clean
+.PHONY: venv base-images image model setup tools run lint test unit mutate bench soak screenshots clean
 
 $(BIN)/llama-supervisorctl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,18 +33,19 @@ model: venv
 
 setup: image model
 
-# Host tools some unit tests run: gpg/gpgv (the lock signature) and systemd-analyze (the unit file).
+# Host tools some tests run: gpg/gpgv (the lock signature), systemd-analyze (the unit file), and
+# chromium + chromedriver (the web console in a real headless browser, driven by selenium).
 # Installed only when missing, and only as root; otherwise it says what to install and goes on, and
 # those tests skip (locally) or fail (under CI, where CI is set).
-TOOLS := gpg gpgv systemd-analyze
+TOOLS := gpg gpgv systemd-analyze chromium chromedriver
 tools:
 	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing gnupg, gpgv and systemd for:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gnupg gpgv systemd >/dev/null; \
+		echo "installing gnupg, gpgv, systemd, chromium and chromium-driver for:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gnupg gpgv systemd chromium chromium-driver >/dev/null; \
 	else \
-		echo "missing:$$missing; as root: apt-get install gnupg gpgv systemd (their tests skip, or fail under CI)" >&2; \
+		echo "missing:$$missing; as root: apt-get install gnupg gpgv systemd chromium chromium-driver (their tests skip, or fail under CI)" >&2; \
 	fi
 
 run: setup
@@ -77,6 +78,10 @@ bench: setup
 
 soak: setup
 	$(BIN)/python -m bench.soak --duration $(or $(DURATION),600)
+
+# The console's screenshots in docs/console/ (README), each page at desktop width and at 390 px.
+screenshots: venv tools
+	CONSOLE_SCREENSHOTS=1 $(BIN)/pytest -q tests/integration/test_console_fake.py -k screenshots
 
 clean:
 	rm -rf $(VENV) $(STATE)

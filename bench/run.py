@@ -359,9 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=int, default=3, help="N models under the real daemon (default 3)")
     ap.add_argument("--quick", action="store_true", help="3 runs, 10 s idle window: a smoke test, not for the doc")
     ap.add_argument("--cold-build", action="store_true", help="also time docker build --no-cache of cpu-generic")
-    ap.add_argument("--only", choices=("all", "main", "gateway", "abuse", "swaps-kv"), default="all",
-                    help="main: every section but the gateway's and abuse's; gateway: only the gateway's (issue 8); "
-                         "abuse: only hostile clients (issue 15); swaps-kv: KV caches kept across swaps (issue 17)")
+    ap.add_argument("--only", choices=("all", "main", *SECTIONS), default="all",
+                    help="main: every section but the named ones; " + "; ".join(f"{k}: {v}" for k, v in SECTIONS.items()))
     a = ap.parse_args(argv)
     import logging
 
@@ -397,12 +396,14 @@ def main(argv: list[str] | None = None) -> int:
             write_section(a.out, text)
             print(f"wrote {a.out}")
     from bench.abuse import bench_abuse
+    from bench.console import bench_console
     from bench.gateway import bench_gateway
     from bench.swaps_kv import bench_swaps_kv
 
     sections = [("gateway", bench_gateway, render_gateway_doc, (GW_BEGIN, GW_END), END, "ratio to direct / floor"),
                 ("abuse", bench_abuse, render_abuse_doc, (AB_BEGIN, AB_END), GW_END, "ratio to rest"),
-                ("swaps-kv", bench_swaps_kv, render_swaps_kv_doc, (KV_BEGIN, KV_END), AB_END, "ratio to never stopped")]
+                ("swaps-kv", bench_swaps_kv, render_swaps_kv_doc, (KV_BEGIN, KV_END), AB_END, "ratio to never stopped"),
+                ("console", bench_console, render_console_doc, (UI_BEGIN, UI_END), KV_END, "ratio to floor")]
     for name, bench, render, markers, after, ratio_head in sections:
         if a.only not in ("all", name):
             continue
@@ -433,6 +434,15 @@ BEGIN, END = "<!-- bench.run:begin -->", "<!-- bench.run:end -->"
 GW_BEGIN, GW_END = "<!-- bench.gateway:begin -->", "<!-- bench.gateway:end -->"
 AB_BEGIN, AB_END = "<!-- bench.abuse:begin -->", "<!-- bench.abuse:end -->"
 KV_BEGIN, KV_END = "<!-- bench.swaps-kv:begin -->", "<!-- bench.swaps-kv:end -->"
+UI_BEGIN, UI_END = "<!-- bench.console:begin -->", "<!-- bench.console:end -->"
+
+# The sections `--only NAME` runs alone (each writes only between its own markers); `main` is the rest.
+SECTIONS = {
+    "gateway": "only the gateway's (issue 8)",
+    "abuse": "only hostile clients (issue 15)",
+    "swaps-kv": "KV caches kept across swaps (issue 17)",
+    "console": "only the web console's (issue 18)",
+}
 
 
 class CrowdWatch:
@@ -544,6 +554,14 @@ def render_swaps_kv_doc(r: Report, info: dict[str, str], *, variant: str, elapse
     return _section_doc((KV_BEGIN, KV_END), "## Swaps: KV cache kept (`python -m bench.run --only swaps-kv`)",
                         about, r, info, quiet=quiet, ratio_head="ratio to never stopped",
                         reproduce=["### How to reproduce (swaps-kv)", ""])
+def render_console_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: float, quiet: str,
+                       quick: bool) -> str:
+    about = (f"In-process gateway and console over a hand-written daemon of 100 models (no engine, no model: the "
+             f"console's own cost); whole section {elapsed / 60:.1f} min{' (--quick: a smoke test)' if quick else ''}")
+    return _section_doc((UI_BEGIN, UI_END), "## Web console (`python -m bench.run --only console`)", about, r, info,
+                        quiet=quiet, ratio_head="ratio to floor", reproduce=[
+                            "### How to reproduce (console)", "",
+                            "`.venv/bin/python -m bench.run --only console --out docs/BENCHMARKS.md`.", ""])
 
 
 def write_section(path: Path, section: str, *, markers: tuple[str, str] = (BEGIN, END),

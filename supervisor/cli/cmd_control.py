@@ -309,9 +309,25 @@ def tail(ctx: click.Context, name: str, follow: bool, lines: int) -> None:
             pass
 
 
+@click.command()
+@click.option("--open", "open_browser", is_flag=True, help="Open it in a browser too.")
+@click.pass_context
+@speaks_errors
+def console(ctx: click.Context, open_browser: bool) -> None:
+    """The web console's URL with a login token (it lets whoever opens it start and stop models)."""
+    with control_client(ctx) as client:
+        url = client.console_url()
+    output.echo(url)
+    output.echo("Open it in a browser on this machine; the token changes when the daemon restarts.", err=True)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+
+
 # --- registration ----------------------------------------------------------------------------
 
-COMMANDS = (status, models, start, stop, restart, reread, update, reload, shutdown, pid, tail)
+COMMANDS = (status, models, start, stop, restart, reread, update, reload, shutdown, pid, tail, console)
 
 
 def add_socket_option(cli: click.Group) -> None:

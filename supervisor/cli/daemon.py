@@ -121,6 +121,9 @@ def _release_freed_memory() -> None:
               help="Host names the gateway answers besides 127.0.0.1, localhost, [::1] and the listen address "
                    "(others get 421: DNS rebinding). Listening on 0.0.0.0 or ::, name every address and name "
                    "clients use, e.g. 192.168.1.5,gpu-box.lan.")
+@click.option("--admin-keys-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Keys that may act through the web console (/ui/) as 'Authorization: Bearer KEY', for programs;"
+                   " one per line. The gateway's inference keys never may.")
 @click.option("--gateway-max-body", default="16m", show_default=True, help="Largest request body the gateway takes.")
 @click.option("--gateway-body-budget", default="64m", show_default=True,
               help="Bytes that request bodies over 64 KiB may hold together while their requests are in flight; "
@@ -148,7 +151,7 @@ def _release_freed_memory() -> None:
 def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None, socket_group: str | None,
         metrics_port: int | None, resync_interval: float, stop_timeout: float, stop_models_on_exit: bool,
         instance: str, gateway_listen: str, no_gateway: bool, gateway_api_keys_file: Path | None,
-        gateway_allowed_hosts: str, gateway_max_body: str, gateway_body_budget: str, gateway_max_uploads: int,
+        gateway_allowed_hosts: str, admin_keys_file: Path | None, gateway_max_body: str, gateway_body_budget: str, gateway_max_uploads: int,
         gateway_max_connections: int, memory_budget: str, gpu_memory_budget: str, no_watch: bool,
         log_format: logs.LogFormat, runtime_kind: str, kv_cache_max: str) -> None:
     """Keep the llama-server models the manifests describe alive, and serve them on one endpoint."""
@@ -159,7 +162,8 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
         listen=gateway_listen, api_keys_file=gateway_api_keys_file, max_body=_size(gateway_max_body, "--gateway-max-body"),
         allowed_hosts=tuple(h.strip() for h in gateway_allowed_hosts.split(",") if h.strip()),
         body_budget=_size(gateway_body_budget, "--gateway-body-budget"), max_uploads=gateway_max_uploads,
-        max_connections=gateway_max_connections)
+        max_connections=gateway_max_connections, admin_keys_file=admin_keys_file, socket_group=socket_group,
+        instance=instance)
     if gateway is not None and gateway.body_budget < gateway.max_body:
         raise ConfigError(f"--gateway-body-budget {gateway_body_budget} is less than --gateway-max-body"
                           f" {gateway_max_body} (fix: a budget of at least one largest body)")
@@ -213,6 +217,9 @@ class GatewayOptions:
     body_budget: int = 64 * 1024 * 1024
     max_uploads: int = 16
     max_connections: int = 1024
+    admin_keys_file: Path | None = None      # the console's admin keys
+    socket_group: str | None = None          # the console's token file is readable as the socket is usable
+    instance: str = "default"
 
 
 def _size(value: str, option: str) -> int:
@@ -282,7 +289,8 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         raise ManifestError([f"{manifests}: not a directory; create it or pass --manifests DIR"])
 
     events: queue.Queue[Event] = queue.Queue()
-    budget = make_budget(*budgets, hardware.detect())
+    host = hardware.detect()
+    budget = make_budget(*budgets, host)
     api_keys = read_gateway_keys(gateway.api_keys_file) if gateway and gateway.api_keys_file else frozenset()
     wiring = choose(runtime_kind, instance=instance, lock_path=lock_path, post=events.put)  # type: ignore[arg-type]
     runtime = wiring.runtime
@@ -337,7 +345,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         if server is not None:
             closers.insert(0, server)
         if gateway is not None:
-            closers.insert(0, _gateway(controller, gateway, api_keys, metrics))
+            closers[:0] = _gateway(controller, gateway, api_keys, metrics, console_host=(host, budget, lock_path))
         # Everything made so far (modules, classes, the wiring) lives as long as the process: out of
         # the collector's sight, a full collection walks only what came later, so a flood of
         # short-lived connections cannot make one pause every thread (gateway included) for long.
@@ -389,7 +397,9 @@ def _systemd_and_metrics(metrics_port: int | None, closers: list[Any]) -> tuple[
     return notifier, metrics, max_wait, interval
 
 
-def _gateway(controller: Any, options: GatewayOptions, api_keys: frozenset[str], metrics: Any) -> Any:
+def _gateway(controller: Any, options: GatewayOptions, api_keys: frozenset[str], metrics: Any,
+             console_host: tuple[Any, Any, Path]) -> list[Any]:
+    from supervisor.core.activity import Activity
     from supervisor.gateway.app import GatewaySettings, create_app
     from supervisor.gateway.body import BodyLimits
     from supervisor.gateway.connections import ConnectionLimits
@@ -402,10 +412,42 @@ def _gateway(controller: Any, options: GatewayOptions, api_keys: frozenset[str],
                     " name the others with --gateway-allowed-hosts", listen=options.listen)
     body = BodyLimits(budget_bytes=options.body_budget, max_uploads=options.max_uploads)
     settings = GatewaySettings(max_body_bytes=options.max_body, api_keys=api_keys, allowed_hosts=hosts, body=body)
-    app = create_app(controller, settings, metrics)
+    activity = Activity()
+    console, mount, token = _console(controller, options, activity, public_read=not api_keys, host=console_host)
+    app = create_app(controller, settings, metrics, activity=activity, mounts=[mount])
     server = GatewayServer(app, options.listen, ConnectionLimits(max_connections=options.max_connections))
+    shown = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+    base = f"http://{'[' + shown + ']' if ':' in shown else shown}:{server.port}/ui/"
+    controller.console_login = lambda: f"{base}login?token={token}"
     server.start()
-    return server
+    console.start()
+    log.info("console", url=base)
+    return [server, console]
+
+
+def _console(controller: Any, options: GatewayOptions, activity: Any, *, public_read: bool,
+             host: tuple[Any, Any, Path]) -> tuple[Any, Any, str]:
+    """The web console (/ui/, supervisor.console): its login token written where the control socket's users
+    can read it, the URL with it handed to `llama-supervisorctl console` through the control socket."""
+    from starlette.routing import Mount
+
+    from supervisor.console.app import Console, ConsoleSettings, HostFacts
+    from supervisor.console.auth import Authority, new_token, token_path, write_token
+    from supervisor.console.views import Budgets
+    from supervisor.gateway.keys import read_gateway_keys
+
+    info, budget, lock_path = host
+    admin_keys = (read_gateway_keys(options.admin_keys_file, "--admin-keys-file") if options.admin_keys_file
+                  else frozenset())
+    token = new_token()
+    where = token_path(paths.state_dir(), options.instance)
+    write_token(where, token, options.socket_group)
+    facts = HostFacts(cores=info.cores, memory_bytes=info.memory_bytes, arch=info.arch,
+                      gpus=tuple((g.name, g.vram_bytes) for g in info.gpus),
+                      budgets=Budgets(budget.memory_bytes, budget.gpu_memory_bytes), lock_path=lock_path)
+    console = Console(controller, activity, Authority(token, admin_keys), facts, ConsoleSettings(public_read=public_read))
+    log.info("console login token written", token_file=str(where))
+    return console, Mount("/ui", app=console.app), token
 
 
 def _control_server(controller: Any, path: Path, group: str | None, locations: paths.Locations) -> Any:

@@ -141,6 +141,13 @@ class ControlClient:
         except ValueError as e:
             raise ControlError(f"the daemon on {self.path} sent paths that are not usable: {e}") from None
 
+    def console_url(self) -> str:
+        """The web console's login URL (GET /v1/console): whoever may use this socket may act there."""
+        url = self._json(self._request("GET", "/console")).get("url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ControlError(f"the daemon on {self.path} sent a console URL that is not one: {str(url)[:80]!r}")
+        return url
+
     def status(self, names: Sequence[str] = ()) -> StatusReply:
         response = self._request("GET", "/status", params=[("name", n) for n in names], accept=(404,))
         body = self._json(response)

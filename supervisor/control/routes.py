@@ -6,7 +6,6 @@ against the manifest name pattern before use. The HTTP plumbing and its limits a
 from __future__ import annotations
 
 import dataclasses
-import re
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -24,9 +23,10 @@ from supervisor.control.api import (
     Update,
 )
 from supervisor.control.http import BadRequest, JsonHandler, is_count
+from supervisor.core.commands import NAME as _NAME
+from supervisor.core.commands import command_for
 
 MAX_LOG_LINES = 100_000
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")   # the manifest's name pattern (manifest.schema)
 
 
 class Handler(JsonHandler):
@@ -36,6 +36,7 @@ class Handler(JsonHandler):
         ("GET", "paths"): "get_paths",
         ("GET", "status"): "get_status",
         ("GET", "logs"): "get_logs",
+        ("GET", "console"): "get_console",
         ("POST", "start"): "post_start",
         ("POST", "stop"): "post_stop",
         ("POST", "restart"): "post_restart",
@@ -73,16 +74,25 @@ class Handler(JsonHandler):
             body["error"] = f"no such model: {', '.join(unknown)}"
         self._send_json(HTTPStatus.NOT_FOUND if unknown else HTTPStatus.OK, body)
 
+    def get_console(self) -> None:
+        """The web console's login URL (`llama-supervisorctl console`): whoever may use this socket may act there."""
+        login = getattr(self.server.controller, "console_login", None)
+        url = login() if login is not None else None
+        if url is None:
+            self._error(HTTPStatus.NOT_FOUND, "this daemon serves no console (it runs with --no-gateway)")
+            return
+        self._send_json(HTTPStatus.OK, {"url": url})
+
     def post_start(self) -> None:
         body = self._body()
-        self._run(StartModels(_names(body), wait=_flag(body, "wait", True)))
+        self._run(command_for("start", _names(body), wait=_flag(body, "wait", True)))
 
     def post_stop(self) -> None:
-        self._run(StopModels(_names(self._body())))
+        self._run(command_for("stop", _names(self._body())))
 
     def post_restart(self) -> None:
         body = self._body()
-        self._run(RestartModels(_names(body), wait=_flag(body, "wait", True)))
+        self._run(command_for("restart", _names(body), wait=_flag(body, "wait", True)))
 
     def post_reread(self) -> None:
         self._run(Reread())

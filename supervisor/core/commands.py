@@ -7,6 +7,7 @@ from control, daemon, runtime or cli (a layer test holds that).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -51,6 +52,22 @@ class Shutdown:
 
 
 Command = StartModels | StopModels | RestartModels | Reread | Update | Reload | Shutdown
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")   # the manifest's name pattern (manifest.schema)
+ACTIONS = ("start", "stop", "restart")
+
+
+def command_for(verb: str, names: tuple[str, ...], *, wait: bool = True) -> StartModels | StopModels | RestartModels:
+    """The command a start, stop or restart asks the loop for: the control socket's POSTs and the web
+    console's buttons both build theirs here (one path for actions). ValueError for another verb."""
+    match verb:
+        case "start":
+            return StartModels(names, wait=wait)
+        case "stop":
+            return StopModels(names)
+        case "restart":
+            return RestartModels(names, wait=wait)
+    raise ValueError(f"{verb!r} is not an action (one of: {', '.join(ACTIONS)})")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ snapshots and queued commands only."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 
 from supervisor.control.api import Command, CommandResult
@@ -20,6 +20,9 @@ from supervisor.errors import ControlError
 class DaemonController:
     def __init__(self, supervisor: Supervisor) -> None:
         self._sup = supervisor
+        # the web console's login URL, for GET /v1/console (`llama-supervisorctl console`); set by the
+        # wiring when a gateway serves the console
+        self.console_login: Callable[[], str | None] | None = None
 
     def status(self, names: tuple[str, ...] = ()) -> list[ModelStatus]:
         snap = self._sup.snapshot()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -19,14 +19,16 @@ import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route as HttpRoute
+from starlette.routing import BaseRoute, Route as HttpRoute
 
 from supervisor.control.api import MetricsSink, NullMetrics
+from supervisor.core.activity import Activity
 from supervisor.core.commands import Readiness
 from supervisor.core.demand import Demand
 from supervisor.core.lifecycle import State
 from supervisor.core.routing import Route
 from supervisor.gateway import endpoints, errors
+from supervisor.gateway.activity import SCOPE_KEY, RecordActivity
 from supervisor.gateway.body import Bodies, BodyLimits, ReleaseBodies
 from supervisor.gateway.errors import GatewayError
 from supervisor.gateway.guard import LOOPBACK_NAMES, Guard
@@ -69,8 +71,10 @@ class Gateway:
 
     def __init__(self, backend: Backend, settings: GatewaySettings = GatewaySettings(),
                  metrics: MetricsSink | None = None, clock: Callable[[], float] = time.monotonic,
-                 upstream: Upstream | None = None) -> None:
+                 upstream: Upstream | None = None, activity: Activity | None = None,
+                 mounts: Sequence[BaseRoute] = ()) -> None:
         self.backend = backend
+        self.activity = activity or Activity()     # the console's Activity page reads it
         self.settings = settings
         self.metrics = metrics or NullMetrics()
         self.clock = clock
@@ -84,6 +88,7 @@ class Gateway:
                 HttpRoute("/v1/models/{model:path}", self.get_model, methods=["GET"]),
                 HttpRoute("/v1/{path:path}", self.openai, methods=["POST"]),
                 HttpRoute("/upstream/{model}/{path:path}", self.raw, methods=PROXY_METHODS),
+                *mounts,            # the console (/ui), built by the daemon's wiring: the gateway does not import it
             ],
             lifespan=self._lifespan,
         )
@@ -136,12 +141,15 @@ class Gateway:
         self._authorize_model(request, route)
         model = route.name
         path = "/v1/" + request.path_params["path"]
-        deadline = self.clock() + route.start_timeout_s + self.settings.wait_grace_s
+        t0 = self.clock()
+        deadline = t0 + route.start_timeout_s + self.settings.wait_grace_s
+        self.activity.update(request.scope.get(SCOPE_KEY), model=model)
         try:
             lease = await self.acquire(model, deadline=deadline)
         except GatewayError as e:
             self.metrics.gateway_request(model, e.status)
             raise
+        self.activity.update(request.scope.get(SCOPE_KEY), queue_wait_s=self.clock() - t0)
         return ProxyResponse(
             gateway=self, lease=lease, method="POST", path=path, query=request.url.query, body=body,
             headers=_forward_headers(request.headers), deadline=deadline,
@@ -260,10 +268,12 @@ async def error_handler(request: Request, exc: Exception) -> Response:
 
 
 def create_app(backend: Backend, settings: GatewaySettings = GatewaySettings(),
-               metrics: MetricsSink | None = None, upstream: Upstream | None = None) -> Any:
-    gw = Gateway(backend, settings, metrics, upstream=upstream)
+               metrics: MetricsSink | None = None, upstream: Upstream | None = None,
+               activity: Activity | None = None, mounts: Sequence[BaseRoute] = ()) -> Any:
+    gw = Gateway(backend, settings, metrics, upstream=upstream, activity=activity, mounts=mounts)
     gw.app.add_exception_handler(GatewayError, error_handler)
     gw.app.add_middleware(ReleaseBodies, bodies=gw.bodies)     # a request's body budget back at its end
+    gw.app.add_middleware(RecordActivity, activity=gw.activity)  # the console's Activity page
     # outermost first: refuse foreign Hosts, other origins and non-JSON bodies before anything
     # else (a starting gateway included), then hold requests until the first routes are out
     return Guard(StartupGate(gw.app, backend.published, hold_s=settings.startup_hold_s), settings.allowed_hosts)

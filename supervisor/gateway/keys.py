@@ -33,16 +33,16 @@ def parse_keys(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(k for k in keys if k and not k.startswith("#")))
 
 
-def read_gateway_keys(path: Path) -> frozenset[str]:
-    """--gateway-api-keys-file, read once at daemon start."""
+def read_gateway_keys(path: Path, option: str = "--gateway-api-keys-file") -> frozenset[str]:
+    """--gateway-api-keys-file (or the console's --admin-keys-file), read once at daemon start."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-        raise ConfigError(f"--gateway-api-keys-file {path}: {why} (fix: give a readable text file)") from e
+        raise ConfigError(f"{option} {path}: {why} (fix: give a readable text file)") from e
     keys = frozenset(parse_keys(text))
     if not keys:
-        raise ConfigError(f"--gateway-api-keys-file {path}: no key in it (fix: one key per line;"
+        raise ConfigError(f"{option} {path}: no key in it (fix: one key per line;"
                           " only lines that start with # are comments)")
     return keys
 
