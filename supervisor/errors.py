@@ -9,6 +9,7 @@
     │   └── ImageMismatch           image ID, binary SHA-256, version or flags differ from the lock
     ├── BuildError                  an image build failed (the last build log lines are in the message)
     ├── FetchError                  a source or model could not be obtained (retryable: run the command again)
+    ├── RegistryError               a registry refused or could not be reached (push, pull, manifest lists)
     ├── RetryableError              the loop tries the step again later (catch this, not its children one by one)
     │   ├── DaemonSideError         the daemon itself cannot act now: never a model's failure
     │   │   ├── RuntimeUnavailable  the container runtime (Docker) cannot be reached
@@ -70,6 +71,10 @@ class BuildError(SupervisorError):
 class FetchError(SupervisorError):
     exit_code = 1
     retryable = True
+
+
+class RegistryError(SupervisorError):
+    exit_code = 1
 
 
 class RetryableError(SupervisorError):
