@@ -6,7 +6,8 @@
     ├── VerificationError           something does not match what was pinned: never retried
     │   ├── SourceMismatch          llama.cpp source tarball SHA-256
     │   ├── ModelMismatch           model file SHA-256, missing file or not a GGUF
-    │   └── ImageMismatch           image ID, binary SHA-256, version or flags differ from the lock
+    │   ├── ImageMismatch           image ID, binary SHA-256, version or flags differ from the lock
+    │   └── GpuUnavailable          a GPU profile on an engine without the NVIDIA container runtime
     ├── BuildError                  an image build failed (the last build log lines are in the message)
     ├── FetchError                  a source or model could not be obtained (retryable: run the command again)
     ├── RegistryError               a registry refused or could not be reached (push, pull, manifest lists)
@@ -61,6 +62,10 @@ class ModelMismatch(VerificationError):
 
 
 class ImageMismatch(VerificationError):
+    pass
+
+
+class GpuUnavailable(VerificationError):
     pass
 
 
