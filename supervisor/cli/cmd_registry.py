@@ -9,6 +9,7 @@ import click
 
 from supervisor import paths
 from supervisor.cli import output
+from supervisor.cli.cmd_images import check_signature
 from supervisor.cli.where import local_state
 from supervisor.errors import ConfigError, ImageMismatch
 from supervisor.artifacts.lock import read_lock, write_lock
@@ -34,6 +35,7 @@ def push(variants: tuple[str, ...], registry: str, list_tag: str | None, lock_fi
     from supervisor.artifacts import push as push_mod
 
     lock_path = lock_file or paths.lock_path()
+    check_signature(lock_path)              # what is published is what a signed lock says
     lock = read_lock(lock_path)
     names = list(variants) or sorted(lock.images)
     if not names:
@@ -67,6 +69,7 @@ def pull(variants: tuple[str, ...], registry: str, lock_file: Path | None, quiet
     from supervisor.artifacts import push as push_mod
 
     lock_path = lock_file or paths.lock_path()
+    check_signature(lock_path)              # the lock's digests are what this host trusts
     lock = read_lock(lock_path)
     names = list(variants) or sorted(v for v, r in lock.images.items() if r.pushed_to(registry))
     if not names:

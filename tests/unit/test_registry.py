@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import pytest
@@ -216,3 +217,19 @@ def test_lock_records_compare_equal_after_replace_of_pushed() -> None:
     from supervisor.artifacts.lock import compare
 
     assert compare(record(), replace(record(), pushed=(pushed(),))) == []
+
+
+@pytest.mark.parametrize("command", ["push", "pull"])
+def test_push_and_pull_require_the_locks_signature_when_a_keyring_is_set(
+        command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from supervisor.artifacts.lock import write_lock
+    from supervisor.cli.ctl import cli
+
+    lock_path = tmp_path / "images.lock.json"
+    write_lock(lock_path, ImageLock().with_record(record().with_pushed(pushed())))
+    monkeypatch.setenv("LLAMA_SUPERVISOR_LOCK_KEYRING", str(tmp_path / "keyring.gpg"))
+    monkeypatch.setenv("LLAMA_SUPERVISOR_STATE_DIR", str(tmp_path))
+    done = CliRunner().invoke(cli, [command, "--registry", REG, "--lock", str(lock_path)])
+    assert isinstance(done.exception, ImageMismatch) and "images.lock.json.asc is missing" in str(done.exception)
