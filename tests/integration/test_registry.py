@@ -106,8 +106,10 @@ def test_push_pull_by_digest_and_render(docker_client: docker.DockerClient, imag
     write_lock(lock_path, ImageLock().with_record(record))
 
     runner = CliRunner()
+    # No daemon's socket here: every command uses this test's lock and state, not a running daemon's.
+    no_daemon = ["--socket", str(tmp_path / "no-daemon.sock")]
     started = time.monotonic()
-    done = runner.invoke(cli, ["push", "--registry", registry, "--lock", str(lock_path), record.variant])
+    done = runner.invoke(cli, [*no_daemon, "push", "--registry", registry, "--lock", str(lock_path), record.variant])
     push_s = time.monotonic() - started
     assert done.exit_code == 0, done.output
     pushed = read_lock(lock_path).images[record.variant].pushed_to(registry)
@@ -147,17 +149,17 @@ def test_push_pull_by_digest_and_render(docker_client: docker.DockerClient, imag
     other = replace(read_lock(lock_path).images[record.variant], tag=f"{test_repo}-verified:{record.variant}")
     other_lock = tmp_path / "other.lock.json"
     write_lock(other_lock, ImageLock().with_record(other))
-    done = runner.invoke(cli, ["pull", "--registry", registry, "--lock", str(other_lock)])
+    done = runner.invoke(cli, [*no_daemon, "pull", "--registry", registry, "--lock", str(other_lock)])
     refs.append(other.tag)
     assert done.exit_code == 0, done.output
     assert f"{record.variant}: OK {other.tag}" in done.output
-    done = runner.invoke(cli, ["verify", "--lock", str(other_lock), record.variant])
+    done = runner.invoke(cli, [*no_daemon, "verify", "--lock", str(other_lock), record.variant])
     assert done.exit_code == 0, done.output
 
     # render kubernetes pins the pushed digest without --image-ref (the repository's manifests pick this
     # host's variant, the one the fixture's lock record is).
     monkeypatch.setenv("LLAMA_SUPERVISOR_STATE_DIR", str(state))
-    done = runner.invoke(cli, ["render", "kubernetes", "--manifests", str(ROOT / "manifests")])
+    done = runner.invoke(cli, [*no_daemon, "render", "kubernetes", "--manifests", str(ROOT / "manifests")])
     assert done.exit_code == 0, done.output
     assert f"image: {pushed.ref}" in done.output and "NOT pinned" not in done.output
     print(f"\nregistry round trip: push {push_s:.1f}s, pull by digest {pull_s:.1f}s (layers already local), "
