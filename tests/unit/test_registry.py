@@ -233,3 +233,19 @@ def test_push_and_pull_require_the_locks_signature_when_a_keyring_is_set(
     monkeypatch.setenv("LLAMA_SUPERVISOR_STATE_DIR", str(tmp_path))
     done = CliRunner().invoke(cli, [command, "--registry", REG, "--lock", str(lock_path)])
     assert isinstance(done.exception, ImageMismatch) and "images.lock.json.asc is missing" in str(done.exception)
+
+
+def test_a_pinned_stack_says_and_gets_resolve_always_and_kubernetes_drops_its_warning() -> None:
+    from .test_export_render import SETS, models_of, options
+
+    from supervisor.export import kubernetes, swarm
+
+    models = models_of(SETS["manifests"])
+    refs = {m.variant: pushed().ref for m in models}
+    text = swarm.render(models, options(image_refs=refs))
+    assert f"image: {pushed().ref}" in text and "--resolve-image always" in text
+    assert swarm_deploy.resolve_mode(text) == "always"
+    unpinned = swarm.render(models, options())
+    assert "--resolve-image never" in unpinned and swarm_deploy.resolve_mode(unpinned) == "never"
+    k8s = kubernetes.render(models, options(image_refs=refs))
+    assert f"image: {pushed().ref}" in k8s and "NOT pinned" not in k8s
