@@ -12,7 +12,7 @@ export LLAMA_SUPERVISOR_CACHE_DIR ?= $(STATE)/cache
 # asks it where this state is (verify, hardware, fetch-model, ...: cli/where.py).
 export LLAMA_SUPERVISOR_MANIFESTS ?= $(CURDIR)/manifests
 
-.PHONY: venv base-images image model setup tools run lint test unit mutate bench soak screenshots clean
+.PHONY: venv base-images image image-cuda model setup tools run lint test unit mutate bench soak screenshots clean
 
 $(BIN)/llama-supervisorctl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,24 +28,34 @@ base-images:
 image: venv base-images
 	$(BIN)/llama-supervisorctl build auto
 
+# The CUDA image (not part of `make test`: a long compile). Without a registry its builder base is made
+# from Debian's nvidia-cuda-toolkit (scripts/make-base-images cuda, about 4 GB). CUDA_ARCH is
+# CMAKE_CUDA_ARCHITECTURES, one architecture (90: Hopper, the newest CUDA 11.8 compiles for).
+CUDA_ARCH ?= 90
+image-cuda: venv
+	@if [ "$$(id -u)" -eq 0 ]; then scripts/make-base-images cuda; else sudo scripts/make-base-images cuda; fi
+	$(BIN)/llama-supervisorctl build cuda --cuda-arch $(CUDA_ARCH)
+
 model: venv
 	$(BIN)/llama-supervisorctl fetch-model
 
 setup: image model
 
-# Host tools some tests run: gpg/gpgv (the lock signature), systemd-analyze (the unit file), and
-# chromium + chromedriver (the web console in a real headless browser, driven by selenium).
+# Host tools some tests run: gpg/gpgv (the lock signature), systemd-analyze (the unit file),
+# chromium + chromedriver (the web console in a real headless browser, driven by selenium) and
+# docker-registry (Debian's distribution registry: the push/pull round trip, tests/integration/test_registry.py).
 # Installed only when missing, and only as root; otherwise it says what to install and goes on, and
 # those tests skip (locally) or fail (under CI, where CI is set).
-TOOLS := gpg gpgv systemd-analyze chromium chromedriver
+TOOLS := gpg gpgv systemd-analyze chromium chromedriver docker-registry
+TOOL_PACKAGES := gnupg gpgv systemd chromium chromium-driver docker-registry
 tools:
 	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing gnupg, gpgv, systemd, chromium and chromium-driver for:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gnupg gpgv systemd chromium chromium-driver >/dev/null; \
+		echo "installing $(TOOL_PACKAGES) for:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TOOL_PACKAGES) >/dev/null; \
 	else \
-		echo "missing:$$missing; as root: apt-get install gnupg gpgv systemd chromium chromium-driver (their tests skip, or fail under CI)" >&2; \
+		echo "missing:$$missing; as root: apt-get install $(TOOL_PACKAGES) (their tests skip, or fail under CI)" >&2; \
 	fi
 
 run: setup

@@ -1,22 +1,32 @@
 # llama-server for NVIDIA GPUs (CUDA), built from verified llama.cpp source.
 #
-# NOT BUILT OR RUN on the machines this project is developed and tested on:
-# they have no GPU and no registry to pull the NVIDIA base images from. It is
-# written to build where a registry exists:
+#   llama-supervisorctl build cuda --cuda-arch 90     (make image-cuda)
 #
-#   llama-supervisorctl build cuda        (or docker build -f images/cuda.Dockerfile ...)
+# Same context and build arguments as images/Dockerfile, plus CUDA_ARCHITECTURES
+# (CMAKE_CUDA_ARCHITECTURES: one architecture keeps the compile affordable;
+# `build cuda` sets it from the detected GPU or --cuda-arch).
 #
-# Same context and build arguments as images/Dockerfile. The binary links the
-# CUDA runtime dynamically (libcudart/libcublas come from the runtime base,
-# libcuda from the host through the NVIDIA container toolkit).
+# BUILDER: with a registry, the NVIDIA CUDA devel image (the default below);
+# without one, `scripts/make-base-images cuda` makes llama-supervisor/cuda-builder
+# from Debian's nvidia-cuda-toolkit (non-free, CUDA 11.8: up to sm_90, host
+# compiler g++-11) and `build cuda` passes it. The rest is the same for both.
+#
+# The runtime image is FROM scratch: llama-server, exactly the shared libraries
+# it links (found with ldd: the C/C++ runtime, libcudart, libcublas,
+# libcublasLt), an ld.so.cache for them, and the static health check. The
+# builder runs the binary chrooted into that root, so a missing library fails
+# the build. libcuda.so.1 (the driver) is not linked (GGML_CUDA_NO_VMM): the
+# NVIDIA container toolkit brings it from the host, and without it the CUDA
+# runtime reports no device and llama-server runs on the CPU.
 
-ARG CUDA_VERSION=12.4.1
-ARG UBUNTU=ubuntu22.04
+ARG BUILDER=nvidia/cuda:12.4.1-devel-ubuntu22.04
 
-FROM nvidia/cuda:${CUDA_VERSION}-devel-${UBUNTU} AS build
-RUN apt-get update && \
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cmake make g++ binutils && \
-    rm -rf /var/lib/apt/lists/*
+FROM ${BUILDER} AS build
+RUN if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then \
+      apt-get update && \
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cmake make g++ binutils && \
+      rm -rf /var/lib/apt/lists/*; \
+    fi
 
 ARG SOURCE_SHA256
 COPY source.tar.gz /src/source.tar.gz
@@ -29,42 +39,68 @@ RUN test -n "$SOURCE_SHA256" || { echo "SOURCE_SHA256 build-arg is required" >&2
 ARG VARIANT=cuda
 ARG LLAMA_BUILD_NUMBER=0
 ARG LLAMA_BUILD_COMMIT=unknown
-# Turing (75) to Hopper (90); override for newer cards.
-ARG CUDA_ARCHITECTURES="75;80;86;89;90"
+ARG CUDA_ARCHITECTURES=90
 WORKDIR /src/llama.cpp
-RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release \
-      -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHITECTURES" \
+# CUDA 11.8's nvcc takes host compilers up to GCC 11: where the toolkit is 11.x and g++-11 is there
+# (Debian's), the whole build uses GCC 11.
+RUN test -n "$CUDA_ARCHITECTURES" || { echo "CUDA_ARCHITECTURES build-arg is required" >&2; exit 1; }; \
+    compilers=""; \
+    if nvcc --version | grep -q 'release 11\.' && command -v g++-11 >/dev/null; then \
+      compilers="-DCMAKE_C_COMPILER=gcc-11 -DCMAKE_CXX_COMPILER=g++-11 -DCMAKE_CUDA_HOST_COMPILER=g++-11"; \
+    fi && \
+    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release $compilers \
+      -DGGML_CUDA=ON -DGGML_CUDA_NO_VMM=ON -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHITECTURES" \
       -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=OFF \
       -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
       -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
       -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
-      -DLLAMA_BUILD_NUMBER="$LLAMA_BUILD_NUMBER" -DLLAMA_BUILD_COMMIT="$LLAMA_BUILD_COMMIT" \
-      -DCMAKE_EXE_LINKER_FLAGS="-L/usr/local/cuda/lib64/stubs -Wl,--allow-shlib-undefined" && \
+      -DLLAMA_BUILD_NUMBER="$LLAMA_BUILD_NUMBER" -DLLAMA_BUILD_COMMIT="$LLAMA_BUILD_COMMIT" && \
     cmake --build build --target llama-server -j"$(nproc)" && \
     mkdir -p /out && strip -o /out/llama-server build/bin/llama-server
 
+# The runtime root: the binary and what ldd says it loads, each at the path ldd names; nothing else.
+RUN set -e; root=/out/root; \
+    mkdir -p $root/usr/local/bin $root/etc $root/tmp && cp /out/llama-server $root/usr/local/bin/ && \
+    ldd /out/llama-server > /out/ldd.txt; cat /out/ldd.txt; \
+    if grep -q 'not found' /out/ldd.txt; then echo "llama-server links a library that is not here" >&2; exit 1; fi; \
+    libs=$(awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' /out/ldd.txt); \
+    for lib in $libs; do mkdir -p "$root$(dirname "$lib")" && cp -L "$lib" "$root$lib"; done; \
+    for lib in $libs; do dirname "$lib"; done | sort -u > $root/etc/ld.so.conf; \
+    ldconfig -r $root; \
+    echo 'nonroot:x:65532:65532:nonroot:/tmp:/sbin/nologin' > $root/etc/passwd; \
+    echo 'nonroot:x:65532:' > $root/etc/group; \
+    chmod 1777 $root/tmp; \
+    echo "runtime libraries:"; for lib in $libs; do echo "  $lib"; done; \
+    chroot $root /usr/local/bin/llama-server --version
+
 # The Docker-native health check (see images/Dockerfile): static, no shell, no curl.
-FROM nvidia/cuda:${CUDA_VERSION}-devel-${UBUNTU} AS healthcheck
+FROM ${BUILDER} AS healthcheck
+RUN if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then \
+      apt-get update && \
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cmake make g++ binutils && \
+      rm -rf /var/lib/apt/lists/*; \
+    fi
 COPY healthcheck.c /src/healthcheck.c
 RUN mkdir -p /out && \
     gcc -std=c11 -D_DEFAULT_SOURCE -O2 -Wall -Wextra -Werror -static \
       -o /out/llama-healthcheck /src/healthcheck.c && \
     strip /out/llama-healthcheck
 
-FROM nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU}
+FROM scratch
 ARG VARIANT=cuda
 ARG SOURCE_SHA256
 ARG LLAMA_BUILD_NUMBER=0
-COPY --from=build /out/llama-server /usr/local/bin/llama-server
+ARG CUDA_ARCHITECTURES=90
+COPY --from=build /out/root/ /
 COPY --from=healthcheck /out/llama-healthcheck /usr/local/bin/llama-healthcheck
-RUN groupadd -g 65532 nonroot && useradd -u 65532 -g 65532 -d /tmp -s /usr/sbin/nologin nonroot
 LABEL org.opencontainers.image.title="llama-server" \
       org.opencontainers.image.description="llama.cpp llama-server, CUDA, built by llama-supervisor" \
       org.opencontainers.image.version="b${LLAMA_BUILD_NUMBER}" \
       org.opencontainers.image.licenses="MIT" \
       io.llama-supervisor.variant="${VARIANT}" \
       io.llama-supervisor.llama-build="${LLAMA_BUILD_NUMBER}" \
-      io.llama-supervisor.source-sha256="${SOURCE_SHA256}"
+      io.llama-supervisor.source-sha256="${SOURCE_SHA256}" \
+      io.llama-supervisor.cuda-architectures="${CUDA_ARCHITECTURES}"
 ENV HOME=/tmp LLAMA_CACHE=/tmp NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 65532:65532
 EXPOSE 8080

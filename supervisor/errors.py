@@ -6,9 +6,11 @@
     ├── VerificationError           something does not match what was pinned: never retried
     │   ├── SourceMismatch          llama.cpp source tarball SHA-256
     │   ├── ModelMismatch           model file SHA-256, missing file or not a GGUF
-    │   └── ImageMismatch           image ID, binary SHA-256, version or flags differ from the lock
+    │   ├── ImageMismatch           image ID, binary SHA-256, version or flags differ from the lock
+    │   └── GpuUnavailable          a GPU profile on an engine without the NVIDIA container runtime
     ├── BuildError                  an image build failed (the last build log lines are in the message)
     ├── FetchError                  a source or model could not be obtained (retryable: run the command again)
+    ├── RegistryError               a registry refused or could not be reached (push, pull, manifest lists)
     ├── RetryableError              the loop tries the step again later (catch this, not its children one by one)
     │   ├── DaemonSideError         the daemon itself cannot act now: never a model's failure
     │   │   ├── RuntimeUnavailable  the container runtime (Docker) cannot be reached
@@ -63,6 +65,10 @@ class ImageMismatch(VerificationError):
     pass
 
 
+class GpuUnavailable(VerificationError):
+    pass
+
+
 class BuildError(SupervisorError):
     exit_code = 1
 
@@ -70,6 +76,10 @@ class BuildError(SupervisorError):
 class FetchError(SupervisorError):
     exit_code = 1
     retryable = True
+
+
+class RegistryError(SupervisorError):
+    exit_code = 1
 
 
 class RetryableError(SupervisorError):

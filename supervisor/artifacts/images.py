@@ -44,6 +44,9 @@ Progress = Callable[[str], None]
 
 BINARY = "/usr/local/bin/llama-server"
 LOCAL_BUILDER = "llama-supervisor/builder:bookworm"   # made by scripts/make-base-images
+LOCAL_CUDA_BUILDER = "llama-supervisor/cuda-builder:bookworm"   # made by scripts/make-base-images cuda
+CUDA_OFFLINE_HINT = ("without a registry the CUDA builder base comes from Debian's nvidia-cuda-toolkit: "
+                     "run 'make image-cuda' (or 'sudo scripts/make-base-images cuda', then build again)")
 
 CPU_VARIANTS = ("cpu-generic", "cpu-avx2", "cpu-avx512", "arm64")
 VARIANTS = (*CPU_VARIANTS, "cuda")
@@ -90,11 +93,13 @@ def build(
     progress: Progress,
     builder: str | None = None,
     no_cache: bool = False,
+    cuda_arch: str | None = None,
 ) -> ImageRecord:
     """Build one variant from a verified tarball and return its lock record.
 
     no_cache rebuilds every layer (to time a cold build); normally the layer
-    cache makes an unchanged rebuild take about a second.
+    cache makes an unchanged rebuild take about a second. cuda_arch is
+    CMAKE_CUDA_ARCHITECTURES for the cuda variant (required for it).
     """
     dockerfile = dockerfile_for(variant)
     context = _context_dir(source)
@@ -104,10 +109,17 @@ def build(
         "LLAMA_BUILD_NUMBER": str(source.build_number),
         "LLAMA_BUILD_COMMIT": source.commit,
     }
-    if variant != "cuda":
-        builder = builder or (LOCAL_BUILDER if _has_image(client, LOCAL_BUILDER) else None)
-        if builder:
-            buildargs["BUILDER"] = builder
+    local = LOCAL_CUDA_BUILDER if variant == "cuda" else LOCAL_BUILDER
+    builder = builder or (local if _has_image(client, local) else None)
+    if builder:
+        buildargs["BUILDER"] = builder
+    hint = ""
+    if variant == "cuda":
+        if not cuda_arch:
+            raise BuildError("a cuda image needs CMAKE_CUDA_ARCHITECTURES: pass --cuda-arch (one architecture, "
+                             "e.g. 90 for an H100), or build on a host where nvidia-ml-py sees the GPU")
+        buildargs["CUDA_ARCHITECTURES"] = cuda_arch
+        hint = "" if builder else f"; {CUDA_OFFLINE_HINT}"
     shutil.copyfile(dockerfile, context / "Dockerfile")
     shutil.copyfile(dockerfile.parent / "healthcheck.c", context / "healthcheck.c")
     progress(f"build {tag_for(variant)} from {source.origin} (SHA-256 {source.sha256[:12]}...)")
@@ -122,7 +134,7 @@ def build(
             for chunk in stream:
                 if "error" in chunk:
                     raise BuildError(
-                        f"building {tag_for(variant)} failed: {chunk['error'].strip()}\n"
+                        f"building {tag_for(variant)} failed: {chunk['error'].strip()}{hint}\n"
                         + "\n".join(tail[-20:])
                     )
                 text = (chunk.get("stream") or chunk.get("status") or "").rstrip()
@@ -130,7 +142,7 @@ def build(
                     tail = (tail + [line])[-40:]
                     progress(line)
         except docker.errors.APIError as e:
-            raise BuildError(f"building {tag_for(variant)} failed: {e}") from e
+            raise BuildError(f"building {tag_for(variant)} failed: {e}{hint}") from e
     try:
         return derive(client, tag_for(variant), built_at=_now())
     except ImageMismatch as e:

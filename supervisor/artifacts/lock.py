@@ -9,7 +9,10 @@ whatever the allowlist says). A lock written before `warned_flags` existed
 reads it as empty; `verify` then reports the difference, and a rebuild (about
 a second from the layer cache) records it. A second section, `binaries`, records
 the host binaries the process runtime runs (compiled natively or taken out of
-a locked image), with the same facts keyed by variant. Pure: reading and writing the file is
+a locked image), with the same facts keyed by variant. Each image record also
+keeps where it was pushed (`pushed`: one registry, repository and digest per
+registry, written by `llama-supervisorctl push`), and a third section,
+`manifest_lists`, the multi-architecture lists pushed over them. Pure: reading and writing the file is
 the only I/O here, and comparisons are plain functions.
 """
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -47,6 +50,41 @@ class _FlagSetsJson:
 
 
 @dataclass(frozen=True)
+class Pushed:
+    """Where an image record's image was pushed: one per registry, by content digest."""
+
+    registry: str                    # HOST:PORT, as given to `push --registry`
+    repository: str                  # <registry>/<path>, e.g. 127.0.0.1:5000/llama-supervisor/llama-server
+    digest: str                      # sha256:... of the manifest the registry holds (its config is the image ID)
+    pushed_at: str                   # ISO 8601, UTC
+
+    @property
+    def ref(self) -> str:
+        """The reference that pulls exactly this image: <repository>@sha256:..."""
+        return f"{self.repository}@{self.digest}"
+
+
+@dataclass(frozen=True)
+class ManifestList:
+    """A multi-architecture manifest list pushed over variants' per-architecture manifests."""
+
+    registry: str
+    repository: str
+    tag: str
+    digest: str                      # of the list itself
+    variants: tuple[str, ...]        # one per architecture, each with its own `pushed` digest
+    pushed_at: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.repository}@{self.digest}"
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ManifestList:
+        return cls(**{**d, "variants": tuple(d.get("variants") or ())})
+
+
+@dataclass(frozen=True)
 class ImageRecord(_FlagSetsJson):
     variant: str                     # cpu-generic | cpu-avx2 | cpu-avx512 | arm64 | cuda
     tag: str                         # llama-supervisor/llama-server:<variant>
@@ -59,6 +97,26 @@ class ImageRecord(_FlagSetsJson):
     built_at: str                    # ISO 8601, UTC
     architecture: str = "amd64"
     warned_flags: frozenset[str] = frozenset()   # flags whose --help text warns against untrusted environments
+    pushed: tuple[Pushed, ...] = ()  # registries holding this image by digest (`push`), sorted by registry
+
+    def to_json(self) -> dict[str, object]:
+        body = super().to_json()
+        if not self.pushed:
+            del body["pushed"]           # a lock of images never pushed reads as it did before `push` existed
+        return body
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Self:
+        record = super().from_json({k: v for k, v in d.items() if k != "pushed"})
+        return replace(record, pushed=tuple(Pushed(**p) for p in d.get("pushed") or ()))
+
+    def pushed_to(self, registry: str) -> Pushed | None:
+        return next((p for p in self.pushed if p.registry == registry), None)
+
+    def with_pushed(self, pushed: Pushed) -> ImageRecord:
+        """This record with `pushed` replacing any earlier push to the same registry."""
+        others = [p for p in self.pushed if p.registry != pushed.registry]
+        return replace(self, pushed=tuple(sorted([*others, pushed], key=lambda p: p.registry)))
 
 
 BINARY_ID_PREFIX = "binary-sha256:"
@@ -99,22 +157,32 @@ class BinaryRecord(_FlagSetsJson):
 class ImageLock:
     images: dict[str, ImageRecord] = field(default_factory=dict)
     binaries: dict[str, BinaryRecord] = field(default_factory=dict)
+    manifest_lists: dict[str, ManifestList] = field(default_factory=dict)   # "<repository>:<tag>" -> list
 
     def get(self, variant: str) -> ImageRecord | None:
         return self.images.get(variant)
 
     def with_record(self, record: ImageRecord) -> ImageLock:
-        return ImageLock({**self.images, record.variant: record}, self.binaries)
+        """The lock with `record` for its variant. A rebuild that gave the same image ID keeps the earlier
+        record's pushes (the registries hold that very image); a different ID drops them."""
+        old = self.images.get(record.variant)
+        if old is not None and old.image_id == record.image_id and not record.pushed:
+            record = replace(record, pushed=old.pushed)
+        return replace(self, images={**self.images, record.variant: record})
 
     def with_binary(self, record: BinaryRecord) -> ImageLock:
-        return ImageLock(self.images, {**self.binaries, record.variant: record})
+        return replace(self, binaries={**self.binaries, record.variant: record})
+
+    def with_manifest_list(self, entry: ManifestList) -> ImageLock:
+        return replace(self, manifest_lists={**self.manifest_lists, f"{entry.repository}:{entry.tag}": entry})
 
     def binary_by_id(self, binary_id: str) -> BinaryRecord | None:
         return next((b for b in self.binaries.values() if b.binary_id == binary_id), None)
 
     def for_process(self) -> ImageLock:
         """The lock as render sees it under the process runtime: each variant is its host binary."""
-        return ImageLock({k: b.as_image_record() for k, b in self.binaries.items()}, self.binaries)
+        return ImageLock({k: b.as_image_record() for k, b in self.binaries.items()}, self.binaries,
+                         self.manifest_lists)
 
     def view(self, name: LockView) -> ImageLock:
         """The lock as render sees it under a runtime whose adapter names `name` (RuntimeAdapter.lock_view)."""
@@ -131,6 +199,8 @@ class ImageLock:
         }
         if self.binaries:
             body["binaries"] = {k: v.to_json() for k, v in sorted(self.binaries.items())}
+        if self.manifest_lists:
+            body["manifest_lists"] = {k: asdict(v) for k, v in sorted(self.manifest_lists.items())}
         return json.dumps(body, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -140,7 +210,8 @@ class ImageLock:
             if body.get("version") != LOCK_VERSION:
                 raise ValueError(f"lock version {body.get('version')!r}, expected {LOCK_VERSION}")
             return cls({k: ImageRecord.from_json(v) for k, v in body["images"].items()},
-                       {k: BinaryRecord.from_json(v) for k, v in (body.get("binaries") or {}).items()})
+                       {k: BinaryRecord.from_json(v) for k, v in (body.get("binaries") or {}).items()},
+                       {k: ManifestList.from_json(v) for k, v in (body.get("manifest_lists") or {}).items()})
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ConfigError(
                 f"{origin}: not a valid image lock ({e}); rebuild it with 'llama-supervisorctl build'"

@@ -42,7 +42,7 @@ def _manifests_option(f: F) -> F:
 
 
 def _render(target: str, manifests_dir: Path | None, image_refs: dict[str, str], namespace: str | None,
-            swarm_nodes: int = 1) -> str:
+            swarm_nodes: int = 1, registry: str | None = None) -> str:
     from supervisor import export
     from supervisor.artifacts import hardware
     from supervisor.artifacts.lock import read_lock
@@ -61,12 +61,15 @@ def _render(target: str, manifests_dir: Path | None, image_refs: dict[str, str],
         raise ConfigError(f"no image lock at {lock_file}: run 'llama-supervisorctl build auto' first "
                           "(a render pins the images the lock records)")
     host = hardware.detect()
-    models, problems = export.collect(manifests, read_lock(lock_file), host,
-                                      file_sizes=stat_sizes(manifests))
+    lock = read_lock(lock_file)
+    models, problems = export.collect(manifests, lock, host, file_sizes=stat_sizes(manifests))
     for problem in problems:
         output.echo(problem, err=True)
     if problems:
         raise _Invalid(f"{len(problems)} problem(s) in {directory}: nothing rendered")
+    if target in export.PINNED_TARGETS or registry is not None:
+        # The digests `push` recorded; an --image-ref given for a variant wins.
+        image_refs = {**export.pushed_refs(lock, {m.variant for m in models}, registry), **image_refs}
     options = export.Options(image_refs=image_refs, namespace=namespace, node_memory_bytes=host.memory_bytes,
                              swarm_nodes=swarm_nodes)
     return export.render_target(target, models, options)
@@ -95,15 +98,18 @@ def _parse_refs(values: tuple[str, ...]) -> dict[str, str]:
               help="Use this pushed, digest-pinned image for a variant (repeatable).")
 @click.option("--swarm-nodes", type=click.IntRange(min=1), default=1, show_default=True,
               help="swarm: nodes in the swarm; updates start the new task first only with two or more.")
+@click.option("--registry", default=None, metavar="HOST:PORT",
+              help="Pin the digests the lock records for this registry ('push'); swarm and kubernetes pin "
+                   "the only registry recorded without it.")
 @local_state()
 def render_cmd(target: str, out: Path | None, manifests_dir: Path | None, namespace: str | None,
-               image_refs: tuple[str, ...], swarm_nodes: int) -> None:
+               image_refs: tuple[str, ...], swarm_nodes: int, registry: str | None) -> None:
     """Render the manifests for Compose, Swarm or Kubernetes (same input, same bytes)."""
     from supervisor import export
 
     if namespace is not None and target != "kubernetes":
         raise click.BadParameter("only the kubernetes target has namespaces", param_hint="--namespace")
-    text = _render(target, manifests_dir, _parse_refs(image_refs), namespace, swarm_nodes)
+    text = _render(target, manifests_dir, _parse_refs(image_refs), namespace, swarm_nodes, registry)
     if out is None:
         output.echo(text, nl=False)
         return
@@ -122,19 +128,23 @@ def deploy() -> None:
 @_manifests_option
 @click.option("--stack", default="llama", show_default=True, help="The stack name.")
 @click.option("--wait", "wait_s", type=float, default=0, help="Wait up to this many seconds for every task to run.")
+@click.option("--registry", default=None, metavar="HOST:PORT",
+              help="Pin the digests pushed to this registry (default: the only one the lock records); "
+                   "the swarm then resolves the images there instead of needing them on every node.")
 @local_state()
-def deploy_swarm(manifests_dir: Path | None, stack: str, wait_s: float) -> None:
+def deploy_swarm(manifests_dir: Path | None, stack: str, wait_s: float, registry: str | None) -> None:
     """Render the stack and `docker stack deploy` it; only changed services are updated."""
     from supervisor.export import swarm_deploy
     from supervisor.artifacts.images import client_from_env
 
     client = client_from_env()
     swarm_deploy.require_swarm(client)
-    text = _render("swarm", manifests_dir, {}, None, swarm_nodes=swarm_deploy.node_count(client))
+    text = _render("swarm", manifests_dir, {}, None, swarm_nodes=swarm_deploy.node_count(client),
+                   registry=registry)
     stack_file = paths.state_dir() / "swarm" / f"{stack}.yaml"
     stack_file.parent.mkdir(parents=True, exist_ok=True)
     stack_file.write_text(text)
-    said = swarm_deploy.deploy(stack_file, stack)
+    said = swarm_deploy.deploy(stack_file, stack, resolve=swarm_deploy.resolve_mode(text))
     if said:
         output.echo(said)
     output.echo(f"deployed {stack_file} as stack {stack}")

@@ -62,7 +62,8 @@ def check_signature(lock_path: Path) -> None:
                    "and compiler into the state dir, recorded in the lock's binaries.")
 @click.option("--from-image", is_flag=True,
               help="With --native: take the binary out of the locked image (seconds, needs Docker).")
-@click.option("--cuda-arch", default=None, help="With --native cuda: CMAKE_CUDA_ARCHITECTURES (default: detected).")
+@click.option("--cuda-arch", default=None,
+              help="cuda: CMAKE_CUDA_ARCHITECTURES, one architecture (e.g. 90; default: the detected GPU's).")
 @click.option("--jobs", "-j", type=int, default=None, help="With --native: parallel compile jobs (default: all cores).")
 @local_state()
 def build(variant: str, source_spec: str | None, sha256: str | None, build_number: int | None,
@@ -78,9 +79,13 @@ def build(variant: str, source_spec: str | None, sha256: str | None, build_numbe
         _build_native(variant, lock_path, source_spec=source_spec, sha256=sha256, build_number=build_number,
                       quiet=quiet, from_image=from_image, cuda_arch=cuda_arch, jobs=jobs)
         return
+    if variant == "cuda" and cuda_arch is None:
+        from supervisor.artifacts import binaries
+
+        cuda_arch = binaries.cuda_architectures(binaries.detect_compute_capabilities())
     client = images.client_from_env()     # before fetching a source it could not build
     src = source.resolve(source_spec, sha256=sha256, build_number=build_number, progress=_say)
-    record = images.build(client, variant, src, progress=(lambda _: None) if quiet else _say)
+    record = images.build(client, variant, src, progress=(lambda _: None) if quiet else _say, cuda_arch=cuda_arch)
     lock = read_lock(lock_path).with_record(record)
     write_lock(lock_path, lock)
     output.echo(

@@ -67,6 +67,7 @@ def validate(directory: Path | None) -> None:
             model_paths=files.models, key_paths=files.keys,
         )
         problems += found
+        problems += gpu_problems(manifests, sorted(n for n, d in desired.items() if d.spec.gpu is not None))
         for name, d in sorted(desired.items()):
             if d.kv.note != "kept" and (d.kv.keep or manifests.models[name].kv_cache.keep is not None
                                         or d.serving.on_demand):
@@ -78,6 +79,28 @@ def validate(directory: Path | None) -> None:
     if problems:
         raise _Invalid(f"{len(problems)} problem(s) in {directory}")
     output.echo(f"{len(manifests.models)} models, {len(manifests.profiles)} profiles: OK")
+
+
+def gpu_problems(manifests: ManifestSet, names: list[str], client: object | None = None) -> list[str]:
+    """A problem for each model in `names` (those rendered with a GPU) when the Docker engine has no NVIDIA
+    container runtime; a note, not a problem, when the engine cannot be asked."""
+    if not names:
+        return []
+    from supervisor.artifacts import gpu_runtime, images
+    from supervisor.errors import GpuUnavailable, RetryableError
+    from supervisor.manifest.loader import Origin
+
+    try:
+        client = client or images.client_from_env()
+        gpu_runtime.check(client, names[0])
+    except RetryableError as e:
+        output.echo(f"note: GPU support of the Docker engine not checked: {e}", err=True)
+        return []
+    except GpuUnavailable as e:
+        why = str(e).split(": ", 1)[1]
+        return [f"{manifests.model_origins.get(n, Origin('<unknown>', 1)).at('profile')}: model '{n}': {why}"
+                for n in names]
+    return []
 
 
 _TEMPLATE_FLAGS = ("--chat-template", "--chat-template-file")

@@ -26,6 +26,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
                     "pid", "tail", "console"),
     "cmd_bench": ("bench",),
     "cmd_export": ("render", "deploy"),
+    "cmd_registry": ("push", "pull"),
 }
 _MODULE_OF = {command: module for module, commands in COMMAND_MODULES.items() for command in commands}
 

@@ -9,9 +9,11 @@ The only I/O is in the CLI (supervisor/cli/cmd_export.py) and swarm_deploy.
 
 from __future__ import annotations
 
-from supervisor.export.common import ExportModel, Options, collect
+from supervisor.export.common import ExportModel, Options, collect, pushed_refs
 
 TARGETS = ("compose", "swarm", "kubernetes")
+# The targets that pin the lock's pushed digests by default (compose runs on the host that built the image).
+PINNED_TARGETS = ("swarm", "kubernetes")
 FILENAMES = {"compose": "compose.yaml", "swarm": "stack.yaml", "kubernetes": "kubernetes.yaml"}
 
 
@@ -28,4 +30,5 @@ def render_target(target: str, models: list[ExportModel], options: Options) -> s
     raise ValueError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
 
 
-__all__ = ["FILENAMES", "TARGETS", "ExportModel", "Options", "collect", "render_target"]
+__all__ = ["FILENAMES", "PINNED_TARGETS", "TARGETS", "ExportModel", "Options", "collect", "pushed_refs",
+           "render_target"]

@@ -20,6 +20,7 @@ from supervisor.render import desired as render_mod
 from supervisor.core.spec import DesiredModel
 from supervisor.artifacts.hardware import HostInfo
 from supervisor.artifacts.lock import ImageLock
+from supervisor.errors import ConfigError
 from supervisor.manifest.loader import ManifestSet
 
 LABEL_PREFIX = "io.llama-supervisor"
@@ -95,6 +96,21 @@ def collect(
             manifest_file=PurePosixPath(d.source_file).name,
         ))
     return models, problems
+
+
+def pushed_refs(lock: ImageLock, variants: set[str], registry: str | None = None) -> dict[str, str]:
+    """variant -> `<registry>/<repository>@sha256:...` for the variants the lock records as pushed (pure).
+
+    With `registry`, the pushes to that registry; without, the one registry the
+    `variants` were pushed to, and a ConfigError naming them when there are several.
+    """
+    pushed = {v: r.pushed for v, r in lock.images.items() if v in variants and r.pushed}
+    if registry is None:
+        registries = sorted({p.registry for ps in pushed.values() for p in ps})
+        if len(registries) > 1:
+            raise ConfigError(f"the lock records pushes to {', '.join(registries)}: pick one with --registry")
+        registry = registries[0] if registries else None
+    return {v: p.ref for v, ps in pushed.items() for p in ps if p.registry == registry}
 
 
 def docker_labels(model: ExportModel) -> dict[str, str]:

@@ -16,9 +16,12 @@ What Swarm cannot express, and what the render does instead:
 - a specific GPU: Swarm schedules generic resources; the render asks for
   NVIDIA-GPU units, which nodes must advertise (dockerd `node-generic-resources`).
 
-Images: only the local engine has them (no registry), so the stack names the
-locked tag and is deployed with `--resolve-image never`; every node must hold
-the same image ID (docker save | docker load), which the image-id label records.
+Images: the digests `llama-supervisorctl push` recorded in the lock, as
+`<registry>/<repository>@sha256:...`, deployed with `--resolve-image always`
+(every node pulls the very image). Where a variant was never pushed the stack
+names the local tag and is deployed with `--resolve-image never`: every node
+must then hold the same image ID (docker save | docker load), which the
+image-id label records.
 """
 
 from __future__ import annotations
@@ -129,12 +132,25 @@ def document(models: list[ExportModel], options: Options) -> dict[str, Any]:
     return doc
 
 
+def pinned(models: list[ExportModel], options: Options) -> bool:
+    """Every model's image is a pushed, digest-pinned reference: the swarm may resolve them on the registry."""
+    return bool(models) and all(m.variant in options.image_refs for m in models)
+
+
 def render(models: list[ExportModel], options: Options) -> str:
     ports = " ".join(str(m.desired.spec.host_port) for m in models) or "PORT"
+    resolve = "always" if pinned(models, options) else "never"
+    images = (
+        "Every image is pinned by digest in a registry ('llama-supervisorctl push'): each node pulls it there.",
+    ) if resolve == "always" else (
+        "The image exists only where it was built: every node needs the same image ID (docker save | docker load),",
+        "or push it ('llama-supervisorctl push --registry HOST:PORT') and render again to pin its digest.",
+    )
     return header("swarm", (
-        "Deploy: docker stack deploy --resolve-image never -c stack.yaml llama (or: llama-supervisorctl deploy swarm).",
+        f"Deploy: docker stack deploy --resolve-image {resolve} -c stack.yaml llama"
+        " (or: llama-supervisorctl deploy swarm).",
         "Swarm cannot publish on 127.0.0.1: each port is published in host mode on EVERY interface of the node",
         "that runs the model. Firewall them from other hosts (EXT: the node's external interface):",
         f"  for p in {ports}; do iptables -I DOCKER-USER -i EXT -p tcp -m conntrack --ctorigdstport $p -j DROP; done",
-        "The image exists only where it was built: every node needs the same image ID (docker save | docker load).",
+        *images,
     )) + dump(document(models, options))

@@ -1,9 +1,10 @@
 """Swarm as a runtime target on the local engine: deploy the rendered stack, read its state, remove it.
 
 Deploying goes through `docker stack deploy` (the docker CLI), so what runs is
-exactly the stack file a user would deploy by hand; `--resolve-image never`
-keeps it from asking a registry for a digest the local-only image does not
-have. The engine updates only the services whose spec changed (the config
+exactly the stack file a user would deploy by hand. A stack whose images are
+all digest-pinned in a registry (`push`) is deployed with `--resolve-image
+always`, so the manager checks them there; otherwise `--resolve-image never`
+keeps it from asking a registry for a digest a local-only image does not have. The engine updates only the services whose spec changed (the config
 hash is in the spec, so an unchanged model's tasks keep running). State comes
 from the docker SDK: services of the stack and their tasks. A task with a
 health check is `running` only once it is healthy, so running means serving.
@@ -14,9 +15,10 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import docker
+import yaml
 import docker.errors
 
 from supervisor.errors import RuntimeOperationError, RuntimeUnavailable
@@ -70,9 +72,20 @@ def node_count(client: docker.DockerClient) -> int:
         raise RuntimeOperationError(f"docker node ls: {e}") from e
 
 
-def deploy(stack_file: Path, stack: str = DEFAULT_STACK, *, docker_cli: str = "docker") -> str:
+Resolve = Literal["always", "never"]
+
+
+def resolve_mode(stack_text: str) -> Resolve:
+    """'always' when every service's image is a digest reference (pushed to a registry), else 'never'."""
+    services = (yaml.safe_load(stack_text) or {}).get("services") or {}
+    refs = [str((svc or {}).get("image", "")) for svc in services.values()]
+    return "always" if refs and all("@sha256:" in ref for ref in refs) else "never"
+
+
+def deploy(stack_file: Path, stack: str = DEFAULT_STACK, *, docker_cli: str = "docker",
+           resolve: Resolve = "never") -> str:
     """`docker stack deploy` the file; returns what the CLI printed."""
-    argv = [docker_cli, "stack", "deploy", "--resolve-image", "never", "--prune", "-c", str(stack_file), stack]
+    argv = [docker_cli, "stack", "deploy", "--resolve-image", resolve, "--prune", "-c", str(stack_file), stack]
     return _run(argv, f"deploy stack {stack}")
 
 

@@ -19,6 +19,7 @@ class LockVerifier:
         from supervisor.artifacts import images, modelsrc
         from supervisor.artifacts.lock import read_lock
 
+        self._client = client
         self._lock_path = lock_path
         self._read_lock = read_lock
         self._images = images.ImageVerifier(client, instance=instance)
@@ -28,7 +29,11 @@ class LockVerifier:
         self._models.check(Path(desired.model_path), desired.spec.model_sha256)
 
     def check_image(self, desired: DesiredModel) -> None:
+        from supervisor.artifacts import gpu_runtime
         from supervisor.errors import ImageMismatch
+
+        if desired.spec.gpu is not None:           # before the create: the engine would fail the start
+            gpu_runtime.check(self._client, desired.name)
 
         lock = self._read_lock(self._lock_path)
         record = next((r for r in lock.images.values() if r.image_id == desired.spec.image_id), None)
