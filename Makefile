@@ -36,7 +36,7 @@ setup: image model
 # Host tools some unit tests run: gpg/gpgv (the lock signature) and systemd-analyze (the unit file).
 # Installed only when missing, and only as root; otherwise it says what to install and goes on, and
 # those tests skip (locally) or fail (under CI, where CI is set).
-TOOLS := gpg gpgv systemd-analyze
+TOOLS := gpg gpgv systemd-analyze systemd-socket-activate
 tools:
 	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
