@@ -33,7 +33,8 @@ model: venv
 
 setup: image model
 
-# Host tools some unit tests run: gpg/gpgv (the lock signature) and systemd-analyze (the unit file).
+# Host tools some tests run: gpg/gpgv (the lock signature), systemd-analyze (the unit files) and
+# systemd-socket-activate (socket activation, tests/integration/test_socket_activation.py).
 # Installed only when missing, and only as root; otherwise it says what to install and goes on, and
 # those tests skip (locally) or fail (under CI, where CI is set).
 TOOLS := gpg gpgv systemd-analyze systemd-socket-activate

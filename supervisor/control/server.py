@@ -223,9 +223,9 @@ class ControlServer:
     def _check_inherited(self, sock: socket.socket, gid: int | None) -> socket.socket:
         """The service manager's socket, if it is the one at self.path and no wider open than ours would be.
 
-        The guarantees of _bind, checked instead of made: the path is a socket that only its owner and
-        group may connect to (connecting needs write access), and its group is --socket-group when one
-        is given. (The directory is the unit's RuntimeDirectory=, as for a socket the daemon makes.)
+        The guarantees of _bind, checked instead of made: the path is a socket that others may not
+        write to (connecting takes write access: 0660 and systemd-socket-activate's 0644 pass, 0666 not),
+        and its group is --socket-group when one is given. (The directory is the unit's RuntimeDirectory=, as for a socket the daemon makes.)
         """
         name = sock.getsockname()
         where = f"inherited control socket (LISTEN_FDNAMES 'control', bound to {name!r})"
@@ -241,7 +241,7 @@ class ControlServer:
             raise ControlError(f"the {where}: cannot stat {self.path}: {e.strerror}") from e
         if not stat.S_ISSOCK(st.st_mode):
             raise ControlError(f"the {where}: {self.path} is not a socket any more (fix: restart its .socket unit)")
-        if st.st_mode & 0o007:
+        if st.st_mode & 0o002:      # connecting to a Unix socket takes write access to it, nothing else
             raise ControlError(f"the {where} has mode {stat.S_IMODE(st.st_mode):04o}: anyone could use it"
                                f" (fix: SocketMode={self.mode:04o} in its .socket unit)")
         if gid is not None and st.st_gid != gid:

@@ -181,12 +181,21 @@ def test_inherited_socket_is_served_and_left_in_place(activated: tuple[socket.so
         conn.close()
 
 
-def test_inherited_socket_open_to_others_is_refused(activated: tuple[socket.socket, Path]) -> None:
+@pytest.mark.parametrize("mode", [0o666, 0o662, 0o602])
+def test_inherited_socket_open_to_others_is_refused(activated: tuple[socket.socket, Path], mode: int) -> None:
     held, path = activated
-    os.chmod(path, 0o666)
-    with pytest.raises(ControlError, match=r"mode 0666: anyone could use it \(fix: SocketMode=0660"):
+    os.chmod(path, mode)
+    with pytest.raises(ControlError, match=f"mode {mode:04o}: anyone could use it \\(fix: SocketMode=0660"):
         ControlServer(one_model(1), path, inherited=_dup(held)).start()
     assert not (path.parent / "control.sock.lock").exists() or _lock_free(path)
+
+
+def test_inherited_socket_others_may_read_but_not_write_is_served(activated: tuple[socket.socket, Path]) -> None:
+    held, path = activated
+    os.chmod(path, 0o644)       # systemd-socket-activate's mode: connecting takes write access
+    with ControlServer(one_model(7), path, inherited=_dup(held)):
+        with ControlClient(path) as client:
+            assert client.pid() == 7
 
 
 def _lock_free(path: Path) -> bool:
