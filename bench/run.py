@@ -1,6 +1,6 @@
 """`make bench`: every benchmark of docs/BENCHMARKS.md in one run, side by side with bare Docker.
 
-    python -m bench.run --out docs/BENCHMARKS.md [--runs N] [--quick] [--cold-build] [--only main|gateway]
+    python -m bench.run --out docs/BENCHMARKS.md [--runs N] [--quick] [--cold-build] [--only main|gateway|abuse|chaos]
 
 Order: machine, micro-benchmarks (planner, status), image size and cached build, then one real
 llama-supervisord supervising N light models, interleaved per run with the bare-Docker floor
@@ -359,9 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=int, default=3, help="N models under the real daemon (default 3)")
     ap.add_argument("--quick", action="store_true", help="3 runs, 10 s idle window: a smoke test, not for the doc")
     ap.add_argument("--cold-build", action="store_true", help="also time docker build --no-cache of cpu-generic")
-    ap.add_argument("--only", choices=("all", "main", "gateway", "abuse"), default="all",
+    ap.add_argument("--only", choices=("all", "main", "gateway", "abuse", "chaos"), default="all",
                     help="main: every section but the gateway's and abuse's; gateway: only the gateway's (issue 8); "
-                         "abuse: only hostile clients (issue 15)")
+                         "abuse: only hostile clients (issue 15); chaos: kills and a daemon restart under streaming "
+                         "clients (issue 21)")
+    ap.add_argument("--chaos-duration", type=float, default=150.0,
+                    help="seconds of the chaos workload (default 150, as in issue 21)")
     a = ap.parse_args(argv)
     import logging
 
@@ -396,11 +399,16 @@ def main(argv: list[str] | None = None) -> int:
         if a.out:
             write_section(a.out, text)
             print(f"wrote {a.out}")
+    import functools
+
     from bench.abuse import bench_abuse
+    from bench.chaos import bench_chaos
     from bench.gateway import bench_gateway
 
     sections = [("gateway", bench_gateway, render_gateway_doc, (GW_BEGIN, GW_END), END, "ratio to direct / floor"),
-                ("abuse", bench_abuse, render_abuse_doc, (AB_BEGIN, AB_END), GW_END, "ratio to rest")]
+                ("abuse", bench_abuse, render_abuse_doc, (AB_BEGIN, AB_END), GW_END, "ratio to rest"),
+                ("chaos", functools.partial(bench_chaos, duration_s=a.chaos_duration), render_chaos_doc,
+                 (CH_BEGIN, CH_END), AB_END, "-")]
     for name, bench, render, markers, after, ratio_head in sections:
         if a.only not in ("all", name):
             continue
@@ -430,6 +438,7 @@ def watched_section(name: str, bench: Callable[..., None], *, quick: bool, rende
 BEGIN, END = "<!-- bench.run:begin -->", "<!-- bench.run:end -->"
 GW_BEGIN, GW_END = "<!-- bench.gateway:begin -->", "<!-- bench.gateway:end -->"
 AB_BEGIN, AB_END = "<!-- bench.abuse:begin -->", "<!-- bench.abuse:end -->"
+CH_BEGIN, CH_END = "<!-- bench.chaos:begin -->", "<!-- bench.chaos:end -->"
 
 
 class CrowdWatch:
@@ -531,6 +540,20 @@ def render_abuse_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: 
     return _section_doc((AB_BEGIN, AB_END), "## Abuse: hostile clients (`python -m bench.run --only abuse`)", about,
                         r, info, quiet=quiet, ratio_head="ratio to rest",
                         reproduce=["### How to reproduce (abuse)", ""])
+
+
+def render_chaos_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: float, quiet: str,
+                     quick: bool) -> str:
+    about = (f"Image variant `{variant}`; one real llama-supervisord under `systemd-socket-activate` (the gateway's "
+             f"and the control socket inherited, as from llama-supervisor-*.socket), 2 demo models (parallel 2, "
+             f"ctx 512, threads 1, default probes) reached through the gateway; one run, counts not medians; whole "
+             f"section {elapsed / 60:.1f} min")
+    return _section_doc((CH_BEGIN, CH_END), "## Chaos: kills and a daemon restart under streaming clients "
+                        "(`python -m bench.run --only chaos`)", about, r, info, quiet=quiet, ratio_head="-",
+                        reproduce=["### How to reproduce (chaos)", "",
+                                   "Environment as above, after `make setup` and `make tools` (systemd-socket-activate); "
+                                   "`.venv/bin/python -m bench.run --only chaos --chaos-duration 150 --out "
+                                   "docs/BENCHMARKS.md`. The workload is in bench/chaos.py's docstring.", ""])
 
 
 def write_section(path: Path, section: str, *, markers: tuple[str, str] = (BEGIN, END),
