@@ -41,12 +41,13 @@ model: venv
 
 setup: image model
 
-# Host tools some tests run: gpg/gpgv (the lock signature), systemd-analyze (the unit file),
+# Host tools some tests run: gpg/gpgv (the lock signature), systemd-analyze (the unit files),
+# systemd-socket-activate (socket activation, tests/integration/test_socket_activation.py),
 # chromium + chromedriver (the web console in a real headless browser, driven by selenium) and
 # docker-registry (Debian's distribution registry: the push/pull round trip, tests/integration/test_registry.py).
 # Installed only when missing, and only as root; otherwise it says what to install and goes on, and
 # those tests skip (locally) or fail (under CI, where CI is set).
-TOOLS := gpg gpgv systemd-analyze chromium chromedriver docker-registry
+TOOLS := gpg gpgv systemd-analyze systemd-socket-activate chromium chromedriver docker-registry
 TOOL_PACKAGES := gnupg gpgv systemd chromium chromium-driver docker-registry
 tools:
 	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \

@@ -1,6 +1,6 @@
 """`make bench`: every benchmark of docs/BENCHMARKS.md in one run, side by side with bare Docker.
 
-    python -m bench.run --out docs/BENCHMARKS.md [--runs N] [--quick] [--cold-build] [--only main|gateway]
+    python -m bench.run --out docs/BENCHMARKS.md [--runs N] [--quick] [--cold-build] [--only main|gateway|abuse|chaos]
 
 Order: machine, micro-benchmarks (planner, status), image size and cached build, then one real
 llama-supervisord supervising N light models, interleaved per run with the bare-Docker floor
@@ -361,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cold-build", action="store_true", help="also time docker build --no-cache of cpu-generic")
     ap.add_argument("--only", choices=("all", "main", *SECTIONS), default="all",
                     help="main: every section but the named ones; " + "; ".join(f"{k}: {v}" for k, v in SECTIONS.items()))
+    ap.add_argument("--chaos-duration", type=float, default=150.0,
+                    help="seconds of the chaos workload (default 150, as in issue 21)")
     a = ap.parse_args(argv)
     import logging
 
@@ -395,15 +397,20 @@ def main(argv: list[str] | None = None) -> int:
         if a.out:
             write_section(a.out, text)
             print(f"wrote {a.out}")
+    import functools
+
     from bench.abuse import bench_abuse
     from bench.console import bench_console
+    from bench.chaos import bench_chaos
     from bench.gateway import bench_gateway
     from bench.swaps_kv import bench_swaps_kv
 
     sections = [("gateway", bench_gateway, render_gateway_doc, (GW_BEGIN, GW_END), END, "ratio to direct / floor"),
                 ("abuse", bench_abuse, render_abuse_doc, (AB_BEGIN, AB_END), GW_END, "ratio to rest"),
                 ("swaps-kv", bench_swaps_kv, render_swaps_kv_doc, (KV_BEGIN, KV_END), AB_END, "ratio to never stopped"),
-                ("console", bench_console, render_console_doc, (UI_BEGIN, UI_END), KV_END, "ratio to floor")]
+                ("console", bench_console, render_console_doc, (UI_BEGIN, UI_END), KV_END, "ratio to floor"),
+                ("chaos", functools.partial(bench_chaos, duration_s=a.chaos_duration), render_chaos_doc,
+                 (CH_BEGIN, CH_END), UI_END, "-")]
     for name, bench, render, markers, after, ratio_head in sections:
         if a.only not in ("all", name):
             continue
@@ -435,6 +442,7 @@ GW_BEGIN, GW_END = "<!-- bench.gateway:begin -->", "<!-- bench.gateway:end -->"
 AB_BEGIN, AB_END = "<!-- bench.abuse:begin -->", "<!-- bench.abuse:end -->"
 KV_BEGIN, KV_END = "<!-- bench.swaps-kv:begin -->", "<!-- bench.swaps-kv:end -->"
 UI_BEGIN, UI_END = "<!-- bench.console:begin -->", "<!-- bench.console:end -->"
+CH_BEGIN, CH_END = "<!-- bench.chaos:begin -->", "<!-- bench.chaos:end -->"
 
 # The sections `--only NAME` runs alone (each writes only between its own markers); `main` is the rest.
 SECTIONS = {
@@ -442,6 +450,7 @@ SECTIONS = {
     "abuse": "only hostile clients (issue 15)",
     "swaps-kv": "KV caches kept across swaps (issue 17)",
     "console": "only the web console's (issue 18)",
+    "chaos": "kills and a daemon restart under streaming clients (issue 21)",
 }
 
 
@@ -554,6 +563,8 @@ def render_swaps_kv_doc(r: Report, info: dict[str, str], *, variant: str, elapse
     return _section_doc((KV_BEGIN, KV_END), "## Swaps: KV cache kept (`python -m bench.run --only swaps-kv`)",
                         about, r, info, quiet=quiet, ratio_head="ratio to never stopped",
                         reproduce=["### How to reproduce (swaps-kv)", ""])
+
+
 def render_console_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: float, quiet: str,
                        quick: bool) -> str:
     about = (f"In-process gateway and console over a hand-written daemon of 100 models (no engine, no model: the "
@@ -562,6 +573,20 @@ def render_console_doc(r: Report, info: dict[str, str], *, variant: str, elapsed
                         quiet=quiet, ratio_head="ratio to floor", reproduce=[
                             "### How to reproduce (console)", "",
                             "`.venv/bin/python -m bench.run --only console --out docs/BENCHMARKS.md`.", ""])
+
+
+def render_chaos_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: float, quiet: str,
+                     quick: bool) -> str:
+    about = (f"Image variant `{variant}`; one real llama-supervisord under `systemd-socket-activate` (the gateway's "
+             f"and the control socket inherited, as from llama-supervisor-*.socket), 2 demo models (parallel 2, "
+             f"ctx 512, threads 1, default probes) reached through the gateway; one run, counts not medians; whole "
+             f"section {elapsed / 60:.1f} min")
+    return _section_doc((CH_BEGIN, CH_END), "## Chaos: kills and a daemon restart under streaming clients "
+                        "(`python -m bench.run --only chaos`)", about, r, info, quiet=quiet, ratio_head="-",
+                        reproduce=["### How to reproduce (chaos)", "",
+                                   "Environment as above, after `make setup` and `make tools` (systemd-socket-activate); "
+                                   "`.venv/bin/python -m bench.run --only chaos --chaos-duration 150 --out "
+                                   "docs/BENCHMARKS.md`. The workload is in bench/chaos.py's docstring.", ""])
 
 
 def write_section(path: Path, section: str, *, markers: tuple[str, str] = (BEGIN, END),

@@ -4,7 +4,9 @@ The loop runs on its own thread; the main thread only installs signal handlers
 (which put a SignalReceived on the queue, nothing else) and waits for the loop
 to finish. By default SIGTERM leaves the model containers running, so a daemon
 upgrade or restart drops no model (they are adopted on the next start);
-`--stop-models-on-exit` stops them, gracefully first.
+`--stop-models-on-exit` stops them, gracefully first. Before the loop is told, the gateway stops
+accepting and lets its requests in flight finish (`--shutdown-grace`, supervisor.cli.graceful).
+Under systemd socket activation the listening sockets are inherited (supervisor.cli.listeners).
 """
 
 from __future__ import annotations
@@ -106,6 +108,10 @@ def _release_freed_memory() -> None:
               help="Seconds between full lists of containers (events drive everything else).")
 @click.option("--stop-timeout", type=float, default=10.0, show_default=True,
               help="Seconds a graceful stop may take before the container is killed.")
+@click.option("--shutdown-grace", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
+              help="On SIGTERM/SIGINT the gateway stops accepting at once and waits this many seconds at most for "
+                   "its requests in flight (streams included) to finish before the daemon exits (a second "
+                   "signal cuts the wait). Keep it below systemd's TimeoutStopSec.")
 @click.option("--stop-models-on-exit", is_flag=True,
               help="On SIGTERM/SIGINT stop the model containers (default: leave them running).")
 @click.option("--instance", default="default", show_default=True, envvar="LLAMA_SUPERVISOR_INSTANCE",
@@ -149,13 +155,21 @@ def _release_freed_memory() -> None:
               help="Run models as Docker containers, as host processes (the lock's native binary), or "
                    "auto: Docker when the engine answers, else processes.")
 def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None, socket_group: str | None,
-        metrics_port: int | None, resync_interval: float, stop_timeout: float, stop_models_on_exit: bool,
-        instance: str, gateway_listen: str, no_gateway: bool, gateway_api_keys_file: Path | None,
-        gateway_allowed_hosts: str, admin_keys_file: Path | None, gateway_max_body: str, gateway_body_budget: str, gateway_max_uploads: int,
+        metrics_port: int | None, resync_interval: float, stop_timeout: float, shutdown_grace: float,
+        stop_models_on_exit: bool, instance: str, gateway_listen: str, no_gateway: bool, gateway_api_keys_file: Path | None,
+        gateway_allowed_hosts: str, admin_keys_file: Path | None, gateway_max_body: str, gateway_body_budget: str,
+        gateway_max_uploads: int,
         gateway_max_connections: int, memory_budget: str, gpu_memory_budget: str, no_watch: bool,
         log_format: logs.LogFormat, runtime_kind: str, kv_cache_max: str) -> None:
     """Keep the llama-server models the manifests describe alive, and serve them on one endpoint."""
     logs.setup(log_format)
+    from supervisor.cli.listeners import inherit
+
+    # First: LISTEN_* leave the environment before anything could start a child that would read them.
+    listeners = inherit(gateway_listen=None if no_gateway else gateway_listen)
+    if listeners.any:
+        log.info("socket activation: inherited listening sockets", gateway=listeners.gateway is not None,
+                 control=listeners.control is not None)
     soft, hard = raise_nofile_limit()
     log.info("open file limit", soft=soft, hard=hard)
     gateway = None if no_gateway else GatewayOptions(
@@ -163,7 +177,7 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
         allowed_hosts=tuple(h.strip() for h in gateway_allowed_hosts.split(",") if h.strip()),
         body_budget=_size(gateway_body_budget, "--gateway-body-budget"), max_uploads=gateway_max_uploads,
         max_connections=gateway_max_connections, admin_keys_file=admin_keys_file, socket_group=socket_group,
-        instance=instance)
+        instance=instance, shutdown_grace_s=shutdown_grace)
     if gateway is not None and gateway.body_budget < gateway.max_body:
         raise ConfigError(f"--gateway-body-budget {gateway_body_budget} is less than --gateway-max-body"
                           f" {gateway_max_body} (fix: a budget of at least one largest body)")
@@ -182,6 +196,7 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
         runtime_kind=runtime_kind,
         watch=not no_watch,
         kv_cache_max=None if kv_cache_max.strip().lower() == "none" else _size(kv_cache_max, "--kv-cache-max"),
+        listeners=listeners,
     )
 
 
@@ -220,6 +235,7 @@ class GatewayOptions:
     admin_keys_file: Path | None = None      # the console's admin keys
     socket_group: str | None = None          # the console's token file is readable as the socket is usable
     instance: str = "default"
+    shutdown_grace_s: float = 30.0
 
 
 def _size(value: str, option: str) -> int:
@@ -270,7 +286,9 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         metrics_port: int | None, resync_interval: float, stop_timeout: float,
         stop_models_on_exit: bool, instance: str = "default", gateway: GatewayOptions | None = None,
         budgets: tuple[str, str] = ("auto", "auto"), runtime_kind: str = "docker", watch: bool = True,
-        kv_cache_max: int | None = 8 * 1024**3) -> None:
+        kv_cache_max: int | None = 8 * 1024**3, listeners: Any = None) -> None:
+    """listeners: the sockets inherited under socket activation (supervisor.cli.listeners.Listeners), or None."""
+    from supervisor.cli.graceful import GracefulStop
     from supervisor.artifacts import hardware
     from supervisor.core.events import Tick
     from supervisor.daemon.controller import DaemonController
@@ -323,8 +341,10 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
     stream = wiring.events
     watcher = ManifestWatcher(manifests, events.put) if watch else None
 
+    graceful = GracefulStop(lambda signum: events.put(SignalReceived(signum)))
+
     def record(signum: int, frame: FrameType | None) -> None:
-        events.put(SignalReceived(signum))    # only record: the loop thread decides
+        graceful.on_signal(signum)    # only record: the main thread drains the gateway, the loop thread decides
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, record)
@@ -341,11 +361,15 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         closers[:0] = [c for c in (watcher, stream) if c is not None]
         controller = DaemonController(sup)
         server = _control_server(controller, socket_path, socket_group,
-                                 paths.Locations.current(lock=lock_path, manifests=manifests))
+                                 paths.Locations.current(lock=lock_path, manifests=manifests),
+                                 inherited=listeners.control if listeners is not None else None)
         if server is not None:
             closers.insert(0, server)
         if gateway is not None:
-            closers[:0] = _gateway(controller, gateway, api_keys, metrics, console_host=(host, budget, lock_path))
+            made = _gateway(controller, gateway, api_keys, metrics, console_host=(host, budget, lock_path),
+                            sock=listeners.gateway if listeners is not None else None)
+            closers[:0] = made
+            graceful.gateway = made[0]
         # Everything made so far (modules, classes, the wiring) lives as long as the process: out of
         # the collector's sight, a full collection walks only what came later, so a flood of
         # short-lived connections cannot make one pause every thread (gateway included) for long.
@@ -354,6 +378,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         loop.start()
         while loop.is_alive():
             loop.join(0.5)
+            graceful.step()
         if not sup.done.is_set():
             # The loop thread died of a bug (its traceback is above): exit non-zero so that
             # systemd's Restart=on-failure starts a new daemon, which adopts the containers.
@@ -398,7 +423,8 @@ def _systemd_and_metrics(metrics_port: int | None, closers: list[Any]) -> tuple[
 
 
 def _gateway(controller: Any, options: GatewayOptions, api_keys: frozenset[str], metrics: Any,
-             console_host: tuple[Any, Any, Path]) -> list[Any]:
+             console_host: tuple[Any, Any, Path], sock: Any = None) -> list[Any]:
+    """[the gateway's server, the console]: the server first (the graceful stop drains it)."""
     from supervisor.core.activity import Activity
     from supervisor.gateway.app import GatewaySettings, create_app
     from supervisor.gateway.body import BodyLimits
@@ -415,7 +441,8 @@ def _gateway(controller: Any, options: GatewayOptions, api_keys: frozenset[str],
     activity = Activity()
     console, mount, token = _console(controller, options, activity, public_read=not api_keys, host=console_host)
     app = create_app(controller, settings, metrics, activity=activity, mounts=[mount])
-    server = GatewayServer(app, options.listen, ConnectionLimits(max_connections=options.max_connections))
+    server = GatewayServer(app, options.listen, ConnectionLimits(max_connections=options.max_connections),
+                           sock=sock, grace_s=options.shutdown_grace_s)
     shown = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
     base = f"http://{'[' + shown + ']' if ':' in shown else shown}:{server.port}/ui/"
     controller.console_login = lambda: f"{base}login?token={token}"
@@ -450,13 +477,14 @@ def _console(controller: Any, options: GatewayOptions, activity: Any, *, public_
     return console, Mount("/ui", app=console.app), token
 
 
-def _control_server(controller: Any, path: Path, group: str | None, locations: paths.Locations) -> Any:
+def _control_server(controller: Any, path: Path, group: str | None, locations: paths.Locations,
+                    inherited: Any = None) -> Any:
     try:
         from supervisor.control.server import ControlServer
     except ModuleNotFoundError:
         log.warning("supervisor.control.server missing: no control socket")
         return None
-    server = ControlServer(controller, path, group=group, locations=locations)
+    server = ControlServer(controller, path, group=group, locations=locations, inherited=inherited)
     server.start()
     return server
 

@@ -3,7 +3,8 @@
 This module owns the socket's life: one daemon per socket (a flock'd lock file), a
 socket that answers is never replaced, a stale one is removed, and the socket is
 bound under a temporary name, given its mode and group, and renamed into place
-before it listens. Each request runs in its own thread (http.py: limits, parsing,
+before it listens. Under socket activation the socket is systemd's (`inherited`): it is checked
+(its path, no access for others, its group) instead of made, and never removed. Each request runs in its own thread (http.py: limits, parsing,
 slots, followers) and is answered by routes.py, which talks to the daemon only
 through the `Controller` protocol (snapshots and queued commands), never to its state.
 """
@@ -72,7 +73,7 @@ class ControlServer:
     def __init__(self, controller: Controller, path: Path, *, group: str | None = None, mode: int = 0o660,
                  max_connections: int = MAX_CONNECTIONS, read_timeout_s: float = READ_TIMEOUT_S,
                  request_deadline_s: float = REQUEST_DEADLINE_S, locations: Locations | None = None,
-                 max_followers: int | None = None) -> None:
+                 max_followers: int | None = None, inherited: socket.socket | None = None) -> None:
         self.controller = controller
         self.locations = locations or Locations.current()
         self.path = Path(path)
@@ -88,17 +89,22 @@ class ControlServer:
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
         self._inode: tuple[int, int] | None = None
+        self.inherited = inherited      # a listening AF_UNIX socket from the service manager, or None
 
     def start(self) -> None:
         """Bind, put the socket in place and serve; raises ControlError if another daemon holds the path."""
         if self._httpd is not None:
             return
         gid = self._gid()
-        self._make_parent(gid)
+        if self.inherited is None:
+            self._make_parent(gid)
         self._take_lock()
         try:
-            self._remove_stale()
-            sock = self._bind(gid)
+            if self.inherited is not None:
+                sock = self._check_inherited(self.inherited, gid)
+            else:
+                self._remove_stale()
+                sock = self._bind(gid)
         except BaseException:
             self._release_lock()
             raise
@@ -113,7 +119,9 @@ class ControlServer:
         httpd.max_followers = self.max_followers
         httpd.read_timeout_s = self.read_timeout_s
         httpd.request_deadline_s = self.request_deadline_s
-        httpd.server_activate()  # listen() only now: before this, connects to the socket are refused
+        if self.inherited is None:
+            httpd.server_activate()  # listen() only now: before this, connects to the socket are refused
+        # (an inherited socket listens already, with the backlog its unit gave it: left as it is)
         self._httpd = httpd
         # serve_forever wakes every poll_interval only to check for shutdown():
         # at 0.1 s that alone was a third of the idle daemon's CPU time; 0.5 s
@@ -122,7 +130,8 @@ class ControlServer:
             target=httpd.serve_forever, kwargs={"poll_interval": 0.5}, name="control-socket", daemon=True,
         )
         self._thread.start()
-        log.info("control socket listening", path=str(self.path), mode=oct(self.mode), group=self.group)
+        log.info("control socket listening", path=str(self.path), mode=oct(self.mode), group=self.group,
+                 inherited=self.inherited is not None)
 
     def close(self) -> None:
         """Stop serving, remove the socket (if it is still ours) and release the lock."""
@@ -210,6 +219,35 @@ class ControlServer:
             pass
         except OSError as e:
             raise ControlError(f"cannot remove the stale control socket {self.path}: {e}") from e
+
+    def _check_inherited(self, sock: socket.socket, gid: int | None) -> socket.socket:
+        """The service manager's socket, if it is the one at self.path and no wider open than ours would be.
+
+        The guarantees of _bind, checked instead of made: the path is a socket that others may not
+        write to (connecting takes write access: 0660 and systemd-socket-activate's 0644 pass, 0666 not),
+        and its group is --socket-group when one is given. (The directory is the unit's RuntimeDirectory=, as for a socket the daemon makes.)
+        """
+        name = sock.getsockname()
+        where = f"inherited control socket (LISTEN_FDNAMES 'control', bound to {name!r})"
+        if sock.family != socket.AF_UNIX or not isinstance(name, str) or not name.startswith("/"):
+            raise ControlError(f"the {where} is not a Unix socket with a path"
+                               f" (fix: ListenStream={self.path} in its .socket unit)")
+        if os.path.abspath(name) != os.path.abspath(self.path):
+            raise ControlError(f"the {where} is not {self.path}, the control socket this daemon serves"
+                               f" (fix: the same path in ListenStream= and LLAMA_SUPERVISOR_SOCKET or --socket)")
+        try:
+            st = os.lstat(self.path)
+        except OSError as e:
+            raise ControlError(f"the {where}: cannot stat {self.path}: {e.strerror}") from e
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ControlError(f"the {where}: {self.path} is not a socket any more (fix: restart its .socket unit)")
+        if st.st_mode & 0o002:      # connecting to a Unix socket takes write access to it, nothing else
+            raise ControlError(f"the {where} has mode {stat.S_IMODE(st.st_mode):04o}: anyone could use it"
+                               f" (fix: SocketMode={self.mode:04o} in its .socket unit)")
+        if gid is not None and st.st_gid != gid:
+            raise ControlError(f"the {where} has group id {st.st_gid}, not {self.group}"
+                               f" (fix: SocketGroup={self.group} in its .socket unit)")
+        return sock
 
     def _bind(self, gid: int | None) -> socket.socket:
         # Bound under a temporary name, given its mode and group, then renamed into place; not

@@ -44,40 +44,73 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 class GatewayServer:
-    def __init__(self, app: Any, listen: str, limits: ConnectionLimits = ConnectionLimits()) -> None:
+    """uvicorn on `listen`, bound here, or on `sock`: a listening socket inherited from systemd
+    (socket activation; `supervisor.cli.listeners` checked that it is the one `listen` names).
+
+    close() stops accepting at once and lets the requests in flight (streams included) finish,
+    for `grace_s` at most; then it cuts what is left. Closing an inherited socket closes only this
+    process's descriptor: the service manager holds another, so the kernel keeps queueing new
+    connections for the next daemon instead of refusing them.
+    """
+
+    def __init__(self, app: Any, listen: str, limits: ConnectionLimits = ConnectionLimits(), *,
+                 sock: socket.socket | None = None, grace_s: float = 5.0) -> None:
         self.host, port = parse_listen(listen)
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        # IPPROTO_TCP, not the default 0: asyncio turns Nagle off (TCP_NODELAY) on accepted connections
-        # only when the socket says TCP, and uvicorn writes a response in pieces (headers, body, end),
-        # so with Nagle on each later piece waits for the client's delayed ACK: 40 ms a request.
-        self._sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # inherited by accepted sockets
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self._sock.bind((self.host, port))
-        except OSError as e:
-            self._sock.close()
-            raise ConfigError(f"gateway: cannot listen on {listen}: {e.strerror}"
-                              " (fix: --gateway-listen HOST:PORT with a free port, or --no-gateway)") from e
+        self.inherited = sock is not None
+        self.grace_s = grace_s
+        self._sock = sock if sock is not None else _bind(self.host, port, listen)
+        # Nagle off on accepted sockets (see _bind), also on an inherited socket, whatever its unit says.
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock.listen(LISTEN_BACKLOG)
         self.port = int(self._sock.getsockname()[1])
         fds = soft_fd_limit()
         self.connections = ConnectionTable(limits, connection_cap(limits.max_connections, fds))
+        # timeout_graceful_shutdown is typed int, but uvicorn hands it to asyncio.wait_for: a float works
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_keep_alive=30,
-                                timeout_graceful_shutdown=5, loop="asyncio",
-                                http=protocol_class(self.connections), backlog=accept_batch(ACCEPT_BATCH, fds))
+                                timeout_graceful_shutdown=max(grace_s, 0.0),  # type: ignore[arg-type]
+                                loop="asyncio", http=protocol_class(self.connections), backlog=accept_batch(ACCEPT_BATCH, fds))
         self._server = _Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name="gateway", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
-        log.info("gateway listening", url=f"http://{self.host}:{self.port}/v1", max_connections=self.connections.cap)
+        log.info("gateway listening", url=f"http://{self.host}:{self.port}/v1", max_connections=self.connections.cap,
+                 inherited=self.inherited)
 
     def close(self) -> None:
+        """Stop accepting, wait for the requests in flight (up to grace_s), stop. Idempotent."""
+        if not self._thread.is_alive():
+            self._sock.close()
+            return
+        in_flight = len(self._server.server_state.connections)
+        log.info("gateway: not accepting; letting requests in flight finish", connections=in_flight,
+                 grace_s=self.grace_s, socket="inherited: kept by the service manager" if self.inherited else "closed")
+        t0 = time.monotonic()
         self._server.should_exit = True
-        self._thread.join(10)
+        self._thread.join(self.grace_s + 5)
         self._sock.close()
+        log.info("gateway stopped", waited_s=round(time.monotonic() - t0, 2))
+
+    def cut(self) -> None:
+        """Stop waiting for the requests in flight (a second SIGTERM or SIGINT): close() returns soon."""
+        self._server.force_exit = True
+
+
+def _bind(host: str, port: int, listen: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not the default 0: asyncio turns Nagle off (TCP_NODELAY) on accepted connections
+    # only when the socket says TCP, and uvicorn writes a response in pieces (headers, body, end),
+    # so with Nagle on each later piece waits for the client's delayed ACK: 40 ms a request.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"gateway: cannot listen on {listen}: {e.strerror}"
+                          " (fix: --gateway-listen HOST:PORT with a free port, or --no-gateway)") from e
+    return sock
 
 
 class _Server(uvicorn.Server):

@@ -93,9 +93,18 @@ def healthy(port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+# Under `systemd-socket-activate` (Daemon(socket_activated=True)): it holds the gateway's and the control
+# socket's listening sockets and execs this loop once, on the first connection; the loop starts the daemon
+# again each time it exits (a kill -9, a SIGTERM) until the file $0 exists. The inner sh's pid becomes the
+# daemon's by exec, so LISTEN_PID is the daemon's own, as systemd would set it for each new service process.
+# A daemon that exits by itself (an error, a SIGTERM) is started again after 1 s; one killed by a signal at once.
+ACTIVATED_LOOP = ("""while [ ! -e "$0" ]; do sh -c 'export LISTEN_PID=$$; exec "$@"' daemon "$@";"""
+                  """ [ $? -gt 128 ] || sleep 1; done""")
+
+
 class Daemon:
     def __init__(self, manifests: Path, *, extra: list[str] | None = None, env: dict[str, str] | None = None,
-                 nofile: int | None = None) -> None:
+                 nofile: int | None = None, socket_activated: bool = False) -> None:
         self.manifests = manifests
         self.nofile = nofile            # RLIMIT_NOFILE (soft and hard) for the daemon, e.g. systemd's 1024
         self.env = env or {}
@@ -105,6 +114,7 @@ class Daemon:
         self.gateway_port = free_port()
         if not any(a in ("--no-gateway", "--gateway-listen") for a in self.extra):
             self.extra += ["--gateway-listen", f"127.0.0.1:{self.gateway_port}"]
+        self.socket_activated = socket_activated
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[tuple[float, dict[str, Any]]] = []
         self.log_bytes = 0              # every byte the daemon wrote to stdout and stderr
@@ -112,21 +122,42 @@ class Daemon:
 
     def start(self) -> Daemon:
         env = {**os.environ, **self.env}
+        argv = [str(DAEMON), "--manifests", str(self.manifests), "--socket", str(self.socket_path),
+                "--log-format", "json", "--resync-interval", str(RESYNC_INTERVAL_S), "--stop-timeout", "3",
+                "--instance", instance_for(self.manifests), *self.extra]
+        if self.socket_activated:
+            # systemd-socket-activate passes its children only PATH, TERM and what -E names
+            argv = ["systemd-socket-activate", "-l", f"127.0.0.1:{self.gateway_port}", "-l", str(self.socket_path),
+                    "--fdname=gateway:control", *(f"-E{k}" for k in env if not k.startswith("LISTEN_")),
+                    "--", "sh", "-c", ACTIVATED_LOOP, str(self.sockdir / "stop"), *argv]
         self.proc = subprocess.Popen(
-            [str(DAEMON), "--manifests", str(self.manifests), "--socket", str(self.sockdir / "ctl.sock"),
-             "--log-format", "json", "--resync-interval", str(RESYNC_INTERVAL_S), "--stop-timeout", "3",
-             "--instance", instance_for(self.manifests), *self.extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-            preexec_fn=None if self.nofile is None else self._limit_fds,
-        )
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=self._preexec)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
         return self
 
-    def _limit_fds(self) -> None:
+    @property
+    def socket_path(self) -> Path:
+        return self.sockdir / "ctl.sock"
+
+    def _preexec(self) -> None:
         import resource
 
-        assert self.nofile is not None
-        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+        if self.nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+
+    def daemon_pid(self, timeout: float = 60) -> int:
+        """The pid of the daemon answering on the control socket now (under socket activation: not proc's)."""
+        from supervisor.control.server import probe_pid
+
+        return int(wait_for(lambda: probe_pid(self.socket_path), timeout, "a daemon on the control socket"))
+
+    def kill9_daemon(self) -> int:
+        """kill -9 the daemon now running; under socket activation the loop starts the next one. Returns
+        the killed pid once it is gone."""
+        pid = self.daemon_pid()
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10, f"pid {pid} gone")
+        return pid
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
@@ -161,11 +192,27 @@ class Daemon:
 
     def terminate(self, timeout: float = 30) -> int:
         assert self.proc is not None
+        if self.socket_activated:       # no new daemon after this one; then SIGTERM the one running
+            (self.sockdir / "stop").touch()
+            from supervisor.control.server import probe_pid
+
+            pid = probe_pid(self.socket_path)
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
+            else:
+                self.proc.send_signal(signal.SIGTERM)
+            return self.proc.wait(timeout)
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
 
     def kill9(self) -> None:
         assert self.proc is not None
+        if self.socket_activated:
+            (self.sockdir / "stop").touch()
+            from supervisor.control.server import probe_pid
+
+            if (pid := probe_pid(self.socket_path)) is not None:
+                os.kill(pid, signal.SIGKILL)
         self.proc.kill()
         self.proc.wait(10)
 

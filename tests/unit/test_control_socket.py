@@ -144,3 +144,81 @@ def test_client_reports_a_socket_nobody_answers(sock_dir: Path) -> None:
     assert str(e.value) == (f"llama-supervisord is not running (nobody answers on {path}): "
                             "start it with 'systemctl start llama-supervisor' or 'make run'")
     assert e.value.exit_code == 4
+
+
+# --- socket activation: the socket is systemd's ----------------------------------------------------
+
+@pytest.fixture
+def activated(sock_dir: Path) -> Iterator[tuple[socket.socket, Path]]:
+    """A listening socket as llama-supervisor-control.socket makes it (SocketMode=0660); the test keeps
+    this copy, as systemd keeps its own, and the server gets a dup of it."""
+    path = sock_dir / "control.sock"
+    held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    held.bind(str(path))
+    os.chmod(path, 0o660)
+    held.listen(16)
+    yield held, path
+    held.close()
+
+
+def _dup(sock: socket.socket) -> socket.socket:
+    return socket.socket(fileno=os.dup(sock.fileno()))
+
+
+def test_inherited_socket_is_served_and_left_in_place(activated: tuple[socket.socket, Path]) -> None:
+    held, path = activated
+    inode = os.stat(path).st_ino
+    with ControlServer(one_model(1234), path, inherited=_dup(held)):
+        with ControlClient(path) as client:
+            assert client.pid() == 1234
+        assert os.stat(path).st_ino == inode                 # not replaced by a socket of its own
+    assert os.stat(path).st_ino == inode                     # nor removed: it is systemd's
+    # The next daemon's connection waits in the kernel's queue (systemd's copy listens): not refused.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.connect(str(path))
+        held.settimeout(5)
+        conn, _ = held.accept()
+        conn.close()
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o662, 0o602])
+def test_inherited_socket_open_to_others_is_refused(activated: tuple[socket.socket, Path], mode: int) -> None:
+    held, path = activated
+    os.chmod(path, mode)
+    with pytest.raises(ControlError, match=f"mode {mode:04o}: anyone could use it \\(fix: SocketMode=0660"):
+        ControlServer(one_model(1), path, inherited=_dup(held)).start()
+    assert not (path.parent / "control.sock.lock").exists() or _lock_free(path)
+
+
+def test_inherited_socket_others_may_read_but_not_write_is_served(activated: tuple[socket.socket, Path]) -> None:
+    held, path = activated
+    os.chmod(path, 0o644)       # systemd-socket-activate's mode: connecting takes write access
+    with ControlServer(one_model(7), path, inherited=_dup(held)):
+        with ControlClient(path) as client:
+            assert client.pid() == 7
+
+
+def _lock_free(path: Path) -> bool:
+    import fcntl
+
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_inherited_socket_of_another_group_is_refused(activated: tuple[socket.socket, Path]) -> None:
+    held, path = activated
+    others = [g for g in grp.getgrall() if g.gr_gid != os.stat(path).st_gid]
+    with pytest.raises(ControlError, match=f"not {others[0].gr_name} \\(fix: SocketGroup={others[0].gr_name}"):
+        ControlServer(one_model(1), path, group=others[0].gr_name, inherited=_dup(held)).start()
+
+
+def test_inherited_socket_elsewhere_is_refused(activated: tuple[socket.socket, Path], sock_dir: Path) -> None:
+    held, _ = activated
+    with pytest.raises(ControlError, match="is not .*other.sock, the control socket this daemon serves"):
+        ControlServer(one_model(1), sock_dir / "other.sock", inherited=_dup(held)).start()

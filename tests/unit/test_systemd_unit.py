@@ -9,6 +9,8 @@ from pathlib import Path
 from .tools import require
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "llama-supervisor.service"
+GATEWAY_SOCKET = UNIT.with_name("llama-supervisor-gateway.socket")
+CONTROL_SOCKET = UNIT.with_name("llama-supervisor-control.socket")
 VENV_BIN = "/opt/llama-supervisor/venv/bin"
 
 
@@ -76,6 +78,32 @@ def test_required_directives() -> None:
     assert "equivalent to root" in text  # the Docker socket warning stays with the unit
 
 
+def test_socket_units_hold_what_the_daemon_serves() -> None:
+    """Socket activation (issue 21): the service needs both sockets, named as the daemon takes them
+    (supervisor/cli/listeners.py), at the daemon's default addresses, with the control socket no more
+    open than the one the daemon makes itself (0660, its user and group)."""
+    service = parse(UNIT.read_text())["Unit"]
+    names = f"{GATEWAY_SOCKET.name} {CONTROL_SOCKET.name}"
+    assert one(service, "Requires") == names and names in values(service, "After")
+    gateway = parse(GATEWAY_SOCKET.read_text())
+    assert {k: one(gateway["Socket"], k) for k in ("ListenStream", "FileDescriptorName", "Service")} == {
+        "ListenStream": "127.0.0.1:8080", "FileDescriptorName": "gateway", "Service": UNIT.name}
+    control = parse(CONTROL_SOCKET.read_text())
+    keys = ("ListenStream", "FileDescriptorName", "Service", "SocketUser", "SocketGroup", "SocketMode")
+    assert {k: one(control["Socket"], k) for k in keys} == {
+        "ListenStream": "/run/llama-supervisor/control.sock", "FileDescriptorName": "control",
+        "Service": UNIT.name, "SocketUser": "llama-supervisor", "SocketGroup": "llama-supervisor",
+        "SocketMode": "0660"}
+    for unit in (gateway, control):
+        assert one(unit["Install"], "WantedBy") == "sockets.target"
+    # the defaults the daemon checks an inherited socket against
+    from supervisor.cli.daemon import GatewayOptions
+
+    assert GatewayOptions().listen == one(gateway["Socket"], "ListenStream")
+    assert "LLAMA_SUPERVISOR_SOCKET=/run/llama-supervisor/control.sock" in values(parse(UNIT.read_text())["Service"],
+                                                                               "Environment")
+
+
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     require("systemd-analyze", why="it checks the unit as systemd would load it")
     analyze = shutil.which("systemd-analyze")
@@ -86,14 +114,15 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     root = tmp_path / "root"
     shutil.copytree(units, root / "usr/lib/systemd/system", symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)
-    shutil.copy(UNIT, root / "etc/systemd/system" / UNIT.name)
+    for unit in (UNIT, GATEWAY_SOCKET, CONTROL_SOCKET):
+        shutil.copy(unit, root / "etc/systemd/system" / unit.name)
     bin_dir = root / VENV_BIN.lstrip("/")
     bin_dir.mkdir(parents=True)
     for name in ("llama-supervisord", "llama-supervisorctl"):
         (bin_dir / name).write_text("#!/bin/sh\n")
         (bin_dir / name).chmod(0o755)
     proc = subprocess.run(
-        [analyze, "verify", f"--root={root}", UNIT.name],
+        [analyze, "verify", f"--root={root}", UNIT.name, GATEWAY_SOCKET.name, CONTROL_SOCKET.name],
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
