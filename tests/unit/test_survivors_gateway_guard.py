@@ -30,7 +30,7 @@ def test_a_host_header_is_split_into_name_and_port(value: str, parsed: tuple[str
 
 
 @pytest.mark.parametrize("value", ["", " ", ":80", "a:", "a:b", "a:+1", "a: 1", "a:123456", "[::1", "[::1]x",
-                                   "[::1]:", "[::1]:x", "[]:80", "[]"])
+                                   "[::1]:", "[::1]:x", "[::1]]:80", "[]:80", "[]"])
 def test_a_malformed_host_header_is_none(value: str) -> None:
     assert split_host(value) is None
 
