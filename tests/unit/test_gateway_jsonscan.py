@@ -60,6 +60,7 @@ def test_nesting_is_refused_past_the_limit_and_accepted_up_to_it() -> None:
             top_level_model(body, max_depth=depth - 1)
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("body", [
     b"[" * 100_000,                                         # the issue's body: a RecursionError before
     b'{"model": "m", "x": ' + b"[" * 100_000,
@@ -72,6 +73,7 @@ def test_deep_bodies_are_refused_at_once(body: bytes) -> None:
     assert time.perf_counter() - t0 < 0.5
 
 
+@pytest.mark.timing
 def test_a_body_of_many_deep_elements_is_refused_within_the_step_limit() -> None:
     """16 MiB of 500-deep elements: ~8 s of scanning if every bracket were counted; refused at 1M."""
     element = b"[" * 500 + b"0" + b"]" * 500 + b","
@@ -106,6 +108,7 @@ def test_a_model_that_is_not_a_string_is_returned_as_is_for_the_caller_to_refuse
     assert top_level_model(b'{}', max_depth=8) is None
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("element", [b"1,", b"[],", b"[0],", b'"a",', b'{"a": 1},'])
 def test_a_16_mib_body_gives_the_gil_up_while_it_is_scanned(element: bytes) -> None:
     """The scanner runs in a worker thread: another thread must get the GIL back within a few ms

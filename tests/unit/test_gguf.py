@@ -7,6 +7,8 @@ import struct
 import time
 from pathlib import Path
 
+import pytest
+
 from supervisor.artifacts import gguf
 from supervisor.render.memory import estimate_memory
 
@@ -110,6 +112,7 @@ def sparse_bomb(path: Path, *, count: int, arrays: int = 2, fields_first: bool =
     return path
 
 
+@pytest.mark.timing
 def test_a_header_of_100m_empty_strings_is_unknown_within_the_budget(tmp_path: Path) -> None:
     bomb = sparse_bomb(tmp_path / "bomb.gguf", count=50_000_000)          # 800 MB, 100 M strings
     t0 = time.monotonic()
@@ -118,6 +121,7 @@ def test_a_header_of_100m_empty_strings_is_unknown_within_the_budget(tmp_path: P
     assert isinstance(found, gguf.Unknown) and "budget" in found.reason
 
 
+@pytest.mark.timing
 def test_many_arrays_under_each_bound_still_share_one_budget(tmp_path: Path) -> None:
     # 40 arrays of 100,000 strings: each within every per-value bound, 4 M strings in all
     bomb = sparse_bomb(tmp_path / "wide.gguf", count=100_000, arrays=40)

@@ -64,7 +64,7 @@ def test_making_room_returns_the_victims_stop_transition() -> None:
 def test_unknown_shutting_down_and_too_big_are_answered_without_a_transition() -> None:
     s = OnDemandScheduler(Demand(lambda: 0.0), Budget(memory_bytes=G), NullMetrics())
     assert ask(s, "nope", known=False).result(0) == Readiness("unknown", "no model 'nope'")
-    assert ask(s, "a", stopping=True).result(0).code == "shutting_down"
+    assert ask(s, "a", stopping=True).result(0) == Readiness("shutting_down", "the daemon is shutting down")
     big = ask(s, "big")
     assert s.schedule({"big": od_slot("big", mem=2 * G)}, 0.0) == []
     assert big.result(0).code == "too_big" and not s.pending
