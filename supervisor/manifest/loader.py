@@ -174,7 +174,8 @@ def _load_file(file: Path, problems: list[_Problem]) -> list[_Doc]:
             problems.append(_Problem(name, 1, f"file is {size} bytes, over the {MAX_FILE_BYTES} byte limit"
                                      " (fix: split it into smaller files; a manifest is a few hundred bytes)"))
             return []
-        raw = file.read_bytes()[: MAX_FILE_BYTES + 1]
+        with file.open("rb") as f:  # bounded: a size that lies (procfs, a growing file) is never read in full
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         problems.append(_Problem(name, 1, f"cannot read the file: {e.strerror or e} (fix: check its permissions)"))
         return []
