@@ -48,6 +48,14 @@ class PrometheusMetrics:
                                     ["model"], namespace=ns, registry=r, buckets=_WAIT_BUCKETS)
         self.bytes_streamed = Counter("gateway_response_bytes", "Response bytes the gateway passed to clients",
                                       ["model"], namespace=ns, registry=r)
+        self.drained_requests = Counter(
+            "drained_requests", "Requests in flight on a container being replaced (manifest change), let finish",
+            ["model"], namespace=ns, registry=r)
+        self.drains = Counter("drains", "Drains before a recreate, by outcome (drained, timed_out)",
+                              ["model", "outcome"], namespace=ns, registry=r)
+        self.stale_retries = Counter(
+            "gateway_stale_retries", "Requests sent again on a new connection: a kept-alive one was closed by"
+            " the model as they went out", ["model"], namespace=ns, registry=r)
         self._labels: dict[str, set[tuple[MetricWrapperBase, tuple[str, ...]]]] = defaultdict(set)
         self._lock = threading.Lock()
         self._server: WSGIServer | None = None
@@ -93,6 +101,13 @@ class PrometheusMetrics:
         self.evictions.labels(model, reason).inc()
         self._track(model, self.evictions, model, reason)
 
+    def drained(self, model: str, requests: int, timed_out: bool) -> None:
+        outcome = "timed_out" if timed_out else "drained"
+        self.drains.labels(model, outcome).inc()
+        self.drained_requests.labels(model).inc(requests)
+        self._track(model, self.drains, model, outcome)
+        self._track(model, self.drained_requests, model)
+
     # --- the gateway's (called from its thread) -------------------------------------------------
 
     def gateway_request(self, model: str, code: int) -> None:
@@ -110,6 +125,10 @@ class PrometheusMetrics:
     def gateway_bytes(self, model: str, n: int) -> None:
         self.bytes_streamed.labels(model).inc(n)
         self._track(model, self.bytes_streamed, model)
+
+    def gateway_stale_retry(self, model: str) -> None:
+        self.stale_retries.labels(model).inc()
+        self._track(model, self.stale_retries, model)
 
     def forget(self, model: str) -> None:
         """Drop every series of a model whose manifest disappeared."""
