@@ -1,6 +1,6 @@
 """`make bench`: every benchmark of docs/BENCHMARKS.md in one run, side by side with bare Docker.
 
-    python -m bench.run --out docs/BENCHMARKS.md [--runs N] [--quick] [--cold-build] [--only main|gateway]
+    python -m bench.run --out docs/BENCHMARKS.md [--runs N] [--quick] [--cold-build] [--only main|gateway|abuse|connections]
 
 Order: machine, micro-benchmarks (planner, status), image size and cached build, then one real
 llama-supervisord supervising N light models, interleaved per run with the bare-Docker floor
@@ -359,9 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=int, default=3, help="N models under the real daemon (default 3)")
     ap.add_argument("--quick", action="store_true", help="3 runs, 10 s idle window: a smoke test, not for the doc")
     ap.add_argument("--cold-build", action="store_true", help="also time docker build --no-cache of cpu-generic")
-    ap.add_argument("--only", choices=("all", "main", "gateway", "abuse"), default="all",
-                    help="main: every section but the gateway's and abuse's; gateway: only the gateway's (issue 8); "
-                         "abuse: only hostile clients (issue 15)")
+    ap.add_argument("--only", choices=("all", "main", "gateway", "abuse", "connections"), default="all",
+                    help="main: every section but the gateway's, abuse's and connections'; gateway: only the "
+                         "gateway's (issue 8); abuse: only hostile clients (issue 15); connections: steady load on "
+                         "one healthy model, stale upstream connections (issue 21)")
+    ap.add_argument("--requests", type=int, default=None,
+                    help="connections: requests in all (default 3000; 300 with --quick)")
     a = ap.parse_args(argv)
     import logging
 
@@ -396,11 +399,17 @@ def main(argv: list[str] | None = None) -> int:
         if a.out:
             write_section(a.out, text)
             print(f"wrote {a.out}")
+    from functools import partial
+
     from bench.abuse import bench_abuse
+    from bench.connections import bench_connections
     from bench.gateway import bench_gateway
 
-    sections = [("gateway", bench_gateway, render_gateway_doc, (GW_BEGIN, GW_END), END, "ratio to direct / floor"),
-                ("abuse", bench_abuse, render_abuse_doc, (AB_BEGIN, AB_END), GW_END, "ratio to rest")]
+    sections: list[tuple[str, Callable[..., None], Callable[..., str], tuple[str, str], str, str]] = [
+        ("gateway", bench_gateway, render_gateway_doc, (GW_BEGIN, GW_END), END, "ratio to direct / floor"),
+        ("abuse", bench_abuse, render_abuse_doc, (AB_BEGIN, AB_END), GW_END, "ratio to rest"),
+        ("connections", partial(bench_connections, requests=a.requests), render_connections_doc,
+         (CN_BEGIN, CN_END), AB_END, "-")]
     for name, bench, render, markers, after, ratio_head in sections:
         if a.only not in ("all", name):
             continue
@@ -430,6 +439,7 @@ def watched_section(name: str, bench: Callable[..., None], *, quick: bool, rende
 BEGIN, END = "<!-- bench.run:begin -->", "<!-- bench.run:end -->"
 GW_BEGIN, GW_END = "<!-- bench.gateway:begin -->", "<!-- bench.gateway:end -->"
 AB_BEGIN, AB_END = "<!-- bench.abuse:begin -->", "<!-- bench.abuse:end -->"
+CN_BEGIN, CN_END = "<!-- bench.connections:begin -->", "<!-- bench.connections:end -->"
 
 
 class CrowdWatch:
@@ -531,6 +541,18 @@ def render_abuse_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: 
     return _section_doc((AB_BEGIN, AB_END), "## Abuse: hostile clients (`python -m bench.run --only abuse`)", about,
                         r, info, quiet=quiet, ratio_head="ratio to rest",
                         reproduce=["### How to reproduce (abuse)", ""])
+
+
+def render_connections_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: float, quiet: str,
+                           quick: bool) -> str:
+    about = (f"Image variant `{variant}`; one real llama-supervisord with its gateway and one always-on demo model "
+             f"(parallel 4); whole section {elapsed / 60:.1f} min{' (--quick: a smoke test)' if quick else ''}. "
+             "Counts, not timings: no floor applies (the direct path has no pool of its own to go stale)")
+    return _section_doc((CN_BEGIN, CN_END), "## Upstream connections (`python -m bench.run --only connections`)",
+                        about, r, info, quiet=quiet, ratio_head="-", reproduce=[
+                            "### How to reproduce (connections)", "",
+                            "Environment as above, after `make setup`: "
+                            "`.venv/bin/python -m bench.run --only connections --out docs/BENCHMARKS.md`.", ""])
 
 
 def write_section(path: Path, section: str, *, markers: tuple[str, str] = (BEGIN, END),
