@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 
 import httpx
 
@@ -24,8 +25,6 @@ from supervisor.core.routing import Route, route_table
 from supervisor.core.demand import Demand
 from supervisor.gateway.app import GatewaySettings, create_app
 from supervisor.gateway.proxy import Upstream
-
-from concurrent.futures import Future
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 8\r\n\r\n{\"ok\":1}"
 
