@@ -1,6 +1,6 @@
 """`make bench`: every benchmark of docs/BENCHMARKS.md in one run, side by side with bare Docker.
 
-    python -m bench.run --out docs/BENCHMARKS.md [--runs N] [--quick] [--cold-build] [--only main|gateway|abuse|chaos]
+    python -m bench.run --out docs/BENCHMARKS.md [--runs N] [--quick] [--cold-build] [--only main|SECTION]
 
 Order: machine, micro-benchmarks (planner, status), image size and cached build, then one real
 llama-supervisord supervising N light models, interleaved per run with the bare-Docker floor
@@ -363,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="main: every section but the named ones; " + "; ".join(f"{k}: {v}" for k, v in SECTIONS.items()))
     ap.add_argument("--chaos-duration", type=float, default=150.0,
                     help="seconds of the chaos workload (default 150, as in issue 21)")
+    ap.add_argument("--requests", type=int, default=None,
+                    help="connections: requests in all (default 3000; 300 with --quick)")
     a = ap.parse_args(argv)
     import logging
 
@@ -400,17 +402,21 @@ def main(argv: list[str] | None = None) -> int:
     import functools
 
     from bench.abuse import bench_abuse
-    from bench.console import bench_console
     from bench.chaos import bench_chaos
+    from bench.connections import bench_connections
+    from bench.console import bench_console
     from bench.gateway import bench_gateway
     from bench.swaps_kv import bench_swaps_kv
 
-    sections = [("gateway", bench_gateway, render_gateway_doc, (GW_BEGIN, GW_END), END, "ratio to direct / floor"),
-                ("abuse", bench_abuse, render_abuse_doc, (AB_BEGIN, AB_END), GW_END, "ratio to rest"),
-                ("swaps-kv", bench_swaps_kv, render_swaps_kv_doc, (KV_BEGIN, KV_END), AB_END, "ratio to never stopped"),
-                ("console", bench_console, render_console_doc, (UI_BEGIN, UI_END), KV_END, "ratio to floor"),
-                ("chaos", functools.partial(bench_chaos, duration_s=a.chaos_duration), render_chaos_doc,
-                 (CH_BEGIN, CH_END), UI_END, "-")]
+    sections: list[tuple[str, Callable[..., None], Callable[..., str], tuple[str, str], str, str]] = [
+        ("gateway", bench_gateway, render_gateway_doc, (GW_BEGIN, GW_END), END, "ratio to direct / floor"),
+        ("abuse", bench_abuse, render_abuse_doc, (AB_BEGIN, AB_END), GW_END, "ratio to rest"),
+        ("connections", functools.partial(bench_connections, requests=a.requests), render_connections_doc,
+         (CN_BEGIN, CN_END), AB_END, "-"),
+        ("swaps-kv", bench_swaps_kv, render_swaps_kv_doc, (KV_BEGIN, KV_END), CN_END, "ratio to never stopped"),
+        ("console", bench_console, render_console_doc, (UI_BEGIN, UI_END), KV_END, "ratio to floor"),
+        ("chaos", functools.partial(bench_chaos, duration_s=a.chaos_duration), render_chaos_doc,
+         (CH_BEGIN, CH_END), UI_END, "-")]
     for name, bench, render, markers, after, ratio_head in sections:
         if a.only not in ("all", name):
             continue
@@ -443,11 +449,13 @@ AB_BEGIN, AB_END = "<!-- bench.abuse:begin -->", "<!-- bench.abuse:end -->"
 KV_BEGIN, KV_END = "<!-- bench.swaps-kv:begin -->", "<!-- bench.swaps-kv:end -->"
 UI_BEGIN, UI_END = "<!-- bench.console:begin -->", "<!-- bench.console:end -->"
 CH_BEGIN, CH_END = "<!-- bench.chaos:begin -->", "<!-- bench.chaos:end -->"
+CN_BEGIN, CN_END = "<!-- bench.connections:begin -->", "<!-- bench.connections:end -->"
 
 # The sections `--only NAME` runs alone (each writes only between its own markers); `main` is the rest.
 SECTIONS = {
     "gateway": "only the gateway's (issue 8)",
     "abuse": "only hostile clients (issue 15)",
+    "connections": "steady load on one healthy model, stale upstream connections (issue 21)",
     "swaps-kv": "KV caches kept across swaps (issue 17)",
     "console": "only the web console's (issue 18)",
     "chaos": "kills and a daemon restart under streaming clients (issue 21)",
@@ -587,6 +595,18 @@ def render_chaos_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: 
                                    "Environment as above, after `make setup` and `make tools` (systemd-socket-activate); "
                                    "`.venv/bin/python -m bench.run --only chaos --chaos-duration 150 --out "
                                    "docs/BENCHMARKS.md`. The workload is in bench/chaos.py's docstring.", ""])
+
+
+def render_connections_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: float, quiet: str,
+                           quick: bool) -> str:
+    about = (f"Image variant `{variant}`; one real llama-supervisord with its gateway and one always-on demo model "
+             f"(parallel 4); whole section {elapsed / 60:.1f} min{' (--quick: a smoke test)' if quick else ''}. "
+             "Counts, not timings: no floor applies (the direct path has no pool of its own to go stale)")
+    return _section_doc((CN_BEGIN, CN_END), "## Upstream connections (`python -m bench.run --only connections`)",
+                        about, r, info, quiet=quiet, ratio_head="-", reproduce=[
+                            "### How to reproduce (connections)", "",
+                            "Environment as above, after `make setup`: "
+                            "`.venv/bin/python -m bench.run --only connections --out docs/BENCHMARKS.md`.", ""])
 
 
 def write_section(path: Path, section: str, *, markers: tuple[str, str] = (BEGIN, END),

@@ -11,7 +11,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from supervisor.errors import ConfigError
 
-STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
+STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "DRAINING")
 _PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 _WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 _RECONCILE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0)
@@ -55,6 +55,14 @@ class PrometheusMetrics:
                                 namespace=ns, registry=r)
         self.kv_seconds = Histogram("kv_cache_duration_seconds", "Time one slot's KV cache save or restore took",
                                     ["model", "op"], namespace=ns, registry=r, buckets=_KV_BUCKETS)
+        self.drained_requests = Counter(
+            "drained_requests", "Requests in flight on a container being replaced (manifest change), let finish",
+            ["model"], namespace=ns, registry=r)
+        self.drains = Counter("drains", "Drains before a recreate, by outcome (drained, timed_out)",
+                              ["model", "outcome"], namespace=ns, registry=r)
+        self.stale_retries = Counter(
+            "gateway_stale_retries", "Requests sent again on a new connection: a kept-alive one was closed by"
+            " the model as they went out", ["model"], namespace=ns, registry=r)
         self._labels: dict[str, set[tuple[MetricWrapperBase, tuple[str, ...]]]] = defaultdict(set)
         self._lock = threading.Lock()
         self._server: WSGIServer | None = None
@@ -110,6 +118,13 @@ class PrometheusMetrics:
             self._track(model, self.kv_bytes, model, op)
             self._track(model, self.kv_seconds, model, op)
 
+    def drained(self, model: str, requests: int, timed_out: bool) -> None:
+        outcome = "timed_out" if timed_out else "drained"
+        self.drains.labels(model, outcome).inc()
+        self.drained_requests.labels(model).inc(requests)
+        self._track(model, self.drains, model, outcome)
+        self._track(model, self.drained_requests, model)
+
     # --- the gateway's (called from its thread) -------------------------------------------------
 
     def gateway_request(self, model: str, code: int) -> None:
@@ -127,6 +142,10 @@ class PrometheusMetrics:
     def gateway_bytes(self, model: str, n: int) -> None:
         self.bytes_streamed.labels(model).inc(n)
         self._track(model, self.bytes_streamed, model)
+
+    def gateway_stale_retry(self, model: str) -> None:
+        self.stale_retries.labels(model).inc()
+        self._track(model, self.stale_retries, model)
 
     def forget(self, model: str) -> None:
         """Drop every series of a model whose manifest disappeared."""

@@ -106,6 +106,8 @@ def describe(model: ModelStatus) -> str:
 
 
 def _describe_state(model: ModelStatus) -> str:
+    if model.state == "DRAINING":     # its config changed: requests in flight finish, new ones wait
+        return f"{model.reason}; now {model.inflight} in flight, {model.waiting} waiting"
     if model.state in ("RUNNING", "STARTING"):
         parts = []
         if model.port is not None:

@@ -45,6 +45,23 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Drain:
+    """The config changed while the container serves: send it nothing new, let its requests finish
+    (the loop does it: no runtime call); a Recreate follows once it is drained."""
+
+    model: str
+    container_id: str
+
+
+@dataclass(frozen=True)
+class Resume:
+    """The config changed back while the container drained: it serves again (no runtime call)."""
+
+    model: str
+    container_id: str
+
+
+@dataclass(frozen=True)
 class Remove:
     """An orphan (managed label, no manifest) or a duplicate: stop if needed, then remove."""
 
@@ -53,4 +70,4 @@ class Remove:
     model: str = ""
 
 
-Action = Create | Recreate | Start | Stop | Remove
+Action = Create | Recreate | Start | Stop | Remove | Drain | Resume

@@ -15,6 +15,13 @@ loop asks `wants_running(now)` and `next_deadline()` and lets the planner act.
                                                                                │
                                         max_failures consecutive failures ──> FATAL (start / manifest change)
 
+    RUNNING ──manifest changed──> DRAINING ──nothing in flight, or the drain deadline──> STARTING (recreated)
+                                     └──changed back──> RUNNING
+
+DRAINING: the container of the old config still serves the requests it has; the gateway sends it
+no new one (they wait for the new container). The loop decides when the drain is over (`drain_until`,
+the requests in flight), the planner then recreates.
+
 What the daemon itself could not do is never the model's failure: an inconclusive probe
 (the daemon is out of descriptors) neither counts toward `health.failures` nor lets the
 start budget expire, and a start the daemon could not make (`start_deferred`: the engine
@@ -39,6 +46,7 @@ class State(Enum):
     RUNNING = "RUNNING"
     BACKOFF = "BACKOFF"
     STOPPING = "STOPPING"
+    DRAINING = "DRAINING"
     EXITED = "EXITED"
     FATAL = "FATAL"
 
@@ -54,7 +62,8 @@ S = State
 ALLOWED: dict[State, frozenset[State]] = {
     S.STOPPED: frozenset({S.STARTING, S.FATAL}),   # -> FATAL: restored from the state file at daemon start
     S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED, S.STOPPING}),
-    S.RUNNING: frozenset({S.STARTING, S.BACKOFF, S.FATAL, S.EXITED, S.STOPPING}),
+    S.RUNNING: frozenset({S.STARTING, S.BACKOFF, S.FATAL, S.EXITED, S.STOPPING, S.DRAINING}),
+    S.DRAINING: frozenset({S.STARTING, S.RUNNING, S.STOPPING, S.STOPPED}),
     S.BACKOFF: frozenset({S.STARTING, S.STOPPED}),
     S.STOPPING: frozenset({S.STOPPED}),
     S.EXITED: frozenset({S.STARTING, S.STOPPED}),
@@ -62,7 +71,7 @@ ALLOWED: dict[State, frozenset[State]] = {
 }
 
 # States in which the model's container is believed to be the live, wanted one.
-LIVE = frozenset({S.STARTING, S.RUNNING, S.STOPPING})
+LIVE = frozenset({S.STARTING, S.RUNNING, S.STOPPING, S.DRAINING})
 
 STARTING_PROBE_INTERVAL_S = 0.5   # probe faster while loading: readiness shows sooner
 DAEMON_SIDE_RETRY_S = 5.0         # a start the daemon could not make is tried again after this
@@ -111,6 +120,7 @@ class Lifecycle:
         self.backoff_until: float | None = None
         self.backoff_s: float | None = None
         self.next_probe_at: float | None = None
+        self.drain_until: float | None = None  # DRAINING: the old container is stopped at the latest then
         self._started_once = False
 
     # --- queries ------------------------------------------------------------------------
@@ -122,7 +132,7 @@ class Lifecycle:
 
     def wants_running(self, now: float) -> bool:
         match self.state:
-            case State.STARTING | State.RUNNING:
+            case State.STARTING | State.RUNNING | State.DRAINING:
                 return True
             case State.STOPPED:
                 return self.enabled
@@ -148,6 +158,9 @@ class Lifecycle:
             case State.RUNNING:
                 if self.consecutive_failures and self.running_since is not None:
                     candidates.append(self.running_since + self.restart.healthy_reset_s)
+            case State.DRAINING:
+                if self.drain_until is not None:
+                    candidates.append(self.drain_until)
             case State.STOPPED | State.STOPPING | State.EXITED | State.FATAL:
                 pass
             case _:
@@ -183,8 +196,10 @@ class Lifecycle:
                 self.since = now          # a recreate while starting: the start budget begins again
                 self.next_probe_at = now + STARTING_PROBE_INTERVAL_S
                 return None
-            case State.STOPPED | State.EXITED | State.BACKOFF | State.RUNNING:
-                # STOPPED -> STARTING, EXITED -> STARTING, BACKOFF -> STARTING, RUNNING -> STARTING (recreate)
+            case State.STOPPED | State.EXITED | State.BACKOFF | State.RUNNING | State.DRAINING:
+                # STOPPED -> STARTING, EXITED -> STARTING, BACKOFF -> STARTING, RUNNING -> STARTING (recreate),
+                # DRAINING -> STARTING (recreate, drained)
+                self.drain_until = None
                 t = self._to(now, State.STARTING, reason)
                 self.next_probe_at = now + STARTING_PROBE_INTERVAL_S
                 return t
@@ -276,7 +291,7 @@ class Lifecycle:
                         )
                     case _:
                         assert_never(outcome)
-            case State.STOPPED | State.BACKOFF | State.STOPPING | State.EXITED | State.FATAL:
+            case State.STOPPED | State.BACKOFF | State.STOPPING | State.EXITED | State.FATAL | State.DRAINING:
                 return None   # a late result for a container no longer probed
             case _:
                 assert_never(self.state)
@@ -289,8 +304,8 @@ class Lifecycle:
             case State.STARTING:
                 # STARTING -> BACKOFF: it never became healthy
                 return self._failure(now, reason)
-            case State.STOPPED | State.BACKOFF | State.STOPPING | State.EXITED | State.FATAL:
-                return None
+            case State.STOPPED | State.BACKOFF | State.STOPPING | State.EXITED | State.FATAL | State.DRAINING:
+                return None   # DRAINING: the drain deadline stops it anyway
             case _:
                 assert_never(self.state)
 
@@ -310,6 +325,10 @@ class Lifecycle:
             case State.STOPPING:
                 # STOPPING -> STOPPED
                 return self._to(now, State.STOPPED, "stopped")
+            case State.DRAINING:
+                # DRAINING -> STOPPED: the old config's container is gone early; the new one is created next
+                self.drain_until = None
+                return self._to(now, State.STOPPED, f"{why} while draining for a recreate")
             case State.STOPPED | State.BACKOFF | State.EXITED | State.FATAL:
                 return None
             case _:
@@ -319,8 +338,9 @@ class Lifecycle:
         """The operator (or a restart) wants it down; `disable=False` keeps it wanted afterwards."""
         self.enabled = not disable
         match self.state:
-            case State.STARTING | State.RUNNING:
-                # STARTING -> STOPPING, RUNNING -> STOPPING
+            case State.STARTING | State.RUNNING | State.DRAINING:
+                # STARTING -> STOPPING, RUNNING -> STOPPING, DRAINING -> STOPPING
+                self.drain_until = None
                 return self._to(now, State.STOPPING, reason)
             case State.BACKOFF | State.EXITED | State.FATAL:
                 # BACKOFF -> STOPPED, EXITED -> STOPPED, FATAL -> STOPPED
@@ -346,7 +366,7 @@ class Lifecycle:
                 # FATAL -> STOPPED, BACKOFF -> STOPPED, EXITED -> STOPPED: failures forgotten, start at once
                 self.consecutive_failures = 0
                 return self._to(now, State.STOPPED, reason)
-            case State.STOPPED | State.STARTING | State.RUNNING | State.STOPPING:
+            case State.STOPPED | State.STARTING | State.RUNNING | State.STOPPING | State.DRAINING:
                 return None
             case _:
                 assert_never(self.state)
@@ -362,7 +382,7 @@ class Lifecycle:
             case State.FATAL | State.BACKOFF | State.EXITED:
                 # FATAL -> STOPPED, BACKOFF -> STOPPED, EXITED -> STOPPED
                 return self._to(now, State.STOPPED, "manifest changed")
-            case State.STOPPED | State.STARTING | State.RUNNING | State.STOPPING:
+            case State.STOPPED | State.STARTING | State.RUNNING | State.STOPPING | State.DRAINING:
                 return None   # the planner recreates a live container whose hash changed
             case _:
                 assert_never(self.state)
@@ -381,11 +401,31 @@ class Lifecycle:
                     and now - self.running_since >= self.restart.healthy_reset_s
                 ):
                     self.consecutive_failures = 0   # healthy long enough: the backoff starts over
-            case State.STOPPED | State.BACKOFF | State.STOPPING | State.EXITED | State.FATAL:
-                pass
+            case State.STOPPED | State.BACKOFF | State.STOPPING | State.EXITED | State.FATAL | State.DRAINING:
+                pass   # DRAINING: the loop ends it (drain_until is in next_deadline)
             case _:
                 assert_never(self.state)
         return None
+
+    def drain(self, now: float, *, until: float, inflight: int) -> Transition | None:
+        """The manifest changed while it serves: its requests in flight finish (until `until` at the
+        latest), none is sent to it any more; then the planner recreates it."""
+        if self.state is not State.RUNNING:
+            return None
+        self.drain_until = until
+        # RUNNING -> DRAINING
+        return self._to(now, State.DRAINING, f"manifest changed: draining {inflight} request(s) in flight,"
+                                              f" then recreating")
+
+    def resume(self, now: float) -> Transition | None:
+        """The manifest changed back while it drained: it serves again, as it was."""
+        if self.state is not State.DRAINING:
+            return None
+        self.drain_until = None
+        # DRAINING -> RUNNING: no recreate needed any more
+        t = self._to(now, State.RUNNING, "manifest changed back: serving again")
+        self.next_probe_at = now
+        return t
 
     # --- internals ------------------------------------------------------------------------
 

@@ -2,19 +2,32 @@
 
 No I/O and no clock: what the lifecycle wants right now comes in as `Want.run`.
 An unchanged model whose container is running as wanted yields no action, so the
-executor makes no Docker call for it.
+executor makes no Docker call for it. A container that serves requests when its config
+changes is drained first (`Drain`: the gateway sends it nothing new, its requests finish),
+then recreated; `Want.serving` says where the model's routing stands.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 
-from supervisor.core.actions import Action, Create, Recreate, Remove, Start, Stop
+from supervisor.core.actions import Action, Create, Drain, Recreate, Remove, Resume, Start, Stop
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import DesiredModel
 
 UP = frozenset({"running", "paused", "restarting"})
+
+
+class Serving(Enum):
+    """Whether the gateway sends requests to the model's container (the loop knows, from the lifecycle
+    and the gateway's counts)."""
+
+    NO = "no"                      # not routed to (starting, stopped...): replace it at once
+    ROUTED = "routed"              # RUNNING: requests go to it; a replacement drains it first
+    DRAINING = "draining"          # drain under way: requests still in flight, before the deadline
+    DRAINED = "drained"            # drain over (nothing in flight, or the deadline passed)
 
 
 @dataclass(frozen=True)
@@ -22,6 +35,7 @@ class Want:
     desired: DesiredModel
     run: bool                      # the lifecycle wants a running container now
     live: bool = True              # False: a container still running is the failed/hung one -> kill it first
+    serving: Serving = Serving.NO
 
 
 @dataclass(frozen=True)
@@ -76,8 +90,13 @@ def _plan_one(want: Want, want_hash: str, current: ObservedContainer | None) -> 
     if current is None:
         return [Create(want.desired)] if want.run else []
     up = current.status in UP
+    draining = want.serving in (Serving.DRAINING, Serving.DRAINED)
     if current.config_hash != want_hash:
         if want.run:
+            if up and want.serving is Serving.ROUTED:
+                return [Drain(model, current.id)]
+            if up and want.serving is Serving.DRAINING:
+                return []
             return [Recreate(want.desired, current.id)]
         return [Stop(model, current.id, "not wanted running (config changed)")] if up else []
     if up:
@@ -87,5 +106,5 @@ def _plan_one(want: Want, want_hash: str, current: ObservedContainer | None) -> 
         if not want.live:
             return [Stop(model, current.id, "failed or hung: restart in place", kill=True),
                     Start(model, current.id)]
-        return []
+        return [Resume(model, current.id)] if draining else []
     return [Start(model, current.id)] if want.run else []

@@ -11,7 +11,7 @@ from typing import assert_never
 
 import structlog
 
-from supervisor.core.actions import Action, Create, Recreate, Remove, Start, Stop
+from supervisor.core.actions import Action, Create, Drain, Recreate, Remove, Resume, Start, Stop
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import DesiredModel
 from supervisor.errors import ResourceExhausted, VerificationError, exhaustion
@@ -85,6 +85,8 @@ class Executor:
                     self._stop(cid, current, reason=why, kill=False)
                 rt.remove(cid)
                 return None
+            case Drain() | Resume():
+                return current      # the loop's and the gateway's business: no runtime call
             case _:
                 assert_never(action)
 

@@ -1,6 +1,6 @@
 """The one loop thread: it owns every model's state, fed by a queue of typed events.
 
-(About 500 lines, over the 450 the layout allows without a reason: the reconcile — plan,
+(About 550 lines, over the 450 the layout allows without a reason: the reconcile — plan,
 execute, store — and the shutdown steps still live here beside the iteration that owns the
 slots. They are the next part to become an object of their own; until then this file says so.)
 
@@ -32,7 +32,7 @@ from typing import Any, assert_never
 import structlog
 
 from supervisor.control.api import CommandResult, MetricsSink, Notifier, NullMetrics, NullNotifier
-from supervisor.core.actions import Action, Create, Recreate, Remove, Start, Stop
+from supervisor.core.actions import Action, Create, Drain, Recreate, Remove, Resume, Start, Stop
 from supervisor.core.commands import Readiness
 from supervisor.core.demand import Demand
 from supervisor.core.events import (
@@ -47,7 +47,7 @@ from supervisor.core.events import (
 )
 from supervisor.core.lifecycle import State, Transition
 from supervisor.core.observed import ObservedContainer
-from supervisor.core.planner import UP, Diff, Want, plan
+from supervisor.core.planner import UP, Diff, Serving, Want, plan
 from supervisor.core.routing import Route
 from supervisor.core.scheduler import Budget
 from supervisor.core.status import ModelStatus
@@ -217,6 +217,8 @@ class Supervisor:
             self._snapshot = snap
             self._routes = table
         self.published.set()
+        for slot in self.slots.values():
+            slot.recreated = False          # its new route is out: the scheduler's next pass undrains it
         self.ondemand.answer_ready(table)
         if changed:
             running = sum(1 for s in snap if s.state == State.RUNNING.name)
@@ -382,8 +384,34 @@ class Supervisor:
         self.metrics.reconcile(time.monotonic() - t0)
 
     def _wants(self, now: float) -> dict[str, Want]:
-        return {n: Want(s.desired, run=s.lc.wants_running(now) and not self.stopping, live=s.lc.live)
+        return {n: Want(s.desired, run=s.lc.wants_running(now) and not self.stopping, live=s.lc.live,
+                        serving=self._serving(n, s, now))
                 for n, s in self.slots.items()}
+
+    def _serving(self, name: str, slot: Slot, now: float) -> Serving:
+        lc = slot.lc
+        if lc.state is State.RUNNING:
+            return Serving.ROUTED
+        if lc.state is not State.DRAINING:
+            return Serving.NO
+        over = self.demand.usage(name).inflight == 0 or (lc.drain_until is not None and now >= lc.drain_until)
+        return Serving.DRAINED if over else Serving.DRAINING
+
+    def _drain(self, action: Drain | Resume) -> None:
+        """Drain: no new request enters the model (they wait for the new container), those in flight
+        finish until the stop timeout; Demand.leave wakes the loop when the last one is done."""
+        slot = self.slots.get(action.model)
+        if slot is None:
+            return
+        now = self.clock()
+        if isinstance(action, Resume):
+            self.demand.undrain(action.model)
+            self._log_transition(slot.lc.resume(now))
+            return
+        self.demand.mark_draining(action.model)
+        inflight = self.demand.usage(action.model).inflight
+        slot.drain_requests = inflight
+        self._log_transition(slot.lc.drain(now, until=now + self.settings.stop_timeout_s, inflight=inflight))
 
     def _execute(self, actions: list[Action]) -> None:
         for action in actions:
@@ -397,6 +425,8 @@ class Supervisor:
                             self._log_transition(slot.lc.stopped(self.clock()))
                 case Remove(container_id=cid):
                     self._apply(action, cid)
+                case Drain() | Resume():
+                    self._drain(action)
                 case _:
                     assert_never(action)
 
@@ -416,6 +446,14 @@ class Supervisor:
         model = action.model
         slot = self.slots[model]
         now = self.clock()
+        if slot.lc.state is State.DRAINING:
+            left = self.demand.usage(model).inflight
+            log.info("drained" if not left else "drain timed out: stopping with requests in flight", model=model,
+                     requests=slot.drain_requests, still_in_flight=left)
+            self.metrics.drained(model, slot.drain_requests, timed_out=left > 0)
+            # Demand keeps it draining until the STARTING route is published: the route published
+            # last still names the old port, which the new container may bind while it loads (503s).
+            slot.recreated = True
         t = slot.lc.start_attempt(now, reason=_start_reason(action))
         self._log_transition(t)
         if t is not None and t.from_state in (State.EXITED, State.BACKOFF):

@@ -128,7 +128,8 @@ class OnDemandScheduler:
         self.demand.set_contended(contended)
         for name in self.demand.draining():
             slot = slots.get(name)
-            if slot is None or not slot.lc.live or (name not in wanted_drain and slot.lc.state is not State.STOPPING):
+            held = slot is not None and (slot.lc.state in (State.STOPPING, State.DRAINING) or slot.recreated)
+            if slot is None or not slot.lc.live or (name not in wanted_drain and not held):
                 self.demand.undrain(name)
         return out
 

@@ -37,6 +37,8 @@ class Slot:
     desired: DesiredModel
     lc: Lifecycle
     container_id: str | None = None    # the container the lifecycle tracks
+    drain_requests: int = 0             # in flight when its last drain began (metrics)
+    recreated: bool = False             # drained and recreated: Demand keeps it draining until the next publish
 
 
 @dataclass

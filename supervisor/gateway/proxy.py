@@ -9,6 +9,13 @@
   failed after it was sent is retried once at most (a request that itself crashes the
   server must not loop), then answered 502. A stream cut after it began gets an SSE
   error event, then its end.
+- Stale keep-alive connections. llama-server (cpp-httplib) closes a connection idle for 5 s
+  (`CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND`); the pool lets go of its idle ones after
+  `KEEPALIVE_EXPIRY_S`, well before. A request that still fails on a *reused* connection before
+  any response byte met the server closing it just then (the server closed without reading it):
+  it is sent again at once on a new connection, without waiting, without using up the re-send
+  above, and counted in `gateway_stale_retry`. Reused is what httpcore's `trace` extension says:
+  it reports a connect only for a connection opened for this request.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ log = structlog.get_logger("supervisor.gateway")
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 # Failures after it may have been sent, before any response byte.
 _LOST = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ReadTimeout, httpx.WriteTimeout)
+# What a reused connection the server closed just as the request went out fails with (no timeouts).
+_STALE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+KEEPALIVE_EXPIRY_S = 2.0   # < llama-server's 5 s idle keep-alive (cpp-httplib), with room for its 10 ms checks
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
                b"proxy-authenticate", b"proxy-authorization"}
 # Never relayed: llama-server's CORS answer would let another web origin read through the gateway.
@@ -56,24 +66,57 @@ class Upstream:
     transport: httpx.AsyncBaseTransport | None = None     # tests: httpx.MockTransport
     key_files: KeyFiles = field(default_factory=KeyFiles)
     _client: httpx.AsyncClient | None = None
+    _fresh: httpx.AsyncClient | None = None
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(connect=5.0, read=None, write=60.0, pool=None),
-                limits=httpx.Limits(max_connections=1024, max_keepalive_connections=64),
+                timeout=_TIMEOUT,
+                limits=httpx.Limits(max_connections=1024, max_keepalive_connections=64,
+                                    keepalive_expiry=KEEPALIVE_EXPIRY_S),
                 follow_redirects=False, transport=self.transport,
             )
         return self._client
+
+    def fresh(self) -> httpx.AsyncClient:
+        """A client that keeps no connection: each request it sends opens a new one (stale retries)."""
+        if self._fresh is None:
+            self._fresh = httpx.AsyncClient(
+                timeout=_TIMEOUT, limits=httpx.Limits(max_connections=256, max_keepalive_connections=0),
+                follow_redirects=False, transport=self.transport,
+            )
+        return self._fresh
 
     def key(self, path: str | None) -> str | None:
         """The one key sent upstream: the first of the model's api_key_file, re-read when it changes."""
         return self.key_files.first(path)
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        for c in (self._client, self._fresh):
+            if c is not None:
+                await c.aclose()
+        self._client = self._fresh = None
+
+
+_TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=60.0, pool=None)
+
+
+class ConnectionTrace:
+    """httpcore's `trace` extension for one send: was its connection opened for it, or reused?"""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.connected = False
+
+    async def __call__(self, event: str, info: dict[str, Any]) -> None:
+        self.events += 1
+        if event.startswith("connection.connect_"):     # connect_tcp, connect_unix_socket
+            self.connected = True
+
+    @property
+    def reused(self) -> bool:
+        """True only when the transport traced the send (httpcore) and it opened no connection."""
+        return self.events > 0 and not self.connected
 
 
 class _Backend(Protocol):
@@ -143,9 +186,10 @@ class ProxyResponse:
             self.lease = None
 
     async def _exchange(self, send: Any) -> None:
-        client = self.gw.upstream.client()
-        delay, lost = self.gw.settings.retry_delay_s, 0
+        delay, lost, fresh = self.gw.settings.retry_delay_s, 0, False
         while True:
+            client = self.gw.upstream.fresh() if fresh else self.gw.upstream.client()
+            trace = ConnectionTrace()
             assert self.lease is not None
             route = self.lease.route
             headers = dict(self.headers)
@@ -155,8 +199,17 @@ class ProxyResponse:
             url = f"{route.url}{self.path}" + (f"?{self.query}" if self.query else "")
             try:
                 response = await client.send(client.build_request(self.method, url, headers=headers,
-                                                                  content=self.body), stream=True)
+                                                                  content=self.body,
+                                                                  extensions={"trace": trace}), stream=True)
             except (httpx.HTTPError, ValueError) as e:
+                if isinstance(e, _STALE) and trace.reused and not fresh:
+                    # the server closed this kept-alive connection as the request went out: not a lost request
+                    log.debug("stale keep-alive connection: sent again on a new one", model=self.model,
+                              error=type(e).__name__)
+                    self.gw.metrics.gateway_stale_retry(self.model)
+                    fresh = True
+                    continue
+                fresh = False
                 # Anything else (a key that is not a valid header value: h11's LocalProtocolError, or
                 # UnicodeEncodeError) is answered 502 at once, never a traceback: its message may quote
                 # the header's value, so only the class name is logged.

@@ -242,3 +242,13 @@ def test_on_demand_models_show_last_use_ttl_and_memory_and_idle_is_not_a_failure
     idle = model("chat", "STOPPED", reason="stopped", lifecycle="on-demand", memory_counted=1 << 30)
     assert describe(idle) == "stopped, on-demand, memory 1024 MiB counted"
     assert _as_wanted(idle) and not _as_wanted(model("fixed", "STOPPED"))
+
+
+def test_a_draining_model_says_so_with_its_requests_in_flight_and_waiting(sock_dir: Path) -> None:
+    draining = model("m", "DRAINING", reason="manifest changed: draining 2 request(s) in flight, then recreating",
+                     inflight=1, waiting=3)
+    with ControlServer(FakeController([draining]), sock_dir / "control.sock"):
+        code, out, _ = run(sock_dir, "status")
+    assert out.splitlines() == ["m".ljust(33) + "DRAINING  manifest changed: draining 2 request(s) in flight, then"
+                                " recreating; now 1 in flight, 3 waiting"]
+    assert code == 3, "not RUNNING: the model is being replaced"

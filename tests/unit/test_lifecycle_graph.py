@@ -86,6 +86,22 @@ class LifecycleMachine(RuleBasedStateMachine):
         self._record(before, self.lc.config_changed(
             self.now, health=self.lc.health, restart=RestartSettings(policy=policy, max_failures=4)))
 
+    @rule(timeout=st.floats(min_value=0, max_value=30))
+    def drain(self, timeout: float) -> None:
+        before = self.lc.state
+        self._record(before, self.lc.drain(self.now, until=self.now + timeout, inflight=1))
+
+    @rule()
+    def resume(self) -> None:
+        before = self.lc.state
+        self._record(before, self.lc.resume(self.now))
+
+    @rule()
+    def recreate_drained(self) -> None:
+        if self.lc.state is State.DRAINING:
+            before = self.lc.state
+            self._record(before, self.lc.start_attempt(self.now))
+
     @rule()
     def adopt(self) -> None:
         before = self.lc.state
@@ -104,6 +120,11 @@ class LifecycleMachine(RuleBasedStateMachine):
         dl = lc.next_deadline()
         if lc.state is State.STARTING:
             assert dl is not None and dl <= lc.since + lc.health.start_timeout_s
+        if lc.state is State.DRAINING:
+            assert lc.drain_until is not None and dl is not None and dl <= lc.drain_until
+            assert lc.wants_running(self.now) and lc.live and lc.next_probe_at is None
+        else:
+            assert lc.drain_until is None
 
 
 TestLifecycleGraph = LifecycleMachine.TestCase

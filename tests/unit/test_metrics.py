@@ -79,3 +79,20 @@ def test_serve_on_a_local_port() -> None:
         assert 'llama_supervisor_model_state{model="gemma",state="RUNNING"} 1.0' in text
     finally:
         m.close()
+
+
+def test_drains_and_stale_retries_are_counted_and_forgotten() -> None:
+    m = PrometheusMetrics()
+    m.drained("gemma", 3, timed_out=False)
+    m.drained("gemma", 1, timed_out=True)
+    m.gateway_stale_retry("gemma")
+    m.model_state("gemma", "DRAINING")
+    s = samples(m)
+    g = (("model", "gemma"),)
+    assert s[("llama_supervisor_drained_requests_total", g)] == 4
+    assert s[("llama_supervisor_drains_total", (("model", "gemma"), ("outcome", "drained")))] == 1
+    assert s[("llama_supervisor_drains_total", (("model", "gemma"), ("outcome", "timed_out")))] == 1
+    assert s[("llama_supervisor_gateway_stale_retries_total", g)] == 1
+    assert s[("llama_supervisor_model_state", (("model", "gemma"), ("state", "DRAINING")))] == 1
+    m.forget("gemma")
+    assert 'model="gemma"' not in m.exposition().decode()

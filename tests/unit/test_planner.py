@@ -77,3 +77,19 @@ def test_diff() -> None:
     d = diff({"a": a, "b": b}, {"b": b2, "c": c})
     assert (d.added, d.changed, d.removed) == (("c",), ("b",), ("a",))
     assert diff({"a": a}, {"a": desired("a")}).empty
+
+
+def test_a_serving_container_whose_config_changed_is_drained_before_it_is_recreated() -> None:
+    from supervisor.core.actions import Drain, Resume
+    from supervisor.core.planner import Serving
+    old, new = desired("a", ctx=512), desired("a", ctx=1024)
+    obs = [observed(old, cid="c1")]
+    assert plan({"a": Want(new, run=True, serving=Serving.ROUTED)}, obs) == [Drain("a", "c1")]
+    assert plan({"a": Want(new, run=True, serving=Serving.DRAINING)}, obs) == [], "requests still in flight"
+    assert plan({"a": Want(new, run=True, serving=Serving.DRAINED)}, obs) == [Recreate(new, "c1")]
+    # changed back while it drained: it serves again, no recreate
+    assert plan({"a": Want(old, run=True, serving=Serving.DRAINING)}, obs) == [Resume("a", "c1")]
+    assert plan({"a": Want(old, run=True, serving=Serving.ROUTED)}, obs) == []
+    # the draining container exited meanwhile: nothing left to drain
+    gone = [observed(old, cid="c1", status="exited")]
+    assert plan({"a": Want(new, run=True, serving=Serving.DRAINING)}, gone) == [Recreate(new, "c1")]
