@@ -211,8 +211,8 @@ class Console:
     def host_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
         h, b = self.host, self.host.budgets
         statuses = self.daemon.status()
-        counted = sum(m.memory_counted or 0 for m in statuses if m.state in ("STARTING", "RUNNING", "STOPPING",
-                                                                               "BACKOFF"))
+        counted = sum(m.memory_counted or 0 for m in statuses if m.state in ("STARTING", "RUNNING", "DRAINING",
+                                                                               "STOPPING", "BACKOFF"))
         gpus = [(f"GPU {i}", f"{name}, {views.size(mem)}") for i, (name, mem) in enumerate(h.gpus)] or [("GPUs", "none")]
         lock = self.lock.get()
         images = [(f"image {r.variant}", f"{r.tag} · {r.image_id[:19]} · binary SHA-256 {r.binary_sha256}"

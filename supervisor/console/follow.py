@@ -16,7 +16,7 @@ from supervisor.core.text import printable
 
 MAX_LINE = 4096           # characters of a line kept
 MAX_BUFFERED = 1000       # lines waiting for the page
-_LIVE = frozenset({"STARTING", "RUNNING", "STOPPING"})
+_LIVE = frozenset({"STARTING", "RUNNING", "DRAINING", "STOPPING"})
 
 
 class LogSource(Protocol):

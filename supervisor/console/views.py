@@ -13,7 +13,7 @@ from supervisor.core.activity import Request
 from supervisor.core.status import ModelStatus
 
 START_FROM = frozenset({"STOPPED", "EXITED", "BACKOFF", "FATAL"})
-STOP_FROM = frozenset({"STARTING", "RUNNING", "BACKOFF"})
+STOP_FROM = frozenset({"STARTING", "RUNNING", "DRAINING", "BACKOFF"})
 RESTART_FROM = frozenset({"RUNNING", "STARTING"})
 
 
