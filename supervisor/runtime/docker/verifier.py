@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from supervisor.core.spec import DesiredModel
+
+if TYPE_CHECKING:
+    from supervisor.artifacts.lock import ImageRecord
 
 
 class LockVerifier:
@@ -17,10 +21,10 @@ class LockVerifier:
 
     def __init__(self, client: object, lock_path: Path, *, instance: str | None = None) -> None:
         from supervisor.artifacts import images, modelsrc
-        from supervisor.artifacts.lock import read_lock
+        from supervisor.artifacts.lock import LockReader
 
         self._lock_path = lock_path
-        self._read_lock = read_lock
+        self._lock = LockReader(lock_path)          # parsed again only when the file changed
         self._images = images.ImageVerifier(client, instance=instance)
         self._models = modelsrc.ModelVerifier()
 
@@ -28,16 +32,27 @@ class LockVerifier:
         self._models.check(Path(desired.model_path), desired.spec.model_sha256)
 
     def check_image(self, desired: DesiredModel) -> None:
+        self._images.check(self._record(desired))
+
+    def check_start(self, desired: DesiredModel) -> None:
+        """A start in place: the model file (docker start mounts the path again) and the image the
+        container runs by ID, which must be the locked one and whose binary hashed as the lock says (kept
+        per image ID: an image's layers never change under its ID). The tag is not looked up: a start does
+        not use it."""
+        self.check_model(desired)
+        self._images.check_binary(self._record(desired))
+
+    def confirm_model(self, desired: DesiredModel) -> None:
+        self._models.confirm(Path(desired.model_path), desired.spec.model_sha256)
+
+    def _record(self, desired: DesiredModel) -> ImageRecord:
         from supervisor.errors import ImageMismatch
 
-        lock = self._read_lock(self._lock_path)
+        lock = self._lock.read()
         record = next((r for r in lock.images.values() if r.image_id == desired.spec.image_id), None)
         if record is None:
             raise ImageMismatch(
                 f"{desired.name}: image {desired.spec.image_id[:19]} is not in {self._lock_path}: "
                 f"run 'llama-supervisorctl build'"
             )
-        self._images.check(record)
-
-    def confirm_model(self, desired: DesiredModel) -> None:
-        self._models.confirm(Path(desired.model_path), desired.spec.model_sha256)
+        return record
