@@ -359,9 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=int, default=3, help="N models under the real daemon (default 3)")
     ap.add_argument("--quick", action="store_true", help="3 runs, 10 s idle window: a smoke test, not for the doc")
     ap.add_argument("--cold-build", action="store_true", help="also time docker build --no-cache of cpu-generic")
-    ap.add_argument("--only", choices=("all", "main", "gateway", "abuse", "swaps-kv"), default="all",
+    ap.add_argument("--only", choices=("all", "main", "gateway", "abuse", "swaps-kv", "router"), default="all",
                     help="main: every section but the gateway's and abuse's; gateway: only the gateway's (issue 8); "
-                         "abuse: only hostile clients (issue 15); swaps-kv: KV caches kept across swaps (issue 17)")
+                         "abuse: only hostile clients (issue 15); swaps-kv: KV caches kept across swaps (issue 17); "
+                         "router: cold start and swap beside llama.cpp's router mode (issue 17)")
     a = ap.parse_args(argv)
     import logging
 
@@ -398,11 +399,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {a.out}")
     from bench.abuse import bench_abuse
     from bench.gateway import bench_gateway
+    from bench.router import bench_router
     from bench.swaps_kv import bench_swaps_kv
 
     sections = [("gateway", bench_gateway, render_gateway_doc, (GW_BEGIN, GW_END), END, "ratio to direct / floor"),
                 ("abuse", bench_abuse, render_abuse_doc, (AB_BEGIN, AB_END), GW_END, "ratio to rest"),
-                ("swaps-kv", bench_swaps_kv, render_swaps_kv_doc, (KV_BEGIN, KV_END), AB_END, "ratio to never stopped")]
+                ("swaps-kv", bench_swaps_kv, render_swaps_kv_doc, (KV_BEGIN, KV_END), AB_END, "ratio to never stopped"),
+                ("router", bench_router, render_router_doc, (RT_BEGIN, RT_END), KV_END, "ratio to router")]
     for name, bench, render, markers, after, ratio_head in sections:
         if a.only not in ("all", name):
             continue
@@ -433,6 +436,7 @@ BEGIN, END = "<!-- bench.run:begin -->", "<!-- bench.run:end -->"
 GW_BEGIN, GW_END = "<!-- bench.gateway:begin -->", "<!-- bench.gateway:end -->"
 AB_BEGIN, AB_END = "<!-- bench.abuse:begin -->", "<!-- bench.abuse:end -->"
 KV_BEGIN, KV_END = "<!-- bench.swaps-kv:begin -->", "<!-- bench.swaps-kv:end -->"
+RT_BEGIN, RT_END = "<!-- bench.router:begin -->", "<!-- bench.router:end -->"
 
 
 class CrowdWatch:
@@ -544,6 +548,19 @@ def render_swaps_kv_doc(r: Report, info: dict[str, str], *, variant: str, elapse
     return _section_doc((KV_BEGIN, KV_END), "## Swaps: KV cache kept (`python -m bench.run --only swaps-kv`)",
                         about, r, info, quiet=quiet, ratio_head="ratio to never stopped",
                         reproduce=["### How to reproduce (swaps-kv)", ""])
+
+
+def render_router_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: float, quiet: str,
+                      quick: bool) -> str:
+    from bench.router import ACCOUNT
+
+    about = (f"Image variant `{variant}`; llama.cpp's router mode (`--models-dir --models-max 1`, one child per "
+             f"model) in a container from the locked image beside one llama-supervisord per runtime, the demo "
+             f"model under two names, room for one, a 1-token answer; whole section {elapsed / 60:.1f} min"
+             f"{' (--quick: a smoke test)' if quick else ''}")
+    return _section_doc((RT_BEGIN, RT_END), "## Beside llama.cpp's router (`python -m bench.run --only router`)",
+                        about, r, info, quiet=quiet, ratio_head="ratio to router",
+                        reproduce=[*ACCOUNT, "", "### How to reproduce (router)", ""])
 
 
 def write_section(path: Path, section: str, *, markers: tuple[str, str] = (BEGIN, END),
