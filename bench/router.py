@@ -86,6 +86,9 @@ class Router:
         subprocess.run(["docker", "rm", "-f", self.name], capture_output=True, timeout=60)
         subprocess.run(live.docker_run_argv(self.spec, self.name), check=True, capture_output=True, timeout=60)
         live.until_healthy(self.port)
+        listed = self.models()
+        if not set(self.names) <= set(listed):
+            raise RuntimeError(f"the router lists {sorted(listed)}, not {list(self.names)}:\n{self.logs()}")
 
     def models(self) -> dict[str, str]:
         """Model id -> status, as the router lists them."""
@@ -133,8 +136,11 @@ class Ours:
         self.port = {n: live.free_port() for n in self.names}
         serving = "lifecycle: on-demand\nidle_ttl: 600\n"
         for n in self.names:
+            # the default health settings, but a start budget the router does not have either (it waits
+            # as long as a load takes): on a crowded host a load can take longer than the estimate's
             (self.dir / f"{n}.yaml").write_text(live.model_yaml(n, self.port[n], demo, live.DEMO_SHA256,
-                                                                fast_probes=False, memory="1g", serving=serving))
+                                                                fast_probes=False, memory="1g", serving=serving)
+                                                + "health:\n  start_timeout: 300\n")
         extra = ["--resync-interval", "30", "--stop-timeout", "10", "--memory-budget", "1500m",
                  "--runtime", runtime]
         if lock is not None:
@@ -196,11 +202,22 @@ def _up(gateway: str) -> bool:
         return False
 
 
-def _first_token(http: httpx.Client, url: str, model: str) -> float:
-    s = stream_once(http, f"{url}/v1/completions", body(model, max_tokens=1, stream=True))
-    if not s.ok:
-        raise RuntimeError(f"request for {model} at {url} failed")
-    return s.first
+def _first_token(http: httpx.Client, url: str, model: str, *, retries: int = 0) -> float:
+    """Request -> first token of a 1-token streaming answer. With `retries`, a failed answer is sent again
+    (20 ms later) and the time counts from the first try: what a client that retries sees."""
+    t0 = time.perf_counter()
+    for attempt in range(retries + 1):
+        t = time.perf_counter()
+        try:
+            s = stream_once(http, f"{url}/v1/completions", body(model, max_tokens=1, stream=True))
+        except httpx.HTTPError:
+            s = None
+        if s is not None and s.ok:
+            return t - t0 + s.first
+        if attempt == retries:
+            raise RuntimeError(f"request for {model} at {url} failed {retries + 1} times")
+        time.sleep(0.02)
+    raise AssertionError("unreachable")
 
 
 def _kill(pid: int) -> None:
@@ -228,7 +245,7 @@ def router_round(rt: Router, http: httpx.Client, out: Figures) -> None:
     t_b = time.monotonic()
     time.sleep(max(0.0, t_b + STABLE_S - time.monotonic()))
     _kill(rt.child_pid(b))
-    out["next request after an idle SIGKILL"].append(_first_token(http, rt.url, b))
+    out["next request after an idle SIGKILL"].append(_first_token(http, rt.url, b, retries=100))
 
 
 def ours_round(o: Ours, http: httpx.Client, out: Figures, parts: Figures) -> None:
@@ -253,7 +270,7 @@ def ours_round(o: Ours, http: httpx.Client, out: Figures, parts: Figures) -> Non
     _kill(o.pid(b))
     t0 = time.monotonic()
     watch = HealthWatch(o.port[b])
-    out["next request after an idle SIGKILL"].append(_first_token(http, gw, b))
+    out["next request after an idle SIGKILL"].append(_first_token(http, gw, b, retries=100))
     _parts(o, parts, "kill", t0, b, watch)
 
 
@@ -266,17 +283,22 @@ def _parts(o: Ours, parts: Figures, what: str, t0: float, model: str, watch: Hea
     begin = (o.after(t0, "start in place", model=model) or o.after(t0, "created", model=model))
     if old is not None:
         t_stop = o.after(t0, "stop", model=old)
-        t_saved = o.after(t0, "kv cache: saved", model=old)
+        saved = o.daemon.find(lambda r: r.get("event") == "kv cache: saved" and r.get("model") == old, since=t0)
         t_stopped = o.after(t0, "transition", model=old, to="STOPPED")
         if t_stop is not None and t_stopped is not None:
-            parts[f"{what}: old model's graceful stop (its `stop` log line -> STOPPED)"].append(t_stopped - t_stop)
-        if t_saved is not None and t_stop is not None:
-            parts[f"{what}: old model's KV save, before the stop (request -> `kv cache: saved`)"].append(
-                t_saved - t0)
+            parts[f"{what}: old model's stop (its `stop` log line -> STOPPED)"].append(t_stopped - t_stop)
+        t_evict = o.after(t0, "evicting", model=old)
+        if t_evict is not None and t_stop is not None:
+            parts[f"{what}: eviction decided -> `stop` logged (the KV save runs in between)"].append(t_stop - t_evict)
+        if saved is not None:
+            parts[f"{what}: old model's KV save (its `ms`)"].append(float(saved[1].get("ms", 0)) / 1000)
     if begin is not None:
         parts[f"{what}: request -> start call logged"].append(begin - t0)
         parts[f"{what}: start call -> model's /health 200 (20 ms poll)"].append(t_ok - begin)
     parts[f"{what}: model's /health 200 -> daemon logs RUNNING"].append(t_run - t_ok)
+    restored = o.daemon.find(lambda r: r.get("event") == "kv cache: restored" and r.get("model") == model, since=t0)
+    if restored is not None:
+        parts[f"{what}: KV restore before RUNNING (its `ms`)"].append(float(restored[1].get("ms", 0)) / 1000)
 
 
 # --- the section -----------------------------------------------------------------------------------
@@ -302,11 +324,11 @@ def process_lock() -> tuple[Path, str]:
     return lock, native.path
 
 
-def bench_router(r: object, *, quick: bool = False) -> None:
+def bench_router(r: object, *, quick: bool = False, runs: int | None = None) -> None:
     from bench.run import Report
 
     assert isinstance(r, Report)
-    runs = 3 if quick else 6
+    runs = runs or (3 if quick else 6)
     demo = live.demo_model()
     tag = uuid.uuid4().hex[:4]
     rt = Router(demo, (f"r{tag}-a", f"r{tag}-b"))
@@ -350,6 +372,9 @@ def bench_router(r: object, *, quick: bool = False) -> None:
         for o in ours.values():
             o.close()
         shutil.rmtree(lock.parent, ignore_errors=True)
+    if dump := os.environ.get("BENCH_ROUTER_DUMP"):       # the raw figures, to check the report offline
+        Path(dump).write_text(json.dumps({"figs": figs, "parts": parts, "floor": floor_start, "bare": bare,
+                                          "loads": loads, "argv": list(rt.spec.argv)}))
     report(r, figs, parts, of(floor_start), of(bare), runs=runs, loads=loads, argv=rt.spec.argv)
 
 
@@ -381,6 +406,7 @@ def report(r: Any, figs: dict[str, Figures], parts: dict[str, Figures], docker_s
         for what, values in sorted(parts[k].items()):
             if values:
                 r.time_row(f"  ours, {label}, {what}", of(values), digits=3)
+    r.notes.extend(account(figs, parts, bare=bare.median, docker_start=docker_start.median))
     r.notes.append(
         f"Load average (1 min) at the start of each round: {', '.join(f'{x:.1f}' for x in loads)} on "
         f"{os.cpu_count()} cores; figures taken while it is high are not to be trusted.")
@@ -388,6 +414,50 @@ def report(r: Any, figs: dict[str, Figures], parts: dict[str, Figures], docker_s
                    "cache kept, `--slot-save-path`): `" + " ".join(argv) + "`.")
     r.how.append(("router", "`.venv/bin/python -m bench.run --only router --out docs/BENCHMARKS.md` "
                   f"(bench/router.py): {runs} rounds, the three servers in turn (the first one rotating), medians."))
+
+
+def _med(values: list[float]) -> float | None:
+    return of(values).median if values else None
+
+
+def account(figs: dict[str, Figures], parts: dict[str, Figures], *, bare: float, docker_start: float) -> list[str]:
+    """Where each of ours' cold start and swap goes beside the router's, from this run's medians."""
+    out = []
+    keys = {"cold start": "cold", "swap": "swap", "next request after an idle SIGKILL": "kill"}
+    for m, key in keys.items():
+        router = of(figs["router"][m]).median
+        for k, label in (("docker", "Docker"), ("process", "process runtime")):
+            total = of(figs[k][m]).median
+            p = {what.split(": ", 1)[1]: _med(v) for what, v in parts[k].items() if what.startswith(f"{key}: ")}
+            begin = p.get("request -> start call logged")
+            load = p.get("start call -> model's /health 200 (20 ms poll)")
+            seen = p.get("model's /health 200 -> daemon logs RUNNING")
+            pieces = []
+            known = 0.0
+            if begin is not None:
+                known += begin
+                what = "request -> start call (gateway, loop, scheduling, checks"
+                what += ", the old model's KV save and graceful stop)" if key == "swap" else ")"
+                pieces.append(f"{what} {begin:.2f} s")
+                stop = p.get("old model's stop (its `stop` log line -> STOPPED)")
+                save = p.get("old model's KV save (its `ms`)")
+                if stop is not None:
+                    pieces.append(f"of which the old model's stop {stop:.2f} s"
+                                  + (f" and its KV save {save:.3f} s" if save is not None else ""))
+            if load is not None:
+                known += load
+                extra = load - bare
+                pieces.append(f"start call -> /health 200 {load:.2f} s (the bare process floor is {bare:.2f} s: "
+                              f"{extra:+.2f} s{', the `docker start` floor is ' + f'{docker_start:.2f} s' if k == 'docker' else ''})")
+            if seen is not None:
+                known += seen
+                restore = p.get("KV restore before RUNNING (its `ms`)")
+                pieces.append(f"/health 200 -> RUNNING {seen:.3f} s (starting probe schedule, loop round trip"
+                              + (f", KV restore {restore:.3f} s" if restore is not None else "") + ")")
+            pieces.append(f"RUNNING -> first token, and what the log receipt times blur, {total - known:.2f} s")
+            out.append(f"**{m}, ours with {label}**: {total:.2f} s against the router's {router:.2f} s "
+                       f"({total - router:+.2f} s): " + "; ".join(pieces) + ".")
+    return out
 
 
 def bare_start(binary: str, floor: live.Floor) -> float:
