@@ -406,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.connections import bench_connections
     from bench.console import bench_console
     from bench.gateway import bench_gateway
+    from bench.router import bench_router
     from bench.swaps_kv import bench_swaps_kv
 
     sections: list[tuple[str, Callable[..., None], Callable[..., str], tuple[str, str], str, str]] = [
@@ -416,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         ("swaps-kv", bench_swaps_kv, render_swaps_kv_doc, (KV_BEGIN, KV_END), CN_END, "ratio to never stopped"),
         ("console", bench_console, render_console_doc, (UI_BEGIN, UI_END), KV_END, "ratio to floor"),
         ("chaos", functools.partial(bench_chaos, duration_s=a.chaos_duration), render_chaos_doc,
-         (CH_BEGIN, CH_END), UI_END, "-")]
+         (CH_BEGIN, CH_END), UI_END, "-"),
+        ("router", bench_router, render_router_doc, (RT_BEGIN, RT_END), CH_END, "ratio to router")]
     for name, bench, render, markers, after, ratio_head in sections:
         if a.only not in ("all", name):
             continue
@@ -450,6 +452,7 @@ KV_BEGIN, KV_END = "<!-- bench.swaps-kv:begin -->", "<!-- bench.swaps-kv:end -->
 UI_BEGIN, UI_END = "<!-- bench.console:begin -->", "<!-- bench.console:end -->"
 CH_BEGIN, CH_END = "<!-- bench.chaos:begin -->", "<!-- bench.chaos:end -->"
 CN_BEGIN, CN_END = "<!-- bench.connections:begin -->", "<!-- bench.connections:end -->"
+RT_BEGIN, RT_END = "<!-- bench.router:begin -->", "<!-- bench.router:end -->"
 
 # The sections `--only NAME` runs alone (each writes only between its own markers); `main` is the rest.
 SECTIONS = {
@@ -459,6 +462,7 @@ SECTIONS = {
     "swaps-kv": "KV caches kept across swaps (issue 17)",
     "console": "only the web console's (issue 18)",
     "chaos": "kills and a daemon restart under streaming clients (issue 21)",
+    "router": "cold start and swap beside llama.cpp's router mode (issue 17)",
 }
 
 
@@ -607,6 +611,19 @@ def render_connections_doc(r: Report, info: dict[str, str], *, variant: str, ela
                             "### How to reproduce (connections)", "",
                             "Environment as above, after `make setup`: "
                             "`.venv/bin/python -m bench.run --only connections --out docs/BENCHMARKS.md`.", ""])
+
+
+def render_router_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: float, quiet: str,
+                      quick: bool) -> str:
+    from bench.router import ACCOUNT
+
+    about = (f"Image variant `{variant}`; llama.cpp's router mode (`--models-dir --models-max 1`, one child per "
+             f"model) in a container from the locked image beside one llama-supervisord per runtime, the demo "
+             f"model under two names, room for one, a 1-token answer; whole section {elapsed / 60:.1f} min"
+             f"{' (--quick: a smoke test)' if quick else ''}")
+    return _section_doc((RT_BEGIN, RT_END), "## Beside llama.cpp's router (`python -m bench.run --only router`)",
+                        about, r, info, quiet=quiet, ratio_head="ratio to router",
+                        reproduce=[*ACCOUNT, "", "### How to reproduce (router)", ""])
 
 
 def write_section(path: Path, section: str, *, markers: tuple[str, str] = (BEGIN, END),

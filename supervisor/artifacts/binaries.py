@@ -23,7 +23,7 @@ from pathlib import Path
 
 from supervisor import paths
 from supervisor.errors import BuildError, ImageMismatch
-from supervisor.artifacts.hashing import sha256_file
+from supervisor.artifacts.hashing import HashCache, sha256_file
 from supervisor.artifacts.lock import BINARY_ID_PREFIX, BinaryRecord, ImageLock, ImageRecord
 
 Progress = Callable[[str], None]
@@ -235,13 +235,14 @@ def _now() -> str:
 _ID = re.compile("^" + re.escape(BINARY_ID_PREFIX) + "[0-9a-f]{64}$")
 
 
-def verify_file(record: BinaryRecord) -> None:
-    """The file at record.path must hash as recorded (raises ImageMismatch)."""
+def verify_file(record: BinaryRecord, hashes: HashCache | None = None) -> None:
+    """The file at record.path must hash as recorded (raises ImageMismatch). With `hashes`, a file whose
+    identity (device, inode, size, mtime, ctime) is the one hashed before is not read again."""
     path = Path(record.path)
     if not path.is_file():
         raise ImageMismatch(f"llama-server binary {path} is gone: run 'llama-supervisorctl build --native "
                             f"{record.variant}'")
-    actual = sha256_file(path)
+    actual = hashes.sha256_path(path) if hashes is not None else sha256_file(path)
     if actual != record.sha256:
         raise ImageMismatch(
             f"llama-server binary {path} has SHA-256 {actual}, the lock has {record.sha256}: refusing to start; "

@@ -400,6 +400,11 @@ class ImageVerifier:
                 f"it was rebuilt or retagged; run 'llama-supervisorctl verify {record.variant}', "
                 f"then 'llama-supervisorctl build {record.variant}' if you trust it"
             )
+        self.check_binary(record)
+
+    def check_binary(self, record: ImageRecord) -> None:
+        """The llama-server binary inside the image record.image_id hashes as the lock says: derived once
+        per (image ID, recorded hash), since an image's layers never change under its ID."""
         key = (record.image_id, record.binary_sha256)
         if key in self._binary_ok:
             return

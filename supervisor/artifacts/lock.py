@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Self
 
+from supervisor.artifacts.hashing import FileIdentity, identity
 from supervisor.errors import ConfigError
 
 # Which section of the lock render renders models against: "images" (Docker) or "binaries" (host processes,
@@ -223,6 +224,29 @@ def read_lock(path: Path) -> ImageLock:
     if not path.exists():
         return ImageLock()
     return ImageLock.loads(path.read_text(), origin=str(path))
+
+
+class LockReader:
+    """read_lock, parsed again only when the file's identity changed (write_lock renames a new file over it,
+    so every write is a new inode; an edit in place changes mtime and ctime)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._key: FileIdentity | None = None
+        self._lock = ImageLock()
+
+    def read(self) -> ImageLock:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._key = None
+            return ImageLock()
+        with os.fdopen(fd, "rb") as f:
+            key = identity(os.fstat(fd))
+            if key != self._key:
+                self._lock = ImageLock.loads(f.read().decode(), origin=str(self.path))
+                self._key = key
+        return self._lock
 
 
 def write_lock(path: Path, lock: ImageLock) -> None:

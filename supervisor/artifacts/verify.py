@@ -18,6 +18,11 @@ class Verifier(Protocol):
 
     def check_image(self, desired: DesiredModel) -> None: ...
 
+    def check_start(self, desired: DesiredModel) -> None:
+        """Before a start in place: the model file and the image or binary that start will use (the
+        same checks as before a create, but what a start does not look up, such as the image's tag, is
+        not looked up: the container runs its image by ID)."""
+
     def confirm_model(self, desired: DesiredModel) -> None:
         """After the container started: the model path still names the file check_model hashed."""
 
@@ -28,5 +33,7 @@ class NoVerifier:
     def check_model(self, desired: DesiredModel) -> None: pass
 
     def check_image(self, desired: DesiredModel) -> None: pass
+
+    def check_start(self, desired: DesiredModel) -> None: pass
 
     def confirm_model(self, desired: DesiredModel) -> None: pass

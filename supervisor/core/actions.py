@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from supervisor.core.spec import DesiredModel
 
@@ -30,10 +30,14 @@ class Recreate:
 
 @dataclass(frozen=True)
 class Start:
-    """Start the existing container in place (same ID, config hash matches)."""
+    """Start the existing container in place (same ID, config hash matches).
+
+    `desired`: what the executor verifies before the start (the model file and the image or binary the
+    start uses); not part of the action's identity."""
 
     model: str
     container_id: str
+    desired: DesiredModel | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,6 @@ def _plan_one(want: Want, want_hash: str, current: ObservedContainer | None) -> 
             return [Stop(model, current.id, reason, kill=not want.live)]
         if not want.live:
             return [Stop(model, current.id, "failed or hung: restart in place", kill=True),
-                    Start(model, current.id)]
+                    Start(model, current.id, want.desired)]
         return [Resume(model, current.id)] if draining else []
-    return [Start(model, current.id)] if want.run else []
+    return [Start(model, current.id, want.desired)] if want.run else []

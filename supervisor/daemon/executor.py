@@ -1,4 +1,5 @@
-"""Applies the planner's actions through the Runtime, one at a time, verifying before every create.
+"""Applies the planner's actions through the Runtime, one at a time, verifying before every create and
+every start in place.
 
 Thin on purpose: no decisions beyond the order of runtime calls inside one action.
 Returns what the container looks like afterwards so the loop's cache stays right
@@ -63,7 +64,11 @@ class Executor:
                 self._stop(old, current, reason="recreate: config changed", kill=False)
                 rt.remove(old)
                 return self._create_and_start(d)
-            case Start(model=m, container_id=cid):
+            case Start(model=m, container_id=cid, desired=d):
+                if d is not None:
+                    # docker start mounts the model's path again and a process start execs the binary
+                    # again: both are checked as before a create (cached by file identity and image ID)
+                    self.verifier.check_start(d)
                 if current is not None and current.status == "paused":
                     rt.unpause(cid)
                 log.info("start in place", model=m, container=cid[:12])
@@ -72,6 +77,8 @@ class Executor:
                 rt.start(cid)
                 if self.kv is not None:
                     self.kv.started(m, cid)
+                if d is not None:
+                    self._confirm(d, cid)
                 return rt.inspect(cid)
             case Stop(model=m, container_id=cid, reason=why, kill=kill):
                 spent = 0.0
@@ -102,6 +109,10 @@ class Executor:
         self.runtime.start(cid)
         if self.kv is not None:
             self.kv.started(d.name, cid)
+        self._confirm(d, cid)
+        return self.runtime.inspect(cid)
+
+    def _confirm(self, d: DesiredModel, cid: str) -> None:
         try:
             # Docker resolved the bind mount at start: the file must still be the one hashed.
             self.verifier.confirm_model(d)
@@ -110,7 +121,6 @@ class Executor:
                       container=cid[:12])
             self.runtime.remove(cid)
             raise
-        return self.runtime.inspect(cid)
 
     def _stop(self, cid: str, current: ObservedContainer | None, *, reason: str, kill: bool,
               timeout_s: float | None = None) -> None:

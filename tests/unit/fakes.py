@@ -145,6 +145,10 @@ class FakeVerifier:
     def check_image(self, desired: DesiredModel) -> None:
         pass
 
+    def check_start(self, desired: DesiredModel) -> None:
+        self.check_model(desired)
+        self.check_image(desired)
+
     def confirm_model(self, desired: DesiredModel) -> None:
         if desired.name in self.swapped_models:
             raise ModelMismatch(f"model file {desired.model_path} was replaced between its check and the mount")

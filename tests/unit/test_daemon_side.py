@@ -124,6 +124,9 @@ class ExhaustedVerifier:
     def check_image(self, d: object) -> None:
         raise emfile()
 
+    def check_start(self, d: object) -> None:
+        raise emfile()
+
     def confirm_model(self, d: object) -> None: ...
 
 

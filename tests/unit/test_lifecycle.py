@@ -213,3 +213,51 @@ def test_adopt() -> None:
     assert t is not None and t.to_state is State.STARTING and lc.probe_due(clock())
     lc.probe(clock(), ProbeOutcome.OK)
     assert lc.state is State.RUNNING and lc.restarts == 0
+
+
+def _probes_until_healthy(load_s: float, *, interval_s: float = 2.0) -> tuple[float, int]:
+    """Drive a start the way the loop does (probe when due, answer LOADING until `load_s` after the
+    container started, then OK): when RUNNING came, and how many probes it took."""
+    lc = Lifecycle("m", health=HealthPolicy(interval_s=interval_s, timeout_s=2, failures=3, start_timeout_s=600),
+                   restart=RestartSettings(), rng=random.Random(7))
+    clock = FakeClock(100.0)
+    lc.start_attempt(clock())
+    lc.container_started(clock())
+    started, probes = clock(), 0
+    while lc.state is State.STARTING:
+        assert lc.next_probe_at is not None
+        clock.now = lc.next_probe_at
+        lc.probe_sent(clock())
+        probes += 1
+        lc.probe(clock(), ProbeOutcome.OK if clock() - started >= load_s else ProbeOutcome.LOADING)
+    return clock() - started, probes
+
+
+@pytest.mark.parametrize("load_s", [0.0, 0.3, 0.97, 1.0, 1.21, 1.4, 2.5, 7.3, 30.0])
+def test_a_starting_model_is_seen_healthy_within_five_percent_of_its_load_time(load_s: float) -> None:
+    """Issue 17: a fixed 0.5 s probe while STARTING cost a 1 s load 0.25 s on average (0.5 s at worst)."""
+    from supervisor.core.lifecycle import STARTING_PROBE_MAX_S, STARTING_PROBE_MIN_S
+
+    seen, _ = _probes_until_healthy(load_s)
+    late = seen - load_s
+    assert 0.0 <= late <= max(STARTING_PROBE_MIN_S, 0.05 * load_s) + 1e-9
+    assert late <= STARTING_PROBE_MAX_S
+
+
+def test_the_starting_probes_back_off_so_a_long_load_costs_few_probes() -> None:
+    _, short = _probes_until_healthy(1.0)
+    _, long = _probes_until_healthy(120.0)
+    assert short <= 40                  # ~30 probes for a 1 s start
+    assert long <= 40 + 20 * 60 + 240   # then 20/s at most, 2/s after 10 s: 0.5 s apart
+    seen, _ = _probes_until_healthy(120.0)
+    assert seen - 120.0 <= 0.5 + 1e-9
+
+
+def test_a_short_health_interval_is_never_slowed_by_the_starting_schedule() -> None:
+    from supervisor.core.lifecycle import starting_probe_interval
+
+    assert starting_probe_interval(60.0, 0.1) == pytest.approx(0.1)
+    assert starting_probe_interval(60.0, 2.0) == pytest.approx(0.5)
+    assert starting_probe_interval(1.0, 2.0) == pytest.approx(0.05)
+    assert starting_probe_interval(0.0, 2.0) == pytest.approx(0.02)
+    assert starting_probe_interval(0.0, 0.001) == pytest.approx(0.02)   # never a busy loop

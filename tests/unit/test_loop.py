@@ -319,3 +319,37 @@ def test_running_transition_says_where_the_model_answers() -> None:
     (running,) = [e for e in logs if e["event"] == "transition" and e["to"] == "RUNNING"]
     port = h.sup.slots["a"].desired.spec.host_port
     assert running["url"] == f"http://127.0.0.1:{port}"
+
+
+def test_a_start_in_place_is_verified_and_a_changed_model_file_refuses_it() -> None:
+    """README: "verifies before every launch". docker start mounts the model's path again, so a file
+    replaced since the create would be mounted unchecked; the start in place after a crash checks it."""
+    h = Harness([desired("a")])
+    h.step()
+    h.healthy("a")
+    h.clock.advance(60)
+    cid = h.cid("a")
+    assert h.verifier.checked == ["a"]                 # the create
+    h.verifier.bad_models.add("a")
+    h.runtime.calls.clear()
+    h.runtime.crash(cid, 137)
+    with capture_logs() as logs:
+        h.step(ContainerEvent(ContainerAction.DIE, cid, "a", exit_code=137))
+    assert h.verifier.checked == ["a", "a"]            # and the start in place
+    assert ("start", cid) not in h.runtime.calls and h.state("a") is State.FATAL
+    assert "SHA-256" in h.sup.slots["a"].lc.reason
+    assert any(e["event"] == "verification failed; start refused" for e in logs)
+
+
+def test_a_model_file_swapped_under_a_start_in_place_removes_the_container() -> None:
+    h = Harness([desired("a")])
+    h.step()
+    h.healthy("a")
+    h.clock.advance(60)
+    cid = h.cid("a")
+    h.verifier.swapped_models.add("a")
+    h.runtime.calls.clear()
+    h.runtime.crash(cid, 137)
+    h.step(ContainerEvent(ContainerAction.DIE, cid, "a", exit_code=137))
+    assert ("start", cid) in h.runtime.calls and ("remove", cid) in h.runtime.calls
+    assert h.state("a") is State.FATAL

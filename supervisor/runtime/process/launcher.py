@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.artifacts.hashing import CHUNK
+from supervisor.artifacts.hashing import CHUNK, HashCache
+from supervisor.artifacts.lock import LockReader
 from supervisor.errors import ImageMismatch, RuntimeOperationError
 from supervisor.runtime.cgroup import Cgroups
 from supervisor.runtime.process.logfiles import open_log
@@ -59,18 +60,22 @@ class Launched:
     start_time: int
 
 
-def launch(rec: ProcessRecord, *, lock_path: Path, cgroups: Cgroups, log_max_bytes: int) -> Launched:
-    """Check the binary against the lock and its hash, start the launcher, wait for its exec."""
-    from supervisor.artifacts import binaries
-    from supervisor.artifacts.lock import read_lock
+def launch(rec: ProcessRecord, *, lock: LockReader, cgroups: Cgroups, log_max_bytes: int,
+           hashes: HashCache | None = None) -> Launched:
+    """Check the binary against the lock and its hash, start the launcher, wait for its exec.
 
-    locked = binaries.binary_for(read_lock(lock_path), rec.image_id)
+    The hash is of the descriptor that is executed; with `hashes` it is read again only when that
+    descriptor's file identity (device, inode, size, mtime, ctime) is not the one hashed before."""
+    from supervisor.artifacts import binaries
+
+    lock_path = lock.path
+    locked = binaries.binary_for(lock.read(), rec.image_id)
     if locked is None or (locked.path, locked.sha256) != (rec.binary, rec.binary_sha256):
         raise ImageMismatch(f"{rec.model}: binary {rec.binary} ({rec.image_id[:27]}) is not the one "
                             f"{lock_path} records: refusing to launch")
     bin_fd = os.open(rec.binary, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        actual = sha256_fd(bin_fd)
+        actual = hashes.sha256_fd(bin_fd) if hashes is not None else sha256_fd(bin_fd)
         if actual != rec.binary_sha256:
             raise ImageMismatch(
                 f"llama-server binary {rec.binary} has SHA-256 {actual}, the lock has {rec.binary_sha256}: "

@@ -28,6 +28,8 @@ from pathlib import Path
 import structlog
 
 from supervisor import paths
+from supervisor.artifacts.hashing import HashCache
+from supervisor.artifacts.lock import LockReader
 from supervisor.core.events import ContainerAction, ContainerEvent, Event
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import ContainerSpec
@@ -58,9 +60,11 @@ class ProcessRuntime:
 
     def __init__(self, *, post: Callable[[Event], None] | None = None, instance: str = DEFAULT_INSTANCE,
                  state_dir: Path | None = None, lock_path: Path | None = None, cgroups: Cgroups | None = None,
-                 log_max_bytes: int = LOG_MAX_BYTES) -> None:
+                 log_max_bytes: int = LOG_MAX_BYTES, hashes: HashCache | None = None) -> None:
         self.instance = instance
         self.lock_path = lock_path or paths.lock_path()
+        self._lock_file = LockReader(self.lock_path)
+        self.hashes = hashes if hashes is not None else HashCache()   # the binary, per file identity
         self.root = (state_dir or paths.state_dir()) / "processes" / instance
         self.records_dir = self.root / "records"
         self.logs_dir = self.root / "logs"
@@ -214,10 +218,9 @@ class ProcessRuntime:
 
     def _create(self, spec: ContainerSpec) -> str:
         from supervisor.artifacts import binaries
-        from supervisor.artifacts.lock import read_lock
 
         rid = secrets.token_hex(32)
-        binary = binaries.binary_for(read_lock(self.lock_path), spec.image_id)
+        binary = binaries.binary_for(self._lock_reader().read(), spec.image_id)
         if binary is None:
             raise ImageMismatch(f"{spec.model}: no binary {spec.image_id[:27]} in the lock: run "
                                 f"'llama-supervisorctl build --native VARIANT'")
@@ -250,6 +253,12 @@ class ProcessRuntime:
             self._save(rec)
         return rid
 
+    def _lock_reader(self) -> LockReader:
+        """The lock, parsed again only when its file changed (or lock_path was pointed elsewhere)."""
+        if self._lock_file.path != self.lock_path:
+            self._lock_file = LockReader(self.lock_path)
+        return self._lock_file
+
     def start(self, container_id: str) -> None:
         self.calls["start"] += 1
         with self._lock:
@@ -262,7 +271,8 @@ class ProcessRuntime:
                 raise RuntimeOperationError(f"launch {rec.model}: {e}") from e
 
     def _launch(self, rec: ProcessRecord) -> None:
-        launched = launch(rec, lock_path=self.lock_path, cgroups=self.cgroups, log_max_bytes=self.log_max_bytes)
+        launched = launch(rec, lock=self._lock_reader(), cgroups=self.cgroups, log_max_bytes=self.log_max_bytes,
+                          hashes=self.hashes)
         child, pidfd = launched.child, launched.pidfd
         rec.pid, rec.start_time = child.pid, launched.start_time
         rec.status, rec.exit_code, rec.started_at = "running", None, now()

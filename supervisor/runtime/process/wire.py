@@ -22,5 +22,6 @@ def wire(*, instance: str, lock_path: Path, post: Callable[[Event], None], why: 
             f"'llama-supervisorctl build --native VARIANT' (or add --from-image where Docker has the image)"
         )
     runtime = ProcessRuntime(post=post, instance=instance, lock_path=lock_path)
-    return RuntimeAdapter(kind="process", why=why, runtime=runtime, verifier=BinaryVerifier(lock_path),
+    return RuntimeAdapter(kind="process", why=why, runtime=runtime,
+                          verifier=BinaryVerifier(lock_path, runtime.hashes),
                           lock_view="binaries", confinement=runtime.confinement)
