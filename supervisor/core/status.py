@@ -26,6 +26,8 @@ class ModelStatus:
     ttl_left_s: float | None = None      # on-demand and running: seconds until it is stopped when idle
     inflight: int = 0                    # gateway requests in flight
     waiting: int = 0                     # gateway requests waiting for it to be ready
+    swaps: int = 0                       # on-demand starts that waited for other models to make room
+    swap_wait_s: float | None = None     # how long the oldest request waited at the last of them
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)

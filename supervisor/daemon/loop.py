@@ -49,7 +49,7 @@ from supervisor.core.lifecycle import State, Transition
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.planner import UP, Diff, Want, plan
 from supervisor.core.routing import Route
-from supervisor.core.scheduler import Budget
+from supervisor.core.scheduler import Budget, SwapSettings
 from supervisor.core.status import ModelStatus
 from supervisor.daemon.commands import Commands
 from supervisor.daemon.containers import ContainerEvents, Heard, last_lines
@@ -88,6 +88,7 @@ class Supervisor:
         demand: Demand | None = None,
         budget: Budget = Budget(),
         state: StateFile | None = None,
+        swap: SwapSettings = SwapSettings(),
     ) -> None:
         self.events = events
         self.runtime = runtime
@@ -112,7 +113,7 @@ class Supervisor:
         self._resync_now = True
         self.commands = Commands(settings.command_timeout_s)
         self._ready_sent = False
-        self.ondemand = OnDemandScheduler(self.demand, budget, self._metrics)
+        self.ondemand = OnDemandScheduler(self.demand, budget, self._metrics, swap)
         self.containers = ContainerEvents(runtime, self._metrics, prober)
         self._snapshot: tuple[ModelStatus, ...] = ()
         self._routes: dict[str, Route] = {}
@@ -201,7 +202,9 @@ class Supervisor:
         """Publish the snapshot and the routes (the gateway reads them), then let the requests whose
         model is RUNNING go ahead."""
         now = self.clock()
-        snap, table = publish(self.slots, self.cache, self.demand.usage, self.memory.sample(self.slots, now), now)
+        swaps = {n: (s.count, s.last_wait_s) for n, s in self.ondemand.swaps.items()}
+        snap, table = publish(self.slots, self.cache, self.demand.usage, self.memory.sample(self.slots, now), now,
+                              swaps)
         with self._snapshot_lock:
             changed = snap != self._snapshot
             self._snapshot = snap
@@ -238,7 +241,7 @@ class Supervisor:
                                               reload=self._reload_for_command, shutdown=self._shutdown_requested):
                     self._log_transition(t)
             case EnsureRunning():
-                self.ondemand.request(ev, known=ev.model in self.slots, stopping=self.stopping)
+                self.ondemand.request(ev, known=ev.model in self.slots, stopping=self.stopping, now=self.clock())
             case SignalReceived(signum=signum):
                 self._on_signal(signum)
             case Tick(resync=resync):
@@ -267,6 +270,7 @@ class Supervisor:
         self._metrics.forget(name)
         self.demand.forget(name)
         self.ondemand.answer(name, "unknown", f"model {name!r} was removed from the manifests")
+        self.ondemand.forget(name)
         self.state.forget(name)
 
     def _heard(self, heard: Heard) -> None:

@@ -23,11 +23,13 @@ def publish(
     usage: Callable[[str], Usage],
     memory: Mapping[str, int | None],
     now: float,
+    swaps: Mapping[str, tuple[int, float | None]] | None = None,
 ) -> tuple[tuple[ModelStatus, ...], dict[str, Route]]:
     """The status snapshot and the route table (every name and alias -> route) for `slots` at `now`.
 
     `cache` is what the engine last showed (container ID -> container), `usage` the gateway's request
-    counts per model, `memory` the bytes each model's container uses (MemorySampler.sample).
+    counts per model, `memory` the bytes each model's container uses (MemorySampler.sample), `swaps`
+    each model's swaps so far and the last one's wait.
     """
     statuses, routes = [], []
     for name, slot in sorted(slots.items()):
@@ -49,6 +51,7 @@ def publish(
             memory_used=memory.get(name),
             idle_s=None if last is None else max(0.0, now - last), ttl_left_s=ttl_left,
             inflight=u.inflight, waiting=u.waiting,
+            swaps=(swaps or {}).get(name, (0, None))[0], swap_wait_s=(swaps or {}).get(name, (0, None))[1],
         ))
         routes.append(Route(
             name=name, state=lc.state, host=host, port=port if lc.live else None,
