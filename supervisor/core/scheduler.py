@@ -7,9 +7,9 @@ request waits, when it was last used) and acts on the answer. Rules:
 
 - a model is *reserved* while it holds or is about to hold its memory: enabled and
   not FATAL, or STOPPING; reserved models count against the budgets;
-- `always` models are never evicted; a model whose own requests have waited longer than
-  the target's is never chosen; one with requests in flight may be chosen, but is only
-  stopped (by the loop) once they are done (`stoppable`);
+- `always` models are never evicted; one with requests in flight, or with requests that
+  waited longer than the target's, may be chosen (last), but is only stopped (by the loop)
+  once those are done (`stoppable`): a request is never preempted by a younger one;
 - among the rest, idle ones go first, then the least recently used;
 - a model that cannot fit even with every on-demand model gone is refused at once.
 
@@ -128,23 +128,26 @@ def schedule(target: str, loads: Mapping[str, Load], budget: Budget, *, now: flo
         return Refuse(target, _too_big(t, fixed, budget))
     if _fits([*others, *claims], t, budget):
         return Admit(target)
-    overdue = t.waiting_since is None or now >= t.waiting_since + swap.grace_s
+    overdue = t.waiting_since is None or swap.grace_s == 0 or now >= t.waiting_since + swap.grace_s
 
     def evictable(x: Load) -> bool:
         if x.name in taken:
             return False
         if x.waiting > 0 and x.waiting_since is None:
             return False                      # a request is on its way to the loop for it
-        if x.waiting_since is not None and (t.waiting_since is None or x.waiting_since < t.waiting_since):
-            return False                      # its own requests are older: never preempted by a younger one
         return overdue or not x.busy
+
+    def older(x: Load) -> bool:
+        return x.waiting_since is not None and (t.waiting_since is None or x.waiting_since < t.waiting_since)
 
     # Stopping ones (and those taken for older targets) free their memory by themselves; choose among
     # the rest, idle first, then LRU.
     held = [x for x in others if x.on_demand and not x.stopping and x.name not in taken]
     gone = {x.name for x in others if x.stopping or x.name in taken}
     keep = [x for x in others if x.name not in gone and not (x.on_demand and not x.stopping)]
-    candidates = sorted((x for x in held if evictable(x)), key=lambda x: (x.busy, x.last_used))
+    # A model whose own requests are older than the target's is held all the same: it serves those
+    # first (the cutoff), and `stoppable` stops it only after them; it is chosen last.
+    candidates = sorted((x for x in held if evictable(x)), key=lambda x: (older(x), x.busy, x.last_used))
     remaining = [x for x in held if not evictable(x)]
     for i in range(len(candidates) + 1):
         if _fits([*keep, *remaining, *candidates[i:], *claims], t, budget):
@@ -186,7 +189,7 @@ def plan_pass(loads: Mapping[str, Load], budget: Budget, now: float, swap: SwapS
                 for victim in drain:
                     holds[victim] = t.waiting_since
                 due = t.waiting_since + swap.grace_s
-                if drain or now >= due:
+                if drain or swap.grace_s == 0 or now >= due:
                     claims.append(t)          # its room is being made (or owed): younger ones take what is left
                 else:
                     wake.append(due)

@@ -11,6 +11,7 @@ on (`Future.cancel()`) leaves the queue: no model starts, and none is evicted, f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class OnDemandScheduler:
         self._seen_up: set[str] = set()                # models that have held their memory since the daemon began
         self._evicted: set[str] = set()                # ... and that the scheduler stopped since (preload brings them back)
         self._wake_at: float | None = None
+        self._last_since = float("-inf")
         self.swaps: dict[str, Swaps] = {}
 
     @property
@@ -75,7 +77,9 @@ class OnDemandScheduler:
         if not known:
             _resolve(ev.future, Readiness("unknown", f"no model {ev.model!r}"))
             return
-        self._pending.setdefault(ev.model, []).append(Waiting(ev.future, now))
+        # Arrival stamps strictly increase: two requests never tie, so "older than" is always an order.
+        self._last_since = max(now, math.nextafter(self._last_since, math.inf))
+        self._pending.setdefault(ev.model, []).append(Waiting(ev.future, self._last_since))
 
     def _loads(self, slots: Mapping[str, Slot]) -> dict[str, Load]:
         loads = {}
