@@ -314,7 +314,7 @@ class ModelManifest(_Strict):
     @classmethod
     def _preload_on_demand(cls, value: bool, info: ValidationInfo) -> bool:
         if value and info.data.get("lifecycle", "always") != "on-demand":
-            raise ValueError("preload: true applies to on-demand models only; an always model runs anyway"
+            raise ValueError("true applies to on-demand models only; an always model runs anyway"
                              " (fix: add lifecycle: on-demand, or remove preload)")
         return value
 
