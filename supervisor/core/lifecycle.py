@@ -18,7 +18,8 @@ loop asks `wants_running(now)` and `next_deadline()` and lets the planner act.
 What the daemon itself could not do is never the model's failure: an inconclusive probe
 (the daemon is out of descriptors) neither counts toward `health.failures` nor lets the
 start budget expire, and a start the daemon could not make (`start_deferred`: the engine
-unreachable, EMFILE) waits DAEMON_SIDE_RETRY_S in BACKOFF without adding to the failures.
+unreachable, EMFILE) waits in BACKOFF (DAEMON_SIDE_FIRST_RETRY_S, doubling up to DAEMON_SIDE_RETRY_S)
+without adding to the failures or to the restarts.
 
 Every state change goes through `_to()`, which checks it against `ALLOWED`.
 """
@@ -65,7 +66,8 @@ ALLOWED: dict[State, frozenset[State]] = {
 LIVE = frozenset({S.STARTING, S.RUNNING, S.STOPPING})
 
 STARTING_PROBE_INTERVAL_S = 0.5   # probe faster while loading: readiness shows sooner
-DAEMON_SIDE_RETRY_S = 5.0         # a start the daemon could not make is tried again after this
+DAEMON_SIDE_RETRY_S = 5.0         # a start the daemon could not make is tried again after at most this
+DAEMON_SIDE_FIRST_RETRY_S = 0.5   # ... first after this, doubling (a request may be waiting for the model)
 
 
 class TransitionError(AssertionError):
@@ -111,7 +113,10 @@ class Lifecycle:
         self.backoff_until: float | None = None
         self.backoff_s: float | None = None
         self.next_probe_at: float | None = None
+        self.deferred = False                  # in BACKOFF because the daemon could not make the start
+        self._deferrals = 0                    # consecutive deferred starts (their retry doubles)
         self._started_once = False
+        self._counted_restart = False          # the last start_attempt added to `restarts`
 
     # --- queries ------------------------------------------------------------------------
 
@@ -170,9 +175,11 @@ class Lifecycle:
 
     def start_attempt(self, now: float, *, reason: str = "starting") -> Transition | None:
         """The executor is about to create or start the container."""
+        self._counted_restart = self._started_once
         if self._started_once:
             self.restarts += 1
         self._started_once = True
+        self.deferred = False
         self.enabled = True
         self.probe_failures = 0
         self.probe_inconclusive = False
@@ -196,6 +203,7 @@ class Lifecycle:
     def container_started(self, now: float) -> None:
         """The container is up (created and started, or started in place); probing begins."""
         self.next_probe_at = now + STARTING_PROBE_INTERVAL_S
+        self._deferrals = 0
 
     def start_failed(self, now: float, reason: str, *, permanent: bool) -> Transition | None:
         """The executor could not start it: verification (permanent) or a runtime error."""
@@ -209,16 +217,26 @@ class Lifecycle:
 
     def start_deferred(self, now: float, reason: str) -> Transition | None:
         """The daemon could not make the start (engine unreachable, out of descriptors): not the model's
-        failure. It waits DAEMON_SIDE_RETRY_S and is tried again; the failure count is left as it was."""
+        failure. It waits (0.5 s, doubling up to DAEMON_SIDE_RETRY_S) and is tried again; the failure and
+        restart counts are left as they were."""
         if self.state is not State.STARTING:
             return None
+        # The start never happened: it is no restart either (the count and the first-start flag go back).
+        if self._counted_restart:
+            self.restarts -= 1
+        else:
+            self._started_once = False
+        self._counted_restart = False
+        self.deferred = True
         self.running_since = None
         self.next_probe_at = None
-        self.backoff_s = DAEMON_SIDE_RETRY_S
-        self.backoff_until = now + DAEMON_SIDE_RETRY_S
+        delay = min(DAEMON_SIDE_RETRY_S, DAEMON_SIDE_FIRST_RETRY_S * 2 ** self._deferrals)
+        self._deferrals += 1
+        self.backoff_s = delay
+        self.backoff_until = now + delay
         # STARTING -> BACKOFF: daemon-side, consecutive_failures unchanged (never toward FATAL)
         return self._to(now, State.BACKOFF,
-                        f"daemon-side: {reason}; not counted as a failure; retry in {DAEMON_SIDE_RETRY_S:g}s")
+                        f"daemon-side: {reason}; not counted as a failure; retry in {delay:g}s")
 
     def adopt(self, now: float) -> Transition | None:
         """A running container with a matching config hash was found: keep it, probe it."""

@@ -401,9 +401,10 @@ class Supervisor:
         model = action.model
         slot = self.slots[model]
         now = self.clock()
+        retry_of_deferred = slot.lc.deferred        # a start the daemon could not make: no restart
         t = slot.lc.start_attempt(now, reason=_start_reason(action))
         self._log_transition(t)
-        if t is not None and t.from_state in (State.EXITED, State.BACKOFF):
+        if t is not None and t.from_state in (State.EXITED, State.BACKOFF) and not retry_of_deferred:
             self.metrics.restart(model, slot.lc.reason)
         old = action.old_id if isinstance(action, Recreate) else None
         cid = action.container_id if isinstance(action, Start) else old
