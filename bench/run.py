@@ -359,9 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=int, default=3, help="N models under the real daemon (default 3)")
     ap.add_argument("--quick", action="store_true", help="3 runs, 10 s idle window: a smoke test, not for the doc")
     ap.add_argument("--cold-build", action="store_true", help="also time docker build --no-cache of cpu-generic")
-    ap.add_argument("--only", choices=("all", "main", "gateway", "abuse"), default="all",
+    ap.add_argument("--only", choices=("all", "main", "gateway", "abuse", "swaps-sched"), default="all",
                     help="main: every section but the gateway's and abuse's; gateway: only the gateway's (issue 8); "
-                         "abuse: only hostile clients (issue 15)")
+                         "abuse: only hostile clients (issue 15); swaps-sched: swap-aware scheduling (issue 17)")
     a = ap.parse_args(argv)
     import logging
 
@@ -398,9 +398,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {a.out}")
     from bench.abuse import bench_abuse
     from bench.gateway import bench_gateway
+    from bench.swaps_sched import bench_swaps_sched
 
     sections = [("gateway", bench_gateway, render_gateway_doc, (GW_BEGIN, GW_END), END, "ratio to direct / floor"),
-                ("abuse", bench_abuse, render_abuse_doc, (AB_BEGIN, AB_END), GW_END, "ratio to rest")]
+                ("abuse", bench_abuse, render_abuse_doc, (AB_BEGIN, AB_END), GW_END, "ratio to rest"),
+                ("swaps-sched", bench_swaps_sched, render_swaps_sched_doc, (SS_BEGIN, SS_END), AB_END, "ratio to floor")]
     for name, bench, render, markers, after, ratio_head in sections:
         if a.only not in ("all", name):
             continue
@@ -430,6 +432,7 @@ def watched_section(name: str, bench: Callable[..., None], *, quick: bool, rende
 BEGIN, END = "<!-- bench.run:begin -->", "<!-- bench.run:end -->"
 GW_BEGIN, GW_END = "<!-- bench.gateway:begin -->", "<!-- bench.gateway:end -->"
 AB_BEGIN, AB_END = "<!-- bench.abuse:begin -->", "<!-- bench.abuse:end -->"
+SS_BEGIN, SS_END = "<!-- bench.swaps-sched:begin -->", "<!-- bench.swaps-sched:end -->"
 
 
 class CrowdWatch:
@@ -531,6 +534,16 @@ def render_abuse_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: 
     return _section_doc((AB_BEGIN, AB_END), "## Abuse: hostile clients (`python -m bench.run --only abuse`)", about,
                         r, info, quiet=quiet, ratio_head="ratio to rest",
                         reproduce=["### How to reproduce (abuse)", ""])
+
+
+def render_swaps_sched_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: float, quiet: str,
+                           quick: bool) -> str:
+    about = (f"Image variant `{variant}`; one real llama-supervisord per policy, two on-demand demo models (1g "
+             f"each) under a 1500m budget (room for one), default health settings; whole section "
+             f"{elapsed / 60:.1f} min{' (--quick: a smoke test)' if quick else ''}")
+    return _section_doc((SS_BEGIN, SS_END), "## Swaps: scheduling (`python -m bench.run --only swaps-sched`)",
+                        about, r, info, quiet=quiet, ratio_head="ratio to floor",
+                        reproduce=["### How to reproduce (swaps-sched)", ""])
 
 
 def write_section(path: Path, section: str, *, markers: tuple[str, str] = (BEGIN, END),
