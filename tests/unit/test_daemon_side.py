@@ -252,3 +252,25 @@ def test_the_daemon_raises_its_soft_nofile_limit_to_the_hard_one() -> None:
     proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60,
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout.split() == ["True", "True"], proc.stderr
+
+
+def test_a_retried_deferred_start_is_not_counted_as_a_restart_anywhere() -> None:
+    from supervisor.control.api import NullMetrics
+
+    class Restarts(NullMetrics):
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def restart(self, model: str, reason: str) -> None:
+            self.seen.append(model)
+
+    h = Harness([desired("a")])
+    h.sup.metrics = metrics = Restarts()
+    h.runtime.fail_next["create"] = RuntimeUnavailable("docker create x: engine unreachable (refused)")
+    h.step()
+    assert h.state("a") is State.BACKOFF
+    h.clock.advance(DAEMON_SIDE_FIRST_RETRY_S)
+    h.step()                                                 # the retry gets through
+    assert h.state("a") is State.STARTING
+    assert h.sup.slots["a"].lc.restarts == 0 and metrics.seen == [], "it never started before: no restart"
+    assert next(s for s in h.sup.snapshot() if s.name == "a").restarts == 0
