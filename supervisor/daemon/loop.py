@@ -204,7 +204,7 @@ class Supervisor:
         now = self.clock()
         swaps = {n: (s.count, s.last_wait_s) for n, s in self.ondemand.swaps.items()}
         snap, table = publish(self.slots, self.cache, self.demand.usage, self.memory.sample(self.slots, now), now,
-                              swaps)
+                              swaps=swaps)
         with self._snapshot_lock:
             changed = snap != self._snapshot
             self._snapshot = snap
