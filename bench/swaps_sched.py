@@ -39,6 +39,12 @@ MAX_SWAP_WAIT_S = 10.0
 TIMEOUT_S = 180.0
 
 
+def _manifest(name: str, demo: Path, serving: str) -> str:
+    """Default probes; a start timeout a loaded host cannot miss (its start is what is measured)."""
+    text = model_yaml(name, None, demo, demo.parent.name, memory="1g", fast_probes=False, serving=serving)
+    return text.replace("resources:\n", "health:\n  start_timeout: 120\nresources:\n", 1)
+
+
 def _chat(http: httpx.Client, d: Daemon, model: str) -> float:
     t0 = time.perf_counter()
     r = http.post(f"{d.gateway}/v1/chat/completions", json={
@@ -95,8 +101,7 @@ def _one_policy(policy: str, demo: Path, client: docker.DockerClient, *, per_cli
     a, b = f"bench{tag}-a", f"bench{tag}-b"
     with tempfile.TemporaryDirectory(prefix=f"swaps-{policy}-") as tmp:
         for name in (a, b):
-            Path(tmp, f"{name}.yaml").write_text(model_yaml(name, None, demo, demo.parent.name, memory="1g",
-                                                            fast_probes=False, serving="lifecycle: on-demand\n"))
+            Path(tmp, f"{name}.yaml").write_text(_manifest(name, demo, "lifecycle: on-demand\n"))
         d = Daemon(Path(tmp), extra=["--memory-budget", BUDGET, "--swap-policy", policy,
                                      "--max-swap-wait", str(MAX_SWAP_WAIT_S)]).start()
         try:
@@ -119,8 +124,7 @@ def _ttl_race(demo: Path, client: docker.DockerClient, *, runs: int) -> tuple[li
     tag = uuid.uuid4().hex[:6]
     m = f"bench{tag}-ttl"
     with tempfile.TemporaryDirectory(prefix="swaps-ttl-") as tmp:
-        Path(tmp, f"{m}.yaml").write_text(model_yaml(m, None, demo, demo.parent.name, memory="1g", fast_probes=False,
-                                                     serving="lifecycle: on-demand\nidle_ttl: 2\n"))
+        Path(tmp, f"{m}.yaml").write_text(_manifest(m, demo, "lifecycle: on-demand\nidle_ttl: 2\n"))
         d = Daemon(Path(tmp), extra=["--memory-budget", BUDGET]).start()
         race, stops, colds = [], [], []
         try:

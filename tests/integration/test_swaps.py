@@ -24,6 +24,13 @@ pytestmark = pytest.mark.docker
 LOAD_TIMEOUT = 120.0
 
 
+def manifest(name: str, demo: Path, *, memory: str, serving: str) -> str:
+    """A light on-demand manifest whose start may take long: a loaded 2-core host takes 12 s to load
+    the demo model, past the start timeout scaled from its size."""
+    text = model_yaml(name, None, demo, demo.parent.name, memory=memory, serving=serving)
+    return text.replace("health:\n", "health:\n  start_timeout: 120\n", 1)
+
+
 def _state(d: Daemon, name: str) -> str | None:
     try:
         r = httpx.get(f"{d.gateway}/v1/models", timeout=5)
@@ -47,11 +54,10 @@ def names(docker_client: docker.DockerClient) -> Iterator[dict[str, str]]:
 
 def test_a_preloaded_model_comes_back_after_a_big_model_leaves(
         tmp_path: Path, image_record: object, demo_model: Path, names: dict[str, str]) -> None:
-    sha = demo_model.parent.name
-    (tmp_path / "warm.yaml").write_text(model_yaml(names["warm"], None, demo_model, sha, memory="300m",
-                                                   serving="lifecycle: on-demand\npreload: true\nidle_ttl: 1\n"))
-    (tmp_path / "big.yaml").write_text(model_yaml(names["big"], None, demo_model, sha, memory="1g",
-                                                  serving="lifecycle: on-demand\nidle_ttl: 2\n"))
+    (tmp_path / "warm.yaml").write_text(manifest(names["warm"], demo_model, memory="300m",
+                                                 serving="lifecycle: on-demand\npreload: true\nidle_ttl: 1\n"))
+    (tmp_path / "big.yaml").write_text(manifest(names["big"], demo_model, memory="1g",
+                                                serving="lifecycle: on-demand\nidle_ttl: 2\n"))
     d = Daemon(tmp_path, extra=["--memory-budget", "1100m"]).start()
     try:
         wait_for(lambda: _state(d, names["warm"]) == "RUNNING", LOAD_TIMEOUT, "warm preloaded with no request")
@@ -72,10 +78,8 @@ def test_a_preloaded_model_comes_back_after_a_big_model_leaves(
 
 def _mixed(tmp: Path, demo: Path, names: dict[str, str], policy: str, client_: docker.DockerClient) -> int:
     """4 clients, each alternating a and b for 4 requests (half start with each); the daemon's swaps."""
-    sha = demo.parent.name
     for k in ("a", "b"):
-        (tmp / f"{k}.yaml").write_text(model_yaml(names[k], None, demo, sha, memory="1g",
-                                                  serving="lifecycle: on-demand\n"))
+        (tmp / f"{k}.yaml").write_text(manifest(names[k], demo, memory="1g", serving="lifecycle: on-demand\n"))
     d = Daemon(tmp, extra=["--memory-budget", "1500m", "--swap-policy", policy]).start()
     errors: list[str] = []
     try:
