@@ -407,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.console import bench_console
     from bench.gateway import bench_gateway
     from bench.router import bench_router
+    from bench.swaps_sched import bench_swaps_sched
     from bench.swaps_kv import bench_swaps_kv
 
     sections: list[tuple[str, Callable[..., None], Callable[..., str], tuple[str, str], str, str]] = [
@@ -415,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         ("connections", functools.partial(bench_connections, requests=a.requests), render_connections_doc,
          (CN_BEGIN, CN_END), AB_END, "-"),
         ("swaps-kv", bench_swaps_kv, render_swaps_kv_doc, (KV_BEGIN, KV_END), CN_END, "ratio to never stopped"),
-        ("console", bench_console, render_console_doc, (UI_BEGIN, UI_END), KV_END, "ratio to floor"),
+        ("swaps-sched", bench_swaps_sched, render_swaps_sched_doc, (SS_BEGIN, SS_END), KV_END, "ratio to floor"),
+        ("console", bench_console, render_console_doc, (UI_BEGIN, UI_END), SS_END, "ratio to floor"),
         ("chaos", functools.partial(bench_chaos, duration_s=a.chaos_duration), render_chaos_doc,
          (CH_BEGIN, CH_END), UI_END, "-"),
         ("router", bench_router, render_router_doc, (RT_BEGIN, RT_END), CH_END, "ratio to router")]
@@ -453,6 +455,7 @@ UI_BEGIN, UI_END = "<!-- bench.console:begin -->", "<!-- bench.console:end -->"
 CH_BEGIN, CH_END = "<!-- bench.chaos:begin -->", "<!-- bench.chaos:end -->"
 CN_BEGIN, CN_END = "<!-- bench.connections:begin -->", "<!-- bench.connections:end -->"
 RT_BEGIN, RT_END = "<!-- bench.router:begin -->", "<!-- bench.router:end -->"
+SS_BEGIN, SS_END = "<!-- bench.swaps-sched:begin -->", "<!-- bench.swaps-sched:end -->"
 
 # The sections `--only NAME` runs alone (each writes only between its own markers); `main` is the rest.
 SECTIONS = {
@@ -460,6 +463,7 @@ SECTIONS = {
     "abuse": "only hostile clients (issue 15)",
     "connections": "steady load on one healthy model, stale upstream connections (issue 21)",
     "swaps-kv": "KV caches kept across swaps (issue 17)",
+    "swaps-sched": "swap-aware scheduling against strict arrival order (issue 17)",
     "console": "only the web console's (issue 18)",
     "chaos": "kills and a daemon restart under streaming clients (issue 21)",
     "router": "cold start and swap beside llama.cpp's router mode (issue 17)",
@@ -624,6 +628,16 @@ def render_router_doc(r: Report, info: dict[str, str], *, variant: str, elapsed:
     return _section_doc((RT_BEGIN, RT_END), "## Beside llama.cpp's router (`python -m bench.run --only router`)",
                         about, r, info, quiet=quiet, ratio_head="ratio to router",
                         reproduce=[*ACCOUNT, "", "### How to reproduce (router)", ""])
+
+
+def render_swaps_sched_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: float, quiet: str,
+                           quick: bool) -> str:
+    about = (f"Image variant `{variant}`; one real llama-supervisord per policy, two on-demand demo models (1g "
+             f"each) under a 1500m budget (room for one), default health settings; whole section "
+             f"{elapsed / 60:.1f} min{' (--quick: a smoke test)' if quick else ''}")
+    return _section_doc((SS_BEGIN, SS_END), "## Swaps: scheduling (`python -m bench.run --only swaps-sched`)",
+                        about, r, info, quiet=quiet, ratio_head="ratio to floor",
+                        reproduce=["### How to reproduce (swaps-sched)", ""])
 
 
 def write_section(path: Path, section: str, *, markers: tuple[str, str] = (BEGIN, END),

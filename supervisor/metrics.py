@@ -41,6 +41,10 @@ class PrometheusMetrics:
                                             namespace=ns, registry=r, buckets=_RECONCILE_BUCKETS)
         self.evictions = Counter("evictions", "On-demand models stopped by the scheduler, by reason (memory, idle)",
                                  ["model", "reason"], namespace=ns, registry=r)
+        self.swaps = Counter("swaps", "On-demand starts that waited for other models to make room",
+                             ["model"], namespace=ns, registry=r)
+        self.swap_wait = Histogram("swap_wait_seconds", "How long a swap's oldest request had waited when its"
+                                   " model was started", ["model"], namespace=ns, registry=r, buckets=_WAIT_BUCKETS)
         self.requests = Counter("gateway_requests", "Gateway requests by model and HTTP status",
                                 ["model", "code"], namespace=ns, registry=r)
         self.queue_depth = Gauge("gateway_queue_depth", "Requests waiting for the model to be ready",
@@ -124,6 +128,12 @@ class PrometheusMetrics:
         self.drained_requests.labels(model).inc(requests)
         self._track(model, self.drains, model, outcome)
         self._track(model, self.drained_requests, model)
+
+    def swap(self, model: str, wait_s: float) -> None:
+        self.swaps.labels(model).inc()
+        self.swap_wait.labels(model).observe(wait_s)
+        self._track(model, self.swaps, model)
+        self._track(model, self.swap_wait, model)
 
     # --- the gateway's (called from its thread) -------------------------------------------------
 

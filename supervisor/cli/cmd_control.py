@@ -96,6 +96,9 @@ def describe(model: ModelStatus) -> str:
             on_demand += f", last request {format_uptime(model.idle_s)} ago"
         if model.ttl_left_s is not None:
             on_demand += f", stops when idle in {format_uptime(model.ttl_left_s)}"
+        if model.swaps:
+            waited = f", the last waited {model.swap_wait_s:.1f}s" if model.swap_wait_s is not None else ""
+            on_demand += f", {model.swaps} swap{'s' if model.swaps != 1 else ''}{waited}"
         parts.append(on_demand)
     if model.memory_counted is not None:
         used = f"{_mib(model.memory_used)} used of " if model.memory_used is not None else ""

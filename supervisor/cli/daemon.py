@@ -143,6 +143,12 @@ def _release_freed_memory() -> None:
               help="RAM the models may count together (e.g. 12g); auto: 90%% of this host's, none: no budget.")
 @click.option("--gpu-memory-budget", default="auto", show_default=True,
               help="GPU memory GPU-profile models may count together; auto: 90%% of the GPUs', none: no budget.")
+@click.option("--swap-policy", type=click.Choice(["batch", "fifo"]), default="batch", show_default=True,
+              help="When on-demand models wait for room: batch serves the loaded model's queue first and swaps "
+                   "when it is empty or another model's oldest request has waited --max-swap-wait; fifo swaps in "
+                   "strict arrival order (a swap on every alternation).")
+@click.option("--max-swap-wait", type=click.FloatRange(0, 3600), default=10.0, show_default=True,
+              help="Seconds (batch) a request may wait for busy models to make room before they must.")
 @click.option("--no-watch", "no_watch", is_flag=True,
               help="Do not apply manifest changes as they land: only 'llama-supervisorctl update' (or reload, "
                    "SIGHUP) does, after 'reread' shows them (supervisord's way).")
@@ -159,8 +165,8 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
         stop_models_on_exit: bool, instance: str, gateway_listen: str, no_gateway: bool, gateway_api_keys_file: Path | None,
         gateway_allowed_hosts: str, admin_keys_file: Path | None, gateway_max_body: str, gateway_body_budget: str,
         gateway_max_uploads: int,
-        gateway_max_connections: int, memory_budget: str, gpu_memory_budget: str, no_watch: bool,
-        log_format: logs.LogFormat, runtime_kind: str, kv_cache_max: str) -> None:
+        gateway_max_connections: int, memory_budget: str, gpu_memory_budget: str, swap_policy: str,
+        max_swap_wait: float, no_watch: bool, log_format: logs.LogFormat, runtime_kind: str, kv_cache_max: str) -> None:
     """Keep the llama-server models the manifests describe alive, and serve them on one endpoint."""
     logs.setup(log_format)
     from supervisor.cli.listeners import inherit
@@ -197,6 +203,7 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
         watch=not no_watch,
         kv_cache_max=None if kv_cache_max.strip().lower() == "none" else _size(kv_cache_max, "--kv-cache-max"),
         listeners=listeners,
+        swap=(swap_policy, max_swap_wait),
     )
 
 
@@ -286,13 +293,15 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         metrics_port: int | None, resync_interval: float, stop_timeout: float,
         stop_models_on_exit: bool, instance: str = "default", gateway: GatewayOptions | None = None,
         budgets: tuple[str, str] = ("auto", "auto"), runtime_kind: str = "docker", watch: bool = True,
-        kv_cache_max: int | None = 8 * 1024**3, listeners: Any = None) -> None:
+        kv_cache_max: int | None = 8 * 1024**3, listeners: Any = None,
+        swap: tuple[str, float] = ("batch", 10.0)) -> None:
     """listeners: the sockets inherited under socket activation (supervisor.cli.listeners.Listeners), or None."""
     from supervisor.cli.graceful import GracefulStop
     from supervisor.artifacts import hardware
     from supervisor.core.events import Tick
     from supervisor.daemon.controller import DaemonController
     from supervisor.core.demand import Demand
+    from supervisor.core.scheduler import SwapPolicy, SwapSettings
     from supervisor.daemon.loop import LoopSettings, Supervisor
     from supervisor.render.reader import read_timeout_s
     from supervisor.daemon.statefile import StateFile
@@ -329,6 +338,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
                               stop_models_on_exit=stop_models_on_exit, max_wait_s=max_wait),
         demand=Demand(time.monotonic, wake=lambda: events.put(Tick())),
         budget=budget,
+        swap=SwapSettings(SwapPolicy(swap[0]), swap[1]),
         state=StateFile(paths.state_dir() / f"models.{instance}.state.json"),
         **kv_wiring(kv_cache_max, wiring.kind),
     )

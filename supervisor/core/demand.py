@@ -5,7 +5,7 @@ race it closes is real: the loop must never stop a model between the moment the
 gateway decided to send it a request and the moment the request is in flight.
 `enter` (gateway) and `try_drain` (loop) are atomic with respect to each other: once
 a model is draining no new request enters it, and it is only drained while nothing
-is in flight. Every field is read and written under the lock, `contended` included
+is in flight and no request the loop let in (`admit`) is still on its way in. Every field is read and written under the lock, `contended` included
 (the loop sets it, the gateway's threads read it). No I/O: it lives in the core, below
 both the gateway and the daemon that share it.
 """
@@ -23,6 +23,7 @@ class Usage:
     waiting: int
     last_used: float | None
     draining: bool
+    admitted: int = 0        # requests the loop told to go ahead that have not entered yet
 
 
 class Demand:
@@ -34,15 +35,22 @@ class Demand:
         self._waiting: dict[str, int] = {}
         self._last_used: dict[str, float] = {}
         self._draining: set[str] = set()
+        self._admitted: dict[str, int] = {}     # the loop said "go ahead"; the gateway has not entered yet
         self._contended = False                 # the loop waits for memory: wake it when a model frees up
 
     # --- the gateway -------------------------------------------------------------------------
 
-    def enter(self, model: str, *, touch: bool = True) -> bool:
+    def enter(self, model: str, *, touch: bool = True, admitted: bool = False) -> bool:
         """A request is about to be sent; False if the model is being drained (wait for it instead).
-        touch=False: in flight, but not use that keeps an on-demand model loaded (monitoring)."""
+        touch=False: in flight, but not use that keeps an on-demand model loaded (monitoring).
+        admitted=True: the loop let this request in (`admit`): it enters a model that holds new
+        requests back (it arrived before the cutoff); the admission is used up either way."""
         with self._lock:
-            if model in self._draining:
+            let_in = False
+            if admitted and self._admitted.get(model, 0) > 0:
+                self._admitted[model] -= 1
+                let_in = True
+            if model in self._draining and not let_in:
                 return False
             self._inflight[model] = self._inflight.get(model, 0) + 1
             if touch:
@@ -68,6 +76,15 @@ class Demand:
             self._waiting[model] = n + 1
             return True
 
+    def release(self, model: str) -> None:
+        """An admission the gateway will not use (the client left, the wait timed out)."""
+        with self._lock:
+            n = self._admitted.get(model, 0) - 1
+            self._admitted[model] = max(0, n)
+            wake = n <= 0 and (model in self._draining or self._contended)
+        if wake:
+            self._wake()
+
     def wait_end(self, model: str) -> None:
         with self._lock:
             n = self._waiting.get(model, 0) - 1
@@ -90,22 +107,31 @@ class Demand:
     def usage(self, model: str) -> Usage:
         with self._lock:
             return Usage(self._inflight.get(model, 0), self._waiting.get(model, 0),
-                         self._last_used.get(model), model in self._draining)
+                         self._last_used.get(model), model in self._draining, self._admitted.get(model, 0))
 
     def touch(self, model: str) -> None:
         """Count now as the model's last use (it was just started, or adopted)."""
         with self._lock:
             self._last_used[model] = self._clock()
 
+    def admit(self, model: str) -> None:
+        """The loop tells one waiting request to go ahead: it may enter even while new ones are held back,
+        and the model is not drained before it has entered (or `release`d it)."""
+        with self._lock:
+            self._admitted[model] = self._admitted.get(model, 0) + 1
+
     def mark_draining(self, model: str) -> None:
         """No new request may enter; those in flight finish."""
         with self._lock:
             self._draining.add(model)
 
-    def try_drain(self, model: str) -> bool:
-        """If nothing is in flight or waiting, mark it draining and answer True: it may be stopped now."""
+    def try_drain(self, model: str, *, waiting_ok: bool = False) -> bool:
+        """If nothing is in flight, let in or (unless `waiting_ok`: the loop makes room, and those waiting
+        wait for the model's next turn) waiting, mark it draining and answer True: it may be stopped now."""
         with self._lock:
-            if self._inflight.get(model, 0) or self._waiting.get(model, 0):
+            if self._inflight.get(model, 0) or self._admitted.get(model, 0):
+                return False
+            if self._waiting.get(model, 0) and not waiting_ok:
                 return False
             self._draining.add(model)
             return True
@@ -120,6 +146,6 @@ class Demand:
 
     def forget(self, model: str) -> None:
         with self._lock:
-            for d in (self._inflight, self._waiting, self._last_used):
+            for d in (self._inflight, self._waiting, self._last_used, self._admitted):
                 d.pop(model, None)
             self._draining.discard(model)

@@ -25,7 +25,8 @@ the requests in flight), the planner then recreates.
 What the daemon itself could not do is never the model's failure: an inconclusive probe
 (the daemon is out of descriptors) neither counts toward `health.failures` nor lets the
 start budget expire, and a start the daemon could not make (`start_deferred`: the engine
-unreachable, EMFILE) waits DAEMON_SIDE_RETRY_S in BACKOFF without adding to the failures.
+unreachable, EMFILE) waits in BACKOFF (DAEMON_SIDE_FIRST_RETRY_S, doubling up to DAEMON_SIDE_RETRY_S)
+without adding to the failures or to the restarts.
 
 Every state change goes through `_to()`, which checks it against `ALLOWED`.
 """
@@ -79,7 +80,8 @@ LIVE = frozenset({S.STARTING, S.RUNNING, S.STOPPING, S.DRAINING})
 STARTING_PROBE_MIN_S = 0.02
 STARTING_PROBE_MAX_S = 0.5
 STARTING_PROBE_FRACTION = 0.05
-DAEMON_SIDE_RETRY_S = 5.0         # a start the daemon could not make is tried again after this
+DAEMON_SIDE_RETRY_S = 5.0         # a start the daemon could not make is tried again after at most this
+DAEMON_SIDE_FIRST_RETRY_S = 0.5   # ... first after this, doubling (a request may be waiting for the model)
 
 
 def starting_probe_interval(elapsed_s: float, interval_s: float) -> float:
@@ -133,7 +135,10 @@ class Lifecycle:
         self.next_probe_at: float | None = None
         self.drain_until: float | None = None  # DRAINING: the old container is stopped at the latest then
         self.started_at = 0.0                  # when the container was last started (the probes back off from it)
+        self.deferred = False                  # in BACKOFF because the daemon could not make the start
+        self._deferrals = 0                    # consecutive deferred starts (their retry doubles)
         self._started_once = False
+        self._counted_restart = False          # the last start_attempt added to `restarts`
 
     # --- queries ------------------------------------------------------------------------
 
@@ -195,9 +200,11 @@ class Lifecycle:
 
     def start_attempt(self, now: float, *, reason: str = "starting") -> Transition | None:
         """The executor is about to create or start the container."""
+        self._counted_restart = self._started_once
         if self._started_once:
             self.restarts += 1
         self._started_once = True
+        self.deferred = False
         self.enabled = True
         self.probe_failures = 0
         self.probe_inconclusive = False
@@ -223,6 +230,7 @@ class Lifecycle:
     def container_started(self, now: float) -> None:
         """The container is up (created and started, or started in place); probing begins."""
         self._probe_from(now)
+        self._deferrals = 0
 
     def _probe_from(self, now: float) -> None:
         """Probing of a start begins now: the first probe soon, the next ones backing off from here."""
@@ -241,16 +249,26 @@ class Lifecycle:
 
     def start_deferred(self, now: float, reason: str) -> Transition | None:
         """The daemon could not make the start (engine unreachable, out of descriptors): not the model's
-        failure. It waits DAEMON_SIDE_RETRY_S and is tried again; the failure count is left as it was."""
+        failure. It waits (0.5 s, doubling up to DAEMON_SIDE_RETRY_S) and is tried again; the failure and
+        restart counts are left as they were."""
         if self.state is not State.STARTING:
             return None
+        # The start never happened: it is no restart either (the count and the first-start flag go back).
+        if self._counted_restart:
+            self.restarts -= 1
+        else:
+            self._started_once = False
+        self._counted_restart = False
+        self.deferred = True
         self.running_since = None
         self.next_probe_at = None
-        self.backoff_s = DAEMON_SIDE_RETRY_S
-        self.backoff_until = now + DAEMON_SIDE_RETRY_S
+        delay = min(DAEMON_SIDE_RETRY_S, DAEMON_SIDE_FIRST_RETRY_S * 2 ** self._deferrals)
+        self._deferrals += 1
+        self.backoff_s = delay
+        self.backoff_until = now + delay
         # STARTING -> BACKOFF: daemon-side, consecutive_failures unchanged (never toward FATAL)
         return self._to(now, State.BACKOFF,
-                        f"daemon-side: {reason}; not counted as a failure; retry in {DAEMON_SIDE_RETRY_S:g}s")
+                        f"daemon-side: {reason}; not counted as a failure; retry in {delay:g}s")
 
     def adopt(self, now: float) -> Transition | None:
         """A running container with a matching config hash was found: keep it, probe it."""

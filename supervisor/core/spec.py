@@ -107,6 +107,7 @@ class Serving:
     aliases: tuple[str, ...] = ()
     lifecycle: LoadPolicy = LoadPolicy.ALWAYS
     idle_ttl_s: float = 300.0
+    preload: bool = False             # on-demand: started when room is free and nothing waits; no idle stop
     max_queue: int = 64
     memory_bytes: int = 0             # counted against the RAM budget
     gpu_memory_bytes: int = 0         # counted against the GPU memory budget (GPU profiles only)

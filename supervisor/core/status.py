@@ -29,6 +29,8 @@ class ModelStatus:
     kv_tokens: int | None = None         # KV cache kept on disk across stops: tokens (None: the model keeps none)
     kv_bytes: int | None = None          # ... and bytes
     kv_note: str = ""                    # whether its KV cache is kept across stops, and why not
+    swaps: int = 0                       # on-demand starts that waited for other models to make room
+    swap_wait_s: float | None = None     # how long the oldest request waited at the last of them
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)

@@ -49,7 +49,7 @@ from supervisor.core.lifecycle import State, Transition
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.planner import UP, Diff, Serving, Want, plan
 from supervisor.core.routing import Route
-from supervisor.core.scheduler import Budget
+from supervisor.core.scheduler import Budget, SwapSettings
 from supervisor.core.status import ModelStatus
 from supervisor.daemon.commands import Commands
 from supervisor.daemon.containers import ContainerEvents, Heard, last_lines
@@ -92,6 +92,7 @@ class Supervisor:
         state: StateFile | None = None,
         kv_store: KvStore | None = None,
         kv_off_reason: str = "",
+        swap: SwapSettings = SwapSettings(),
     ) -> None:
         self.events = events
         self.runtime = runtime
@@ -119,7 +120,7 @@ class Supervisor:
         self._resync_now = True
         self.commands = Commands(settings.command_timeout_s)
         self._ready_sent = False
-        self.ondemand = OnDemandScheduler(self.demand, budget, self._metrics)
+        self.ondemand = OnDemandScheduler(self.demand, budget, self._metrics, swap)
         self.containers = ContainerEvents(runtime, self._metrics, prober)
         self._snapshot: tuple[ModelStatus, ...] = ()
         self._routes: dict[str, Route] = {}
@@ -210,8 +211,9 @@ class Supervisor:
         """Publish the snapshot and the routes (the gateway reads them), then let the requests whose
         model is RUNNING go ahead."""
         now = self.clock()
+        swaps = {n: (s.count, s.last_wait_s) for n, s in self.ondemand.swaps.items()}
         snap, table = publish(self.slots, self.cache, self.demand.usage, self.memory.sample(self.slots, now), now,
-                              **self._kv_report())
+                              **self._kv_report(), swaps=swaps)
         with self._snapshot_lock:
             changed = snap != self._snapshot
             self._snapshot = snap
@@ -257,7 +259,7 @@ class Supervisor:
                                               reload=self._reload_for_command, shutdown=self._shutdown_requested):
                     self._log_transition(t)
             case EnsureRunning():
-                self.ondemand.request(ev, known=ev.model in self.slots, stopping=self.stopping)
+                self.ondemand.request(ev, known=ev.model in self.slots, stopping=self.stopping, now=self.clock())
             case SignalReceived(signum=signum):
                 self._on_signal(signum)
             case Tick(resync=resync):
@@ -288,6 +290,7 @@ class Supervisor:
         self._metrics.forget(name)
         self.demand.forget(name)
         self.ondemand.answer(name, "unknown", f"model {name!r} was removed from the manifests")
+        self.ondemand.forget(name)
         self.state.forget(name)
 
     def _heard(self, heard: Heard) -> None:
@@ -454,9 +457,10 @@ class Supervisor:
             # Demand keeps it draining until the STARTING route is published: the route published
             # last still names the old port, which the new container may bind while it loads (503s).
             slot.recreated = True
+        retry_of_deferred = slot.lc.deferred        # a start the daemon could not make: no restart
         t = slot.lc.start_attempt(now, reason=_start_reason(action))
         self._log_transition(t)
-        if t is not None and t.from_state in (State.EXITED, State.BACKOFF):
+        if t is not None and t.from_state in (State.EXITED, State.BACKOFF) and not retry_of_deferred:
             self.metrics.restart(model, slot.lc.reason)
         old = action.old_id if isinstance(action, Recreate) else None
         cid = action.container_id if isinstance(action, Start) else old

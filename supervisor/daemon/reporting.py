@@ -25,12 +25,14 @@ def publish(
     now: float,
     kv: Mapping[str, tuple[int, int]] | None = None,
     kv_off: str = "off: this daemon keeps no KV cache",
+    swaps: Mapping[str, tuple[int, float | None]] | None = None,
 ) -> tuple[tuple[ModelStatus, ...], dict[str, Route]]:
     """The status snapshot and the route table (every name and alias -> route) for `slots` at `now`.
 
     `cache` is what the engine last showed (container ID -> container), `usage` the gateway's request
     counts per model, `memory` the bytes each model's container uses (MemorySampler.sample), `kv` the
-    tokens and bytes of KV cache each model keeps on disk (None: the daemon keeps none, `kv_off` says why).
+    tokens and bytes of KV cache each model keeps on disk (None: the daemon keeps none, `kv_off` says why),
+    `swaps` each model's swaps so far and the last one's wait.
     """
     statuses, routes = [], []
     for name, slot in sorted(slots.items()):
@@ -54,6 +56,7 @@ def publish(
             idle_s=None if last is None else max(0.0, now - last), ttl_left_s=ttl_left,
             inflight=u.inflight, waiting=u.waiting,
             kv_tokens=kv_tokens, kv_bytes=kv_bytes, kv_note=kv_note,
+            swaps=(swaps or {}).get(name, (0, None))[0], swap_wait_s=(swaps or {}).get(name, (0, None))[1],
         ))
         routes.append(Route(
             name=name, state=lc.state, host=host, port=port if lc.live else None,

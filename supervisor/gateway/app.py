@@ -198,12 +198,18 @@ class Gateway:
                 future = self.backend.ensure(model)
                 try:
                     ready = await asyncio.wait_for(asyncio.wrap_future(future), timeout=remaining)
-                except asyncio.TimeoutError:
-                    future.cancel()
-                    raise errors.start_timeout(model, self.clock() - t0) from None
+                except BaseException as e:
+                    # Timed out, or the client left: withdraw the request. The loop marks a request's future
+                    # running only as it answers it, so cancel() takes it out of the queue (nothing starts or
+                    # is evicted for it); when the answer is already on its way, hand back its admission.
+                    if not future.cancel():
+                        future.add_done_callback(lambda f: _release(demand, model, f))
+                    if isinstance(e, asyncio.TimeoutError):
+                        raise errors.start_timeout(model, self.clock() - t0) from None
+                    raise
                 if not ready.ok or ready.route is None:
                     raise _refusal(ready)
-                if demand.enter(model):       # before wait_end: never seen idle in between
+                if demand.enter(model, admitted=True):   # before wait_end: never seen idle in between
                     self.metrics.gateway_wait(model, self.clock() - t0)
                     return Lease(ready.route, self.clock())
                 # draining again (another model needs the room): ask once more
@@ -233,6 +239,13 @@ class Gateway:
     def _not_found(self, name: str) -> GatewayError:
         routes = self.backend.routes()
         return errors.not_found(name, sorted({r.name for r in routes.values()}))
+
+
+def _release(demand: Demand, model: str, future: Future[Readiness]) -> None:
+    """A request that gave up after the loop let it in: its admission goes back (else the model could
+    never be drained)."""
+    if not future.cancelled() and future.exception() is None and future.result().ok:
+        demand.release(model)
 
 
 def _refusal(ready: Readiness) -> GatewayError:

@@ -12,7 +12,17 @@ import posixpath
 from typing import Annotated, Any, Literal, Union
 
 from packaging.utils import canonicalize_name
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from supervisor.core.sizes import parse_memory
 
@@ -295,6 +305,11 @@ class ModelManifest(_Strict):
     idle_ttl: Seconds = Field(
         default=300.0, description="seconds an on-demand model may sit without a request before it is stopped"
     )
+    preload: StrictBool = Field(
+        default=False,
+        description="on-demand only: start it when the daemon starts and the budget allows, and again once room"
+                    " frees and nothing waits after it was evicted; no idle stop, but still evicted for room",
+    )
     max_queue: int = Field(
         default=64, ge=1, le=10000,
         description="requests that may wait for this model while it starts; more get 429, e.g. 64",
@@ -308,6 +323,14 @@ class ModelManifest(_Strict):
     logs: LogSettings = Field(default_factory=LogSettings, description="log rotation: {max_size: 10m, max_files: 3}")
     kv_cache: KvCacheSettings = Field(default_factory=KvCacheSettings,
                                       description="KV cache kept across stops: {keep: true, max_size: 1g}")
+
+    @field_validator("preload")
+    @classmethod
+    def _preload_on_demand(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("lifecycle", "always") != "on-demand":
+            raise ValueError("true applies to on-demand models only; an always model runs anyway"
+                             " (fix: add lifecycle: on-demand, or remove preload)")
+        return value
 
 
 class ProfileManifest(_Strict):

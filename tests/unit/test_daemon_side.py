@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from supervisor.core.events import ProbeResult
-from supervisor.core.lifecycle import DAEMON_SIDE_RETRY_S, Lifecycle, ProbeOutcome, State
+from supervisor.core.lifecycle import DAEMON_SIDE_FIRST_RETRY_S, DAEMON_SIDE_RETRY_S, Lifecycle, ProbeOutcome, State
 from supervisor.core.spec import HealthPolicy, RestartPolicy, RestartSettings
 from supervisor.errors import ResourceExhausted, RuntimeUnavailable, exhaustion
 from supervisor.daemon.health import probe_once
@@ -83,17 +83,31 @@ def test_a_conclusive_failure_after_the_budget_still_fails_the_start() -> None:
     assert t is not None and t.to_state is State.BACKOFF and lc.consecutive_failures == 1
 
 
-def test_deferred_starts_never_count_toward_fatal() -> None:
+def test_deferred_starts_never_count_toward_fatal_nor_as_restarts_and_retry_soon_then_less_often() -> None:
     lc, clock = make(), FakeClock()
+    delays = []
     for _ in range(50):                                      # ten times max_failures
         assert lc.wants_running(clock())
         lc.start_attempt(clock())
         t = lc.start_deferred(clock(), "docker create: engine unreachable")
         assert t is not None and t.to_state is State.BACKOFF and t.reason.startswith("daemon-side:")
-        assert lc.consecutive_failures == 0
-        assert not lc.wants_running(clock.advance(DAEMON_SIDE_RETRY_S / 2))
-        clock.advance(DAEMON_SIDE_RETRY_S / 2)
+        assert lc.consecutive_failures == 0 and lc.restarts == 0, "no start happened: no restart either"
+        assert lc.backoff_until is not None
+        delays.append(lc.backoff_until - clock())
+        assert not lc.wants_running(clock.advance(delays[-1] / 2))
+        clock.advance(delays[-1] / 2)
     assert lc.state is State.BACKOFF
+    assert delays[:5] == [DAEMON_SIDE_FIRST_RETRY_S * 2 ** i for i in range(4)] + [DAEMON_SIDE_RETRY_S]
+    assert set(delays[5:]) == {DAEMON_SIDE_RETRY_S}
+    lc.start_attempt(clock())
+    lc.container_started(clock())                            # it got through: the next deferral starts short
+    assert lc.restarts == 0, "the first start that happened is no restart"
+    lc.container_exited(clock.advance(100), exit_code=1)
+    lc.start_attempt(clock())
+    assert lc.restarts == 1
+    lc.start_deferred(clock(), "engine unreachable")
+    assert lc.restarts == 0, "the restart that could not be made is not counted"
+    assert lc.backoff_until == clock() + DAEMON_SIDE_FIRST_RETRY_S
 
 
 # --- the loop and its executor, with the fake runtime -----------------------------------------
@@ -241,3 +255,25 @@ def test_the_daemon_raises_its_soft_nofile_limit_to_the_hard_one() -> None:
     proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60,
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout.split() == ["True", "True"], proc.stderr
+
+
+def test_a_retried_deferred_start_is_not_counted_as_a_restart_anywhere() -> None:
+    from supervisor.control.api import NullMetrics
+
+    class Restarts(NullMetrics):
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def restart(self, model: str, reason: str) -> None:
+            self.seen.append(model)
+
+    h = Harness([desired("a")])
+    h.sup.metrics = metrics = Restarts()
+    h.runtime.fail_next["create"] = RuntimeUnavailable("docker create x: engine unreachable (refused)")
+    h.step()
+    assert h.state("a") is State.BACKOFF
+    h.clock.advance(DAEMON_SIDE_FIRST_RETRY_S)
+    h.step()                                                 # the retry gets through
+    assert h.state("a") is State.STARTING
+    assert h.sup.slots["a"].lc.restarts == 0 and metrics.seen == [], "it never started before: no restart"
+    assert next(s for s in h.sup.snapshot() if s.name == "a").restarts == 0

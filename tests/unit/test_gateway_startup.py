@@ -13,7 +13,7 @@ from supervisor.gateway.app import GatewaySettings, create_app
 from supervisor.gateway.proxy import Upstream
 
 from .helpers import desired
-from .test_gateway_app import RUNNING, FakeBackend, client
+from .test_gateway_app import RUNNING, FakeBackend, client, ok
 from .test_loop import Harness
 
 LOCAL = "http://127.0.0.1:8080"
@@ -82,3 +82,32 @@ def test_the_daemons_gateway_lists_the_manifests_models_from_its_first_answer() 
     assert health.status_code == 503
     assert [m["id"] for m in models.json()["data"]] == ["a"]
     assert h.sup.published.is_set()
+
+
+def test_a_request_for_an_on_demand_model_before_the_first_pass_is_held_then_served_never_404() -> None:
+    """Issue 17's startup race, through the real loop and controller: the manifests are read, the first
+    pass not done; a request for an on-demand model in them waits, then starts it and is served."""
+    from supervisor.core.lifecycle import State
+    from supervisor.core.spec import LoadPolicy, Serving
+
+    h = Harness([desired("lazy", port=18090, serving=Serving(lifecycle=LoadPolicy.ON_DEMAND))])
+    app = create_app(DaemonController(h.sup), GatewaySettings(), upstream=Upstream(
+        transport=httpx.MockTransport(lambda r: ok({"ok": 1}))))
+
+    async def go() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=LOCAL) as c:
+            request = asyncio.create_task(c.post("/v1/chat/completions", json={"model": "lazy"}))
+            await asyncio.sleep(0.05)
+            assert not request.done(), "held until the first routes, not 404"
+            await asyncio.to_thread(h.step)                    # the loop's first pass publishes the routes
+            for _ in range(200):                               # the gateway asks the loop for the model
+                if not h.q.empty():
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.to_thread(h.step)
+            assert h.state("lazy") is State.STARTING and not request.done()
+            await asyncio.to_thread(h.healthy, "lazy")
+            return await asyncio.wait_for(request, 5)
+
+    r = asyncio.run(go())
+    assert r.status_code == 200 and r.json() == {"ok": 1}

@@ -45,7 +45,7 @@ def test_unknown_keys_name_the_allowed_keys_and_the_closest() -> None:
         f"{f}:11: unknown key 'memroy' in resources (fix: did you mean 'memory'? allowed keys: cpu_shares, cpus, cpuset,"
         " memory, pids)",
         f"{f}:12: unknown key 'colour' (fix: allowed keys: aliases, health, idle_ttl, kind, kv_cache, lifecycle, logs,"
-        " max_queue, name, profile, resources, restart, server, source)",
+        " max_queue, name, preload, profile, resources, restart, server, source)",
     ]
 
 
@@ -233,3 +233,16 @@ def test_merge_keys_work() -> None:
     text = "kind: profile\nname: base\nthreads: 2\n"
     s = load_text(text)
     assert s.profiles["base"].threads == 2
+
+
+def test_preload_needs_an_on_demand_model_and_says_where() -> None:
+    text = MODEL.format(source="path: /a.gguf", sha=SHA) + "preload: true\n"
+    with pytest.raises(ManifestError) as info:
+        load_text(text, name="m.yaml")
+    assert info.value.problems == ["m.yaml:8: preload: true applies to on-demand models only; an always model runs"
+                                   " anyway (fix: add lifecycle: on-demand, or remove preload)"]
+    ok = load_text(text + "lifecycle: on-demand\n", name="m.yaml")
+    assert ok.models["m"].preload is True
+    with pytest.raises(ManifestError) as info:
+        load_text(text.replace("preload: true", "preload: 'yes'") + "lifecycle: on-demand\n", name="m.yaml")
+    assert info.value.problems[0].startswith("m.yaml:8: preload:")

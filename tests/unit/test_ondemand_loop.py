@@ -13,7 +13,7 @@ from supervisor.control.api import CommandResult, MetricsSink, StopModels
 from supervisor.core.commands import Readiness
 from supervisor.core.events import ControlRequest, EnsureRunning, Event, ProbeResult
 from supervisor.core.lifecycle import ProbeOutcome, State
-from supervisor.core.scheduler import Budget
+from supervisor.core.scheduler import Budget, SwapPolicy, SwapSettings
 from supervisor.core.spec import DesiredModel, LoadPolicy, Serving
 from supervisor.core.demand import Demand
 from supervisor.daemon.loop import Supervisor
@@ -24,14 +24,18 @@ from .helpers import desired
 G = 1 << 30
 
 
-def od(name: str, *, mem: int = G, ttl: float = 300.0, lifecycle: LoadPolicy = LoadPolicy.ON_DEMAND) -> DesiredModel:
+FIFO = SwapSettings(SwapPolicy.FIFO)
+
+
+def od(name: str, *, mem: int = G, ttl: float = 300.0, lifecycle: LoadPolicy = LoadPolicy.ON_DEMAND,
+       preload: bool = False) -> DesiredModel:
     return desired(name, port=0, serving=Serving(aliases=(f"{name}-alias",), lifecycle=lifecycle, idle_ttl_s=ttl,
-                                                 memory_bytes=mem, memory_basis="limit"))
+                                                 memory_bytes=mem, memory_basis="limit", preload=preload))
 
 
 class Rig:
     def __init__(self, models: list[DesiredModel], budget: Budget = Budget(),
-                 metrics: MetricsSink | None = None) -> None:
+                 metrics: MetricsSink | None = None, swap: SwapSettings = SwapSettings()) -> None:
         self.runtime, self.clock, self.prober = FakeRuntime(), FakeClock(), FakeProber()
         self.models = {m.name: m for m in models}         # what the manifests say; a test may change it
         self.q: queue.Queue[Event] = queue.Queue()
@@ -41,7 +45,7 @@ class Rig:
         self.sup = Supervisor(events=self.q, runtime=self.runtime, verifier=self.verifier,
                               load_desired=lambda: dict(self.models), prober=self.prober,
                               clock=self.clock, rng=random.Random(1), demand=self.demand, budget=budget,
-                              metrics=metrics)
+                              metrics=metrics, swap=swap)
         self.sup._reload(apply=True, origin="start")
         self.step()
 
@@ -54,7 +58,10 @@ class Rig:
         self.sup.iteration(block=False)
 
     def ask(self, model: str) -> Future[Readiness]:
+        """A request that is answered and then goes away (an admission it never uses goes back, as the
+        gateway's does); `enter` to have one in flight."""
         fut: Future[Readiness] = Future()
+        fut.add_done_callback(lambda f: self.demand.release(model) if f.result().ok else None)
         self.step(EnsureRunning(model, fut))
         return fut
 
@@ -95,7 +102,8 @@ def test_a_request_for_b_evicts_idle_a_first_then_starts_b() -> None:
 
 
 def test_a_model_with_a_request_in_flight_is_only_stopped_when_it_is_done() -> None:
-    r = Rig([od("a"), od("b")], Budget(memory_bytes=G + G // 2))
+    """fifo: a busy model makes room at once (no new request enters), once those in flight are done."""
+    r = Rig([od("a"), od("b")], Budget(memory_bytes=G + G // 2), swap=FIFO)
     r.ask("a")
     r.healthy("a")
     assert r.demand.enter("a")

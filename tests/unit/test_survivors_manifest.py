@@ -63,7 +63,7 @@ def test_a_profile_name_used_twice_is_refused_naming_both_and_the_rest_still_che
         "m.yaml:6: profile name 'p' is already used at m.yaml:2 (fix: rename one of them)",
         "m.yaml:10: profile name 'p' is already used at m.yaml:2 (fix: rename one of them)",
         "m.yaml:22: unknown key 'colour' (fix: allowed keys: aliases, health, idle_ttl, kind, kv_cache, lifecycle, logs,"
-        " max_queue, name, profile, resources, restart, server, source)",
+        " max_queue, name, preload, profile, resources, restart, server, source)",
     ]
 
 

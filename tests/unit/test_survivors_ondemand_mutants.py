@@ -19,7 +19,7 @@ from supervisor.core.lifecycle import State
 from supervisor.core.scheduler import Budget
 from supervisor.core.spec import LoadPolicy
 
-from .test_ondemand_loop import G, Rig, od
+from .test_ondemand_loop import FIFO, G, Rig, od
 
 
 class Evictions(NullMetrics):
@@ -145,7 +145,7 @@ def test_contended_is_set_while_a_request_waits_for_memory_and_cleared_after() -
 
 
 def test_a_model_drained_for_a_request_that_went_away_takes_requests_again() -> None:
-    r = Rig([od("a"), od("b")], Budget(memory_bytes=G + G // 2))
+    r = Rig([od("a"), od("b")], Budget(memory_bytes=G + G // 2), swap=FIFO)
     r.ask("a")
     r.healthy("a")
     assert r.demand.enter("a")
@@ -159,7 +159,7 @@ def test_a_model_drained_for_a_request_that_went_away_takes_requests_again() -> 
 
 
 def test_a_model_still_wanted_for_room_or_stopping_stays_drained() -> None:
-    r = Rig([od("a"), od("b")], Budget(memory_bytes=G + G // 2))
+    r = Rig([od("a"), od("b")], Budget(memory_bytes=G + G // 2), swap=FIFO)
     r.ask("a")
     r.healthy("a")
     assert r.demand.enter("a")
