@@ -252,7 +252,8 @@ class Supervisor:
                 self._reload(apply=True, origin=origin)
             case ControlRequest(command=cmd, future=fut):
                 for t in self.commands.handle(cmd, fut, slots=self.slots, now=self.clock(),
-                                              reload=self._reload_for_command, shutdown=self._shutdown_requested):
+                                              reload=self._reload_for_command, shutdown=self._shutdown_requested,
+                                              demand=self.demand):
                     self._log_transition(t)
             case EnsureRunning():
                 self.ondemand.request(ev, known=ev.model in self.slots, stopping=self.stopping)
