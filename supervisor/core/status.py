@@ -29,6 +29,10 @@ class ModelStatus:
     kv_tokens: int | None = None         # KV cache kept on disk across stops: tokens (None: the model keeps none)
     kv_bytes: int | None = None          # ... and bytes
     kv_note: str = ""                    # whether its KV cache is kept across stops, and why not
+    failures: int = 0                    # consecutive failed starts (FATAL at max_failures)
+    max_failures: int = 0                # the manifest's restart.max_failures
+    retry_in_s: float | None = None      # BACKOFF: seconds until the next try
+    verified: str = ""                   # what this daemon checked before creating the container ('' if none)
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)

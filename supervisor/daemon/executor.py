@@ -33,6 +33,7 @@ class Executor:
         self.verifier = verifier
         self.stop_timeout_s = stop_timeout_s
         self.kv = kv          # KV caches kept across stops: saved before a graceful stop, prepared before a start
+        self.verified: dict[str, str] = {}     # container ID -> what was checked before it was created (status)
 
     def apply(self, action: Action, current: ObservedContainer | None) -> ObservedContainer | None:
         """Run one action; `current` is the cached container it acts on (if any).
@@ -62,6 +63,7 @@ class Executor:
                 log.info("recreate", model=d.name, old=old[:12], reason="config hash changed")
                 self._stop(old, current, reason="recreate: config changed", kill=False)
                 rt.remove(old)
+                self.verified.pop(old, None)
                 return self._create_and_start(d)
             case Start(model=m, container_id=cid):
                 if current is not None and current.status == "paused":
@@ -84,6 +86,7 @@ class Executor:
                 if current is not None and current.status in ("running", "paused", "restarting"):
                     self._stop(cid, current, reason=why, kill=False)
                 rt.remove(cid)
+                self.verified.pop(cid, None)
                 return None
             case _:
                 assert_never(action)
@@ -108,6 +111,7 @@ class Executor:
                       container=cid[:12])
             self.runtime.remove(cid)
             raise
+        self.verified[cid] = _checked(d)
         return self.runtime.inspect(cid)
 
     def _stop(self, cid: str, current: ObservedContainer | None, *, reason: str, kill: bool,
@@ -129,6 +133,13 @@ class Executor:
         log.info("stop", model=current.model if current else "", container=cid[:12], reason=reason,
                  timeout_s=round(timeout, 3))
         self.runtime.stop(cid, timeout_s=timeout)
+
+
+def _checked(d: DesiredModel) -> str:
+    kind, _, digest = d.spec.image_id.partition(":")
+    artefact = "binary" if kind.startswith("binary") else "image"
+    return (f"model file SHA-256 {d.spec.model_sha256[:12]} and {artefact} {digest[:12]} checked before this"
+            " container was created")
 
 
 def _with_status(c: ObservedContainer | None, status: str) -> ObservedContainer | None:

@@ -211,7 +211,7 @@ class Supervisor:
         model is RUNNING go ahead."""
         now = self.clock()
         snap, table = publish(self.slots, self.cache, self.demand.usage, self.memory.sample(self.slots, now), now,
-                              **self._kv_report())
+                              **self._kv_report(), verified=self.executor.verified)
         with self._snapshot_lock:
             changed = snap != self._snapshot
             self._snapshot = snap

@@ -25,12 +25,14 @@ def publish(
     now: float,
     kv: Mapping[str, tuple[int, int]] | None = None,
     kv_off: str = "off: this daemon keeps no KV cache",
+    verified: Mapping[str, str] | None = None,
 ) -> tuple[tuple[ModelStatus, ...], dict[str, Route]]:
     """The status snapshot and the route table (every name and alias -> route) for `slots` at `now`.
 
     `cache` is what the engine last showed (container ID -> container), `usage` the gateway's request
     counts per model, `memory` the bytes each model's container uses (MemorySampler.sample), `kv` the
-    tokens and bytes of KV cache each model keeps on disk (None: the daemon keeps none, `kv_off` says why).
+    tokens and bytes of KV cache each model keeps on disk (None: the daemon keeps none, `kv_off` says why),
+    `verified` what was checked before each container was created (container ID -> text; Executor.verified).
     """
     statuses, routes = [], []
     for name, slot in sorted(slots.items()):
@@ -54,6 +56,9 @@ def publish(
             idle_s=None if last is None else max(0.0, now - last), ttl_left_s=ttl_left,
             inflight=u.inflight, waiting=u.waiting,
             kv_tokens=kv_tokens, kv_bytes=kv_bytes, kv_note=kv_note,
+            failures=lc.consecutive_failures, max_failures=slot.desired.restart.max_failures,
+            retry_in_s=max(0.0, lc.backoff_until - now) if lc.state is State.BACKOFF and lc.backoff_until else None,
+            verified=_verified(slot.container_id, verified),
         ))
         routes.append(Route(
             name=name, state=lc.state, host=host, port=port if lc.live else None,
@@ -62,6 +67,13 @@ def publish(
             max_queue=serving.max_queue,
         ))
     return tuple(statuses), route_table(tuple(routes))
+
+
+def _verified(container_id: str | None, verified: Mapping[str, str] | None) -> str:
+    if container_id is None or verified is None:
+        return ""
+    return verified.get(container_id, "not checked by this daemon: the container was adopted, its checks were"
+                                      " made when it was created")
 
 
 def _kv_fields(slot: Slot, kv: Mapping[str, tuple[int, int]] | None, off: str) -> tuple[int | None, int | None, str]:
