@@ -112,6 +112,7 @@ class Console:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._models_text = ""
         self._models_seen: tuple[tuple[ModelStatus, ...], str, dict[str, str]] | None = None
+        self._encoded_events: dict[str, tuple[str, bytes]] = {}
         self._stop = threading.Event()
         self._kick = threading.Event()      # an action: look now, and often for a while
         self._hurry_until = float("-inf")
@@ -360,6 +361,15 @@ class Console:
             return [("events", lambda: json.dumps(self.event_rows(), separators=(",", ":")))]
         return [("models", self.models_json)]
 
+    def _encoded(self, kind: str, text: str) -> bytes:
+        """The event's bytes, one object for every open page that sends the same text: each stream holds
+        the last chunk it sent while it waits (Starlette's loop variable), so 10 pages hold one view."""
+        seen = self._encoded_events.get(kind)
+        if seen is None or seen[0] != text:
+            seen = (text, f"event: {kind}\ndata: {text}\n\n".encode())
+            self._encoded_events[kind] = seen
+        return seen[1]
+
     async def _events(self, page: str, poke: asyncio.Event, follower: LogFollower | None) -> AsyncIterator[bytes]:
         sent: dict[str, str] = {}
         quiet_since = self.clock()
@@ -377,7 +387,7 @@ class Console:
                 text = make()
                 if sent.get(kind) != text:
                     sent[kind] = text
-                    out.append(f"event: {kind}\ndata: {text}\n\n".encode())
+                    out.append(self._encoded(kind, text))
             versions = now_versions
             if follower is not None and (lines := follower.take()):
                 out.append(b"event: log\ndata: " + json.dumps(lines, separators=(",", ":")).encode() + b"\n\n")

@@ -199,6 +199,17 @@ def test_after_an_action_a_change_is_seen_at_once_not_at_the_next_tick() -> None
         console.close()
 
 
+def test_open_pages_share_one_encoded_event_for_the_same_view() -> None:
+    """Each stream holds the last chunk it sent while it waits: the same view is one bytes object, not one
+    per page (the console's RSS with 10 pages open, docs/BENCHMARKS.md)."""
+    console = Console(FakeDaemon([status()]), Activity(), Authority(TOKEN))
+    text = console.models_json()
+    first = console._encoded("models", text)
+    assert first == b"event: models\ndata: " + text.encode() + b"\n\n"
+    assert console._encoded("models", "".join(list(text))) is first      # an equal text from another page
+    assert console._encoded("models", text + " ") is not first
+
+
 def test_the_daemon_events_are_read_off_successive_snapshots() -> None:
     log = EventLog()
     log.observe([status("a"), status("b")], 1.0)
