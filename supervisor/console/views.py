@@ -120,7 +120,7 @@ def request_row(r: Request, now_wall: float) -> list[str]:
         return [when, r.model or "?", "in flight", seconds(r.queue_wait_s), seconds(r.ttft_s), "—", "—",
                 seconds(now_wall - r.started, 1), "waiting"]
     tps = r.tokens_per_s
-    return [when, r.model or "?", str(r.status), seconds(r.queue_wait_s), seconds(r.ttft_s),
+    return [when, r.model or "?", str(r.status), seconds(r.queue_wait_s), seconds(r.ttft_s if r.streamed else None),
             "—" if r.tokens is None else str(r.tokens), "—" if tps is None else f"{tps:.1f}",
             seconds(r.duration_s), "went away" if r.client_gone else "stayed"]
 

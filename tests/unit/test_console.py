@@ -83,9 +83,13 @@ def test_the_ring_keeps_the_last_n_finished_and_caps_those_in_flight() -> None:
 
 
 def test_tokens_per_second_counts_generation_time_only() -> None:
-    r = Request(1, 0.0, "m", "/v1/x", status=200, ttft_s=0.5, tokens=30, duration_s=2.0)
+    r = Request(1, 0.0, "m", "/v1/x", status=200, ttft_s=0.5, tokens=30, duration_s=2.0, streamed=True)
     assert r.tokens_per_s == pytest.approx(20.0)
-    assert Request(1, 0.0, "m", "/v1/x", tokens=3, duration_s=0.5, ttft_s=0.5).tokens_per_s is None
+    assert Request(1, 0.0, "m", "/v1/x", tokens=3, duration_s=0.5, ttft_s=0.5, streamed=True).tokens_per_s is None
+    # an answer in one piece: its first byte is its end (seen live: 8 tokens "at 12865.5 tokens/s")
+    whole = Request(1, 0.0, "m", "/v1/x", status=200, ttft_s=1.0399, tokens=8, duration_s=1.04)
+    assert whole.tokens_per_s == pytest.approx(8 / 1.04)
+    assert views.request_row(whole, 0.0)[4] == "—", "no time to first token apart from the end"
 
 
 def test_the_token_count_is_the_last_one_an_answer_gives() -> None:
@@ -115,6 +119,24 @@ def test_the_gateway_records_model_status_queue_wait_and_tokens() -> None:
     assert inflight == ()
     assert [(r.model, r.status, r.tokens) for r in done] == [("", 404, None), ("m", 200, 9)]
     assert done[1].queue_wait_s is not None and done[1].ttft_s is not None and not done[1].client_gone
+    assert not done[1].streamed
+
+
+def test_the_gateway_marks_a_streamed_answer() -> None:
+    activity = Activity()
+    sse = b'data: {"choices":[{"text":"hi"}]}\n\ndata: {"usage":{"completion_tokens":4}}\n\ndata: [DONE]\n\n'
+    up = Upstream(transport=httpx.MockTransport(lambda r: httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=httpx.ByteStream(sse))))
+    app = create_app(FakeBackend(RUNNING), GatewaySettings(), upstream=up, activity=activity)
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=HOST) as c:
+            r = await c.post("/v1/completions", json={"model": "m-alias", "prompt": "x", "stream": True})
+            assert r.status_code == 200
+
+    asyncio.run(go())
+    (done,) = activity.snapshot()[1]
+    assert done.streamed and done.tokens == 4
 
 
 # --- rendering ------------------------------------------------------------------------------------
