@@ -90,9 +90,10 @@ bench: setup
 soak: setup
 	$(BIN)/python -m bench.soak --duration $(or $(DURATION),600)
 
-# The console's screenshots in docs/console/ (README), each page at desktop width and at 390 px.
+# The console's screenshots in docs/console/ (README), each page at desktop width and at 390 px, of a real
+# daemon running the demo model (after `make setup`).
 screenshots: venv tools
-	CONSOLE_SCREENSHOTS=1 $(BIN)/pytest -q tests/integration/test_console_fake.py -k screenshots
+	CONSOLE_SCREENSHOTS=1 $(BIN)/pytest -q tests/integration/test_console_browser.py -k screenshots
 
 clean:
 	rm -rf $(VENV) $(STATE)

@@ -1,4 +1,4 @@
-"""llama-supervisorctl's daemon commands: status, start/stop/restart, reread/update/reload, tail, pid, shutdown.
+"""llama-supervisorctl's daemon commands: status, start/stop/restart/unload, reread/update/reload, tail, pid, shutdown.
 
 They speak supervisorctl's language: `NAME: started`, `NAME: ERROR (reason)`, and
 its exit codes (0 all well, 3 some named model not running, 4 daemon unreachable
@@ -242,6 +242,17 @@ def restart(ctx: click.Context, names: tuple[str, ...], no_wait: bool) -> None:
         _print_result(client.restart(names, wait=not no_wait), failed_exit=EXIT_NOT_RUNNING)
 
 
+@click.command()
+@_NAMES
+@click.pass_context
+@speaks_errors
+def unload(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Stop on-demand models as their idle TTL would: only with no request in flight, and the next request
+    starts them again (their KV cache is kept). 'all': every on-demand model."""
+    with control_client(ctx) as client:
+        _print_result(client.unload(names), failed_exit=EXIT_FAILED)
+
+
 def _print_changes(result: CommandResult) -> None:
     if result.ok and not result.results and not result.error:
         output.echo("No config updates to models")
@@ -332,7 +343,7 @@ def console(ctx: click.Context, open_browser: bool) -> None:
 
 # --- registration ----------------------------------------------------------------------------
 
-COMMANDS = (status, models, start, stop, restart, reread, update, reload, shutdown, pid, tail, console)
+COMMANDS = (status, models, start, stop, restart, unload, reread, update, reload, shutdown, pid, tail, console)
 
 
 def add_socket_option(cli: click.Group) -> None:

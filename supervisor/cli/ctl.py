@@ -22,7 +22,7 @@ from supervisor.errors import SupervisorError
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "cmd_images": ("build", "verify", "fetch-model"),
     "cmd_manifests": ("validate", "hardware", "schema"),
-    "cmd_control": ("status", "models", "start", "stop", "restart", "reread", "update", "reload", "shutdown",
+    "cmd_control": ("status", "models", "start", "stop", "restart", "unload", "reread", "update", "reload", "shutdown",
                     "pid", "tail", "console"),
     "cmd_bench": ("bench",),
     "cmd_export": ("render", "deploy"),

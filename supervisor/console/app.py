@@ -45,6 +45,8 @@ SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-typ
 STATIC = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
 HEARTBEAT_S = 15.0
 ACTION_WAIT_S = 1.0        # an action's answer waits this long for the loop's; then 202, the page follows it live
+HURRY_S = 0.05             # after an action the statuses are looked at this often (a stop shows as it lands) ...
+HURRY_FOR_S = 15.0         # ... for this long
 
 
 class Daemon(Protocol):
@@ -110,7 +112,10 @@ class Console:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._models_text = ""
         self._models_seen: tuple[tuple[ModelStatus, ...], str, dict[str, str]] | None = None
+        self._encoded_events: dict[str, tuple[str, bytes]] = {}
         self._stop = threading.Event()
+        self._kick = threading.Event()      # an action: look now, and often for a while
+        self._hurry_until = float("-inf")
         self._watcher: threading.Thread | None = None
         activity.wake = self.poke
         routes = [
@@ -135,14 +140,19 @@ class Console:
 
     def close(self) -> None:
         self._stop.set()
+        self._kick.set()
         if self._watcher is not None:
             self._watcher.join(5)
 
     def _watch(self) -> None:
         """Every tick: the daemon's events, and a poke to the open pages when any status changed (at rest,
-        nothing changes and no page is woken)."""
+        nothing changes and no page is woken). For a while after an action, every HURRY_S."""
         last: tuple[ModelStatus, ...] = ()
-        while not self._stop.wait(self.settings.tick_s):
+        while True:
+            self._kick.wait(HURRY_S if self.clock() < self._hurry_until else self.settings.tick_s)
+            self._kick.clear()
+            if self._stop.is_set():
+                return
             statuses = tuple(self.daemon.status())
             self.events.observe(statuses, self.wall())
             if statuses != last:
@@ -296,6 +306,8 @@ class Console:
             return JSONResponse({"ok": False, "error": f"{name[:70]!r} is not a model name (lowercase letters, digits"
                                  " and dashes, at most 63)"}, status_code=400)
         command = command_for(action, (name,), wait=False)
+        self._hurry_until = self.clock() + HURRY_FOR_S
+        self._kick.set()
         future = asyncio.wrap_future(self.daemon.submit(command))
         done, _ = await asyncio.wait({future}, timeout=ACTION_WAIT_S)
         if not done:
@@ -349,6 +361,15 @@ class Console:
             return [("events", lambda: json.dumps(self.event_rows(), separators=(",", ":")))]
         return [("models", self.models_json)]
 
+    def _encoded(self, kind: str, text: str) -> bytes:
+        """The event's bytes, one object for every open page that sends the same text: each stream holds
+        the last chunk it sent while it waits (Starlette's loop variable), so 10 pages hold one view."""
+        seen = self._encoded_events.get(kind)
+        if seen is None or seen[0] != text:
+            seen = (text, f"event: {kind}\ndata: {text}\n\n".encode())
+            self._encoded_events[kind] = seen
+        return seen[1]
+
     async def _events(self, page: str, poke: asyncio.Event, follower: LogFollower | None) -> AsyncIterator[bytes]:
         sent: dict[str, str] = {}
         quiet_since = self.clock()
@@ -366,7 +387,7 @@ class Console:
                 text = make()
                 if sent.get(kind) != text:
                     sent[kind] = text
-                    out.append(f"event: {kind}\ndata: {text}\n\n".encode())
+                    out.append(self._encoded(kind, text))
             versions = now_versions
             if follower is not None and (lines := follower.take()):
                 out.append(b"event: log\ndata: " + json.dumps(lines, separators=(",", ":")).encode() + b"\n\n")

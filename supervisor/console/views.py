@@ -15,6 +15,7 @@ from supervisor.core.status import ModelStatus
 START_FROM = frozenset({"STOPPED", "EXITED", "BACKOFF", "FATAL"})
 STOP_FROM = frozenset({"STARTING", "RUNNING", "DRAINING", "BACKOFF"})
 RESTART_FROM = frozenset({"RUNNING", "STARTING"})
+UNLOAD_FROM = frozenset({"RUNNING", "STARTING"})     # on-demand models only: stopped as an idle stop would
 
 
 def duration(s: float | None) -> str:
@@ -60,21 +61,42 @@ def model_view(m: ModelStatus, budget: int | None, variants: Mapping[str, str], 
         ("Runtime", f"{runtime} · {image}"),
         ("Port", str(m.port) if m.port else "—"),
         ("Uptime", duration(m.uptime_s)),
-        ("Restarts", str(m.restarts)),
+        ("Restarts", restarts(m)),
         ("Last exit code", "—" if m.last_exit_code is None else str(m.last_exit_code)),
         ("Memory counted", counted),
         ("Last request", "never" if m.idle_s is None else duration(m.idle_s) + " ago"),
         ("Idle stop in", duration(m.ttl_left_s) if m.ttl_left_s is not None else "—"),
         ("In flight / waiting", f"{m.inflight} / {m.waiting}"),
+        ("Verified", m.verified or "—"),
+        ("KV cache kept", kv_cache(m)),
     ]
-    actions = [a for a, states in (("start", START_FROM), ("stop", STOP_FROM), ("restart", RESTART_FROM))
-               if m.state in states]
+    offered = [("start", START_FROM), ("stop", STOP_FROM), ("restart", RESTART_FROM)]
+    if m.lifecycle == "on-demand":
+        offered.append(("unload", UNLOAD_FROM))
+    actions = [a for a, states in offered if m.state in states]
     bar = None
     if m.memory_counted:
         bar = {"value": m.memory_counted, "max": max(budget or 0, m.memory_counted),
                "label": f"{size(m.memory_counted)} of the {size(budget)} budget" if budget
                else f"{size(m.memory_counted)} (no budget)"}
     return {"name": m.name, "state": m.state, "reason": m.reason, "fields": fields, "bar": bar, "actions": actions}
+
+
+def restarts(m: ModelStatus) -> str:
+    """Restarts, the failed starts counted toward FATAL, and the backoff time left."""
+    text = str(m.restarts)
+    if m.failures:
+        text += f" · {m.failures} of {m.max_failures} failed starts before FATAL" if m.max_failures \
+            else f" · {m.failures} failed starts"
+    if m.retry_in_s is not None:
+        text += f" · retry in {m.retry_in_s:.1f}s"
+    return text
+
+
+def kv_cache(m: ModelStatus) -> str:
+    if m.kv_tokens is None:
+        return m.kv_note or "no"
+    return f"{m.kv_tokens} tokens, {size(m.kv_bytes or 0)} on disk"
 
 
 def models_view(statuses: Iterable[ModelStatus], budgets: Budgets, variants: Mapping[str, str],
@@ -98,7 +120,7 @@ def request_row(r: Request, now_wall: float) -> list[str]:
         return [when, r.model or "?", "in flight", seconds(r.queue_wait_s), seconds(r.ttft_s), "—", "—",
                 seconds(now_wall - r.started, 1), "waiting"]
     tps = r.tokens_per_s
-    return [when, r.model or "?", str(r.status), seconds(r.queue_wait_s), seconds(r.ttft_s),
+    return [when, r.model or "?", str(r.status), seconds(r.queue_wait_s), seconds(r.ttft_s if r.streamed else None),
             "—" if r.tokens is None else str(r.tokens), "—" if tps is None else f"{tps:.1f}",
             seconds(r.duration_s), "went away" if r.client_gone else "stayed"]
 

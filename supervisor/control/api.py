@@ -23,6 +23,7 @@ from supervisor.core.commands import (
     Shutdown,
     StartModels,
     StopModels,
+    Unload,
     Update,
 )
 
@@ -32,7 +33,7 @@ API_VERSION = "v1"
 
 __all__ = ["API_VERSION", "Command", "CommandResult", "Controller", "MetricsSink", "ModelResult", "Notifier",
            "NullMetrics", "NullNotifier", "Reload", "Reread", "RestartModels", "Shutdown", "StartModels",
-           "StopModels", "Update"]
+           "StopModels", "Unload", "Update"]
 
 
 class Controller(Protocol):

@@ -182,6 +182,9 @@ class ControlClient:
     def restart(self, names: Sequence[str], *, wait: bool = True) -> CommandResult:
         return self._command("/restart", {"names": list(names), "wait": wait}, long=True)
 
+    def unload(self, names: Sequence[str]) -> CommandResult:
+        return self._command("/unload", {"names": list(names)}, long=True)
+
     def reread(self) -> CommandResult:
         return self._command("/reread", {}, long=True)
 

@@ -40,6 +40,7 @@ class Handler(JsonHandler):
         ("POST", "start"): "post_start",
         ("POST", "stop"): "post_stop",
         ("POST", "restart"): "post_restart",
+        ("POST", "unload"): "post_unload",
         ("POST", "reread"): "post_reread",
         ("POST", "update"): "post_update",
         ("POST", "reload"): "post_reload",
@@ -93,6 +94,9 @@ class Handler(JsonHandler):
     def post_restart(self) -> None:
         body = self._body()
         self._run(command_for("restart", _names(body), wait=_flag(body, "wait", True)))
+
+    def post_unload(self) -> None:
+        self._run(command_for("unload", _names(self._body())))
 
     def post_reread(self) -> None:
         self._run(Reread())

@@ -30,20 +30,22 @@ class Request:
     tokens: int | None = None         # generated tokens, as the model reported them
     duration_s: float | None = None
     client_gone: bool = False
+    streamed: bool = False            # a server-sent-events answer: its first byte is its first token
 
     @property
     def tokens_per_s(self) -> float | None:
-        """Generated tokens over the time spent generating (duration less time to first token)."""
+        """Generated tokens over the time spent generating: a stream's duration less its time to first token;
+        an answer in one piece has no first token apart from its end, so its whole duration."""
         if self.tokens is None or self.duration_s is None:
             return None
-        busy = self.duration_s - (self.ttft_s or 0.0)
+        busy = self.duration_s - (self.ttft_s or 0.0) if self.streamed else self.duration_s
         return self.tokens / busy if busy > 0 else None
 
     def to_json(self) -> dict[str, object]:
         return {"id": self.id, "started": self.started, "model": self.model, "path": self.path,
                 "status": self.status, "queue_wait_s": self.queue_wait_s, "ttft_s": self.ttft_s,
                 "tokens": self.tokens, "tokens_per_s": self.tokens_per_s, "duration_s": self.duration_s,
-                "client_gone": self.client_gone, "in_flight": self.duration_s is None}
+                "client_gone": self.client_gone, "in_flight": self.duration_s is None, "streamed": self.streamed}
 
 
 class Activity:

@@ -32,6 +32,14 @@ class RestartModels:
 
 
 @dataclass(frozen=True)
+class Unload:
+    """Stop on-demand models as an idle stop does: only while nothing is in flight, and they stay
+    loadable (the next request starts them; their KV cache is saved as on any graceful stop)."""
+
+    names: tuple[str, ...]          # ("all",) means every on-demand model
+
+
+@dataclass(frozen=True)
 class Reread:
     """Parse manifests and report the diff without applying it."""
 
@@ -51,15 +59,16 @@ class Shutdown:
     stop_models: bool = False
 
 
-Command = StartModels | StopModels | RestartModels | Reread | Update | Reload | Shutdown
+Command = StartModels | StopModels | RestartModels | Unload | Reread | Update | Reload | Shutdown
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")   # the manifest's name pattern (manifest.schema)
-ACTIONS = ("start", "stop", "restart")
+ACTIONS = ("start", "stop", "restart", "unload")
 
 
-def command_for(verb: str, names: tuple[str, ...], *, wait: bool = True) -> StartModels | StopModels | RestartModels:
-    """The command a start, stop or restart asks the loop for: the control socket's POSTs and the web
-    console's buttons both build theirs here (one path for actions). ValueError for another verb."""
+def command_for(verb: str, names: tuple[str, ...], *,
+                wait: bool = True) -> StartModels | StopModels | RestartModels | Unload:
+    """The command a start, stop, restart or unload asks the loop for: the control socket's POSTs and the
+    web console's buttons both build theirs here (one path for actions). ValueError for another verb."""
     match verb:
         case "start":
             return StartModels(names, wait=wait)
@@ -67,6 +76,8 @@ def command_for(verb: str, names: tuple[str, ...], *, wait: bool = True) -> Star
             return StopModels(names)
         case "restart":
             return RestartModels(names, wait=wait)
+        case "unload":
+            return Unload(names)
     raise ValueError(f"{verb!r} is not an action (one of: {', '.join(ACTIONS)})")
 
 

@@ -31,6 +31,10 @@ class ModelStatus:
     kv_note: str = ""                    # whether its KV cache is kept across stops, and why not
     swaps: int = 0                       # on-demand starts that waited for other models to make room
     swap_wait_s: float | None = None     # how long the oldest request waited at the last of them
+    failures: int = 0                    # consecutive failed starts (FATAL at max_failures)
+    max_failures: int = 0                # the manifest's restart.max_failures
+    retry_in_s: float | None = None      # BACKOFF: seconds until the next try
+    verified: str = ""                   # what this daemon checked before creating the container ('' if none)
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)

@@ -1,4 +1,4 @@
-"""Control commands (start, stop, restart, reread, update, reload, shutdown): `Commands` runs them and
+"""Control commands (start, stop, restart, unload, reread, update, reload, shutdown): `Commands` runs them and
 answers their waiters when the models get there."""
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from supervisor.core.commands import (
     Shutdown,
     StartModels,
     StopModels,
+    Unload,
     Update,
 )
+from supervisor.core.demand import Demand
 from supervisor.core.lifecycle import State, Transition
 from supervisor.core.planner import Diff
 from supervisor.daemon.state import Slot, Waiter
@@ -47,9 +49,12 @@ class Commands:
         now: float,
         reload: Callable[[bool, str], tuple[Diff | None, list[str]]],
         shutdown: Callable[[bool], None],
+        demand: Demand | None = None,
     ) -> list[Transition]:
         """Run `cmd`; returns the lifecycles' transitions, in the order they happened. `reload(apply,
-        origin)` reads the manifests (the diff, or None and the problems); `shutdown(stop_models)`."""
+        origin)` reads the manifests (the diff, or None and the problems); `shutdown(stop_models)`;
+        `demand`: the gateway's requests (an on-demand model started here counts as used now, as the
+        scheduler's starts do, so its idle TTL runs from now; an unload drains it first)."""
         out: list[Transition] = []
 
         def did(t: Transition | None) -> None:
@@ -63,6 +68,9 @@ class Commands:
                 known, unknown = _names(names, slots)
                 for n in known:
                     lc = slots[n].lc
+                    if demand is not None and slots[n].desired.serving.on_demand:
+                        demand.undrain(n)
+                        demand.touch(n)
                     if isinstance(cmd, RestartModels) and lc.live:
                         did(lc.stop_requested(now, disable=False, reason="restart requested"))
                     else:
@@ -77,6 +85,13 @@ class Commands:
                 for n in known:
                     did(slots[n].lc.stop_requested(now))
                 self._waiters.append(Waiter("stop", known, fut, now + self._timeout_s, unknown))
+            case Unload(names=names):
+                known, unknown = _names(names, slots)
+                if "all" in names:
+                    known = tuple(n for n in known if slots[n].desired.serving.on_demand)
+                drain = demand.try_drain if demand is not None else (lambda _name: True)
+                stopping, refused = _unload(known, slots, now, drain, did)
+                self._waiters.append(Waiter("stop", stopping, fut, now + self._timeout_s, unknown, answered=refused))
             case Reread():
                 fut.set_result(_diff_result(*reload(False, "reread")))
             case Update():
@@ -94,7 +109,7 @@ class Commands:
         """Answer the waiters whose models got there, or whose time ran out."""
         keep: list[Waiter] = []
         for w in self._waiters:
-            results: list[ModelResult] = []
+            results: list[ModelResult] = list(w.answered)
             pending = False
             for n in w.names:
                 slot = slots.get(n)
@@ -133,6 +148,28 @@ class Commands:
         for w in self._waiters:
             w.future.set_result(CommandResult(ok=False, error=error))
         self._waiters.clear()
+
+
+def _unload(names: tuple[str, ...], slots: Mapping[str, Slot], now: float, drain: Callable[[str], bool],
+            did: Callable[[Transition | None], None]) -> tuple[tuple[str, ...], tuple[ModelResult, ...]]:
+    """Stop each on-demand model as its idle TTL would (once nothing is in flight; it stays loadable):
+    (the names stopping, the results of those refused)."""
+    stopping: list[str] = []
+    refused: list[ModelResult] = []
+    for n in names:
+        slot = slots[n]
+        if not slot.desired.serving.on_demand:
+            refused.append(ModelResult(n, False, "not an on-demand model: unload is for lifecycle: on-demand"
+                                       f" (fix: 'llama-supervisorctl stop {n}')"))
+        elif not slot.lc.live:
+            refused.append(ModelResult(n, True, f"not loaded ({slot.lc.state.name})"))
+        elif not drain(n):
+            refused.append(ModelResult(n, False, "requests are in flight or waiting; not unloaded"
+                                       f" (fix: unload it when they are done, or 'llama-supervisorctl stop {n}')"))
+        else:
+            did(slot.lc.stop_requested(now, reason="unloaded by the operator"))
+            stopping.append(n)
+    return tuple(stopping), tuple(refused)
 
 
 def _names(names: tuple[str, ...], slots: Mapping[str, Slot]) -> tuple[tuple[str, ...], tuple[str, ...]]:

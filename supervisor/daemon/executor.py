@@ -34,6 +34,7 @@ class Executor:
         self.verifier = verifier
         self.stop_timeout_s = stop_timeout_s
         self.kv = kv          # KV caches kept across stops: saved before a graceful stop, prepared before a start
+        self.verified: dict[str, str] = {}     # container ID -> what was checked before it was created (status)
 
     def apply(self, action: Action, current: ObservedContainer | None) -> ObservedContainer | None:
         """Run one action; `current` is the cached container it acts on (if any).
@@ -63,6 +64,7 @@ class Executor:
                 log.info("recreate", model=d.name, old=old[:12], reason="config hash changed")
                 self._stop(old, current, reason="recreate: config changed", kill=False)
                 rt.remove(old)
+                self.verified.pop(old, None)
                 return self._create_and_start(d)
             case Start(model=m, container_id=cid, desired=d):
                 if d is not None:
@@ -91,6 +93,7 @@ class Executor:
                 if current is not None and current.status in ("running", "paused", "restarting"):
                     self._stop(cid, current, reason=why, kill=False)
                 rt.remove(cid)
+                self.verified.pop(cid, None)
                 return None
             case Drain() | Resume():
                 return current      # the loop's and the gateway's business: no runtime call
@@ -110,6 +113,7 @@ class Executor:
         if self.kv is not None:
             self.kv.started(d.name, cid)
         self._confirm(d, cid)
+        self.verified[cid] = _checked(d)
         return self.runtime.inspect(cid)
 
     def _confirm(self, d: DesiredModel, cid: str) -> None:
@@ -141,6 +145,13 @@ class Executor:
         log.info("stop", model=current.model if current else "", container=cid[:12], reason=reason,
                  timeout_s=round(timeout, 3))
         self.runtime.stop(cid, timeout_s=timeout)
+
+
+def _checked(d: DesiredModel) -> str:
+    kind, _, digest = d.spec.image_id.partition(":")
+    artefact = "binary" if kind.startswith("binary") else "image"
+    return (f"model file SHA-256 {d.spec.model_sha256[:12]} and {artefact} {digest[:12]} checked before this"
+            " container was created")
 
 
 def _with_status(c: ObservedContainer | None, status: str) -> ObservedContainer | None:

@@ -213,7 +213,7 @@ class Supervisor:
         now = self.clock()
         swaps = {n: (s.count, s.last_wait_s) for n, s in self.ondemand.swaps.items()}
         snap, table = publish(self.slots, self.cache, self.demand.usage, self.memory.sample(self.slots, now), now,
-                              **self._kv_report(), swaps=swaps)
+                              **self._kv_report(), swaps=swaps, verified=self.executor.verified)
         with self._snapshot_lock:
             changed = snap != self._snapshot
             self._snapshot = snap
@@ -256,7 +256,8 @@ class Supervisor:
                 self._reload(apply=True, origin=origin)
             case ControlRequest(command=cmd, future=fut):
                 for t in self.commands.handle(cmd, fut, slots=self.slots, now=self.clock(),
-                                              reload=self._reload_for_command, shutdown=self._shutdown_requested):
+                                              reload=self._reload_for_command, shutdown=self._shutdown_requested,
+                                              demand=self.demand):
                     self._log_transition(t)
             case EnsureRunning():
                 self.ondemand.request(ev, known=ev.model in self.slots, stopping=self.stopping, now=self.clock())

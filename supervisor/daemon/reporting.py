@@ -26,13 +26,15 @@ def publish(
     kv: Mapping[str, tuple[int, int]] | None = None,
     kv_off: str = "off: this daemon keeps no KV cache",
     swaps: Mapping[str, tuple[int, float | None]] | None = None,
+    verified: Mapping[str, str] | None = None,
 ) -> tuple[tuple[ModelStatus, ...], dict[str, Route]]:
     """The status snapshot and the route table (every name and alias -> route) for `slots` at `now`.
 
     `cache` is what the engine last showed (container ID -> container), `usage` the gateway's request
     counts per model, `memory` the bytes each model's container uses (MemorySampler.sample), `kv` the
     tokens and bytes of KV cache each model keeps on disk (None: the daemon keeps none, `kv_off` says why),
-    `swaps` each model's swaps so far and the last one's wait.
+    `swaps` each model's swaps so far and the last one's wait, `verified` what was checked before each
+    container was created (container ID -> text; Executor.verified).
     """
     statuses, routes = [], []
     for name, slot in sorted(slots.items()):
@@ -57,6 +59,9 @@ def publish(
             inflight=u.inflight, waiting=u.waiting,
             kv_tokens=kv_tokens, kv_bytes=kv_bytes, kv_note=kv_note,
             swaps=(swaps or {}).get(name, (0, None))[0], swap_wait_s=(swaps or {}).get(name, (0, None))[1],
+            failures=lc.consecutive_failures, max_failures=slot.desired.restart.max_failures,
+            retry_in_s=max(0.0, lc.backoff_until - now) if lc.state is State.BACKOFF and lc.backoff_until else None,
+            verified=_verified(slot.container_id, verified),
         ))
         routes.append(Route(
             name=name, state=lc.state, host=host, port=port if lc.live else None,
@@ -65,6 +70,13 @@ def publish(
             max_queue=serving.max_queue,
         ))
     return tuple(statuses), route_table(tuple(routes))
+
+
+def _verified(container_id: str | None, verified: Mapping[str, str] | None) -> str:
+    if container_id is None or verified is None:
+        return ""
+    return verified.get(container_id, "not checked by this daemon: the container was adopted, its checks were"
+                                      " made when it was created")
 
 
 def _kv_fields(slot: Slot, kv: Mapping[str, tuple[int, int]] | None, off: str) -> tuple[int | None, int | None, str]:

@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from supervisor.control.api import CommandResult
+from supervisor.control.api import CommandResult, ModelResult
 from supervisor.core.lifecycle import Lifecycle
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import DesiredModel
@@ -49,6 +49,7 @@ class Waiter:
     deadline: float
     unknown: tuple[str, ...] = ()
     attempted: set[str] = field(default_factory=set)
+    answered: tuple[ModelResult, ...] = ()  # results known when the command ran (an unload refused)
 
 
 def endpoint(slot: Slot, cache: Mapping[str, ObservedContainer]) -> tuple[str, int | None]:

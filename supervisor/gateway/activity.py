@@ -47,6 +47,9 @@ class RecordActivity:
             nonlocal status, tail, ended, first
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                if any(k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                       for k, v in message.get("headers", [])):
+                    self.activity.update(rid, streamed=True)
             elif message["type"] == "http.response.body":
                 body = message.get("body", b"")
                 if body and first is None:

@@ -45,9 +45,12 @@ def browser() -> Iterator[Any]:
 
 
 def until(driver: Any, timeout: float, what: str, pred: Any) -> Any:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: pred(d), message=f"waiting for {what}")
+    # a card is replaced when its buttons change (Stop -> Start): an element found a moment ago may be gone
+    return WebDriverWait(driver, timeout, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,)) \
+        .until(lambda d: pred(d), message=f"waiting for {what}")
 
 
 def card_state(driver: Any, model: str) -> str | None:

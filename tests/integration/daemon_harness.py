@@ -33,12 +33,17 @@ def free_port() -> int:
 
 def model_yaml(name: str, port: int | None, model_path: Path, sha256: str, *, ctx: int = 512,
                fast_probes: bool = True, memory: str = "1g", api_key_file: Path | None = None,
-               restart: str = "", serving: str = "", parallel: int = 1) -> str:
+               restart: str = "", serving: str = "", parallel: int = 1,
+               start_timeout: float | None = None) -> str:
     """A light model manifest. fast_probes: probe every 1 s (tests); False keeps the daemon's defaults
     (benchmarks of idle cost measure what an operator gets). restart: a whole `restart:` section.
     port None: the engine picks one (reached through the gateway). serving: top-level gateway keys
-    (aliases, lifecycle, idle_ttl, max_queue) as YAML lines."""
-    health = "health:\n  interval: 1\n  timeout: 1\n  failures: 2\n" if fast_probes else ""
+    (aliases, lifecycle, idle_ttl, max_queue) as YAML lines. start_timeout: health.start_timeout in seconds
+    (None: the daemon scales it from the file size, ~13 s for the demo model, which a loaded host can miss)."""
+    health = "  interval: 1\n  timeout: 1\n  failures: 2\n" if fast_probes else ""
+    if start_timeout is not None:
+        health += f"  start_timeout: {start_timeout:g}\n"
+    health = f"health:\n{health}" if health else ""
     key = f"  api_key_file: {api_key_file}\n" if api_key_file else ""
     port_line = f"  port: {port}\n" if port is not None else ""
     return f"""\

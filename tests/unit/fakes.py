@@ -17,6 +17,7 @@ from supervisor.control.api import (
     Shutdown,
     StartModels,
     StopModels,
+    Unload,
     Update,
 )
 from supervisor.core.observed import ObservedContainer
@@ -198,8 +199,8 @@ class FakeController:
 
     def _execute(self, command: Command) -> CommandResult:
         match command:
-            case StartModels(names=names) | RestartModels(names=names) | StopModels(names=names):
-                verb = "stopped" if isinstance(command, StopModels) else "started"
+            case StartModels(names=names) | RestartModels(names=names) | StopModels(names=names) | Unload(names=names):
+                verb = "stopped" if isinstance(command, StopModels | Unload) else "started"
                 targets = tuple(self.models) if names == ("all",) else names
                 unknown = tuple(n for n in targets if n not in self.models)
                 results = tuple(

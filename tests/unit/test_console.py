@@ -19,7 +19,7 @@ from supervisor.console.auth import COOKIE, Authority, write_token
 from supervisor.console.events import EventLog
 from supervisor.console.markup import el
 from supervisor.core.activity import Activity, Request, tokens_from_tail
-from supervisor.core.commands import Command, CommandResult, ModelResult, StartModels, StopModels
+from supervisor.core.commands import Command, CommandResult, ModelResult, StartModels, StopModels, Unload
 from supervisor.core.status import ModelStatus
 from supervisor.gateway.app import GatewaySettings, create_app
 from supervisor.gateway.proxy import Upstream
@@ -46,8 +46,10 @@ class FakeDaemon:
         self.commands: list[Command] = []
         self.log_chunks: list[bytes] = []
         self._log_read = 0
+        self.looked = 0                  # how many times the statuses were asked for
 
     def status(self, names: tuple[str, ...] = ()) -> list[ModelStatus]:
+        self.looked += 1
         return [m for m in self.models if not names or m.name in names]
 
     def submit(self, command: Command) -> Future[CommandResult]:
@@ -81,9 +83,13 @@ def test_the_ring_keeps_the_last_n_finished_and_caps_those_in_flight() -> None:
 
 
 def test_tokens_per_second_counts_generation_time_only() -> None:
-    r = Request(1, 0.0, "m", "/v1/x", status=200, ttft_s=0.5, tokens=30, duration_s=2.0)
+    r = Request(1, 0.0, "m", "/v1/x", status=200, ttft_s=0.5, tokens=30, duration_s=2.0, streamed=True)
     assert r.tokens_per_s == pytest.approx(20.0)
-    assert Request(1, 0.0, "m", "/v1/x", tokens=3, duration_s=0.5, ttft_s=0.5).tokens_per_s is None
+    assert Request(1, 0.0, "m", "/v1/x", tokens=3, duration_s=0.5, ttft_s=0.5, streamed=True).tokens_per_s is None
+    # an answer in one piece: its first byte is its end (seen live: 8 tokens "at 12865.5 tokens/s")
+    whole = Request(1, 0.0, "m", "/v1/x", status=200, ttft_s=1.0399, tokens=8, duration_s=1.04)
+    assert whole.tokens_per_s == pytest.approx(8 / 1.04)
+    assert views.request_row(whole, 0.0)[4] == "—", "no time to first token apart from the end"
 
 
 def test_the_token_count_is_the_last_one_an_answer_gives() -> None:
@@ -113,6 +119,24 @@ def test_the_gateway_records_model_status_queue_wait_and_tokens() -> None:
     assert inflight == ()
     assert [(r.model, r.status, r.tokens) for r in done] == [("", 404, None), ("m", 200, 9)]
     assert done[1].queue_wait_s is not None and done[1].ttft_s is not None and not done[1].client_gone
+    assert not done[1].streamed
+
+
+def test_the_gateway_marks_a_streamed_answer() -> None:
+    activity = Activity()
+    sse = b'data: {"choices":[{"text":"hi"}]}\n\ndata: {"usage":{"completion_tokens":4}}\n\ndata: [DONE]\n\n'
+    up = Upstream(transport=httpx.MockTransport(lambda r: httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=httpx.ByteStream(sse))))
+    app = create_app(FakeBackend(RUNNING), GatewaySettings(), upstream=up, activity=activity)
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=HOST) as c:
+            r = await c.post("/v1/completions", json={"model": "m-alias", "prompt": "x", "stream": True})
+            assert r.status_code == 200
+
+    asyncio.run(go())
+    (done,) = activity.snapshot()[1]
+    assert done.streamed and done.tokens == 4
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -138,9 +162,74 @@ def test_the_models_page_shows_what_the_issue_lists_with_named_buttons() -> None
                  "using 300.0 MiB", "30s ago", "4m 30s", "1 / 2", "<meter", 'aria-label="Stop gemma"',
                  'aria-label="Restart gemma"'):
         assert text in html, text
-    assert 'aria-label="Start gemma"' not in html and views.HOW_TO_LOGIN if hasattr(views, "HOW_TO_LOGIN") else True
+    assert 'aria-label="Start gemma"' not in html
     assert pages.HOW_TO_LOGIN not in html                       # an admin sees no read-only banner
     assert pages.HOW_TO_LOGIN in pages.models_page(view, csrf="", admin=False)
+
+
+def test_the_cards_show_verification_kv_cache_failures_backoff_and_unload_for_on_demand_models() -> None:
+    checked = "model file SHA-256 a5fd3b62230a and image f56efabe075d checked before this container was created"
+    lazy = status("lazy", lifecycle="on-demand", verified=checked, kv_tokens=1234, kv_bytes=5 << 20,
+                  kv_note="on (on-demand)")
+    failing = status("failing", "BACKOFF", failures=2, max_failures=5, retry_in_s=3.42, kv_note="off: always model")
+    steady = status("steady")
+    html = pages.models_page(views.models_view([lazy, failing, steady], views.Budgets(4 << 30, None), {}, "docker"),
+                             csrf="c", admin=True)
+    for text in (checked, "1234 tokens, 5.0 MiB on disk", "off: always model", "2 of 5 failed starts before FATAL",
+                 "retry in 3.4s", 'aria-label="Unload lazy"'):
+        assert text in html, text
+    assert 'aria-label="Unload steady"' not in html and 'aria-label="Unload failing"' not in html
+    assert "Unload" not in json.dumps(views.models_view([status("lazy", "STOPPED", lifecycle="on-demand")],
+                                                         views.Budgets(None, None), {}, "docker")), \
+        "nothing to unload when it is not loaded"
+
+
+def test_unload_from_the_console_queues_the_unload_command() -> None:
+    daemon = FakeDaemon([status(lifecycle="on-demand")])
+
+    async def go() -> None:
+        c, _ = console_client(daemon)
+        async with c:
+            r = await c.post("/ui/api/models/gemma/unload", json={}, headers={"authorization": f"Bearer {ADMIN_KEY}"})
+            assert r.status_code == 200 and r.json()["ok"]
+    run(go())
+    assert daemon.commands == [Unload(("gemma",))]
+
+
+@pytest.mark.timeout(10)
+def test_after_an_action_a_change_is_seen_at_once_not_at_the_next_tick() -> None:
+    daemon = FakeDaemon([status()])
+    console = Console(daemon, Activity(), Authority(TOKEN, [ADMIN_KEY]), settings=ConsoleSettings(tick_s=60.0))
+    console.start()
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=console.app), base_url=HOST) as c:
+            r = await c.post("/api/models/gemma/stop", json={}, headers={"authorization": f"Bearer {ADMIN_KEY}"})
+            assert r.status_code == 200
+
+    try:
+        run(go())
+        deadline = time.monotonic() + 5
+        while daemon.looked == 0 and time.monotonic() < deadline:      # the action woke the watcher
+            time.sleep(0.01)
+        assert daemon.looked, "the action wakes the watcher (its tick is 60 s)"
+        daemon.models = [status(state="STOPPED", reason="stopped")]    # the loop stops it a moment later
+        while not console.events.recent() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [(e.model, e.text) for e in console.events.recent()][:1] == [("gemma", "RUNNING → STOPPED: stopped")]
+    finally:
+        console.close()
+
+
+def test_open_pages_share_one_encoded_event_for_the_same_view() -> None:
+    """Each stream holds the last chunk it sent while it waits: the same view is one bytes object, not one
+    per page (the console's RSS with 10 pages open, docs/BENCHMARKS.md)."""
+    console = Console(FakeDaemon([status()]), Activity(), Authority(TOKEN))
+    text = console.models_json()
+    first = console._encoded("models", text)
+    assert first == b"event: models\ndata: " + text.encode() + b"\n\n"
+    assert console._encoded("models", "".join(list(text))) is first      # an equal text from another page
+    assert console._encoded("models", text + " ") is not first
 
 
 def test_the_daemon_events_are_read_off_successive_snapshots() -> None:

@@ -21,6 +21,7 @@ from supervisor.control.api import (
     Shutdown,
     StartModels,
     StopModels,
+    Unload,
     Update,
 )
 from supervisor.control.server import ControlServer
@@ -158,6 +159,11 @@ def test_start_all_and_unknown_name(daemon: FakeController, sock_dir: Path) -> N
 def test_stop(daemon: FakeController, sock_dir: Path) -> None:
     assert run(sock_dir, "stop", "qwen") == (0, "qwen: stopped\n", "")
     assert daemon.commands == [StopModels(("qwen",))]
+
+
+def test_unload(daemon: FakeController, sock_dir: Path) -> None:
+    assert run(sock_dir, "unload", "qwen") == (0, "qwen: stopped\n", "")
+    assert daemon.commands == [Unload(("qwen",))]
 
 
 def test_reread_update_reload(daemon: FakeController, sock_dir: Path) -> None:
