@@ -16,6 +16,7 @@ cannot compare). The full no-cache rebuild is `make reproduce`, not part of this
 from __future__ import annotations
 
 import os
+import statistics
 import time
 import uuid
 from collections.abc import Iterator
@@ -129,12 +130,14 @@ def test_the_daemon_serves_the_demo_model_from_the_arm64_image_under_emulation(
         raise
     loaded = time.monotonic() - started
     assert container(docker_client, name).attrs["Image"] == arm64.image_id
-    r = httpx.post(f"http://127.0.0.1:{port}/completion", timeout=300,
-                   json={"prompt": "The capital of France is", "n_predict": 16, "temperature": 0})
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["content"].strip() and body["tokens_predicted"] > 0
-    timings = body.get("timings", {})
-    print(f"\narm64 under qemu: healthy {loaded:.1f} s after the daemon started; "
-          f"prompt {timings.get('prompt_per_second', 0):.1f} tok/s, "
-          f"generation {timings.get('predicted_per_second', 0):.1f} tok/s; {body['content']!r}")
+    speeds: list[float] = []
+    for _ in range(3):
+        r = httpx.post(f"http://127.0.0.1:{port}/completion", timeout=300,
+                       json={"prompt": "The capital of France is", "n_predict": 16, "temperature": 0,
+                             "cache_prompt": False})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["content"].strip() and body["tokens_predicted"] > 0
+        speeds.append(float(body["timings"]["predicted_per_second"]))
+    print(f"\narm64 under qemu: healthy {loaded:.1f} s after the daemon started; generation "
+          f"{statistics.median(speeds):.1f} tok/s (median of 3 x 16 tokens, 1 thread); {body['content']!r}")
