@@ -21,6 +21,7 @@ from enum import Enum
 from pathlib import Path
 
 import docker
+import docker.errors
 
 from supervisor import paths
 from supervisor.artifacts import images
@@ -40,12 +41,14 @@ DIFFOSCOPE_LINES = 40
 @dataclass(frozen=True)
 class Rebuilt:
     """A rebuild compared with the lock: what differs (empty: reproduced), and a hint at the step when the
-    binary differs. same_image: the image ID too is the locked one."""
+    binary differs. same_image: the image ID too is the locked one; same_layers: the image's file system
+    layers are (their diff IDs; the ID can still differ by the config's creation times)."""
 
     record: ImageRecord
     differences: tuple[str, ...]
     hint: str
     same_image: bool
+    same_layers: bool
 
 
 def rebuild_tag(variant: str) -> str:
@@ -75,9 +78,18 @@ def rebuild(client: docker.DockerClient, lock: ImageLock, variant: str, source: 
                 hint += "\n" + diffoscope_report(client, locked, record, Path(tmp), found)
             else:
                 hint += "\n(install diffoscope to see which parts of the two binaries differ)"
+    same_layers = layers(client, record.image_id) == layers(client, locked.image_id)
     if not keep:
         _untag(client, tag)
-    return Rebuilt(record, tuple(diffs), hint, record.image_id == locked.image_id)
+    return Rebuilt(record, tuple(diffs), hint, record.image_id == locked.image_id, same_layers)
+
+
+def layers(client: docker.DockerClient, image_id: str) -> tuple[str, ...]:
+    """The diff IDs of an image's layers (() when the image is gone)."""
+    try:
+        return tuple(client.images.get(image_id).attrs.get("RootFS", {}).get("Layers") or ())
+    except docker.errors.ImageNotFound:
+        return ()
 
 
 def differences(locked: ImageRecord, rebuilt: ImageRecord) -> list[str]:

@@ -178,8 +178,9 @@ def _verify_rebuild(lock: ImageLock, lock_path: Path, names: list[str], *, sourc
         result = rebuild.rebuild(client, lock, name, src, progress=(lambda _: None) if quiet else _say)
         took = f"{time.monotonic() - started:.0f}s"
         same_image = "the same image ID too" if result.same_image else (
-            f"image ID {result.record.image_id[:19]}, the lock's {lock.images[name].image_id[:19]} "
-            "(the classic builder stamps creation times into the image config)")
+            f"image ID {result.record.image_id[:19]}, the lock's {lock.images[name].image_id[:19]}, "
+            + ("the same layers: only the config's creation times differ" if result.same_layers
+               else "other layers"))
         if result.differences:
             failed += 1
             output.echo(f"{name}: NOT REPRODUCED (rebuilt in {took})")
