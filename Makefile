@@ -12,7 +12,7 @@ export LLAMA_SUPERVISOR_CACHE_DIR ?= $(STATE)/cache
 # asks it where this state is (verify, hardware, fetch-model, ...: cli/where.py).
 export LLAMA_SUPERVISOR_MANIFESTS ?= $(CURDIR)/manifests
 
-.PHONY: venv base-images image image-cuda model setup tools run lint test unit mutate bench soak screenshots clean
+.PHONY: venv base-images image image-cuda model setup tools run lint test unit mutate bench soak screenshots reproduce clean
 
 $(BIN)/llama-supervisorctl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,13 @@ mutate: venv
 	$(BIN)/pip install -q -e '.[test,mutate]'
 	$(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(foreach m,$(MUTANTS),'$(m)')
 	$(BIN)/python scripts/mutation-score
+
+# A full no-cache rebuild of one variant compared with the lock (README "Reproducible"): exit 0 when the
+# binary is reproduced, 3 naming what differs. A full build, so not part of `make test`.
+REPRODUCE ?= arm64
+reproduce: venv base-images
+	$(BIN)/llama-supervisorctl build $(REPRODUCE)
+	$(BIN)/llama-supervisorctl verify --rebuild $(REPRODUCE)
 
 bench: setup
 	$(BIN)/python -m bench.run --out docs/BENCHMARKS.md $(BENCH_ARGS)

@@ -1,7 +1,16 @@
 """Host detection (cores, RAM, CPU flags, NVIDIA GPUs) and the image variant it calls for.
 
 `parse_cpuinfo` and `best_variant` are pure; `detect` is the only function that
-reads the host (/proc/cpuinfo, psutil, and pynvml when it is installed).
+reads the host (/proc/cpuinfo, psutil, the binfmt_misc entries of qemu-user-static,
+and pynvml when it is installed).
+
+arm64 levels: the arm64 image is built for armv8-a (`-march=armv8-a`), which
+enables NEON (Advanced SIMD is part of every AArch64 CPU) and neither dotprod
+(SDOT/UDOT, armv8.2-a+dotprod, mandatory from armv8.4-a) nor i8mm (SMMLA,
+armv8.6-a) nor SVE: it runs on any 64-bit ARM CPU. `llama-supervisorctl build
+arm64 --cpu armv8.2-a+dotprod` adds dotprod, `--cpu armv8.6-a` adds dotprod and
+i8mm (llama.cpp's Q4_0/Q8_0 kernels use them); such a binary stops with SIGILL
+on a CPU without them, which `arm64_levels` of its /proc/cpuinfo tells.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ class HostInfo:
     arch: str                        # normalized: x86_64 | aarch64 | what platform.machine() says
     cpu_flags: frozenset[str]
     gpus: tuple[GpuInfo, ...] = ()
+    emulates: frozenset[str] = frozenset()   # other architectures the kernel runs through qemu-user (binfmt_misc)
 
 
 def normalize_arch(machine: str) -> str:
@@ -59,6 +69,14 @@ def parse_cpuinfo(text: str) -> frozenset[str]:
     return frozenset(f.lower() for f in flags)
 
 
+ARM64_LEVELS = {"neon": "asimd", "dotprod": "asimddp", "i8mm": "i8mm"}   # level -> its /proc/cpuinfo Features word
+
+
+def arm64_levels(host: HostInfo) -> dict[str, bool]:
+    """Which of NEON, dotprod and i8mm this arm64 host's CPU has (all False elsewhere)."""
+    return {level: host.arch == "aarch64" and word in host.cpu_flags for level, word in ARM64_LEVELS.items()}
+
+
 def best_cpu_variant(host: HostInfo) -> str:
     """The fastest CPU-only image variant this host can run."""
     if host.arch == "aarch64":
@@ -78,7 +96,8 @@ def best_variant(host: HostInfo) -> str:
 
 
 def runnable_variants(host: HostInfo) -> frozenset[str]:
-    """Every variant whose instructions this host has (cuda needs a detected GPU)."""
+    """Every variant whose instructions this host has (cuda needs a detected GPU); arm64 also on a host
+    that runs aarch64 binaries under emulation (never picked by best_variant: a profile names it)."""
     if host.arch == "aarch64":
         out = {"arm64"}
     else:
@@ -87,6 +106,8 @@ def runnable_variants(host: HostInfo) -> frozenset[str]:
             out.add("cpu-avx2")
         if AVX512 <= host.cpu_flags:
             out.add("cpu-avx512")
+        if "aarch64" in host.emulates:
+            out.add("arm64")
     if host.gpus:
         out.add("cuda")
     return frozenset(out)
@@ -98,7 +119,10 @@ def missing_for(variant: str, host: HostInfo) -> str:
         return ""
     if variant == "cuda":
         return "no NVIDIA GPU was detected (install nvidia-ml-py if there is one)"
-    if variant == "arm64" or host.arch == "aarch64":
+    if variant == "arm64":
+        return (f"the host is {host.arch} and does not run aarch64 binaries under emulation"
+                " (install qemu-user-static and binfmt-support: make base-images)")
+    if host.arch == "aarch64":
         return f"the host is {host.arch}"
     need = AVX512 if variant == "cpu-avx512" else AVX2
     return "the CPU lacks " + ", ".join(sorted(need - host.cpu_flags))
@@ -138,7 +162,28 @@ def detect() -> HostInfo:
         arch=normalize_arch(platform.machine()),
         cpu_flags=parse_cpuinfo(cpuinfo),
         gpus=_nvidia_gpus(),
+        emulates=emulated_arches(),
     )
+
+
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+QEMU_ARCHES = ("aarch64",)          # the architectures an image variant is built for, besides x86_64
+
+
+def emulated_arches(binfmt: Path = BINFMT) -> frozenset[str]:
+    """The architectures whose binaries the kernel hands to qemu-user: an enabled binfmt_misc entry with the
+    F flag (the interpreter is opened when registered, so it also works inside a container's root)."""
+    out: set[str] = set()
+    for arch in QEMU_ARCHES:
+        try:
+            text = (binfmt / f"qemu-{arch}").read_text()
+        except OSError:
+            continue
+        lines = text.splitlines()
+        flags = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("flags:")), "")
+        if lines and lines[0].strip() == "enabled" and "F" in flags:
+            out.add(arch)
+    return frozenset(out)
 
 
 def _nvidia_gpus() -> tuple[GpuInfo, ...]:

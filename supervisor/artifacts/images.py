@@ -43,14 +43,35 @@ from supervisor.artifacts.source import SourceTarball
 Progress = Callable[[str], None]
 
 BINARY = "/usr/local/bin/llama-server"
+TOOLCHAIN = "/usr/local/share/llama-server/toolchain.txt"   # the builder's package versions (images/Dockerfile)
 LOCAL_BUILDER = "llama-supervisor/builder:bookworm"   # made by scripts/make-base-images
 LOCAL_CUDA_BUILDER = "llama-supervisor/cuda-builder:bookworm"   # made by scripts/make-base-images cuda
 CUDA_OFFLINE_HINT = ("without a registry the CUDA builder base comes from Debian's nvidia-cuda-toolkit: "
                      "run 'make image-cuda' (or 'sudo scripts/make-base-images cuda', then build again)")
+LOCAL_CROSS_BUILDER = {"arm64": "llama-supervisor/builder:bookworm-cross-arm64"}   # the same, for x86-64 hosts
+REGISTRY_BUILDER = "debian:bookworm-slim"             # images/Dockerfile's default BUILDER
+DEFAULT_ARM_ARCH = "armv8-a"                           # -march of the arm64 build: NEON only
+ARM_ARCH = re.compile(r"^armv[0-9]+(\.[0-9]+)?-a(\+[a-z0-9]+)*$")
 
 CPU_VARIANTS = ("cpu-generic", "cpu-avx2", "cpu-avx512", "arm64")
 VARIANTS = (*CPU_VARIANTS, "cuda")
 ARCH = {"arm64": "arm64"}  # everything else is amd64
+MACHINE = {"amd64": ("x86_64", "amd64"), "arm64": ("aarch64", "arm64")}   # uname -m spellings per docker arch
+
+
+def host_arch() -> str:
+    """This host's architecture as docker names it (amd64, arm64, ...)."""
+    machine = os.uname().machine
+    return next((arch for arch, names in MACHINE.items() if machine in names), machine)
+
+
+def is_cross(variant: str) -> bool:
+    """Whether `variant` is built for another architecture than this host's (cross-compiled, run under emulation)."""
+    return ARCH.get(variant, "amd64") != host_arch()
+
+
+def platform_of(variant: str) -> str:
+    return f"linux/{ARCH.get(variant, 'amd64')}"
 
 
 def tag_for(variant: str) -> str:
@@ -94,47 +115,42 @@ def build(
     builder: str | None = None,
     no_cache: bool = False,
     cuda_arch: str | None = None,
+    arm_arch: str | None = None,
+    tag: str | None = None,
+    context: Path | None = None,
 ) -> ImageRecord:
     """Build one variant from a verified tarball and return its lock record.
 
-    no_cache rebuilds every layer (to time a cold build); normally the layer
-    cache makes an unchanged rebuild take about a second. cuda_arch is
-    CMAKE_CUDA_ARCHITECTURES for the cuda variant (required for it).
+    no_cache rebuilds every layer (to time a cold build, or `verify --rebuild`);
+    normally the layer cache makes an unchanged rebuild take about a second.
+    cuda_arch is CMAKE_CUDA_ARCHITECTURES for the cuda variant (required for it);
+    arm_arch is the arm64 build's -march (default armv8-a). tag (default: the
+    variant's) and context (default: one per source under the state dir) let a
+    rebuild leave the locked image and its context alone. LLAMA_SUPERVISOR_BUILD_CPUSET
+    (e.g. "1") pins the build's containers to those CPUs.
     """
     dockerfile = dockerfile_for(variant)
-    context = _context_dir(source)
-    buildargs = {
-        "VARIANT": variant,
-        "SOURCE_SHA256": source.sha256,
-        "LLAMA_BUILD_NUMBER": str(source.build_number),
-        "LLAMA_BUILD_COMMIT": source.commit,
-    }
-    local = LOCAL_CUDA_BUILDER if variant == "cuda" else LOCAL_BUILDER
-    builder = builder or (local if _has_image(client, local) else None)
-    if builder:
-        buildargs["BUILDER"] = builder
-    hint = ""
-    if variant == "cuda":
-        if not cuda_arch:
-            raise BuildError("a cuda image needs CMAKE_CUDA_ARCHITECTURES: pass --cuda-arch (one architecture, "
-                             "e.g. 90 for an H100), or build on a host where nvidia-ml-py sees the GPU")
-        buildargs["CUDA_ARCHITECTURES"] = cuda_arch
-        hint = "" if builder else f"; {CUDA_OFFLINE_HINT}"
+    tag = tag or tag_for(variant)
+    context = _context_dir(source, context)
+    buildargs = build_args(client, variant, source, builder=builder, arm_arch=arm_arch, cuda_arch=cuda_arch)
+    hint = f"; {CUDA_OFFLINE_HINT}" if variant == "cuda" and "BUILDER" not in buildargs else ""
     shutil.copyfile(dockerfile, context / "Dockerfile")
     shutil.copyfile(dockerfile.parent / "healthcheck.c", context / "healthcheck.c")
-    progress(f"build {tag_for(variant)} from {source.origin} (SHA-256 {source.sha256[:12]}...)")
+    how = f"cross-compiled for {platform_of(variant)}, " if is_cross(variant) else ""
+    progress(f"build {tag} from {source.origin} (SHA-256 {source.sha256[:12]}...), {how}"
+             f"builder {buildargs.get('BUILDER', REGISTRY_BUILDER if variant != 'cuda' else 'the CUDA devel image')}")
+    limits = {"cpusetcpus": cpuset} if (cpuset := os.environ.get("LLAMA_SUPERVISOR_BUILD_CPUSET")) else None
     tail: list[str] = []
-    with engine_errors("build", tag_for(variant)):      # the engine went away mid-build
+    with engine_errors("build", tag):      # the engine went away mid-build
         try:
             stream = client.api.build(
-                path=str(context), dockerfile="Dockerfile", tag=tag_for(variant),
-                buildargs=buildargs, decode=True, rm=True, forcerm=True, nocache=no_cache,
-                platform=f"linux/{ARCH.get(variant, 'amd64')}" if variant == "arm64" else None,
+                path=str(context), dockerfile="Dockerfile", tag=tag, buildargs=buildargs, decode=True,
+                rm=True, forcerm=True, nocache=no_cache, container_limits=limits,
             )
             for chunk in stream:
                 if "error" in chunk:
                     raise BuildError(
-                        f"building {tag_for(variant)} failed: {chunk['error'].strip()}{hint}\n"
+                        f"building {tag} failed: {chunk['error'].strip()}{hint}\n"
                         + "\n".join(tail[-20:])
                     )
                 text = (chunk.get("stream") or chunk.get("status") or "").rstrip()
@@ -142,18 +158,73 @@ def build(
                     tail = (tail + [line])[-40:]
                     progress(line)
         except docker.errors.APIError as e:
-            raise BuildError(f"building {tag_for(variant)} failed: {e}{hint}") from e
+            raise BuildError(f"building {tag} failed: {e}{hint}") from e
     try:
-        return derive(client, tag_for(variant), built_at=_now())
+        record = derive(client, tag, built_at=_now())
     except ImageMismatch as e:
         raise BuildError(
-            f"built {tag_for(variant)}, but {e}; the lock is left as it was: fix images/Dockerfile and build again"
+            f"built {tag}, but {e}; the lock is left as it was: fix images/Dockerfile and build again"
         ) from e
+    return replace(record, builder=buildargs.get("BUILDER", ""),
+                   builder_id=_image_id(client, buildargs.get("BUILDER", "")),
+                   arm_arch=(arm_arch or DEFAULT_ARM_ARCH) if variant == "arm64" else "")
 
 
-def _context_dir(source: SourceTarball) -> Path:
+def build_args(client: docker.DockerClient, variant: str, source: SourceTarball, *,
+               builder: str | None = None, arm_arch: str | None = None,
+               cuda_arch: str | None = None) -> dict[str, str]:
+    """The Dockerfile's build-args for `variant`: the local builder base when there is one (the offline
+    CUDA base for cuda), the empty arm64 base for a cross build, ARM_ARCH for arm64 and
+    CUDA_ARCHITECTURES for cuda."""
+    buildargs = {
+        "VARIANT": variant,
+        "SOURCE_SHA256": source.sha256,
+        "LLAMA_BUILD_NUMBER": str(source.build_number),
+        "LLAMA_BUILD_COMMIT": source.commit,
+    }
+    if arm_arch is not None and variant != "arm64":
+        raise BuildError(f"--cpu {arm_arch} is for the arm64 variant (it sets its -march), not {variant}")
+    if variant == "cuda":
+        if not cuda_arch:
+            raise BuildError("a cuda image needs CMAKE_CUDA_ARCHITECTURES: pass --cuda-arch (one architecture, "
+                             "e.g. 90 for an H100), or build on a host where nvidia-ml-py sees the GPU")
+        builder = builder or (LOCAL_CUDA_BUILDER if _has_image(client, LOCAL_CUDA_BUILDER) else None)
+        if builder:
+            buildargs["BUILDER"] = builder
+        buildargs["CUDA_ARCHITECTURES"] = cuda_arch
+        return buildargs
+    local = LOCAL_CROSS_BUILDER.get(variant, LOCAL_BUILDER) if is_cross(variant) else LOCAL_BUILDER
+    builder = builder or (local if _has_image(client, local) else None)
+    if builder:
+        buildargs["BUILDER"] = builder
+    if is_cross(variant):
+        from supervisor.artifacts import platform_base
+
+        buildargs["RUNTIME_BASE"] = platform_base.ensure(client, platform_of(variant))
+    if variant == "arm64":
+        arch = arm_arch or DEFAULT_ARM_ARCH
+        if not ARM_ARCH.fullmatch(arch):
+            raise BuildError(f"--cpu {arch!r} is not an -march value: use e.g. armv8-a (NEON), "
+                             "armv8.2-a+dotprod, or armv8.6-a (NEON, dotprod and i8mm)")
+        if arch != DEFAULT_ARM_ARCH:      # the default is the Dockerfile's own: its layer cache stays valid
+            buildargs["ARM_ARCH"] = arch
+    return buildargs
+
+
+def _image_id(client: docker.DockerClient, ref: str) -> str:
+    """The ID of a local image ('' when `ref` is empty or absent: a registry builder pulled by the build)."""
+    if not ref:
+        return ""
+    with engine_errors("inspect image", ref, hint=ENGINE_HINT):
+        try:
+            return str(client.images.get(ref).id)
+        except docker.errors.ImageNotFound:
+            return ""
+
+
+def _context_dir(source: SourceTarball, context: Path | None = None) -> Path:
     """A context that holds source.tar.gz (hard-linked when possible); build adds the Dockerfile and healthcheck.c."""
-    context = paths.state_dir() / "build-context" / source.sha256
+    context = context or paths.state_dir() / "build-context" / source.sha256
     context.mkdir(parents=True, exist_ok=True)
     target = context / "source.tar.gz"
     if not target.exists():
@@ -228,7 +299,8 @@ def parse_help(help_text: str) -> tuple[frozenset[str], frozenset[str]]:
     return parse_help_flags(help_text), parse_help_warnings(help_text)
 
 
-PROBED = ("binary_sha256", "version", "flags", "warned_flags")     # the fields read through a container
+PROBED = ("binary_sha256", "version", "compiler", "flags", "warned_flags", "toolchain")
+OPTIONAL = ("compiler", "toolchain")     # compared only when the lock records them     # the fields read through a container
 
 
 @dataclass(frozen=True)
@@ -291,8 +363,9 @@ def derive_all(client: docker.DockerClient, ref: str, *, built_at: str = "",
     image_id = record.image_id
     readers: dict[tuple[str, ...], Callable[[], tuple[object, ...]]] = {   # fields -> their values
         ("binary_sha256",): lambda: (probe.file_sha256(image_id, BINARY),),
-        ("version",): lambda: (version_line(_output(probe, image_id, "--version").strip()),),
+        ("version", "compiler"): lambda: version_facts(_output(probe, image_id, "--version").strip()),
         ("flags", "warned_flags"): lambda: parse_help(_output(probe, image_id, "--help")),
+        ("toolchain",): lambda: (parse_toolchain(probe.read_file(image_id, TOOLCHAIN, entrypoint=BINARY)),),
     }
     values: dict[str, object] = {}
     unknown: dict[str, str] = {}
@@ -331,6 +404,19 @@ def binary_sha256(client: docker.DockerClient, image_id: str) -> str:
     return ImageProbe(client).file_sha256(image_id, BINARY)
 
 
+def version_facts(text: str) -> tuple[str, str]:
+    """(version line, compiler) of `llama-server --version`: its 'built with X for Y' line gives 'X for Y'."""
+    built = next((line.strip() for line in text.splitlines() if line.startswith("built with ")), "")
+    return version_line(text), built.removeprefix("built with ")
+
+
+def parse_toolchain(data: bytes | None) -> tuple[str, ...]:
+    """The 'package version' lines of the image's toolchain.txt, sorted; () for an image built before it existed."""
+    if data is None:
+        return ()
+    return tuple(sorted({" ".join(line.split()) for line in data.decode(errors="replace").splitlines() if line.strip()}))
+
+
 def version_line(text: str) -> str:
     for line in text.splitlines():
         if line.startswith("version:"):
@@ -345,11 +431,14 @@ def differences(expected: ImageRecord, derived: Derived) -> list[str]:
         name = line.split(":", 1)[0]
         lines[name] = line + "(none)" if line.endswith(", image ") else line
     for name, why in derived.unknown.items():
-        sets = {"flags": f"{len(expected.flags)} flags", "warned_flags": f"{len(expected.warned_flags)} flags"}
+        if name in OPTIONAL and not getattr(expected, name):
+            continue                      # a lock that predates the field: nothing to compare (lock.compare)
+        sets = {"flags": f"{len(expected.flags)} flags", "warned_flags": f"{len(expected.warned_flags)} flags",
+                "toolchain": f"{len(expected.toolchain)} packages"}
         locked = sets.get(name, getattr(expected, name))
         lines[name] = f"{name}: lock {locked}, image unknown ({why})"
-    order = ("image_id", "binary_sha256", "version", "build_number", "source_sha256", "variant", "flags",
-             "warned_flags")
+    order = ("image_id", "binary_sha256", "version", "build_number", "source_sha256", "variant", "compiler", "flags",
+             "warned_flags", "toolchain")
     return [lines[n] for n in order if n in lines] + [v for n, v in lines.items() if n not in order]
 
 

@@ -36,6 +36,7 @@ LOCK_VIEWS: tuple[LockView, ...] = ("images", "binaries")
 LOCK_VERSION = 1
 
 _SETS = ("flags", "warned_flags")
+_TUPLES = ("toolchain",)          # lists in the file, tuples in the record (a frozen record stays hashable)
 
 
 class _FlagSetsJson:
@@ -47,7 +48,8 @@ class _FlagSetsJson:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Self:
-        return cls(**{**d, **{k: frozenset(d.get(k) or ()) for k in _SETS}})
+        tuples = {k: tuple(d[k]) for k in _TUPLES if k in d}
+        return cls(**{**d, **{k: frozenset(d.get(k) or ()) for k in _SETS}, **tuples})
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,12 @@ class ImageRecord(_FlagSetsJson):
     built_at: str                    # ISO 8601, UTC
     architecture: str = "amd64"
     warned_flags: frozenset[str] = frozenset()   # flags whose --help text warns against untrusted environments
+    # How it was built (issue 19: reproducible builds). Empty in a lock written before these existed.
+    compiler: str = ""               # what `--version` says it was built with, e.g. "GNU 12.2.0 for Linux aarch64"
+    toolchain: tuple[str, ...] = ()  # "package version" of each Debian package that made the binary
+    builder: str = ""                # the builder base image (BUILDER build-arg; '' = the Dockerfile's default)
+    builder_id: str = ""             # its image ID when it was local at build time
+    arm_arch: str = ""               # the arm64 build's -march (armv8-a unless --cpu said otherwise)
     pushed: tuple[Pushed, ...] = ()  # registries holding this image by digest (`push`), sorted by registry
 
     def to_json(self) -> dict[str, object]:
@@ -279,4 +287,10 @@ def compare(expected: ImageRecord, actual: ImageRecord) -> list[str]:
     if expected.warned_flags != actual.warned_flags:
         diffs.append(f"warned_flags: lock {sorted(expected.warned_flags) or 'none recorded'},"
                      f" image {sorted(actual.warned_flags)}")
+    # A lock written before compiler and toolchain were recorded has them empty: nothing to compare.
+    if expected.compiler and expected.compiler != actual.compiler:
+        diffs.append(f"compiler: lock {expected.compiler}, image {actual.compiler}")
+    if expected.toolchain and expected.toolchain != actual.toolchain:
+        diffs.append(f"toolchain: lock {', '.join(sorted(set(expected.toolchain) - set(actual.toolchain))) or 'none'},"
+                     f" image {', '.join(sorted(set(actual.toolchain) - set(expected.toolchain))) or 'none'}")
     return diffs

@@ -109,6 +109,17 @@ class ImageProbe:
                     raise ImageMismatch(f"no {path} in the image") from e
                 return _member_sha256(stream, posixpath.basename(path), path)
 
+    def read_file(self, image_id: str, path: str, *, entrypoint: str, max_bytes: int = 1 << 16) -> bytes | None:
+        """The bytes of the small regular file `path` in the image (None when there is none); the
+        container is created with `entrypoint` (the image's binary), never started."""
+        with self.container(image_id, entrypoint) as cid:
+            with engine_errors("copy", f"{path} out of {image_id[:19]}", hint=ENGINE_HINT):
+                try:
+                    stream, _ = self._api.get_archive(cid, path)
+                except docker.errors.NotFound:
+                    return None
+                return _member_bytes(stream, posixpath.basename(path), path, max_bytes)
+
     def run(self, image_id: str, entrypoint: str, args: Sequence[str]) -> Ran:
         """Run `entrypoint args` to its end (at most timeout_s); ImageMismatch when it cannot start or hangs."""
         what = " ".join([posixpath.basename(entrypoint), *args])
@@ -154,6 +165,24 @@ class _Chunks(io.RawIOBase):
         buf[:n] = self._rest[:n]
         self._rest = self._rest[n:]
         return n
+
+
+def _member_bytes(stream: Iterable[bytes], name: str, path: str, max_bytes: int) -> bytes:
+    """The one regular file of a `docker cp` tar stream, at most max_bytes (ImageMismatch past that)."""
+    try:
+        with tarfile.open(fileobj=io.BufferedReader(_Chunks(stream), 1 << 16), mode="r|") as tar:
+            for member in tar:
+                if member.name != name:
+                    continue
+                f = tar.extractfile(member) if member.isfile() else None
+                if f is None:
+                    raise ImageMismatch(f"{path} in the image is not a regular file")
+                if member.size > max_bytes:
+                    raise ImageMismatch(f"{path} in the image is {member.size} bytes, more than {max_bytes}")
+                return f.read()
+    except tarfile.TarError as e:
+        raise RuntimeOperationError(f"docker copy {path}: the engine sent a broken archive ({e}): {ENGINE_HINT}") from e
+    raise ImageMismatch(f"no {path} in the image")
 
 
 def _member_sha256(stream: Iterable[bytes], name: str, path: str) -> str:

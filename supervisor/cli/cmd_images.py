@@ -17,7 +17,7 @@ from supervisor import paths
 from supervisor.cli import output
 from supervisor.cli.where import local_state
 from supervisor.errors import ConfigError, ImageMismatch
-from supervisor.artifacts.lock import read_lock, write_lock
+from supervisor.artifacts.lock import ImageLock, read_lock, write_lock
 
 
 def _say(line: str) -> None:
@@ -65,10 +65,13 @@ def check_signature(lock_path: Path) -> None:
 @click.option("--cuda-arch", default=None,
               help="cuda: CMAKE_CUDA_ARCHITECTURES, one architecture (e.g. 90; default: the detected GPU's).")
 @click.option("--jobs", "-j", type=int, default=None, help="With --native: parallel compile jobs (default: all cores).")
+@click.option("--cpu", "arm_arch", default=None, metavar="MARCH",
+              help="arm64 only: the -march to build for (default armv8-a: NEON; armv8.2-a+dotprod adds dotprod; "
+                   "armv8.6-a adds dotprod and i8mm, and needs a CPU that has them).")
 @local_state()
 def build(variant: str, source_spec: str | None, sha256: str | None, build_number: int | None,
           lock_file: Path | None, quiet: bool, native: bool, from_image: bool, cuda_arch: str | None,
-          jobs: int | None) -> None:
+          jobs: int | None, arm_arch: str | None) -> None:
     """Build the llama-server image VARIANT (auto: the best for this host) and record it in the lock."""
     from supervisor.artifacts import images, source
 
@@ -85,12 +88,13 @@ def build(variant: str, source_spec: str | None, sha256: str | None, build_numbe
         cuda_arch = binaries.cuda_architectures(binaries.detect_compute_capabilities())
     client = images.client_from_env()     # before fetching a source it could not build
     src = source.resolve(source_spec, sha256=sha256, build_number=build_number, progress=_say)
-    record = images.build(client, variant, src, progress=(lambda _: None) if quiet else _say, cuda_arch=cuda_arch)
+    record = images.build(client, variant, src, progress=(lambda _: None) if quiet else _say, cuda_arch=cuda_arch,
+                          arm_arch=arm_arch)
     lock = read_lock(lock_path).with_record(record)
     write_lock(lock_path, lock)
     output.echo(
         f"{variant}: built {record.tag} {record.image_id[:19]} in {time.monotonic() - started:.1f}s; "
-        f"{record.version}; {len(record.flags)} flags; lock {lock_path}"
+        f"{record.version}; {len(record.flags)} flags; binary {record.binary_sha256[:12]}; lock {lock_path}"
     )
 
 
@@ -123,14 +127,25 @@ def _build_native(variant: str, lock_path: Path, *, source_spec: str | None, sha
 @click.command()
 @click.argument("variants", nargs=-1)
 @click.option("--lock", "lock_file", type=click.Path(path_type=Path), default=None)
+@click.option("--rebuild", is_flag=True,
+              help="Rebuild each VARIANT from nothing (no layer cache, a fresh context, its own tag) and compare "
+                   "the result with the lock: exit 0 when the binary and its facts are reproduced, 3 otherwise.")
+@click.option("--source", "source_spec", default=None, help="With --rebuild: the source the lock was built from.")
+@click.option("--sha256", default=None, help="With --rebuild: SHA-256 of that source.")
+@click.option("--quiet", is_flag=True, help="With --rebuild: only the result, not the build log.")
 @local_state()
-def verify(variants: tuple[str, ...], lock_file: Path | None) -> None:
+def verify(variants: tuple[str, ...], lock_file: Path | None, rebuild: bool, source_spec: str | None,
+           sha256: str | None, quiet: bool) -> None:
     """Re-derive each locked image (default: all) and compare it with the lock."""
     from supervisor.artifacts import images
 
     lock_path = lock_file or paths.lock_path()
     check_signature(lock_path)
     lock = read_lock(lock_path)
+    if rebuild:
+        _verify_rebuild(lock, lock_path, [_variant(v) for v in variants], source_spec=source_spec, sha256=sha256,
+                        quiet=quiet)
+        return
     names = [_variant(v) for v in variants] or sorted(lock.images)
     if not names:
         raise ConfigError(f"{lock_path} records no image: run 'llama-supervisorctl build' first")
@@ -151,6 +166,38 @@ def verify(variants: tuple[str, ...], lock_file: Path | None) -> None:
             output.echo(f"{name}: OK {record.tag} {record.image_id[:19]} binary {record.binary_sha256[:12]}")
     if failed:
         raise ImageMismatch(f"{failed} of {len(names)} image(s) differ from {lock_path}: rebuild with 'llama-supervisorctl build VARIANT'")
+
+
+def _verify_rebuild(lock: ImageLock, lock_path: Path, names: list[str], *, source_spec: str | None,
+                    sha256: str | None, quiet: bool) -> None:
+    from supervisor.artifacts import images, rebuild, source
+
+    if not names:
+        raise ConfigError("verify --rebuild needs the VARIANT(s) to rebuild: each costs a full build")
+    client = images.client_from_env()
+    failed = 0
+    for name in names:
+        started = time.monotonic()
+        record = lock.get(name)
+        src = source.resolve(source_spec, sha256=sha256, build_number=record.build_number if record else None,
+                             progress=_say)
+        result = rebuild.rebuild(client, lock, name, src, progress=(lambda _: None) if quiet else _say)
+        took = f"{time.monotonic() - started:.0f}s"
+        same_image = "the same image ID too" if result.same_image else (
+            f"image ID {result.record.image_id[:19]}, the lock's {lock.images[name].image_id[:19]}, "
+            + ("the same layers: only the config's creation times differ" if result.same_layers
+               else "other layers"))
+        if result.differences:
+            failed += 1
+            output.echo(f"{name}: NOT REPRODUCED (rebuilt in {took})")
+            for d in result.differences:
+                output.echo(f"  {d}")
+            for line in result.hint.splitlines():
+                output.echo(f"  {line}")
+        else:
+            output.echo(f"{name}: REPRODUCED binary {result.record.binary_sha256} (rebuilt in {took}; {same_image})")
+    if failed:
+        raise ImageMismatch(f"{failed} of {len(names)} rebuild(s) differ from {lock_path}")
 
 
 @click.command("fetch-model")

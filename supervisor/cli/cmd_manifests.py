@@ -163,6 +163,8 @@ def hardware_cmd(as_json: bool) -> None:
             "variant": placement.variant,
             "image": render.image_tag(placement.variant),
             "runnable_variants": sorted(hardware.runnable_variants(host)),
+            "emulates": sorted(host.emulates),
+            **({"arm64_levels": hardware.arm64_levels(host)} if host.arch == "aarch64" else {}),
             "default_flags": flags,
             "runtime_auto": runtime_auto,
             "docker": no_docker or "answers",
@@ -183,7 +185,12 @@ def hardware_cmd(as_json: bool) -> None:
     else:
         output.echo("gpus:      none (NVIDIA GPUs are detected with nvidia-ml-py when it is installed)")
     output.echo(f"variant:   {placement.variant} ({render.image_tag(placement.variant)})")
-    output.echo(f"runnable:  {' '.join(sorted(hardware.runnable_variants(host)))}")
+    output.echo(f"runnable:  {' '.join(sorted(hardware.runnable_variants(host)))}"
+                + (f" (emulates {' '.join(sorted(host.emulates))} through qemu-user)" if host.emulates else ""))
+    if host.arch == "aarch64":
+        levels = hardware.arm64_levels(host)
+        output.echo("arm64:     " + " ".join(f"{k}={'yes' if v else 'no'}" for k, v in levels.items())
+                    + " (the arm64 image needs NEON only; build --cpu armv8.6-a uses dotprod and i8mm)")
     output.echo(f"defaults:  {' '.join(flags)}")
     output.echo(f"runtime:   --runtime auto picks {runtime_auto}"
                + (" (the Docker engine answers)" if no_docker is None else f" (no Docker engine: {no_docker})"))

@@ -56,7 +56,8 @@ def make_loader(manifests: Path, lock_path: Path, *, isolated: bool = False, loc
 
         from supervisor.render import reader
 
-        host_json = json.dumps({**dataclasses.asdict(host), "cpu_flags": sorted(host.cpu_flags)})
+        host_json = json.dumps({**dataclasses.asdict(host), "cpu_flags": sorted(host.cpu_flags),
+                                "emulates": sorted(host.emulates)})
 
         def load_isolated() -> Mapping[str, DesiredModel]:
             desired, problems = reader.read(manifests, lock_path, host_json, lock_view=lock_view,

@@ -121,7 +121,8 @@ def _child(argv: list[str]) -> int:
     h = json.loads(sys.stdin.read())
     host = hardware.HostInfo(cores=h["cores"], memory_bytes=h["memory_bytes"], arch=h["arch"],
                              cpu_flags=frozenset(h["cpu_flags"]),
-                             gpus=tuple(hardware.GpuInfo(**g) for g in h["gpus"]))
+                             gpus=tuple(hardware.GpuInfo(**g) for g in h["gpus"]),
+                             emulates=frozenset(h.get("emulates") or ()))
     try:
         lock = read_lock(lock_path)
         view = argv[argv.index("--lock-view") + 1] if "--lock-view" in argv else "images"

@@ -89,6 +89,7 @@ def test_runnable_and_missing() -> None:
     assert hardware.missing_for("cuda", h).startswith("no NVIDIA GPU was detected")
     assert hardware.missing_for("cpu-avx2", h) == ""
     assert hardware.missing_for("cpu-avx2", host(AARCH64, "aarch64")) == "the host is aarch64"
+    assert "arm64" not in hardware.runnable_variants(h)
 
 
 def test_default_threads() -> None:
@@ -103,3 +104,63 @@ def test_detect_reads_this_host() -> None:
     found = hardware.detect()
     assert found.cores >= 1 and found.memory_bytes > 0 and found.arch
     assert best_variant(found) in {"cpu-generic", "cpu-avx2", "cpu-avx512", "arm64", "cuda"}
+
+
+# A Neoverse-N2-like host (Graviton 3 class): NEON, dotprod and i8mm. And a Cortex-A72 (Raspberry Pi 4): NEON only.
+AARCH64_I8MM = AARCH64.replace("asimddp", "asimddp sha512 asimdfhm dit uscat ilrcpc flagm ssbs sb paca pacg dcpodp"
+                                          " sve2 sveaes svepmull svebitperm svesha3 flagm2 frint svei8mm svebf16 i8mm bf16")
+AARCH64_A72 = """\
+processor\t: 0
+BogoMIPS\t: 108.00
+Features\t: fp asimd evtstrm crc32 cpuid
+CPU implementer\t: 0x41
+CPU part\t: 0xd08
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "levels"),
+    [
+        (AARCH64_A72, {"neon": True, "dotprod": False, "i8mm": False}),
+        (AARCH64, {"neon": True, "dotprod": True, "i8mm": False}),
+        (AARCH64_I8MM, {"neon": True, "dotprod": True, "i8mm": True}),
+    ],
+)
+def test_arm64_host_picks_arm64_and_states_its_levels(text: str, levels: dict[str, bool]) -> None:
+    h = host(text, "aarch64")
+    assert best_variant(h) == "arm64"
+    assert hardware.runnable_variants(h) == {"arm64"}
+    assert hardware.arm64_levels(h) == levels
+
+
+def test_arm64_levels_are_false_on_x86() -> None:
+    assert hardware.arm64_levels(host(X86_AVX512)) == {"neon": False, "dotprod": False, "i8mm": False}
+
+
+def test_emulated_arm64_is_runnable_but_never_picked() -> None:
+    h = HostInfo(cores=2, memory_bytes=8 << 30, arch="x86_64", cpu_flags=parse_cpuinfo(X86_AVX2),
+                 emulates=frozenset({"aarch64"}))
+    assert hardware.runnable_variants(h) == {"cpu-generic", "cpu-avx2", "arm64"}
+    assert hardware.missing_for("arm64", h) == ""
+    assert best_variant(h) == "cpu-avx2"
+    assert hardware.missing_for("arm64", host(X86_AVX2)).startswith(
+        "the host is x86_64 and does not run aarch64 binaries under emulation")
+
+
+QEMU_F = "enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: PF\noffset 0\nmagic 7f454c46\n"
+
+
+@pytest.mark.parametrize(
+    ("entry", "found"),
+    [
+        (QEMU_F, {"aarch64"}),
+        (QEMU_F.replace("enabled", "disabled"), set()),
+        (QEMU_F.replace("flags: PF", "flags: P"), set()),      # without F the interpreter is not found in a container
+        (None, set()),
+    ],
+)
+def test_emulated_arches_reads_binfmt(tmp_path, entry: str | None, found: set[str]) -> None:  # type: ignore[no-untyped-def]
+    if entry is not None:
+        (tmp_path / "qemu-aarch64").write_text(entry)
+    (tmp_path / "qemu-riscv64").write_text(QEMU_F)            # not an architecture any variant is built for
+    assert hardware.emulated_arches(tmp_path) == found

@@ -125,8 +125,12 @@ class _Probe:
         from supervisor.artifacts.probe import Ran
 
         if args == ["--version"]:
-            return Ran(0, "version: 11434 (pypi-sdist)\n")
+            return Ran(0, "version: 11434 (pypi-sdist)\nbuilt with GNU 12.2.0 for Linux aarch64\n")
         return Ran(self.code, self.help_text)
+
+    def read_file(self, image_id: str, path: str, *, entrypoint: str, max_bytes: int = 0) -> bytes | None:
+        assert path == images.TOOLCHAIN
+        return b"g++-12-aarch64-linux-gnu 12.2.0-14cross1\ncmake 3.25.1-1\n\ncmake  3.25.1-1\n"
 
 
 HELP = ("--tools TOOLS    experimental: built-in tools - do not enable in untrusted environments\n"
@@ -138,6 +142,8 @@ def test_derive_records_the_flags_whose_help_warns_and_a_failed_help_leaves_both
     derived = images.derive_all(client, "t", probe=_Probe(HELP))  # type: ignore[arg-type]
     assert derived.unknown == {}
     assert derived.record.flags == {"--tools", "--temp"} and derived.record.warned_flags == {"--tools"}
+    assert derived.record.compiler == "GNU 12.2.0 for Linux aarch64"
+    assert derived.record.toolchain == ("cmake 3.25.1-1", "g++-12-aarch64-linux-gnu 12.2.0-14cross1")
     failed = images.derive_all(client, "t", probe=_Probe("boom", code=1))  # type: ignore[arg-type]
     assert set(failed.unknown) == {"flags", "warned_flags"}
     assert images.differences(dataclasses.replace(LOCKED, warned_flags=frozenset({"--tools"})), failed)[-2:] == [
