@@ -12,7 +12,7 @@ export LLAMA_SUPERVISOR_CACHE_DIR ?= $(STATE)/cache
 # asks it where this state is (verify, hardware, fetch-model, ...: cli/where.py).
 export LLAMA_SUPERVISOR_MANIFESTS ?= $(CURDIR)/manifests
 
-.PHONY: venv base-images image image-cuda model setup tools run lint test unit mutate bench soak screenshots reproduce clean
+.PHONY: venv base-images image image-cuda model setup tools run lint test unit mutate bench soak screenshots reproduce image-arm64 test-arm64 clean
 
 $(BIN)/llama-supervisorctl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,7 +72,16 @@ unit: venv
 	$(BIN)/pytest -q tests/unit
 
 test: setup tools lint
-	$(BIN)/pytest -ra tests
+	$(BIN)/pytest -ra -m "not arm64" tests
+
+# The arm64 image (issue 19): the cross builder base and qemu, a cold cross build (about one more
+# llama-server build), its facts read and a completion served under emulation. Not in `make test`
+# yet: see docs/TESTING.md.
+image-arm64: venv
+	@if [ "$$(id -u)" -eq 0 ]; then scripts/make-base-images arm64; else sudo scripts/make-base-images arm64; fi
+
+test-arm64: setup tools image-arm64
+	$(BIN)/pytest -ra -m arm64 tests
 
 # Mutation testing (docs/TESTING.md): mutmut over the packages in [tool.mutmut] against tests/unit only.
 # Not part of `make test`. MUTANTS narrows it (a glob of mutant names, e.g. 'supervisor.core.*');
@@ -87,7 +96,7 @@ mutate: venv
 # A full no-cache rebuild of one variant compared with the lock (README "Reproducible"): exit 0 when the
 # binary is reproduced, 3 naming what differs. A full build, so not part of `make test`.
 REPRODUCE ?= arm64
-reproduce: venv base-images
+reproduce: venv base-images image-arm64
 	$(BIN)/llama-supervisorctl build $(REPRODUCE)
 	$(BIN)/llama-supervisorctl verify --rebuild $(REPRODUCE)
 

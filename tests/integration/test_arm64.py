@@ -33,7 +33,7 @@ from supervisor.artifacts.probe import ImageProbe
 
 from .daemon_harness import Daemon, container, free_port, healthy, model_yaml, remove_models, wait_for
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.arm64]
 
 EM_AARCH64 = 0xB7           # ELF e_machine of AArch64
 LOAD_TIMEOUT = 600.0        # a model load under instruction emulation, on a busy 2-core host
