@@ -17,7 +17,7 @@ from supervisor import paths
 from supervisor.cli import output
 from supervisor.cli.where import local_state
 from supervisor.errors import ConfigError, ImageMismatch
-from supervisor.artifacts.lock import ImageLock, read_lock, write_lock
+from supervisor.artifacts.lock import ImageLock, ImageRecord, read_lock, write_lock
 
 
 def _say(line: str) -> None:
@@ -156,16 +156,21 @@ def verify(variants: tuple[str, ...], lock_file: Path | None, rebuild: bool, sou
             diffs = images.verify(client, lock, name)
         except ImageMismatch as e:
             diffs = [str(e)]
-        if diffs:
-            failed += 1
-            output.echo(f"{name}: MISMATCH")
-            for d in diffs:
-                output.echo(f"  {d}")
-        else:
-            record = lock.images[name]
-            output.echo(f"{name}: OK {record.tag} {record.image_id[:19]} binary {record.binary_sha256[:12]}")
+        failed += echo_verdict(name, diffs, lock.images[name])
     if failed:
         raise ImageMismatch(f"{failed} of {len(names)} image(s) differ from {lock_path}: rebuild with 'llama-supervisorctl build VARIANT'")
+
+
+def echo_verdict(name: str, diffs: list[str], record: ImageRecord) -> bool:
+    """One image's line(s) of `verify` and `pull`: OK with what it is, or MISMATCH with each difference.
+    True when it differs."""
+    if diffs:
+        output.echo(f"{name}: MISMATCH")
+        for d in diffs:
+            output.echo(f"  {d}")
+        return True
+    output.echo(f"{name}: OK {record.tag} {record.image_id[:19]} binary {record.binary_sha256[:12]}")
+    return False
 
 
 def _verify_rebuild(lock: ImageLock, lock_path: Path, names: list[str], *, source_spec: str | None,

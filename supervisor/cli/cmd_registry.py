@@ -9,7 +9,7 @@ import click
 
 from supervisor import paths
 from supervisor.cli import output
-from supervisor.cli.cmd_images import check_signature
+from supervisor.cli.cmd_images import check_signature, echo_verdict
 from supervisor.cli.where import local_state
 from supervisor.errors import ConfigError, ImageMismatch
 from supervisor.artifacts.lock import read_lock, write_lock
@@ -78,14 +78,7 @@ def pull(variants: tuple[str, ...], registry: str, lock_file: Path | None, quiet
     failed = 0
     for name in names:
         diffs = push_mod.pull(client, lock, name, registry, progress=(lambda _: None) if quiet else _say)
-        record = lock.images[name]
-        if diffs:
-            failed += 1
-            output.echo(f"{name}: MISMATCH")
-            for d in diffs:
-                output.echo(f"  {d}")
-        else:
-            output.echo(f"{name}: OK {record.tag} {record.image_id[:19]} binary {record.binary_sha256[:12]}")
+        failed += echo_verdict(name, diffs, lock.images[name])
     if failed:
         raise ImageMismatch(f"{failed} of {len(names)} pulled image(s) differ from {lock_path}")
 
