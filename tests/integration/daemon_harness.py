@@ -33,12 +33,16 @@ def free_port() -> int:
 
 def model_yaml(name: str, port: int | None, model_path: Path, sha256: str, *, ctx: int = 512,
                fast_probes: bool = True, memory: str = "1g", api_key_file: Path | None = None,
-               restart: str = "", serving: str = "", parallel: int = 1) -> str:
+               restart: str = "", serving: str = "", parallel: int = 1, start_timeout: float | None = None) -> str:
     """A light model manifest. fast_probes: probe every 1 s (tests); False keeps the daemon's defaults
     (benchmarks of idle cost measure what an operator gets). restart: a whole `restart:` section.
     port None: the engine picks one (reached through the gateway). serving: top-level gateway keys
-    (aliases, lifecycle, idle_ttl, max_queue) as YAML lines."""
-    health = "health:\n  interval: 1\n  timeout: 1\n  failures: 2\n" if fast_probes else ""
+    (aliases, lifecycle, idle_ttl, max_queue) as YAML lines. start_timeout: health.start_timeout (a test whose
+    point is not the start's time gives a loaded machine room; None: render's default from file size and ctx)."""
+    health = "  interval: 1\n  timeout: 1\n  failures: 2\n" if fast_probes else ""
+    if start_timeout is not None:
+        health += f"  start_timeout: {start_timeout:g}\n"
+    health = f"health:\n{health}" if health else ""
     key = f"  api_key_file: {api_key_file}\n" if api_key_file else ""
     port_line = f"  port: {port}\n" if port is not None else ""
     return f"""\
@@ -151,9 +155,16 @@ class Daemon:
                  since: float = 0.0) -> tuple[float, dict[str, Any]]:
         return wait_for(lambda: self.find(pred, since), timeout, what)  # type: ignore[no-any-return]
 
-    def dump(self) -> str:
+    def dump(self, last: int | None = 60) -> str:
+        """The daemon's last `last` log records (None: all of them), one JSON object a line."""
         with self._lock:
-            return "\n".join(json.dumps(r) for _, r in self.lines[-60:])
+            return "\n".join(json.dumps(r) for _, r in self.lines[-last if last else 0:])
+
+    def index(self, pred: Callable[[dict[str, Any]], bool], since: float = 0.0) -> int | None:
+        """The position in the log of the first record since `since` that `pred` holds for (the order the
+        daemon wrote them in, which read times of one batch cannot tell)."""
+        with self._lock:
+            return next((i for i, (t, rec) in enumerate(self.lines) if t >= since and pred(rec)), None)
 
     @property
     def gateway(self) -> str:
