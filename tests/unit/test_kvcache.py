@@ -183,7 +183,8 @@ class FakeServer:
             self.clock.advance(self.save_s)
             data = b"kv" * 50
             (Path(self.kv.dir) / kvcache.SLOT_DIR / name).write_bytes(data)
-            return httpx.Response(200, json={"id_slot": sid, "filename": name, "n_saved": 11, "n_written": len(data)})
+            n = next((s.get("n_prompt_tokens") for s in self.slots if s.get("id") == sid), 11)
+            return httpx.Response(200, json={"id_slot": sid, "filename": name, "n_saved": n, "n_written": len(data)})
         if self.restore_error:
             return httpx.Response(400, json={"error": {"message": self.restore_error}})
         return httpx.Response(200, json={"id_slot": sid, "filename": name, "n_restored": 11, "n_read": 100})
@@ -241,6 +242,17 @@ def test_a_save_that_would_overrun_the_stop_timeout_is_skipped(tmp_path: Path) -
     assert server.calls == ["GET /slots?", "POST /slots/0?action=save"]
     assert spent == pytest.approx(3.0) and spent <= 10.0 - 1.0
     assert [m[2] for m in metrics.seen] == ["ok", "skipped"]
+
+
+def test_a_small_save_does_not_make_a_large_one_look_slow(tmp_path: Path) -> None:
+    """A save costs a fixed part beside its size: 30 ms for 2 tokens once read as 15 ms a token, and the next
+    1,347-token save, 20 s expected with 4.5 s left, was skipped (the swaps-kv bench lost 4 of 10 saves)."""
+    keeper, server, d, metrics = rig(tmp_path, [{"id": 0, "n_prompt_tokens": 2}], save_s=0.03)
+    keeper.save("m", observed(d), 10.0)
+    server.slots = [{"id": 0, "n_prompt_tokens": 1347}]
+    keeper.save("m", observed(d), 10.0)
+    assert [m[2] for m in metrics.seen] == ["ok", "ok"]
+    assert kvcache.save_rate(0.03, 2) == 0.0 and kvcache.save_rate(1.25, 1000) == pytest.approx(0.001)
 
 
 def test_a_restore_the_server_refuses_costs_only_the_cache(tmp_path: Path) -> None:
