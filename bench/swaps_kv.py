@@ -21,10 +21,14 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from bench.stats import of
+
+if TYPE_CHECKING:
+    from bench.run import Report      # run as `-m bench.run`, that module is __main__: never isinstance against it
 
 CTL = str(Path(sys.executable).with_name("llama-supervisorctl"))
 START_S = 120        # health.start_timeout: only a deadline (a loaded machine's start is slow); never a figure
@@ -50,15 +54,13 @@ def ask(gateway: str, model: str, text: str) -> tuple[float, int]:
     return took, int(r.json()["timings"]["prompt_n"])
 
 
-def bench_swaps_kv(r: object, *, quick: bool = False) -> None:
+def bench_swaps_kv(r: Report, *, quick: bool = False) -> None:
     import docker
 
     from bench import live
-    from bench.run import Report
     from supervisor.artifacts.modelsrc import cache_path
     from tests.integration.daemon_harness import Daemon, model_yaml, remove_models
 
-    assert isinstance(r, Report)
     runs = 3 if quick else 5
     demo = cache_path(live.DEMO_SHA256, live.DEMO_FILE)
     tag = uuid.uuid4().hex[:6]
@@ -73,7 +75,8 @@ def bench_swaps_kv(r: object, *, quick: bool = False) -> None:
             (d / "m" / f"{name}.yaml").write_text(
                 model_yaml(name, None, demo, live.DEMO_SHA256, ctx=2048, memory="1g", serving=serving,
                            start_timeout=START_S) + kv)
-        daemon = Daemon(d / "m", extra=["--memory-budget", "1500m"],
+        # The stop timeout an operator gets (the harness's 3 s would leave a save 1 s of it under load).
+        daemon = Daemon(d / "m", extra=["--memory-budget", "1500m", "--stop-timeout", "10"],
                         env={"LLAMA_SUPERVISOR_KV_DIR": str(d / "kv")}).start()
         sock = str(daemon.sockdir / "ctl.sock")
         figures: dict[str, dict[str, list[float]]] = {n: {"cold": [], "warm": [], "back": [], "cold_n": [],
@@ -102,6 +105,8 @@ def bench_swaps_kv(r: object, *, quick: bool = False) -> None:
                     f["back_n"].append(n)
                     subprocess.run([CTL, "--socket", sock, "stop", a], check=True, capture_output=True, timeout=120)
         finally:
+            kv_events = [rec for _, rec in daemon.lines if str(rec.get("event", "")).startswith("kv cache")
+                         and rec.get("model") == on]
             daemon.terminate()
             remove_models(client, [on, off, other])
     on_f, off_f = figures[on], figures[off]
@@ -121,6 +126,16 @@ def bench_swaps_kv(r: object, *, quick: bool = False) -> None:
     r.value_row("prompt tokens processed: A back, KV cache off", f"{back_n_off:.0f}")
     r.value_row("prompt tokens processed: A back, KV cache kept", f"{back_n_on:.0f}",
                 target="<= 5 % of the prefix", met=back_n_on <= 0.05 * prefix_n)
+    def count(event: str) -> int:
+        return sum(1 for rec in kv_events if rec["event"] == event)
+
+    saved, restored = count("kv cache: saved"), count("kv cache: restored")
+    r.value_row("A (kept): slots saved / restored", f"{saved} / {restored}", target=f">= {2 * runs} / >= {runs}",
+                met=saved >= 2 * runs and restored >= runs)
+    for rec in kv_events:
+        if rec.get("level") == "warning":
+            said = ", ".join(f"{k}={v}" for k, v in rec.items() if k not in ("event", "level", "timestamp"))
+            r.notes.append(f"The daemon said: {rec['event']} ({said})")
     load = statistics.median(loads)
     r.notes.append(f"1-minute load average at the start of each A's turn: median {load:.1f}, max {max(loads):.1f} "
                    f"(on {os.cpu_count()} cores)" + (

@@ -5,6 +5,7 @@ processed again, or only the new question's tokens)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.docker
 CTL = str(Path(sys.executable).with_name("llama-supervisorctl"))
 PREFIX = "Notes for the meeting.\n" + " ".join(f"item {i} is a {('red', 'green', 'blue')[i % 3]} box;"
                                                for i in range(60)) + "\n"
+USER = "65532:65532"                                        # the containers' uid:gid
 SERVING = "lifecycle: on-demand\nidle_ttl: {ttl}\n"
 START_S = 120        # health.start_timeout: a start's time is not the point here, and a loaded CI machine is slow
 WAIT_S = 200         # a state or log line that follows a start (or two), with room to spare
@@ -100,8 +102,13 @@ def test_an_eviction_keeps_the_cache_and_the_model_comes_back_warm(rig: Rig, doc
     assert facts is not None and facts.sliding_window > 0   # gemma3.attention.sliding_window: 512
     full = rig.ask("a", "Question: which colour is item 7?")
     assert full > 300                                       # a fresh prefix: each test's starts with its own line
-    argv = container(docker_client, rig.names["a"]).attrs["Config"]["Cmd"]
+    attrs = container(docker_client, rig.names["a"]).attrs
+    argv = attrs["Config"]["Cmd"]
     assert "--swa-full" in argv and argv[argv.index("--slot-save-path") + 1] == "/kv"
+    [rw] = [m for m in attrs["Mounts"] if m["RW"]]                # the hardening stays: only the slots are writable
+    assert rw["Destination"] == "/kv" and attrs["HostConfig"]["ReadonlyRootfs"] and attrs["Config"]["User"] == USER
+    st = os.stat(rw["Source"])
+    assert st.st_mode & 0o777 == 0o700 and f"{st.st_uid}:{st.st_gid}" == USER      # (a root daemon: Docker's)
     rig.ask("b", "Hello")                                   # one model at a time: A is evicted (and saved)
     rig.wait_state("a", "STOPPED")
     assert len(rig.files("a")) == 1
