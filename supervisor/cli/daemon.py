@@ -38,13 +38,14 @@ log = structlog.get_logger("supervisor.daemon")
 
 
 def make_loader(manifests: Path, lock_path: Path, *, isolated: bool = False, lock_view: LockView = "images",
-                read_timeout_s: float | None = None) -> Any:
+                read_timeout_s: float | None = None, kv_off: str = "") -> Any:
     """render.load_desired, with a fresh lock per read; any problem makes the whole set invalid.
 
     isolated: read in a child process (supervisor.render.reader), as llama-supervisord does, so the
     daemon never loads pydantic and PyYAML and a hostile manifest cannot take it down.
     lock_view: the lock's section to render against, as the runtime's adapter names it (RuntimeAdapter.lock_view).
     read_timeout_s: the isolated reader's deadline (reader.read_timeout_s: within the systemd watchdog).
+    kv_off: why this daemon keeps no KV cache ('' when it may): then no model is rendered with one.
     """
     from supervisor.artifacts import hardware
 
@@ -61,7 +62,7 @@ def make_loader(manifests: Path, lock_path: Path, *, isolated: bool = False, loc
 
         def load_isolated() -> Mapping[str, DesiredModel]:
             desired, problems = reader.read(manifests, lock_path, host_json, lock_view=lock_view,
-                                            timeout_s=read_timeout_s or reader.READ_TIMEOUT_S)
+                                            timeout_s=read_timeout_s or reader.READ_TIMEOUT_S, kv_off=kv_off)
             if problems:
                 raise ManifestError(problems)
             return desired
@@ -74,7 +75,7 @@ def make_loader(manifests: Path, lock_path: Path, *, isolated: bool = False, loc
     def load() -> Mapping[str, DesiredModel]:
         try:
             lock = read_lock(lock_path)
-            desired, problems = render.load_desired(manifests, lock.view(lock_view), host)
+            desired, problems = render.load_desired(manifests, lock.view(lock_view), host, kv_off=kv_off)
         finally:
             _release_freed_memory()   # parsing and validation leave freed heap behind (~1 MiB of RSS)
         if problems:
@@ -258,21 +259,41 @@ def _size(value: str, option: str) -> int:
 
 
 def kv_wiring(total_bytes: int | None, runtime_kind: str) -> dict[str, Any]:
-    """The Supervisor's KV cache store (kvstore.py) and why it keeps none, if it keeps none."""
+    """The Supervisor's KV cache store (kvstore.py) and why it keeps none, if it keeps none. The same reason
+    goes to render (make_loader's kv_off): a model of a daemon that keeps no cache mounts no cache directory,
+    since no one would prepare it (a bind mount's missing source fails the create; a directory the server's
+    uid cannot reach fails a process's)."""
     import os
 
     from supervisor.daemon.kvkeeper import owner_for
     from supervisor.daemon.kvstore import KvStore
 
     if total_bytes is None:
-        return {}
-    store = KvStore(paths.kv_dir(), total_bytes=total_bytes, owner=owner_for("65532:65532"))
+        return {"kv_off_reason": "off: --kv-cache-max none"}
+    owner = owner_for("65532:65532")
+    store = KvStore(paths.kv_dir(), total_bytes=total_bytes, owner=owner)
     off = ""
     if runtime_kind == "docker" and os.geteuid() != 0:
         off = (f"off: the daemon runs as uid {os.geteuid()}, not root, so it cannot give the containers' uid"
                f" 65532 a cache directory of its own (the process runtime can)")
+    elif runtime_kind == "process" and owner is not None:
+        off = _kv_unreachable(paths.kv_dir(), *owner)
+    if off:
         log.warning("kv cache: not kept", reason=off)
     return {"kv_store": store, "kv_off_reason": off}
+
+
+def _kv_unreachable(kv_dir: Path, uid: int, gid: int) -> str:
+    """Why a process running as uid:gid could not reach the KV directory ('' when it can): the daemon makes
+    the directories from the KV dir down itself, so the nearest one that exists already is judged."""
+    from supervisor.runtime.process.records import unreachable_by
+
+    there = next((d for d in (kv_dir, *kv_dir.parents) if d.is_dir()), Path("/"))
+    why = unreachable_by(there, uid, gid, need=1)
+    if why is None:
+        return ""
+    return (f"off: uid {uid} (the servers' under the process runtime) cannot reach {kv_dir} ({why}); fix: "
+            f"chmod o+x the directories above it, or set LLAMA_SUPERVISOR_KV_DIR to a directory it can reach")
 
 
 def make_budget(memory: str, gpu_memory: str, host: Any) -> Any:
@@ -326,12 +347,13 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
                                                                  if wiring.confinement else {}))
     closers: list[Any] = []
     notifier, metrics, max_wait, watchdog_s = _systemd_and_metrics(metrics_port, closers)
+    kv = kv_wiring(kv_cache_max, wiring.kind)
     sup = Supervisor(
         events=events,
         runtime=runtime,
         verifier=wiring.verifier,
         load_desired=make_loader(manifests, lock_path, isolated=True, lock_view=wiring.lock_view,
-                                 read_timeout_s=read_timeout_s(watchdog_s)),
+                                 read_timeout_s=read_timeout_s(watchdog_s), kv_off=kv["kv_off_reason"]),
         prober=(prober := Prober(events.put)),
         notifier=notifier,
         metrics=metrics,
@@ -341,7 +363,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         budget=budget,
         swap=SwapSettings(SwapPolicy(swap[0]), swap[1]),
         state=StateFile(paths.state_dir() / f"models.{instance}.state.json"),
-        **kv_wiring(kv_cache_max, wiring.kind),
+        **kv,
     )
     if sup.kv is not None:
         prober.on_healthy = sup.kv.restore

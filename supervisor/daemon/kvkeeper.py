@@ -52,7 +52,7 @@ class KvKeeper:
         self._clock = clock
         self._lock = threading.Lock()
         self._fresh: dict[str, str] = {}     # model -> container just started, restore due at its first healthy probe
-        self._s_per_token: float | None = None
+        self._s_per_token: dict[str, float] = {}    # model -> the rate its last save showed (kvcache.save_rate)
 
     def _kv_of(self, model: str) -> DesiredModel | None:
         slot = self.slots.get(model)
@@ -113,7 +113,7 @@ class KvKeeper:
             slots = []
         for s in kvcache.to_save(slots):
             left = deadline - self._clock()
-            if not kvcache.fits(s.n_tokens, self._s_per_token, left):
+            if not kvcache.fits(s.n_tokens, self._s_per_token.get(model), left):
                 log.warning("kv cache: save skipped; it would not end before the stop's deadline", model=model,
                             slot=s.id, tokens=s.n_tokens, left_s=round(left, 3))
                 self.metrics.kv_cache(model, "save", "skipped", 0, 0.0)
@@ -148,7 +148,7 @@ class KvKeeper:
             self.metrics.kv_cache(d.name, "save", "failed", 0, took)
             return
         if n_saved > 0:
-            self._s_per_token = took / n_saved
+            self._s_per_token[d.name] = kvcache.save_rate(took, n_saved)
         log.info("kv cache: saved", model=d.name, slot=s.id, tokens=n_saved, bytes=n_written,
                  ms=round(took * 1000, 1))
         self.metrics.kv_cache(d.name, "save", "ok", n_written, took)

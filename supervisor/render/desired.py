@@ -89,11 +89,13 @@ def render(
     file_size: int,
     facts: GgufFacts | None = None,
     api_key_path: str | None = None,
+    kv_off: str = "",
 ) -> tuple[DesiredModel | None, list[str]]:
     """One model's DesiredModel, or None and its problems.
 
     model_path and api_key_path are the host paths to mount: load_desired passes
-    them resolved through symlinks (see supervisor.artifacts.hostfile).
+    them resolved through symlinks (see supervisor.artifacts.hostfile). kv_off: why the
+    daemon keeps no KV cache ('' when it may), so that no model mounts a directory it never prepares.
     """
     problems: list[str] = []
     name = manifest.name
@@ -156,7 +158,7 @@ def render(
     argv.extend(server.extra_args)
     if problems:
         return None, problems
-    keep, swa_full, kv_note = kv_choice(manifest, record, facts)
+    keep, swa_full, kv_note = kv_choice(manifest, record, facts, kv_off)
     if swa_full:
         argv.append("--swa-full")
 
@@ -221,13 +223,16 @@ def render(
     return desired, problems
 
 
-def kv_choice(manifest: ModelManifest, record: ImageRecord, facts: GgufFacts | None) -> tuple[bool, bool, str]:
+def kv_choice(manifest: ModelManifest, record: ImageRecord, facts: GgufFacts | None,
+              kv_off: str = "") -> tuple[bool, bool, str]:
     """Whether the model's KV cache is kept across stops, whether that needs --swa-full, and why (said
-    plainly in status and validate)."""
+    plainly in status and validate). kv_off: the daemon's reason to keep none ('' when it may)."""
     setting = manifest.kv_cache.keep
     extra = manifest.server.extra_args
     if setting is False:
         return False, False, "off (kv_cache.keep: false)"
+    if kv_off:
+        return False, False, kv_off
     if setting is None and manifest.lifecycle != "on-demand":
         return False, False, "off: lifecycle always (kv_cache.keep: true keeps it across restarts)"
     if "--slot-save-path" not in record.flags:
@@ -279,11 +284,12 @@ def render_all(
     facts: Mapping[str, GgufFacts | None] | None = None,
     model_paths: Mapping[str, str] | None = None,
     key_paths: Mapping[str, str] | None = None,
+    kv_off: str = "",
 ) -> tuple[dict[str, DesiredModel], list[str]]:
     """Every model that renders, and the problems of those that do not.
 
     file_sizes, facts, model_paths and key_paths are by model name (see host_files); a
-    model absent from model_paths mounts its path as the manifest gives it.
+    model absent from model_paths mounts its path as the manifest gives it. kv_off: see render.
     """
     desired: dict[str, DesiredModel] = {}
     problems: list[str] = []
@@ -300,6 +306,7 @@ def render_all(
             file_size=file_sizes.get(name, 0),
             facts=(facts or {}).get(name),
             api_key_path=(key_paths or {}).get(name),
+            kv_off=kv_off,
         )
         problems.extend(found)
         if model is not None:
@@ -308,16 +315,17 @@ def render_all(
 
 
 def load_desired(
-    manifests_dir: Path | str, lock: ImageLock, host: HostInfo
+    manifests_dir: Path | str, lock: ImageLock, host: HostInfo, *, kv_off: str = ""
 ) -> tuple[dict[str, DesiredModel], list[str]]:
-    """Read the manifests (ManifestError propagates) and check their host files, then render_all."""
+    """Read the manifests (ManifestError propagates) and check their host files, then render_all
+    (kv_off: the daemon's reason to keep no KV cache, '' when it may)."""
     manifests = load_dir(manifests_dir)
     files = host_files(manifests)
     budget = gguf.Budget()     # for every header this read parses together: a thousand hostile files cost one budget
     facts = {name: model_facts(Path(files.models.get(name) or model_host_path(m)), files.sizes.get(name, 0), budget)
              for name, m in manifests.models.items() if name not in files.refused}
     desired, problems = render_all(manifests, lock, host, file_sizes=files.sizes, facts=facts,
-                                   model_paths=files.models, key_paths=files.keys)
+                                   model_paths=files.models, key_paths=files.keys, kv_off=kv_off)
     for name in files.refused:
         desired.pop(name, None)
     return desired, files.problems + problems

@@ -83,13 +83,14 @@ def decode(d: Mapping[str, Any]) -> DesiredModel:
 
 
 def read(manifests: Path, lock_path: Path, host_json: str, *, timeout_s: float = READ_TIMEOUT_S,
-         lock_view: LockView = "images") -> tuple[dict[str, DesiredModel], list[str]]:
+         lock_view: LockView = "images", kv_off: str = "") -> tuple[dict[str, DesiredModel], list[str]]:
     """render.load_desired in a child process: (desired, problems); ManifestError / SupervisorError as it raises.
-    lock_view: the lock's section to render against, as the runtime's adapter names it (RuntimeAdapter.lock_view)."""
+    lock_view: the lock's section to render against, as the runtime's adapter names it (RuntimeAdapter.lock_view).
+    kv_off: the daemon's reason to keep no KV cache ('' when it may)."""
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "supervisor.render.reader", str(manifests), str(lock_path),
-             "--lock-view", lock_view],
+             "--lock-view", lock_view, "--kv-off", kv_off],
             input=host_json, capture_output=True, text=True, timeout=timeout_s,
         )
     except subprocess.TimeoutExpired as e:
@@ -126,7 +127,9 @@ def _child(argv: list[str]) -> int:
     try:
         lock = read_lock(lock_path)
         view = argv[argv.index("--lock-view") + 1] if "--lock-view" in argv else "images"
-        desired, problems = render.load_desired(manifests, lock.view(view), host)  # type: ignore[arg-type]
+        kv_off = argv[argv.index("--kv-off") + 1] if "--kv-off" in argv else ""
+        desired, problems = render.load_desired(manifests, lock.view(view), host,  # type: ignore[arg-type]
+                                                kv_off=kv_off)
         out: dict[str, Any] = {"desired": {n: encode(m) for n, m in desired.items()}, "problems": problems}
     except ManifestError as e:
         out = {"error": str(e), "problems": e.problems}

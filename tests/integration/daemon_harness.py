@@ -187,9 +187,16 @@ class Daemon:
                  since: float = 0.0) -> tuple[float, dict[str, Any]]:
         return wait_for(lambda: self.find(pred, since), timeout, what)  # type: ignore[no-any-return]
 
-    def dump(self) -> str:
+    def dump(self, last: int | None = 60) -> str:
+        """The daemon's last `last` log records (None: all of them), one JSON object a line."""
         with self._lock:
-            return "\n".join(json.dumps(r) for _, r in self.lines[-60:])
+            return "\n".join(json.dumps(r) for _, r in self.lines[-last if last else 0:])
+
+    def index(self, pred: Callable[[dict[str, Any]], bool], since: float = 0.0) -> int | None:
+        """The position in the log of the first record since `since` that `pred` holds for (the order the
+        daemon wrote them in, which read times of one batch cannot tell)."""
+        with self._lock:
+            return next((i for i, (t, rec) in enumerate(self.lines) if t >= since and pred(rec)), None)
 
     @property
     def gateway(self) -> str:

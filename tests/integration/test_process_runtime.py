@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -425,3 +426,89 @@ def _gateway_state(d: Daemon, name: str) -> str | None:
     except (httpx.HTTPError, ValueError):
         return None
     return next((m["state"] for m in models if m["id"] == name), None)
+
+
+def test_an_eviction_keeps_the_kv_cache_of_a_process(tmp_path: Path, lock_file: Path, demo_model: Path) -> None:
+    """Issue 17 §1 with llama-server as a host process: `--slot-save-path` is the host directory, the only one
+    the server may write (owned by its uid, 0700); the evicted model's slot is saved there and restored when
+    it comes back, so only the new question is processed."""
+    import httpx
+
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    kv = Path(tempfile.mkdtemp(prefix="kv-process-"))            # under /tmp: reachable (pytest's base is 0700)
+    kv.chmod(0o755)
+    tag = uuid.uuid4().hex[:6]
+    a, b = f"pk{tag}-a", f"pk{tag}-b"
+    for m in (a, b):
+        (manifests / f"{m}.yaml").write_text(model_yaml(
+            m, None, demo_model, demo_model.parent.name, ctx=1024, memory="1g", start_timeout=LOAD_TIMEOUT,
+            serving="lifecycle: on-demand\nidle_ttl: 600\n"))
+    doc = "Notes.\n" + " ".join(f"item {i} is a {('red', 'green', 'blue')[i % 3]} box;" for i in range(60)) + "\n"
+
+    def ask(model: str, question: str) -> int:
+        r = httpx.post(f"{d.gateway}/v1/completions", timeout=2 * LOAD_TIMEOUT, trust_env=False, json={
+            "model": model, "prompt": doc + question, "max_tokens": 1, "temperature": 0, "cache_prompt": True})
+        assert r.status_code == 200, r.text
+        return int(r.json()["timings"]["prompt_n"])
+
+    d = Daemon(manifests, extra=["--runtime", "process", "--lock", str(lock_file), "--memory-budget", "1500m"],
+               env={"LLAMA_SUPERVISOR_KV_DIR": str(kv)}).start()
+    try:
+        d.wait_log(lambda r: r.get("event") == "ready", 60, "daemon ready")
+        full = ask(a, "Question: which colour is item 7?")
+        assert full > 300
+        (rec,) = [x for x in records(manifests) if x.model == a]
+        slots = Path(rec.argv[rec.argv.index("--slot-save-path") + 1])
+        assert slots.parent.parent.parent == kv and "--swa-full" in rec.argv
+        st = os.stat(slots)
+        assert st.st_mode & 0o777 == 0o700 and st.st_uid == (rec.uid if rec.uid is not None else os.geteuid())
+        since = time.monotonic()
+        ask(b, "Hello")                                             # budget for one: A is evicted, its slot saved
+        d.wait_log(lambda r: r.get("event") == "kv cache: saved" and r.get("model") == a, LOAD_TIMEOUT,
+                   "A's slot saved", since=since)
+        assert [p.name for p in slots.iterdir()] == ["slot0.bin"]
+        assert ask(a, "Question: which colour is item 8?") <= 0.05 * full     # only the new tokens
+        d.wait_log(lambda r: r.get("event") == "kv cache: restored" and r.get("model") == a, 10, "restored",
+                   since=since)
+    except AssertionError:
+        print(d.dump(None))
+        raise
+    finally:
+        d.terminate()
+        kill_all(manifests)
+        shutil.rmtree(kv, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="servers run as uid 65532 only under a root daemon")
+def test_a_kv_dir_the_servers_uid_cannot_reach_costs_only_the_cache(tmp_path: Path, lock_file: Path,
+                                                                    demo_model: Path) -> None:
+    """pytest's base directory is 0700: uid 65532 cannot reach a KV dir under it. The daemon keeps no cache
+    (and says why) rather than fail every start on the directory check."""
+    import httpx
+
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    name = f"pn{uuid.uuid4().hex[:6]}"
+    (manifests / f"{name}.yaml").write_text(model_yaml(name, None, demo_model, demo_model.parent.name,
+                                                       start_timeout=LOAD_TIMEOUT, serving="lifecycle: on-demand\n"))
+    d = Daemon(manifests, extra=["--runtime", "process", "--lock", str(lock_file)],
+               env={"LLAMA_SUPERVISOR_KV_DIR": str(tmp_path / "kv")}).start()
+    try:
+        _, rec = d.wait_log(lambda r: r.get("event") == "kv cache: not kept", 60, "the reason logged")
+        assert "uid 65532" in rec["reason"] and str(tmp_path / "kv") in rec["reason"]
+        d.wait_log(lambda r: r.get("event") == "ready", 60, "daemon ready")
+        r = httpx.post(f"{d.gateway}/v1/completions", timeout=2 * LOAD_TIMEOUT, trust_env=False,
+                       json={"model": name, "prompt": "Hello", "max_tokens": 1})
+        assert r.status_code == 200, r.text
+        (proc,) = [x for x in records(manifests) if x.model == name]
+        assert "--slot-save-path" not in proc.argv
+        out = subprocess.run([str(CTL), "--socket", str(d.sockdir / "ctl.sock"), "status", "--json", name],
+                             capture_output=True, text=True, timeout=60)
+        assert "uid 65532" in json.loads(out.stdout)[0]["kv_note"]
+    except AssertionError:
+        print(d.dump(None))
+        raise
+    finally:
+        d.terminate()
+        kill_all(manifests)

@@ -183,7 +183,8 @@ class FakeServer:
             self.clock.advance(self.save_s)
             data = b"kv" * 50
             (Path(self.kv.dir) / kvcache.SLOT_DIR / name).write_bytes(data)
-            return httpx.Response(200, json={"id_slot": sid, "filename": name, "n_saved": 11, "n_written": len(data)})
+            n = next((s.get("n_prompt_tokens") for s in self.slots if s.get("id") == sid), 11)
+            return httpx.Response(200, json={"id_slot": sid, "filename": name, "n_saved": n, "n_written": len(data)})
         if self.restore_error:
             return httpx.Response(400, json={"error": {"message": self.restore_error}})
         return httpx.Response(200, json={"id_slot": sid, "filename": name, "n_restored": 11, "n_read": 100})
@@ -241,6 +242,17 @@ def test_a_save_that_would_overrun_the_stop_timeout_is_skipped(tmp_path: Path) -
     assert server.calls == ["GET /slots?", "POST /slots/0?action=save"]
     assert spent == pytest.approx(3.0) and spent <= 10.0 - 1.0
     assert [m[2] for m in metrics.seen] == ["ok", "skipped"]
+
+
+def test_a_small_save_does_not_make_a_large_one_look_slow(tmp_path: Path) -> None:
+    """A save costs a fixed part beside its size: 30 ms for 2 tokens once read as 15 ms a token, and the next
+    1,347-token save, 20 s expected with 4.5 s left, was skipped (the swaps-kv bench lost 4 of 10 saves)."""
+    keeper, server, d, metrics = rig(tmp_path, [{"id": 0, "n_prompt_tokens": 2}], save_s=0.03)
+    keeper.save("m", observed(d), 10.0)
+    server.slots = [{"id": 0, "n_prompt_tokens": 1347}]
+    keeper.save("m", observed(d), 10.0)
+    assert [m[2] for m in metrics.seen] == ["ok", "ok"]
+    assert kvcache.save_rate(0.03, 2) == 0.0 and kvcache.save_rate(1.25, 1000) == pytest.approx(0.001)
 
 
 def test_a_restore_the_server_refuses_costs_only_the_cache(tmp_path: Path) -> None:
@@ -313,3 +325,44 @@ def test_operators_cannot_name_the_cache_directory() -> None:
     _, problems = render_all(load_text(model(extra="[--slot-save-path, /tmp]"), name="m.yaml"), KV_LOCK, HOST,
                              file_sizes={})
     assert any("--slot-save-path" in p and "kv_cache" in p for p in problems), problems
+
+
+def test_a_daemon_that_keeps_no_cache_renders_no_cache_directory() -> None:
+    """The daemon's reason to keep none reaches render: no flag, no read-write mount (no one would prepare it,
+    and a bind mount's missing source fails the create), no --swa-full; the manifest's own `off` still says so."""
+    desired_models, problems = render_all(load_text(model(tail="lifecycle: on-demand\n"), name="m.yaml"), KV_LOCK,
+                                          HOST, file_sizes={}, facts={"m": SWA}, kv_off="off: the daemon's reason")
+    assert problems == []
+    d = desired_models["m"]
+    assert not d.kv.keep and d.kv.note == "off: the daemon's reason" and d.kv.dir == ""
+    assert not {"--slot-save-path", "--swa-full"} & set(d.spec.argv) and all(m.read_only for m in d.spec.mounts)
+    desired_models, _ = render_all(load_text(model(tail="lifecycle: on-demand\nkv_cache: {keep: false}\n"),
+                                             name="m.yaml"), KV_LOCK, HOST, file_sizes={}, kv_off="off: why")
+    assert desired_models["m"].kv.note == "off (kv_cache.keep: false)"
+
+
+def test_the_isolated_reader_hands_the_daemons_reason_to_render(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor.artifacts.lock import write_lock
+    from supervisor.cli.daemon import make_loader
+
+    monkeypatch.setenv("LLAMA_SUPERVISOR_KV_DIR", str(tmp_path / "kv"))
+    d = tmp_path / "manifests"
+    d.mkdir()
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    (d / "m.yaml").write_text(model(tail="lifecycle: on-demand\n").replace("/m/m.gguf", str(tmp_path / "m.gguf")))
+    lock = tmp_path / "lock.json"
+    write_lock(lock, KV_LOCK)
+    assert make_loader(d, lock, isolated=True)()["m"].kv.keep
+    off = make_loader(d, lock, isolated=True, kv_off="off: why")()["m"]
+    assert not off.kv.keep and off.kv.note == "off: why" and "--slot-save-path" not in off.spec.argv
+    assert off == make_loader(d, lock, kv_off="off: why")()["m"]
+
+
+def test_the_process_runtime_keeps_no_cache_where_its_servers_uid_cannot_reach_it(tmp_path: Path) -> None:
+    from supervisor.cli.daemon import _kv_unreachable, kv_wiring
+
+    why = _kv_unreachable(tmp_path / "state" / "kv", 65532, 65532)      # pytest's base directory is 0700
+    assert why.startswith("off: uid 65532") and str(tmp_path / "state" / "kv") in why and "chmod o+x" in why
+    assert _kv_unreachable(Path("/usr/share/no-such-dir/kv"), 65532, 65532) == ""   # its nearest: /usr/share
+    assert kv_wiring(None, "process") == {"kv_off_reason": "off: --kv-cache-max none"}
