@@ -479,6 +479,7 @@ def _gateway(controller: Any, options: GatewayOptions, api_keys: frozenset[str],
     shown = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
     base = f"http://{'[' + shown + ']' if ':' in shown else shown}:{server.port}/ui/"
     controller.console_login = lambda: f"{base}login?token={token}"
+    server.before_drain.append(console.end_streams)   # pages stream forever: they must not hold the drain
     server.start()
     console.start()
     log.info("console", url=base)

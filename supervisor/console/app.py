@@ -114,6 +114,7 @@ class Console:
         self._models_seen: tuple[tuple[ModelStatus, ...], str, dict[str, str]] | None = None
         self._encoded_events: dict[str, tuple[str, bytes]] = {}
         self._stop = threading.Event()
+        self._ending = threading.Event()    # the daemon stops: every event stream ends (end_streams)
         self._kick = threading.Event()      # an action: look now, and often for a while
         self._hurry_until = float("-inf")
         self._watcher: threading.Thread | None = None
@@ -138,7 +139,14 @@ class Console:
         self._watcher = threading.Thread(target=self._watch, name="console-events", daemon=True)
         self._watcher.start()
 
+    def end_streams(self) -> None:
+        """The daemon stops: every open event stream ends now. The gateway's graceful stop calls this
+        first, so it waits for inference requests, not for pages that would stream forever."""
+        self._ending.set()
+        self.poke()
+
     def close(self) -> None:
+        self.end_streams()
         self._stop.set()
         self._kick.set()
         if self._watcher is not None:
@@ -375,7 +383,7 @@ class Console:
         quiet_since = self.clock()
         versions: tuple[int, int] = (-1, -1)
         yield b"retry: 2000\n\n"
-        while True:
+        while not self._ending.is_set():
             poke.clear()                 # before looking: a change while this pass runs wakes the next one
             out: list[bytes] = []
             now_versions = (self.activity.version, self.events.version)

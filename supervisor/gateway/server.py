@@ -20,6 +20,7 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -58,6 +59,7 @@ class GatewayServer:
         self.host, port = parse_listen(listen)
         self.inherited = sock is not None
         self.grace_s = grace_s
+        self.before_drain: list[Callable[[], None]] = []   # called first by close(): long-lived streams end
         self._sock = sock if sock is not None else _bind(self.host, port, listen)
         # Nagle off on accepted sockets (see _bind), also on an inherited socket, whatever its unit says.
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -83,6 +85,11 @@ class GatewayServer:
         if not self._thread.is_alive():
             self._sock.close()
             return
+        for before in self.before_drain:   # e.g. the console's event streams, which would never end
+            try:
+                before()
+            except Exception as e:  # best effort: the drain goes on
+                log.warning("before the drain", what=getattr(before, "__qualname__", repr(before)), error=str(e))
         in_flight = len(self._server.server_state.connections)
         log.info("gateway: not accepting; letting requests in flight finish", connections=in_flight,
                  grace_s=self.grace_s, socket="inherited: kept by the service manager" if self.inherited else "closed")

@@ -407,3 +407,35 @@ def test_the_event_stream_sends_activity_as_it_happens_and_frees_its_slot() -> N
         assert console.streams == 0
 
     run(go())
+
+
+def test_end_streams_ends_every_open_event_stream_so_a_graceful_stop_is_not_held() -> None:
+    """The gateway's graceful stop waits for requests in flight; a console page streams forever, so the
+    daemon waited out its whole grace (30 s) for it. end_streams (called first by the drain) ends them."""
+    console = Console(FakeDaemon([status()]), Activity(), Authority(TOKEN), settings=ConsoleSettings(tick_s=60.0))
+
+    async def go() -> None:
+        sent: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+        never = asyncio.Event()
+
+        async def receive() -> dict[str, object]:
+            await never.wait()          # the page stays open
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, object]) -> None:
+            await sent.put(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/events", "raw_path": b"/events", "root_path": "",
+                 "query_string": b"page=models", "headers": [(b"host", b"127.0.0.1:8080")], "scheme": "http",
+                 "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 1234), "http_version": "1.1"}
+        task = asyncio.create_task(console.app(scope, receive, send))
+        assert (await asyncio.wait_for(sent.get(), 2))["status"] == 200
+        while console.streams == 0:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.05)       # the stream is waiting for a change (60 s tick, 15 s heartbeat)
+        assert not task.done()
+        console.end_streams()
+        await asyncio.wait_for(task, 2)  # ended by end_streams, not by the page or a timer
+        assert console.streams == 0
+
+    run(go())
