@@ -172,14 +172,15 @@ WHY = {
                       "flags: lock {nflags} flags, image unknown ('llama-server --help' exited 1: "
                       "not llama-server: --help)"],
 }
-FIELDS = {
-    "builder": ["image_id", "binary_sha256", "version", "build_number", "source_sha256", "variant", "flags",
-                "warned_flags"],
-    "no_binary": ["image_id", "binary_sha256", "version", "build_number", "source_sha256", "variant", "flags",
-                  "warned_flags"],
-    "version_fails": ["image_id", "binary_sha256", "version", "flags", "warned_flags"],   # labels: the lock's
+FIELDS = {   # compiler and toolchain: the lock records how the binary was built (issue 19)
+    "builder": ["image_id", "binary_sha256", "version", "build_number", "source_sha256", "variant", "compiler",
+                "flags", "warned_flags", "toolchain"],
+    "no_binary": ["image_id", "binary_sha256", "version", "build_number", "source_sha256", "variant", "compiler",
+                  "flags", "warned_flags", "toolchain"],
+    "version_fails": ["image_id", "binary_sha256", "version", "compiler", "flags", "warned_flags",
+                      "toolchain"],   # labels: the lock's
 }
-CREATES = {"builder": 1, "no_binary": 1, "version_fails": 3}   # a missing binary is never run
+CREATES = {"builder": 1, "no_binary": 1, "version_fails": 4}   # a missing binary is never run; the 4th reads toolchain.txt
 
 
 @pytest.mark.parametrize("kind", KINDS)
