@@ -43,8 +43,14 @@ ARGS: dict[str, list[str]] = {
     "bench": ["m"],
     "render": ["compose"],
     "deploy": ["status"],
+    "unload": ["m"],
+    "console": [],
+    "push": ["--registry", "127.0.0.1:5999"],
+    "pull": ["--registry", "127.0.0.1:5999"],
 }
-NEEDS_ENGINE = {"build", "verify", "deploy"}
+NEEDS_ENGINE = {"build", "verify", "deploy", "push"}
+# Commands that stop at the lock, before the engine: a config error (2) saying what is missing.
+STOP_AT_LOCK = {"pull": "records no image pushed to 127.0.0.1:5999"}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +86,9 @@ def test_command_without_engine_ends_in_a_message_not_a_traceback(command: str, 
                          env=env, stdin=subprocess.DEVNULL)
     text = out.stdout + out.stderr
     assert "Traceback" not in text, text
-    if command in NEEDS_ENGINE:
+    if command in STOP_AT_LOCK:
+        assert out.returncode == 2 and STOP_AT_LOCK[command] in out.stderr, text
+    elif command in NEEDS_ENGINE:
         assert out.returncode == 4, text
         assert "cannot reach the Docker engine" in out.stderr and "DOCKER_HOST" in out.stderr, text
     elif out.returncode != 0:
