@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,26 +78,32 @@ def test_a_preloaded_model_comes_back_after_a_big_model_leaves(
 
 
 def _mixed(tmp: Path, demo: Path, names: dict[str, str], policy: str, client_: docker.DockerClient) -> int:
-    """4 clients, each alternating a and b for 4 requests (half start with each); the daemon's swaps."""
+    """8 requests queued a, b, a, b, ... (50 ms apart, all before the first model is up); the daemon's swaps.
+
+    Open-loop on purpose: closed-loop clients (each waiting for its answer) batch themselves by timing,
+    so the two policies' counts met by chance (4 and 4 in one CI run). Here arrival order alone says
+    what fifo does (a swap at every alternation) and what batch does (a's queue, then b's).
+    """
     for k in ("a", "b"):
         (tmp / f"{k}.yaml").write_text(manifest(names[k], demo, memory="1g", serving="lifecycle: on-demand\n"))
-    d = Daemon(tmp, extra=["--memory-budget", "1500m", "--swap-policy", policy]).start()
-    errors: list[str] = []
+    # max_swap_wait far away: batch is then bounded only by the queue, not by how fast this host answers
+    d = Daemon(tmp, extra=["--memory-budget", "1500m", "--swap-policy", policy, "--max-swap-wait", "300"]).start()
     try:
         wait_for(lambda: _state(d, names["a"]) == "STOPPED", 60, "the gateway up")
+        order = [names["ab"[i % 2]] for i in range(8)]
+        answers: list[httpx.Response | None] = [None] * len(order)
 
-        def client(i: int) -> None:
-            for j in range(4):
-                r = chat(d, names["ab"[(i + j) % 2]])
-                if r.status_code != 200:
-                    errors.append(r.text)
+        def send(i: int) -> None:
+            answers[i] = chat(d, order[i])
 
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
+        threads = []
+        for i in range(len(order)):
+            threads.append(threading.Thread(target=send, args=(i,)))
+            threads[-1].start()
+            time.sleep(0.05)       # arrival order is the order above
         for t in threads:
             t.join(600)
-        assert not errors, errors
+        assert all(r is not None and r.status_code == 200 for r in answers), [r and r.text for r in answers]
         with d._lock:
             return sum(1 for _, r in d.lines if r.get("event") == "swap")
     except AssertionError:
@@ -114,5 +121,6 @@ def test_batch_needs_fewer_swaps_than_fifo_on_a_mixed_workload(
     (tmp_path / "fifo").mkdir()
     batch = _mixed(tmp_path / "batch", demo_model, names, "batch", docker_client)
     fifo = _mixed(tmp_path / "fifo", demo_model, names, "fifo", docker_client)
-    assert batch >= 3, "both models were served in turns"
-    assert fifo > batch, (batch, fifo)
+    print(f"\nswaps for a, b, a, b, ... (8 requests): batch {batch}, fifo {fifo}")
+    assert batch >= 1, "b was served after a: at least one swap"
+    assert fifo >= 4 and fifo >= 3 * batch, (batch, fifo)   # fifo swaps at (almost) every alternation
