@@ -365,6 +365,13 @@ def test_with_inference_keys_reading_needs_a_login_too() -> None:
 
 
 @pytest.mark.timeout(10)
+def _events_scope(query: bytes) -> dict[str, object]:
+    """The ASGI scope of a page's GET /events (driven directly: httpx's ASGITransport reads a whole body first)."""
+    return {"type": "http", "method": "GET", "path": "/events", "raw_path": b"/events", "root_path": "",
+            "query_string": query, "headers": [(b"host", b"127.0.0.1:8080")], "scheme": "http",
+            "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 1234), "http_version": "1.1"}
+
+
 def test_the_event_stream_sends_activity_as_it_happens_and_frees_its_slot() -> None:
     """Driven as ASGI directly (httpx's ASGITransport reads a whole body before it answers)."""
     activity = Activity()
@@ -381,10 +388,7 @@ def test_the_event_stream_sends_activity_as_it_happens_and_frees_its_slot() -> N
         async def send(message: dict[str, object]) -> None:
             await sent.put(message)
 
-        scope = {"type": "http", "method": "GET", "path": "/events", "raw_path": b"/events", "root_path": "",
-                 "query_string": b"page=activity", "headers": [(b"host", b"127.0.0.1:8080")], "scheme": "http",
-                 "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 1234), "http_version": "1.1"}
-        task = asyncio.create_task(console.app(scope, receive, send))
+        task = asyncio.create_task(console.app(_events_scope(b"page=activity"), receive, send))
 
         async def event() -> tuple[str, object]:
             while True:
@@ -425,10 +429,7 @@ def test_end_streams_ends_every_open_event_stream_so_a_graceful_stop_is_not_held
         async def send(message: dict[str, object]) -> None:
             await sent.put(message)
 
-        scope = {"type": "http", "method": "GET", "path": "/events", "raw_path": b"/events", "root_path": "",
-                 "query_string": b"page=models", "headers": [(b"host", b"127.0.0.1:8080")], "scheme": "http",
-                 "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 1234), "http_version": "1.1"}
-        task = asyncio.create_task(console.app(scope, receive, send))
+        task = asyncio.create_task(console.app(_events_scope(b"page=models"), receive, send))
         assert (await asyncio.wait_for(sent.get(), 2))["status"] == 200
         while console.streams == 0:
             await asyncio.sleep(0)
