@@ -134,7 +134,7 @@ class Gateway:
             raise refused
         self._authorize(request)
         body = await self._body(request)
-        name = await self.bodies.model(body)    # off the loop, nesting bounded: 400 unless a JSON object
+        name, streams = await self.bodies.model(body)    # off the loop, nesting bounded: 400 unless a JSON object
         route = self.backend.routes().get(name)
         if route is None:
             raise self._not_found(name)
@@ -152,7 +152,7 @@ class Gateway:
         self.activity.update(request.scope.get(SCOPE_KEY), queue_wait_s=self.clock() - t0)
         return ProxyResponse(
             gateway=self, lease=lease, method="POST", path=path, query=request.url.query, body=body,
-            headers=_forward_headers(request.headers), deadline=deadline,
+            headers=_forward_headers(request.headers), deadline=deadline, streams=streams,
         )
 
     async def raw(self, request: Request) -> ProxyResponse:
@@ -175,6 +175,7 @@ class Gateway:
             gateway=self, lease=Lease(route, self.clock(), touch=False), method=request.method,
             path="/" + request.path_params["path"], query=request.url.query, body=body,
             headers=_forward_headers(request.headers), deadline=self.clock(), retries=0,
+            streams=await self.bodies.streams(body),
         )
 
     # --- waiting for a model -----------------------------------------------------------------

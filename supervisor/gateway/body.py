@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import re
 import time
 from collections.abc import Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -165,22 +166,32 @@ class Bodies:
 
     # --- the model -----------------------------------------------------------------------------
 
-    async def model(self, body: bytes) -> str:
-        """The request's top-level "model" string; 400 for a body that is not a JSON object with one."""
+    async def model(self, body: bytes) -> tuple[str, bool]:
+        """The request's top-level "model" string and whether it asks to stream (`streams`); 400 for a
+        body that is not a JSON object with a "model"."""
         depth = self.limits.max_json_depth
+
+        def scan() -> tuple[object, bool]:
+            return jsonscan.top_level_model(body, max_depth=depth), streams(body)
+
         try:
             if len(body) <= self.limits.inline_parse_bytes:
-                name = jsonscan.top_level_model(body, max_depth=depth)
+                name, stream = scan()
             else:
-                name = await asyncio.get_running_loop().run_in_executor(
-                    self._executor(), lambda: jsonscan.top_level_model(body, max_depth=depth))
+                name, stream = await asyncio.get_running_loop().run_in_executor(self._executor(), scan)
         except jsonscan.TooDeep as e:
             raise errors.too_deep(str(e)) from None
         except jsonscan.NotJSON as e:
             raise errors.not_object(str(e)) from None
         if not isinstance(name, str) or not name:
             raise errors.bad_request("the request has no \"model\" (fix: add \"model\": \"<name or alias>\")")
-        return name
+        return name, stream
+
+    async def streams(self, body: bytes) -> bool:
+        """Whether a body the gateway does not parse (/upstream/) asks to stream, off the loop when large."""
+        if len(body) <= self.limits.inline_parse_bytes:
+            return streams(body)
+        return await asyncio.get_running_loop().run_in_executor(self._executor(), streams, body)
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._parser is None:
@@ -191,6 +202,17 @@ class Bodies:
         if self._parser is not None:
             self._parser.shutdown(wait=False, cancel_futures=True)
             self._parser = None
+
+
+# `"stream": true` as a member of any object in the body. Inside a JSON string a quote is escaped, so
+# these bytes are a key; a nested "stream" key is a false positive that costs one new connection.
+# Linear: 16 MiB of hostile bytes take < 0.1 s, in the worker thread.
+_STREAM_TRUE = re.compile(rb'"stream"[ \t\r\n]*+:[ \t\r\n]*+true')
+
+
+def streams(body: bytes) -> bool:
+    """The request asks for a streamed answer (a scan for the key, without parsing the body)."""
+    return _STREAM_TRUE.search(body) is not None
 
 
 class ReleaseBodies:

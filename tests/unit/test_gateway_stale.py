@@ -151,3 +151,64 @@ def test_a_failure_on_a_new_connection_is_not_taken_for_a_stale_one() -> None:
     codes, metrics = asyncio.run(_run(server, _completion, 1))
     assert codes == [502]
     assert metrics.stale == 0 and server.connections == 2
+
+
+class ClosesAfterStreams:
+    """llama-server's way with streams: a streamed answer says keep-alive, then the server closes the
+    connection after its last chunk. Here the close waits for the next request on that connection
+    (the race at its worst: the pool reused it before the close arrived) and leaves it unanswered.
+    Records each request's Connection header."""
+
+    STREAM = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
+              b"keep-alive: timeout=5, max=100\r\n\r\n"
+              b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+
+    def __init__(self) -> None:
+        self.connection_headers: list[str] = []
+        self.unanswered = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            streamed = False
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if streamed:
+                    self.unanswered += 1
+                    return          # the close after the stream: this request is never read
+                lines = head.split(b"\r\n")
+                length = next((int(ln.split(b":")[1]) for ln in lines if ln.lower().startswith(b"content-length:")), 0)
+                body = await reader.readexactly(length)
+                self.connection_headers.append(next((ln.split(b":", 1)[1].strip().decode() for ln in lines
+                                                     if ln.lower().startswith(b"connection:")), ""))
+                streamed = b'"stream": true' in body
+                writer.write(self.STREAM if streamed else OK)
+                await writer.drain()
+                if streamed and self.connection_headers[-1] == "close":
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def test_a_streamed_request_is_sent_with_connection_close_so_no_one_reuses_what_llama_server_closes() -> None:
+    server = ClosesAfterStreams()
+
+    async def stream_then_plain(c: httpx.AsyncClient) -> httpx.Response:
+        r = await c.post("/v1/chat/completions", content=b'{"model": "m", "stream": true}',
+                         headers={"content-type": "application/json"})
+        assert r.status_code == 200 and r.content.endswith(b"data: [DONE]\n\n")
+        return await _completion(c)  # type: ignore[misc,no-any-return]
+
+    codes, metrics = asyncio.run(_run(server, stream_then_plain, 3))
+    assert codes == [200, 200, 200]
+    assert server.unanswered == 0 and metrics.stale == 0, "a connection a stream ended was reused"
+    assert server.connection_headers[0::2] == ["close"] * 3       # the streams
+    assert "close" not in server.connection_headers[1::2]         # the plain ones stay kept-alive
+
+
+def test_only_a_stream_true_member_counts_as_asking_to_stream() -> None:
+    from supervisor.gateway.body import streams
+    assert streams(b'{"model": "m", "stream": true}') and streams(b'{"stream"\n:\ttrue, "model": "m"}')
+    assert not streams(b'{"model": "m", "stream": false}') and not streams(b'{"model": "m"}')
+    assert not streams(b'{"model": "m", "prompt": "\\"stream\\": true"}')   # inside a string: escaped quotes
