@@ -20,6 +20,8 @@ from supervisor.render.desired import render_all
 
 from .test_render import GPU_HOST, LOCK, model
 
+CPU_VARIANTS = ("cpu-generic", "cpu-avx2", "cpu-avx512")
+
 
 def test_encode_decode_round_trips_every_field() -> None:
     desired, problems = render_all(load_text(model(profile="auto", tail="logs:\n  max_files: 2\n"), name="m.yaml"),
@@ -107,12 +109,15 @@ def test_the_child_renders_against_the_lock_view_the_runtime_adapter_names(tmp_p
     gguf.write_bytes(b"GGUF")
     (d / "m.yaml").write_text(model().replace("/m/m.gguf", str(gguf)))
     lock = tmp_path / "lock.json"
-    both = LOCK.with_binary(binary())
+    both = LOCK
+    for variant in CPU_VARIANTS:       # the host picks one of them (profile auto): each has its binary
+        both = both.with_binary(binary(variant))
     write_lock(lock, both)
     as_process = make_loader(d, lock, isolated=True, lock_view="binaries")()
     as_docker = make_loader(d, lock, isolated=True, lock_view="images")()
     assert as_process == make_loader(d, lock, lock_view="binaries")()
-    assert as_process["m"].spec.image_id == both.for_process().get("cpu-avx512").image_id  # type: ignore[union-attr]
+    picked = next(v for v in CPU_VARIANTS if both.get(v).image_id == as_docker["m"].spec.image_id)  # type: ignore[union-attr]
+    assert as_process["m"].spec.image_id == both.for_process().get(picked).image_id  # type: ignore[union-attr]
     assert as_docker == make_loader(d, lock, isolated=True)() and as_docker["m"].spec.image_id != as_process["m"].spec.image_id
     assert both.view("images") is both and both.view("binaries") == both.for_process()
     with pytest.raises(ConfigError, match="use one of images, binaries"):
