@@ -57,6 +57,9 @@ class ProcessRuntime:
     """Runtime (supervisor.runtime) for llama-server as host processes; `kind` is "process"."""
 
     kind = "process"
+    # One record name and one log file per model (logs/<model>.log, followed by the console across
+    # restarts): a second process of a model would share them. Config changes stop first here.
+    successors = False
 
     def __init__(self, *, post: Callable[[Event], None] | None = None, instance: str = DEFAULT_INSTANCE,
                  state_dir: Path | None = None, lock_path: Path | None = None, cgroups: Cgroups | None = None,
@@ -209,7 +212,8 @@ class ProcessRuntime:
             rec = self._records.get(container_id)
             return self._observed(rec) if rec is not None else None
 
-    def create(self, spec: ContainerSpec) -> str:
+    def create(self, spec: ContainerSpec, *, beside: str = "") -> str:
+        """`beside` is never given (successors is False): a process runtime replaces a model stop-first."""
         self.calls["create"] += 1
         try:
             return self._create(spec)
