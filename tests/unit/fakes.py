@@ -43,7 +43,6 @@ class FakeRuntime:
     """Containers as values in a dict; every call is recorded as (operation, argument)."""
 
     kind = "docker"
-    successors = True
 
     def __init__(self) -> None:
         self.containers: dict[str, ObservedContainer] = {}
@@ -54,6 +53,11 @@ class FakeRuntime:
         self.memory: dict[str, int] = {}
         self.maintained = 0
         self.closed = False
+        self.one_per_model = False            # True: as the process runtime, no second container of a model
+
+    @property
+    def successors(self) -> bool:
+        return not self.one_per_model
 
     def _call(self, op: str, arg: str) -> None:
         self.calls.append((op, arg))

@@ -182,7 +182,6 @@ class DockerRuntime:
     """Runtime (supervisor.runtime) for llama-server in Docker containers; `kind` is "docker"."""
 
     kind = "docker"
-    successors = True           # containers are found by label: two of a model run side by side under a pair of names
 
     def __init__(self, client: docker.DockerClient | None = None, *, timeout_s: float = 60,
                  instance: str = DEFAULT_INSTANCE) -> None:
@@ -195,6 +194,11 @@ class DockerRuntime:
         self._api = self._client.api
         self.calls: Counter[str] = Counter()
         self._networks: set[str] = set()
+
+    @property
+    def successors(self) -> bool:
+        """Containers are found by label: two of a model run side by side under a pair of names."""
+        return True
 
     @property
     def client(self) -> docker.DockerClient:

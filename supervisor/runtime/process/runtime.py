@@ -57,9 +57,6 @@ class ProcessRuntime:
     """Runtime (supervisor.runtime) for llama-server as host processes; `kind` is "process"."""
 
     kind = "process"
-    # One record name and one log file per model (logs/<model>.log, followed by the console across
-    # restarts): a second process of a model would share them. Config changes stop first here.
-    successors = False
 
     def __init__(self, *, post: Callable[[Event], None] | None = None, instance: str = DEFAULT_INSTANCE,
                  state_dir: Path | None = None, lock_path: Path | None = None, cgroups: Cgroups | None = None,
@@ -193,6 +190,12 @@ class ProcessRuntime:
         self._post(ContainerEvent(ContainerAction.DIE, rid, model, exit_code=code, time_ns=t_ns))
 
     # --- the Runtime protocol -------------------------------------------------------------------
+
+    @property
+    def successors(self) -> bool:
+        """One record name and one log file per model (logs/<model>.log, followed by the console across
+        restarts): a second process of a model would share them. Config changes go stop-first here."""
+        return False
 
     def list_managed(self) -> list[ObservedContainer]:
         self.calls["list"] += 1
