@@ -121,6 +121,8 @@ def _plan_handover(want: Want, want_hash: str, containers: list[ObservedContaine
         # The route is on the successor: the old container drains its own requests, then goes.
         if old is not None and (h.drained or old.status not in UP):
             actions.append(Remove(old.id, "handed over to the new container: drained", model=model))
+        elif old is not None and successor is not None and successor.config_hash != want_hash:
+            return actions             # changed again while the old one drains: one handover at a time
         return actions + _plan_one(want, want_hash, successor)
     why = _give_up(want, want_hash, successor, h)
     if not why:

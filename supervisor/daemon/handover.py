@@ -20,7 +20,7 @@ from supervisor.core import planner
 from supervisor.core.actions import CreateSuccessor
 from supervisor.core.demand import Demand
 from supervisor.core.events import ProbeResult
-from supervisor.core.lifecycle import ProbeOutcome, State, starting_probe_interval
+from supervisor.core.lifecycle import STARTING_PROBE_MIN_S, ProbeOutcome, State, starting_probe_interval
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.planner import UP
 from supervisor.daemon.ondemand import OnDemandScheduler
@@ -203,6 +203,8 @@ class Handovers:
             if self.prober.submit(name, h.successor_id, host_ip=host, port=c.host_port,
                                   timeout_s=slot.desired.health.timeout_s):
                 h.next_probe_at = now + starting_probe_interval(now - h.started_at, slot.desired.health.interval_s)
+            else:
+                h.next_probe_at = now + STARTING_PROBE_MIN_S    # the old one's probe is in flight: soon again
 
     def deadlines(self, slots: Mapping[str, Slot]) -> list[float]:
         out: list[float] = []

@@ -64,6 +64,15 @@ def test_after_the_switch_the_old_container_is_removed_once_drained_never_recrea
         == [Remove]
 
 
+def test_a_change_while_the_old_container_drains_waits_for_it_to_go() -> None:
+    old, mid, new = (desired("a", port=0, ctx=c) for c in (512, 1024, 2048))
+    obs = [observed(old, cid="c1"), observed(mid, cid="c2")]
+    assert plan({"a": _routed(new, start_first=True, handover=Handover("c1", "c2", switched=True))}, obs) == []
+    assert plan({"a": _routed(new, start_first=True, handover=Handover("c1", "c2", switched=True, drained=True))},
+                obs) == [Remove("c1", "handed over to the new container: drained", model="a"),
+                         CreateSuccessor(new, "c2")]
+
+
 def test_a_failed_successor_is_removed_and_the_change_goes_stop_first() -> None:
     old, new = desired("a", port=0, ctx=512), desired("a", port=0, ctx=1024)
     obs = [observed(old, cid="c1"), observed(new, cid="c2", status="exited")]
