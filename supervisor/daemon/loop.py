@@ -1,6 +1,6 @@
 """The one loop thread: it owns every model's state, fed by a queue of typed events.
 
-(About 550 lines, over the 450 the layout allows without a reason: the reconcile — plan,
+(About 600 lines, over the 450 the layout allows without a reason: the reconcile — plan,
 execute, store — and the shutdown steps still live here beside the iteration that owns the
 slots. They are the next part to become an object of their own; until then this file says so.)
 
