@@ -64,6 +64,10 @@ class PrometheusMetrics:
             ["model"], namespace=ns, registry=r)
         self.drains = Counter("drains", "Drains before a recreate, by outcome (drained, timed_out)",
                               ["model", "outcome"], namespace=ns, registry=r)
+        self.handovers = Counter(
+            "handovers", "Start-first recreates by result (switched: the route moved to the new container;"
+            " fell_back: it failed, stop-first instead; cancelled: the manifest changed again)",
+            ["model", "result"], namespace=ns, registry=r)
         self.stale_retries = Counter(
             "gateway_stale_retries", "Requests sent again on a new connection: a kept-alive one was closed by"
             " the model as they went out", ["model"], namespace=ns, registry=r)
@@ -128,6 +132,10 @@ class PrometheusMetrics:
         self.drained_requests.labels(model).inc(requests)
         self._track(model, self.drains, model, outcome)
         self._track(model, self.drained_requests, model)
+
+    def handover(self, model: str, result: str) -> None:
+        self.handovers.labels(model, result).inc()
+        self._track(model, self.handovers, model, result)
 
     def swap(self, model: str, wait_s: float) -> None:
         self.swaps.labels(model).inc()

@@ -123,6 +123,8 @@ def _describe_state(model: ModelStatus) -> str:
             parts.append(f"restarts {model.restarts}")
         elif model.reason:
             parts.append(model.reason)
+        if model.handover:          # a start-first recreate: the old container serves, or drains its own requests
+            parts.append(model.handover)
         return ", ".join(parts)
     if model.reason:
         return model.reason

@@ -110,6 +110,13 @@ def _release_freed_memory() -> None:
               help="Seconds between full lists of containers (events drive everything else).")
 @click.option("--stop-timeout", type=float, default=10.0, show_default=True,
               help="Seconds a graceful stop may take before the container is killed.")
+@click.option("--recreate", type=click.Choice(["start-first", "stop-first"]), default="start-first",
+              show_default=True,
+              help="How a manifest change replaces a model that serves. start-first: the new container starts "
+                   "beside the old one and takes the route once healthy, then the old one drains and stops "
+                   "(needs an engine-picked port, the docker runtime and room in the memory budget for both; "
+                   "else stop-first). stop-first: the old one drains (new requests wait), stops, then the new "
+                   "one starts.")
 @click.option("--shutdown-grace", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
               help="On SIGTERM/SIGINT the gateway stops accepting at once and waits this many seconds at most for "
                    "its requests in flight (streams included) to finish before the daemon exits (a second "
@@ -163,7 +170,7 @@ def _release_freed_memory() -> None:
               help="Run models as Docker containers, as host processes (the lock's native binary), or "
                    "auto: Docker when the engine answers, else processes.")
 def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None, socket_group: str | None,
-        metrics_port: int | None, resync_interval: float, stop_timeout: float, shutdown_grace: float,
+        metrics_port: int | None, resync_interval: float, stop_timeout: float, recreate: str, shutdown_grace: float,
         stop_models_on_exit: bool, instance: str, gateway_listen: str, no_gateway: bool, gateway_api_keys_file: Path | None,
         gateway_allowed_hosts: str, admin_keys_file: Path | None, gateway_max_body: str, gateway_body_budget: str,
         gateway_max_uploads: int,
@@ -197,6 +204,7 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
         metrics_port=metrics_port,
         resync_interval=resync_interval,
         stop_timeout=stop_timeout,
+        recreate=recreate,
         stop_models_on_exit=stop_models_on_exit,
         instance=instance,
         gateway=gateway,
@@ -316,7 +324,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         stop_models_on_exit: bool, instance: str = "default", gateway: GatewayOptions | None = None,
         budgets: tuple[str, str] = ("auto", "auto"), runtime_kind: str = "docker", watch: bool = True,
         kv_cache_max: int | None = 8 * 1024**3, listeners: Any = None,
-        swap: tuple[str, float] = ("batch", 10.0)) -> None:
+        swap: tuple[str, float] = ("batch", 10.0), recreate: str = "start-first") -> None:
     """listeners: the sockets inherited under socket activation (supervisor.cli.listeners.Listeners), or None."""
     from supervisor.cli.graceful import GracefulStop
     from supervisor.artifacts import hardware
@@ -325,6 +333,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
     from supervisor.core.demand import Demand
     from supervisor.core.scheduler import SwapPolicy, SwapSettings
     from supervisor.daemon.loop import LoopSettings, Supervisor
+    from supervisor.daemon.state import RecreateMode
     from supervisor.render.reader import read_timeout_s
     from supervisor.daemon.statefile import StateFile
     from supervisor.daemon.watcher import ManifestWatcher
@@ -358,7 +367,8 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         notifier=notifier,
         metrics=metrics,
         settings=LoopSettings(resync_interval_s=resync_interval, stop_timeout_s=stop_timeout,
-                              stop_models_on_exit=stop_models_on_exit, max_wait_s=max_wait),
+                              stop_models_on_exit=stop_models_on_exit, max_wait_s=max_wait,
+                              recreate=RecreateMode(recreate)),
         demand=Demand(time.monotonic, wake=lambda: events.put(Tick())),
         budget=budget,
         swap=SwapSettings(SwapPolicy(swap[0]), swap[1]),

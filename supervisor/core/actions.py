@@ -29,6 +29,20 @@ class Recreate:
 
 
 @dataclass(frozen=True)
+class CreateSuccessor:
+    """The config hash changed on a container that serves, and both fit: create and start the new container
+    beside the old one (start-first); the old keeps serving until the loop switches the route to the new
+    one, then drains and is removed."""
+
+    desired: DesiredModel
+    old_id: str
+
+    @property
+    def model(self) -> str:
+        return self.desired.name
+
+
+@dataclass(frozen=True)
 class Start:
     """Start the existing container in place (same ID, config hash matches).
 
@@ -67,11 +81,12 @@ class Resume:
 
 @dataclass(frozen=True)
 class Remove:
-    """An orphan (managed label, no manifest) or a duplicate: stop if needed, then remove."""
+    """An orphan (managed label, no manifest), a duplicate, a start-first successor given up, or the old
+    container of a finished handover: stop (gracefully) if needed, then remove."""
 
     container_id: str
     reason: str
     model: str = ""
 
 
-Action = Create | Recreate | Start | Stop | Remove | Drain | Resume
+Action = Create | Recreate | CreateSuccessor | Start | Stop | Remove | Drain | Resume

@@ -8,6 +8,11 @@ a model is draining no new request enters it, and it is only drained while nothi
 is in flight and no request the loop let in (`admit`) is still on its way in. Every field is read and written under the lock, `contended` included
 (the loop sets it, the gateway's threads read it). No I/O: it lives in the core, below
 both the gateway and the daemon that share it.
+
+Requests are also counted per published port (`port=`: the route the gateway was given), for a
+start-first recreate: once the route moves to the new container, the old one's port is *retired*
+(`retire`): a request that read the old route enters no more (it asks again), and the old container
+drains only what is in flight on it (`inflight_on`).
 """
 
 from __future__ import annotations
@@ -37,33 +42,48 @@ class Demand:
         self._draining: set[str] = set()
         self._admitted: dict[str, int] = {}     # the loop said "go ahead"; the gateway has not entered yet
         self._contended = False                 # the loop waits for memory: wake it when a model frees up
+        self._on_port: dict[tuple[str, int], int] = {}   # (model, published port) -> requests in flight there
+        self._retired: set[tuple[str, int]] = set()       # an old container's port after a start-first switch
 
     # --- the gateway -------------------------------------------------------------------------
 
-    def enter(self, model: str, *, touch: bool = True, admitted: bool = False) -> bool:
+    def enter(self, model: str, *, touch: bool = True, admitted: bool = False, port: int | None = None) -> bool:
         """A request is about to be sent; False if the model is being drained (wait for it instead).
         touch=False: in flight, but not use that keeps an on-demand model loaded (monitoring).
         admitted=True: the loop let this request in (`admit`): it enters a model that holds new
-        requests back (it arrived before the cutoff); the admission is used up either way."""
+        requests back (it arrived before the cutoff); the admission is used up either way.
+        port: the published port of the route it goes to; False when that port is retired (the route
+        moved: ask again)."""
         with self._lock:
             let_in = False
             if admitted and self._admitted.get(model, 0) > 0:
                 self._admitted[model] -= 1
                 let_in = True
+            if port is not None and (model, port) in self._retired:
+                return False
             if model in self._draining and not let_in:
                 return False
             self._inflight[model] = self._inflight.get(model, 0) + 1
+            if port is not None:
+                self._on_port[model, port] = self._on_port.get((model, port), 0) + 1
             if touch:
                 self._last_used[model] = self._clock()
             return True
 
-    def leave(self, model: str, *, touch: bool = True) -> None:
+    def leave(self, model: str, *, touch: bool = True, port: int | None = None) -> None:
         with self._lock:
             n = self._inflight.get(model, 0) - 1
             self._inflight[model] = max(0, n)
             if touch:
                 self._last_used[model] = self._clock()
             wake = n <= 0 and (model in self._draining or self._contended)
+            if port is not None and (model, port) in self._on_port:
+                left = self._on_port[model, port] - 1
+                if left > 0:
+                    self._on_port[model, port] = left
+                else:
+                    del self._on_port[model, port]
+                    wake = wake or (model, port) in self._retired   # the old container is drained
         if wake:
             self._wake()
 
@@ -144,8 +164,26 @@ class Demand:
         with self._lock:
             return frozenset(self._draining)
 
+    def retire(self, model: str, port: int) -> int:
+        """The route moved off `port` (start-first): no request enters it any more; answers how many are
+        in flight there (they finish)."""
+        with self._lock:
+            self._retired.add((model, port))
+            return self._on_port.get((model, port), 0)
+
+    def inflight_on(self, model: str, port: int) -> int:
+        with self._lock:
+            return self._on_port.get((model, port), 0)
+
+    def unretire(self, model: str, port: int) -> None:
+        """The retired port's container is gone: the engine may hand the port to a new one."""
+        with self._lock:
+            self._retired.discard((model, port))
+
     def forget(self, model: str) -> None:
         with self._lock:
             for d in (self._inflight, self._waiting, self._last_used, self._admitted):
                 d.pop(model, None)
             self._draining.discard(model)
+            self._retired = {k for k in self._retired if k[0] != model}
+            self._on_port = {k: v for k, v in self._on_port.items() if k[0] != model}

@@ -18,6 +18,11 @@ loop asks `wants_running(now)` and `next_deadline()` and lets the planner act.
     RUNNING ──manifest changed──> DRAINING ──nothing in flight, or the drain deadline──> STARTING (recreated)
                                      └──changed back──> RUNNING
 
+Start-first (the loop decides it is possible): a RUNNING model stays RUNNING while its new container
+starts beside the old one (`handing_over` only sets the reason); when the new one is healthy the
+route moves to it (`handed_over`: probes, failures and uptime start over for it). If it fails, the
+change falls back to the stop-first path below.
+
 DRAINING: the container of the old config still serves the requests it has; the gateway sends it
 no new one (they wait for the new container). The loop decides when the drain is over (`drain_until`,
 the requests in flight), the planner then recreates.
@@ -452,6 +457,23 @@ class Lifecycle:
         # RUNNING -> DRAINING
         return self._to(now, State.DRAINING, f"manifest changed: draining {inflight} request(s) in flight,"
                                               f" then recreating")
+
+    def handing_over(self, reason: str) -> None:
+        """Start-first: the new container starts beside the old one, which still serves (RUNNING stays)."""
+        if self.state is State.RUNNING:
+            self.reason = reason
+
+    def handed_over(self, now: float) -> None:
+        """Start-first: the route moved to the new container, healthy: it is the one probed from now on.
+        Counted as a restart, as a stop-first recreate is; RUNNING stays."""
+        if self.state is not State.RUNNING:
+            return
+        self.restarts += 1
+        self.probe_failures = 0
+        self.running_since = now
+        self.started_at = now
+        self.next_probe_at = now + self.health.interval_s
+        self.reason = "healthy (config changed: the new container took over)"
 
     def resume(self, now: float) -> Transition | None:
         """The manifest changed back while it drained: it serves again, as it was."""

@@ -206,6 +206,16 @@ def plan_pass(loads: Mapping[str, Load], budget: Budget, now: float, swap: SwapS
     return Pass(tuple(decisions), holds, tuple(preload), min(wake) if wake else None)
 
 
+def fits_beside(loads: Mapping[str, Load], model: str, *, old_memory_bytes: int, old_gpu_memory_bytes: int,
+                budget: Budget) -> bool:
+    """Whether `model`'s new container (its Load) fits beside its old one (the old estimates), with every
+    other reserved model counted as `schedule` counts it: a start-first recreate holds both for a while."""
+    new = loads[model]
+    old = replace(new, memory_bytes=old_memory_bytes, gpu_memory_bytes=old_gpu_memory_bytes)
+    others = [x for x in loads.values() if x.name != model and x.reserved]
+    return _fits([*others, old], new, budget)
+
+
 def stoppable(load: Load, cutoff: float) -> bool:
     """A held model may be stopped now: nothing in flight or let in, and nothing older than the cutoff waits."""
     return (load.inflight == 0 and load.admitted == 0

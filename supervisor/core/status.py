@@ -35,6 +35,7 @@ class ModelStatus:
     max_failures: int = 0                # the manifest's restart.max_failures
     retry_in_s: float | None = None      # BACKOFF: seconds until the next try
     verified: str = ""                   # what this daemon checked before creating the container ('' if none)
+    handover: str = ""                   # a start-first recreate under way: the new container starting, or the old draining
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)

@@ -12,10 +12,10 @@ from typing import assert_never
 
 import structlog
 
-from supervisor.core.actions import Action, Create, Drain, Recreate, Remove, Resume, Start, Stop
+from supervisor.core.actions import Action, Create, CreateSuccessor, Drain, Recreate, Remove, Resume, Start, Stop
 from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import DesiredModel
-from supervisor.errors import ResourceExhausted, VerificationError, exhaustion
+from supervisor.errors import ResourceExhausted, RuntimeOperationError, VerificationError, exhaustion
 from supervisor.artifacts.verify import NoVerifier, Verifier
 from supervisor.daemon.kvkeeper import KvKeeper
 from supervisor.runtime import Runtime
@@ -66,6 +66,15 @@ class Executor:
                 rt.remove(old)
                 self.verified.pop(old, None)
                 return self._create_and_start(d)
+            case CreateSuccessor(desired=d, old_id=old):
+                self._verify(d)
+                log.info("start-first: creating the new container beside the old", model=d.name, old=old[:12],
+                         reason="config hash changed")
+                if current is None or not current.name:
+                    # without the old one's name the new one could take it (a 409, and the engine's
+                    # runtime clears a name it holds): never guess
+                    raise RuntimeOperationError(f"{d.name}: start-first: the old container {old[:12]} is not known")
+                return self._create_and_start(d, beside=current.name)
             case Start(model=m, container_id=cid, desired=d):
                 if d is not None:
                     # docker start mounts the model's path again and a process start execs the binary
@@ -104,10 +113,10 @@ class Executor:
         self.verifier.check_model(d)
         self.verifier.check_image(d)
 
-    def _create_and_start(self, d: DesiredModel) -> ObservedContainer | None:
+    def _create_and_start(self, d: DesiredModel, *, beside: str = "") -> ObservedContainer | None:
         if self.kv is not None:
             self.kv.prepare(d.name)     # its bind mount's source must exist before the create
-        cid = self.runtime.create(d.spec)
+        cid = self.runtime.create(d.spec, beside=beside) if beside else self.runtime.create(d.spec)
         log.info("created", model=d.name, container=cid[:12], config_hash=d.spec.config_hash()[:12])
         self.runtime.start(cid)
         if self.kv is not None:

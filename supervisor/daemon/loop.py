@@ -1,6 +1,6 @@
 """The one loop thread: it owns every model's state, fed by a queue of typed events.
 
-(About 550 lines, over the 450 the layout allows without a reason: the reconcile — plan,
+(About 600 lines, over the 450 the layout allows without a reason: the reconcile — plan,
 execute, store — and the shutdown steps still live here beside the iteration that owns the
 slots. They are the next part to become an object of their own; until then this file says so.)
 
@@ -32,7 +32,7 @@ from typing import Any, assert_never
 import structlog
 
 from supervisor.control.api import CommandResult, MetricsSink, Notifier, NullMetrics, NullNotifier
-from supervisor.core.actions import Action, Create, Drain, Recreate, Remove, Resume, Start, Stop
+from supervisor.core.actions import Action, Create, CreateSuccessor, Drain, Recreate, Remove, Resume, Start, Stop
 from supervisor.core.commands import Readiness
 from supervisor.core.demand import Demand
 from supervisor.core.events import (
@@ -54,6 +54,7 @@ from supervisor.core.status import ModelStatus
 from supervisor.daemon.commands import Commands
 from supervisor.daemon.containers import ContainerEvents, Heard, last_lines
 from supervisor.daemon.executor import Executor
+from supervisor.daemon.handover import Handovers
 from supervisor.daemon.kvkeeper import KvKeeper
 from supervisor.daemon.kvstore import KvStore
 from supervisor.artifacts.verify import Verifier
@@ -122,6 +123,9 @@ class Supervisor:
         self._ready_sent = False
         self.ondemand = OnDemandScheduler(self.demand, budget, self._metrics, swap)
         self.containers = ContainerEvents(runtime, self._metrics, prober)
+        # start-first recreates (handover.py): the new container beside the old, the route moved when healthy
+        self.handovers = Handovers(runtime=runtime, demand=self.demand, ondemand=self.ondemand, prober=prober,
+                                   metrics=self._metrics, mode=settings.recreate, stop_timeout_s=settings.stop_timeout_s)
         self._snapshot: tuple[ModelStatus, ...] = ()
         self._routes: dict[str, Route] = {}
         self.memory = MemorySampler(runtime.memory_usage)
@@ -137,7 +141,7 @@ class Supervisor:
 
     @metrics.setter
     def metrics(self, metrics: MetricsSink) -> None:
-        self._metrics = self.ondemand.metrics = self.containers.metrics = metrics
+        self._metrics = self.ondemand.metrics = self.containers.metrics = self.handovers.metrics = metrics
         if self.kv is not None:
             self.kv.metrics = metrics
 
@@ -147,7 +151,7 @@ class Supervisor:
 
     @prober.setter
     def prober(self, prober: ProbeSink) -> None:
-        self._prober = self.containers.prober = prober
+        self._prober = self.containers.prober = self.handovers.prober = prober
 
     @property
     def manifests_ok(self) -> bool:
@@ -212,8 +216,9 @@ class Supervisor:
         model is RUNNING go ahead."""
         now = self.clock()
         swaps = {n: (s.count, s.last_wait_s) for n, s in self.ondemand.swaps.items()}
+        handovers = {n: d for n, s in self.slots.items() if (d := self.handovers.describe(s, self.cache))}
         snap, table = publish(self.slots, self.cache, self.demand.usage, self.memory.sample(self.slots, now), now,
-                              **self._kv_report(), swaps=swaps, verified=self.executor.verified)
+                              **self._kv_report(), swaps=swaps, verified=self.executor.verified, handovers=handovers)
         with self._snapshot_lock:
             changed = snap != self._snapshot
             self._snapshot = snap
@@ -238,6 +243,7 @@ class Supervisor:
         deadlines = [self._resync_at, now + self.settings.max_wait_s]
         deadlines += [d for s in self.slots.values() if (d := s.lc.next_deadline()) is not None]
         deadlines += self.commands.deadlines()
+        deadlines += self.handovers.deadlines(self.slots)
         if (idle := self.ondemand.idle_deadline(self.slots)) is not None:
             deadlines.append(idle)
         if self._resync_now:
@@ -251,7 +257,8 @@ class Supervisor:
             case ContainerEvent():
                 self._heard(self.containers.on_event(ev, self.slots, self.cache, self.clock()))
             case ProbeResult():
-                self._log_transition(self.containers.on_probe(ev, self.slots, self.clock()))
+                if not self.handovers.on_probe(ev, self.slots, self.cache, self.clock()):
+                    self._log_transition(self.containers.on_probe(ev, self.slots, self.clock()))
             case ManifestsChanged(origin=origin):
                 self._reload(apply=True, origin=origin)
             case ControlRequest(command=cmd, future=fut):
@@ -329,6 +336,7 @@ class Supervisor:
             self._resync(now)
         for slot in self.slots.values():
             self._log_transition(slot.lc.tick(now))
+        self.handovers.check(self.slots, self.cache, now)
         ran = False
         for _ in range(3):          # a stop that makes a restart possible plans again at once
             for t in self.ondemand.schedule(self.slots, now):   # on-demand starts, evictions, idle stops
@@ -346,6 +354,7 @@ class Supervisor:
         if ran:
             self.metrics.reconcile(time.monotonic() - t0)
         self.containers.send_probes(self.slots, self.cache, now)
+        self.handovers.send_probes(self.slots, self.cache, now)
         self.commands.check_waiters(self.slots, now)
         if not self._ready_sent:
             self._ready_sent = True
@@ -381,6 +390,7 @@ class Supervisor:
                          and c.status == "running"]
                 if match:
                     slot.container_id = match[0].id
+                    slot.made_with = slot.desired
                     log.info("adopted", model=slot.desired.name, container=match[0].id[:12])
                     lc.enabled = True
                     self.demand.touch(slot.desired.name)   # an adopted on-demand model gets a full idle TTL
@@ -389,7 +399,9 @@ class Supervisor:
 
     def _wants(self, now: float) -> dict[str, Want]:
         return {n: Want(s.desired, run=s.lc.wants_running(now) and not self.stopping, live=s.lc.live,
-                        serving=self._serving(n, s, now))
+                        serving=self._serving(n, s, now),
+                        start_first=self.handovers.start_first(s, self.slots, self.cache),
+                        handover=self.handovers.view(s, now))
                 for n, s in self.slots.items()}
 
     def _serving(self, name: str, slot: Slot, now: float) -> Serving:
@@ -412,6 +424,8 @@ class Supervisor:
             self.demand.undrain(action.model)
             self._log_transition(slot.lc.resume(now))
             return
+        log.info("recreate: stop-first (drain, stop, then start the new container)", model=action.model,
+                 why_not_start_first=self.handovers.why_not(slot, self.slots))
         self.demand.mark_draining(action.model)
         inflight = self.demand.usage(action.model).inflight
         slot.drain_requests = inflight
@@ -427,8 +441,11 @@ class Supervisor:
                         slot = self.slots.get(m)
                         if slot is not None:
                             self._log_transition(slot.lc.stopped(self.clock()))
-                case Remove(container_id=cid):
-                    self._apply(action, cid)
+                case Remove(container_id=cid, model=m):
+                    if self._apply(action, cid) and (slot := self.slots.get(m)) is not None:
+                        self.handovers.removed(slot, cid, self.clock())
+                case CreateSuccessor():
+                    self._start_successor(action)
                 case Drain() | Resume():
                     self._drain(action)
                 case _:
@@ -445,6 +462,22 @@ class Supervisor:
             raise
         self._store(cid, after)
         return True
+
+    def _start_successor(self, action: CreateSuccessor) -> None:
+        """Start-first: the new container beside the old one, which keeps serving (Handovers probes it)."""
+        slot = self.slots[action.model]
+        try:
+            after = self.executor.apply(action, self.cache.get(action.old_id))
+        except (VerificationError, RetryableError) as e:
+            self._resync_now = True
+            self.handovers.could_not_begin(slot, f"{type(e).__name__}: {e}")   # the stop-first path says it again
+            return
+        if after is None:
+            self._resync_now = True
+            self.handovers.could_not_begin(slot, "container vanished after start")
+            return
+        self.cache[after.id] = after
+        self.handovers.began(slot, action, after, self.clock())
 
     def _bring_up(self, action: Create | Recreate | Start) -> None:
         model = action.model
@@ -494,6 +527,7 @@ class Supervisor:
             return
         self.cache[after.id] = after
         slot.container_id = after.id
+        slot.made_with = action.desired if not isinstance(action, Start) else slot.desired
         slot.lc.container_started(self.clock())
         if after.status not in UP:
             self._log_transition(slot.lc.container_exited(
@@ -545,6 +579,12 @@ class Supervisor:
             log.info("leaving model containers running", models=sorted(self.slots))
             return
         for name, slot in sorted(self.slots.items()):
+            if slot.handover is not None:    # the other container of a start-first recreate under way
+                other = slot.handover.old_id if slot.handover.old_id != slot.container_id else slot.handover.successor_id
+                try:
+                    self.runtime.stop(other, timeout_s=self.settings.stop_timeout_s)
+                except RetryableError as e:
+                    log.error("stop failed", model=name, container=other[:12], error=str(e))
             cid = slot.container_id
             if cid is None:
                 continue

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -91,16 +91,29 @@ class OnDemandScheduler:
                 self._seen_up.add(name)
             eligible = lc.state is State.STOPPED and (name not in self._seen_up or name in self._evicted)
             waiting = [w.since for w in self._pending.get(name, ()) if not w.future.done()]
+            # a start-first recreate under way holds the old container's memory beside the new one's
+            extra = slot.handover.old_memory if slot.handover is not None else (0, 0)
             loads[name] = Load(
                 name=name, on_demand=serving.on_demand, reserved=reserved,
                 stopping=lc.state is State.STOPPING,
-                memory_bytes=serving.memory_bytes, gpu_memory_bytes=serving.gpu_memory_bytes,
+                memory_bytes=serving.memory_bytes + extra[0], gpu_memory_bytes=serving.gpu_memory_bytes + extra[1],
                 inflight=u.inflight, waiting=u.waiting,
                 last_used=u.last_used if u.last_used is not None else lc.since,
                 waiting_since=min(waiting) if waiting else None, admitted=u.admitted,
                 preload=serving.preload and (reserved or eligible),
             )
         return loads
+
+    def room_beside(self, name: str, slots: Mapping[str, Slot], old_memory: tuple[int, int]) -> bool:
+        """Whether `name`'s new container fits beside its old one (`old_memory`: bytes, GPU bytes), every
+        other model counted as the scheduler counts it. No budget set: always."""
+        if self.budget.memory_bytes is None and self.budget.gpu_memory_bytes is None:
+            return True
+        loads = self._loads(slots)
+        loads[name] = replace(loads[name], memory_bytes=slots[name].desired.serving.memory_bytes,
+                              gpu_memory_bytes=slots[name].desired.serving.gpu_memory_bytes)
+        return scheduler.fits_beside(loads, name, old_memory_bytes=old_memory[0],
+                                     old_gpu_memory_bytes=old_memory[1], budget=self.budget)
 
     def schedule(self, slots: Mapping[str, Slot], now: float) -> list[Transition]:
         """Idle stops, then each waiting request's model, oldest request first: start it, make room, or

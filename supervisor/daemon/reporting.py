@@ -27,6 +27,7 @@ def publish(
     kv_off: str = "off: this daemon keeps no KV cache",
     swaps: Mapping[str, tuple[int, float | None]] | None = None,
     verified: Mapping[str, str] | None = None,
+    handovers: Mapping[str, str] | None = None,
 ) -> tuple[tuple[ModelStatus, ...], dict[str, Route]]:
     """The status snapshot and the route table (every name and alias -> route) for `slots` at `now`.
 
@@ -34,7 +35,8 @@ def publish(
     counts per model, `memory` the bytes each model's container uses (MemorySampler.sample), `kv` the
     tokens and bytes of KV cache each model keeps on disk (None: the daemon keeps none, `kv_off` says why),
     `swaps` each model's swaps so far and the last one's wait, `verified` what was checked before each
-    container was created (container ID -> text; Executor.verified).
+    container was created (container ID -> text; Executor.verified), `handovers` the words for each
+    start-first recreate under way (model -> text; Handovers.describe).
     """
     statuses, routes = [], []
     for name, slot in sorted(slots.items()):
@@ -62,6 +64,7 @@ def publish(
             failures=lc.consecutive_failures, max_failures=slot.desired.restart.max_failures,
             retry_in_s=max(0.0, lc.backoff_until - now) if lc.state is State.BACKOFF and lc.backoff_until else None,
             verified=_verified(slot.container_id, verified),
+            handover=(handovers or {}).get(name, ""),
         ))
         routes.append(Route(
             name=name, state=lc.state, host=host, port=port if lc.live else None,

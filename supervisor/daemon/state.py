@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Protocol
 
 from supervisor.control.api import CommandResult, ModelResult
@@ -23,6 +24,13 @@ class ProbeSink(Protocol):
     def submit(self, model: str, container_id: str, *, host_ip: str, port: int, timeout_s: float) -> bool: ...
 
 
+class RecreateMode(str, Enum):
+    """How a config change replaces a container that serves (`--recreate`)."""
+
+    START_FIRST = "start-first"   # where possible: the new one starts beside the old, the route moves when healthy
+    STOP_FIRST = "stop-first"     # always: drain the old one (new requests wait), stop it, then start the new one
+
+
 @dataclass(frozen=True)
 class LoopSettings:
     resync_interval_s: float = 30.0
@@ -30,6 +38,25 @@ class LoopSettings:
     stop_models_on_exit: bool = False
     max_wait_s: float = 5.0            # wake at least this often (systemd watchdog, waiter deadlines)
     command_timeout_s: float = 300.0   # a start/stop waiter gives up after this
+    recreate: RecreateMode = RecreateMode.START_FIRST
+
+
+@dataclass
+class Handover:
+    """One model's start-first recreate (the loop thread's record, on its slot)."""
+
+    old_id: str
+    successor_id: str
+    config_hash: str                  # the successor's
+    started_at: float
+    deadline: float                   # not healthy by then: given up (its start timeout)
+    next_probe_at: float
+    old_memory: tuple[int, int]       # what the old container counts against the budgets meanwhile
+    switched: bool = False            # the route is on the successor
+    old_port: int | None = None       # the old container's published port (retired in Demand)
+    drain_until: float | None = None  # the old container is removed at the latest then
+    drain_requests: int = 0           # in flight on the old container at the switch (metrics)
+    failed: str = ""                  # why the successor was given up
 
 
 @dataclass
@@ -39,6 +66,9 @@ class Slot:
     container_id: str | None = None    # the container the lifecycle tracks
     drain_requests: int = 0             # in flight when its last drain began (metrics)
     recreated: bool = False             # drained and recreated: Demand keeps it draining until the next publish
+    handover: Handover | None = None    # a start-first recreate under way (daemon/handover.py)
+    made_with: DesiredModel | None = None   # what its container was made from (its memory, beside a successor)
+    start_first_failed: tuple[str, str] = ("", "")   # (config hash, why): that config goes stop-first
 
 
 @dataclass

@@ -168,7 +168,7 @@ class Gateway:
         self._authorize_model(request, route)
         body = await self._body(request)
         running = route.state is State.RUNNING and route.url is not None
-        if not running or not self.backend.demand.enter(route.name, touch=False):
+        if not running or not self.backend.demand.enter(route.name, touch=False, port=route.port):
             raise errors.unavailable(f"model '{route.name}' is {route.state.value}, not running"
                                      " (/upstream/ does not start models: send a /v1/ request)", "model_not_running")
         return ProxyResponse(
@@ -184,7 +184,8 @@ class Gateway:
         """Enter the model's in-flight count once it is RUNNING; wait for it (bounded queue) otherwise."""
         demand = self.backend.demand
         route = self.backend.routes().get(model)
-        if route is not None and route.state is State.RUNNING and route.url is not None and demand.enter(model):
+        if (route is not None and route.state is State.RUNNING and route.url is not None
+                and demand.enter(model, port=route.port)):
             return Lease(route, self.clock())
         limit = route.max_queue if route is not None else 1
         if not demand.wait_begin(model, limit):
@@ -210,7 +211,7 @@ class Gateway:
                     raise
                 if not ready.ok or ready.route is None:
                     raise _refusal(ready)
-                if demand.enter(model, admitted=True):   # before wait_end: never seen idle in between
+                if demand.enter(model, admitted=True, port=ready.route.port):   # before wait_end: never idle between
                     self.metrics.gateway_wait(model, self.clock() - t0)
                     return Lease(ready.route, self.clock())
                 # draining again (another model needs the room): ask once more

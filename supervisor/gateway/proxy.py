@@ -188,7 +188,7 @@ class ProxyResponse:
 
     def _leave(self) -> None:
         if self.lease is not None:
-            self.gw.backend.demand.leave(self.model, touch=self.lease.touch)
+            self.gw.backend.demand.leave(self.model, touch=self.lease.touch, port=self.lease.route.port)
             self.lease = None
 
     async def _exchange(self, send: Any) -> None:

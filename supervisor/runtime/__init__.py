@@ -5,7 +5,7 @@ and `ProcessRuntime` (runtime/process/, llama-server as a host process); runtime
 picks one. Unit tests use a hand-written fake. Every method is one or a few engine calls and
 raises RuntimeUnavailable / RuntimeOperationError, never a docker exception.
 
-Shared here: the names runtimes give models (`container_name`, `check_instance`), the label
+Shared here: the names runtimes give models (`container_name`, `successor_name`, `check_instance`), the label
 filter that finds a daemon's own containers (`owned_filter`; the labels live in
 artifacts/labels.py), a host process's RSS (`process_rss`) and a model's log tail made fit
 for a status line (`clean_log`).
@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_INSTANCE", "LABEL_HASH", "LABEL_IMAGE", "LABEL_INSTANCE", "LABEL_MANAGED", "LABEL_MODEL",
     "LABEL_PURPOSE", "PURPOSE_INSPECT", "inspect_labels", "owned_filter", "NAME_PREFIX", "INSTANCE_PATTERN",
     "check_instance", "process_rss", "MAX_TAIL_BYTES", "MAX_LINE_CHARS", "clean_log", "container_name", "Runtime",
+    "PAIR_SUFFIX", "successor_name",
 ]
 
 
@@ -97,6 +98,19 @@ def container_name(model: str, instance: str = DEFAULT_INSTANCE) -> str:
     return NAME_PREFIX + (model if instance == DEFAULT_INSTANCE else f"{instance}-{model}")
 
 
+# The second name of a model's pair (blue/green), for a container started beside the one that serves
+# (start-first recreate). '_' is in no model name ([a-z0-9][a-z0-9-]*), so a pair's second name can
+# never be another model's first name.
+PAIR_SUFFIX = "_b"
+
+
+def successor_name(model: str, instance: str = DEFAULT_INSTANCE, *, beside: str) -> str:
+    """The name for a new container of `model` started while the container named `beside` still runs:
+    whichever of the pair (container_name, container_name + PAIR_SUFFIX) that one does not hold."""
+    first = container_name(model, instance)
+    return first + PAIR_SUFFIX if beside == first else first
+
+
 class Runtime(Protocol):
     """What the daemon calls on the runtime it runs models with (DockerRuntime, ProcessRuntime, the tests' fake)."""
 
@@ -114,8 +128,14 @@ class Runtime(Protocol):
     def inspect(self, container_id: str) -> ObservedContainer | None:
         """None when the container no longer exists."""
 
-    def create(self, spec: ContainerSpec) -> str:
-        """Create (not start) the model's container; returns its ID."""
+    @property
+    def successors(self) -> bool:
+        """Whether a second container of a model can run beside the first (start-first recreates)."""
+
+    def create(self, spec: ContainerSpec, *, beside: str = "") -> str:
+        """Create (not start) the model's container; returns its ID. `beside`: the name of the model's
+        container that keeps running meanwhile (the new one takes the other name of the pair:
+        `successor_name`)."""
 
     def start(self, container_id: str) -> None: ...
 

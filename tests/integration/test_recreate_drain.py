@@ -1,9 +1,9 @@
 """A manifest edit under streaming load, on the real engine, image and demo model (issue 21).
 
 Three clients stream completions through the gateway without pause while the model's ctx_size is
-edited. The old container is drained (DRAINING: nothing new is sent to it, the streams it has
-finish), then recreated; requests sent meanwhile wait in the model's queue. Every request, the ones
-in flight at the edit included, is answered 200 with a complete stream.
+edited, stop-first (`--recreate stop-first`; start-first is test_recreate_start_first.py). The old
+container is drained (DRAINING: nothing new is sent to it, the streams it has finish), then recreated; requests sent meanwhile wait in the model's queue. Every request, the
+ones in flight at the edit included, is answered 200 with a complete stream.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def test_streams_through_a_manifest_edit_are_all_answered_in_full(
 
     write(512)
     # the drain lasts up to the stop timeout: long enough here for a stream on a loaded 2-core host
-    d = Daemon(tmp_path, extra=["--stop-timeout", "60"]).start()
+    d = Daemon(tmp_path, extra=["--stop-timeout", "60", "--recreate", "stop-first"]).start()
     results: list[tuple[float, float, int, bool, str]] = []     # (sent, done, status, complete, tail)
     stop = threading.Event()
     url = f"{d.gateway}/v1/completions"

@@ -24,7 +24,7 @@ from supervisor.core.observed import ObservedContainer
 from supervisor.core.spec import ContainerSpec, DesiredModel
 from supervisor.core.status import ModelStatus
 from supervisor.errors import ControlError, ModelMismatch
-from supervisor.runtime import container_name
+from supervisor.runtime import container_name, successor_name
 
 
 class FakeClock:
@@ -48,10 +48,16 @@ class FakeRuntime:
         self.containers: dict[str, ObservedContainer] = {}
         self.calls: list[tuple[str, str]] = []
         self._ids = itertools.count(1)
+        self._ports = itertools.count(1)
         self.fail_next: dict[str, Exception] = {}
         self.memory: dict[str, int] = {}
         self.maintained = 0
         self.closed = False
+        self.one_per_model = False            # True: as the process runtime, no second container of a model
+
+    @property
+    def successors(self) -> bool:
+        return not self.one_per_model
 
     def _call(self, op: str, arg: str) -> None:
         self.calls.append((op, arg))
@@ -69,12 +75,14 @@ class FakeRuntime:
         self._call("inspect", container_id)
         return self.containers.get(container_id)
 
-    def create(self, spec: ContainerSpec) -> str:
+    def create(self, spec: ContainerSpec, *, beside: str = "") -> str:
         self._call("create", spec.model)
         cid = f"id{next(self._ids)}-{spec.model}"
+        name = successor_name(spec.model, beside=beside) if beside else container_name(spec.model)
+        port = spec.host_port or 40000 + next(self._ports)     # host port 0: the engine picks one
         self.containers[cid] = ObservedContainer(
-            id=cid, name=container_name(spec.model), model=spec.model,
-            config_hash=spec.config_hash(), status="created", image_id=spec.image_id)
+            id=cid, name=name, model=spec.model,
+            config_hash=spec.config_hash(), status="created", image_id=spec.image_id, host_port=port)
         return cid
 
     def _set(self, cid: str, **kw: object) -> None:

@@ -36,6 +36,7 @@ from supervisor.runtime import (
     clean_log,
     container_name,
     owned_filter,
+    successor_name,
     process_rss,
 )
 
@@ -86,12 +87,13 @@ def host_config_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     return kw
 
 
-def container_kwargs(spec: ContainerSpec, instance: str = DEFAULT_INSTANCE) -> dict[str, Any]:
-    """Arguments of APIClient.create_container besides host_config (no environment: no secrets)."""
+def container_kwargs(spec: ContainerSpec, instance: str = DEFAULT_INSTANCE, *, beside: str = "") -> dict[str, Any]:
+    """Arguments of APIClient.create_container besides host_config (no environment: no secrets).
+    `beside`: the name of the model's container that keeps running (start-first): the other name of the pair."""
     return {
         "image": spec.image_id,
         "command": list(spec.argv),
-        "name": container_name(spec.model, instance),
+        "name": successor_name(spec.model, instance, beside=beside) if beside else container_name(spec.model, instance),
         "labels": labels(spec, instance),
         "ports": [(spec.container_port, "tcp")],
         "user": spec.user,
@@ -194,6 +196,11 @@ class DockerRuntime:
         self._networks: set[str] = set()
 
     @property
+    def successors(self) -> bool:
+        """Containers are found by label: two of a model run side by side under a pair of names."""
+        return True
+
+    @property
     def client(self) -> docker.DockerClient:
         return self._client
 
@@ -222,9 +229,9 @@ class DockerRuntime:
         self._pids[d["Id"]] = int(pid)
         return observed_from_inspect(d)
 
-    def create(self, spec: ContainerSpec) -> str:
+    def create(self, spec: ContainerSpec, *, beside: str = "") -> str:
         self._ensure_network(spec.network)
-        kw = container_kwargs(spec, self.instance)
+        kw = container_kwargs(spec, self.instance, beside=beside)
         for attempt in (1, 2):
             self._count("create")
             try:

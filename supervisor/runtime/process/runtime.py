@@ -191,6 +191,12 @@ class ProcessRuntime:
 
     # --- the Runtime protocol -------------------------------------------------------------------
 
+    @property
+    def successors(self) -> bool:
+        """One record name and one log file per model (logs/<model>.log, followed by the console across
+        restarts): a second process of a model would share them. Config changes go stop-first here."""
+        return False
+
     def list_managed(self) -> list[ObservedContainer]:
         self.calls["list"] += 1
         with self._lock:
@@ -209,7 +215,8 @@ class ProcessRuntime:
             rec = self._records.get(container_id)
             return self._observed(rec) if rec is not None else None
 
-    def create(self, spec: ContainerSpec) -> str:
+    def create(self, spec: ContainerSpec, *, beside: str = "") -> str:
+        """`beside` is never given (successors is False): a process runtime replaces a model stop-first."""
         self.calls["create"] += 1
         try:
             return self._create(spec)
