@@ -104,7 +104,9 @@ def bench_chaos(r: Report, *, quick: bool, duration_s: float = 150.0) -> None:
     d = live.Daemon(directory, socket_activated=True,
                     extra=["--resync-interval", "30", "--stop-timeout", "10"]).start()
     outcomes: list[Outcome] = []
-    kills: list[tuple[float, str]] = []          # (when, model) of each container SIGKILL
+    # (from, to, model) of each container SIGKILL: from before the kill call to its return (it returns once the
+    # container is dead, ~0.15 s; a stream cut in that window was cut by the kill)
+    kills: list[tuple[float, float, str]] = []
     try:
         d.wait_log(lambda rec: str(rec.get("event", "")).startswith("Listening on 127.0.0.1"), 10, "the sockets")
         for m in models:      # the first request starts the daemon (socket activation), then each model
@@ -123,7 +125,8 @@ def bench_chaos(r: Report, *, quick: bool, duration_s: float = 150.0) -> None:
             t.start()
         edit_at, daemon_kill_at = t0 + 0.4 * duration_s, t0 + 0.7 * duration_s
         next_kill, turn = t0 + KILL_EVERY_S, 0
-        edited = daemon_killed = None
+        edited: float | None = None
+        daemon_killed: tuple[float, float] | None = None
         restart: tuple[float, int, int] | None = None
         while (now := time.monotonic()) < t0 + duration_s:
             if now >= next_kill:
@@ -131,8 +134,10 @@ def bench_chaos(r: Report, *, quick: bool, duration_s: float = 150.0) -> None:
                 turn += 1
                 next_kill += KILL_EVERY_S
                 try:
-                    live.container(client, m, live.instance_for(directory)).kill(signal="SIGKILL")
-                    kills.append((time.monotonic(), m))
+                    victim = live.container(client, m, live.instance_for(directory))
+                    before_kill = time.monotonic()
+                    victim.kill(signal="SIGKILL")
+                    kills.append((before_kill, time.monotonic(), m))
                 except docker.errors.APIError as e:       # between a recreate's remove and create: none to kill
                     r.notes.append(f"SIGKILL of {m} at {now - t0:.0f} s skipped: {str(e)[:120]}")
             if edited is None and now >= edit_at:
@@ -140,10 +145,11 @@ def bench_chaos(r: Report, *, quick: bool, duration_s: float = 150.0) -> None:
                 edited = time.monotonic()
             if daemon_killed is None and now >= daemon_kill_at:
                 old = d.daemon_pid()
+                before_kill = time.monotonic()
                 d.kill9_daemon()
-                daemon_killed = time.monotonic()
+                daemon_killed = (before_kill, time.monotonic())
                 new = d.daemon_pid(timeout=120)
-                restart = (time.monotonic() - daemon_killed, old, new)
+                restart = (time.monotonic() - daemon_killed[1], old, new)
             time.sleep(0.05)
         stop.set()
         for t in threads:
@@ -161,15 +167,15 @@ def bench_chaos(r: Report, *, quick: bool, duration_s: float = 150.0) -> None:
         client.close()
 
 
-def report(r: Report, outcomes: list[Outcome], kills: list[tuple[float, str]], *, edited: float | None,
-           daemon_killed: float | None, restart: tuple[float, int, int] | None, t0: float, duration_s: float,
+def report(r: Report, outcomes: list[Outcome], kills: list[tuple[float, float, str]], *, edited: float | None,
+           daemon_killed: tuple[float, float] | None, restart: tuple[float, int, int] | None, t0: float, duration_s: float,
            before: live.ProcStats, after: live.ProcStats) -> None:
-    def in_flight(o: Outcome, at: float) -> bool:
-        return o.start <= at <= o.end
+    def in_flight(o: Outcome, window: tuple[float, float]) -> bool:
+        return o.start <= window[1] and o.end >= window[0]
 
     kinds = Counter(o.kind for o in outcomes)
     not_answered = [o for o in outcomes if o.kind != "answered"]
-    at_sigkill = [o for o in not_answered if any(in_flight(o, t) and o.model == m for t, m in kills)]
+    at_sigkill = [o for o in not_answered if any(in_flight(o, (lo, hi)) and o.model == m for lo, hi, m in kills)]
     at_daemon = [o for o in not_answered if o not in at_sigkill and daemon_killed is not None
                  and in_flight(o, daemon_killed)]
     rest = [o for o in not_answered if o not in at_sigkill and o not in at_daemon]
@@ -189,7 +195,7 @@ def report(r: Report, outcomes: list[Outcome], kills: list[tuple[float, str]], *
     if edited is not None:
         after_edit = [o for o in outcomes if o.start >= edited and o.model.endswith("-a")]
         bad = [o for o in after_edit if o.kind != "answered"
-               and not any(in_flight(o, t) for t, m in kills if m == o.model)
+               and not any(in_flight(o, (lo, hi)) for lo, hi, m in kills if m == o.model)
                and not (daemon_killed is not None and in_flight(o, daemon_killed))]
         r.value_row("  of those sent to the edited model after the edit began (outside kills in flight): not answered",
                     f"{len(bad)} of {len(after_edit)}", target="0", met=not bad)
