@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from integration.daemon_harness import (
-    DAEMON, RESYNC_INTERVAL_S, Daemon, container, healthy, identity, remove_models, wait_for,
+    DAEMON, Daemon, container, healthy, identity, remove_models, wait_for,
 )
 
 from .conftest import LOAD_TIMEOUT, Shared
@@ -129,9 +129,9 @@ def test_kills_soon_after_start_back_off_then_fatal_and_stay_down(
     st = status(d, name)
     assert st is not None and st.state == "FATAL" and "137" in st.reason, st
     # FATAL stays down: no start, no new container. FATAL has no timer (the lifecycle's unit tests),
-    # so what is left to check here is a resync with the engine: wait for one full interval, then a
+    # so what is left to check here is a resync with the engine: wait for one whole pass, then a
     # control round trip proves the loop is alive and has handled everything queued before it.
-    time.sleep(RESYNC_INTERVAL_S + 1)
+    d.await_resyncs(1)
     assert status(d, name) is not None
     assert [c.id for c in containers_of(docker_client, name)] == [cid2]
     assert identity(docker_client, name)[1] == started2
@@ -186,7 +186,7 @@ def test_oom_killed_is_reported_counted_and_fatal_without_a_loop(
     [c] = containers_of(docker_client, name)
     assert c.attrs["State"]["OOMKilled"] is True
     started = c.attrs["State"]["StartedAt"]
-    time.sleep(RESYNC_INTERVAL_S + 1)                      # one resync pass while FATAL (see above)
+    d.await_resyncs(1)                                     # one resync pass while FATAL (see above)
     assert status(d, name) is not None                     # the loop answers: not stuck, just idle
     [c2] = containers_of(docker_client, name)
     assert (c2.id, c2.attrs["State"]["StartedAt"], c2.status) == (c.id, started, "exited"), "restarted after FATAL"

@@ -119,6 +119,12 @@ class Daemon:
         self.gateway_port = free_port()
         if not any(a in ("--no-gateway", "--gateway-listen") for a in self.extra):
             self.extra += ["--gateway-listen", f"127.0.0.1:{self.gateway_port}"]
+        # ... and its metrics port: `resyncs()` reads how many resync passes it has made
+        if "--metrics-port" in self.extra:
+            self.metrics_port = int(self.extra[self.extra.index("--metrics-port") + 1])
+        else:
+            self.metrics_port = free_port()
+            self.extra += ["--metrics-port", str(self.metrics_port)]
         self.socket_activated = socket_activated
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[tuple[float, dict[str, Any]]] = []
@@ -201,6 +207,18 @@ class Daemon:
     @property
     def gateway(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
+
+    def resyncs(self) -> int:
+        """Resync passes the daemon has finished (each lists the engine's containers and compares them)."""
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5, trust_env=False).text
+        line = next(ln for ln in text.splitlines() if ln.startswith("llama_supervisor_reconcile_duration_seconds_count"))
+        return int(float(line.split()[-1]))
+
+    def await_resyncs(self, passes: int, timeout: float = 60) -> None:
+        """Wait until `passes` whole resync passes began and ended after this call (the count moves at a
+        pass's end, so one under way now is not counted): the one path no event drives has run."""
+        start = self.resyncs()
+        wait_for(lambda: self.resyncs() >= start + passes + 1, timeout, f"{passes} resync pass(es)", step=0.2)
 
     def terminate(self, timeout: float = 30) -> int:
         assert self.proc is not None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
 import docker
 import pytest
 
-from .daemon_harness import RESYNC_INTERVAL_S, Daemon, free_port, healthy, identity, model_yaml, remove_models, wait_for
+from .daemon_harness import Daemon, free_port, healthy, identity, model_yaml, remove_models, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -33,7 +32,7 @@ def test_second_daemon_does_not_remove_the_first_ones_models(
         wait_for(lambda: healthy(ports[b]), 120, f"{b} healthy")
         # Two resync passes of the second daemon: its containers came up through events, so only a
         # resync could list (and wrongly adopt or remove) the first one's. No event marks a resync.
-        time.sleep(2 * RESYNC_INTERVAL_S + 1)
+        second.await_resyncs(2)
         assert identity(docker_client, a) == before, "the second daemon touched the first one's container"
         assert healthy(ports[a])
         assert not second.find(lambda r: r.get("model") == a), second.dump()
