@@ -73,13 +73,11 @@ RUN set -e; root=/out/root; \
     echo "runtime libraries:"; for lib in $libs; do echo "  $lib"; done; \
     chroot $root /usr/local/bin/llama-server --version
 
-# The Docker-native health check (see images/Dockerfile): static, no shell, no curl.
-FROM ${BUILDER} AS healthcheck
-RUN if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then \
-      apt-get update && \
-      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cmake make g++ binutils && \
-      rm -rf /var/lib/apt/lists/*; \
-    fi
+# The Docker-native health check (see images/Dockerfile): static, no shell, no curl. FROM the build
+# stage, never FROM ${BUILDER} with the build stage's first step again: in a --no-cache build two stages
+# that begin alike leave two cache candidates for that step, and the next cached build took the health
+# check's and compiled llama-server again (tests/unit/test_dockerfile_cache.py).
+FROM build AS healthcheck
 COPY healthcheck.c /src/healthcheck.c
 RUN mkdir -p /out && \
     gcc -std=c11 -D_DEFAULT_SOURCE -O2 -Wall -Wextra -Werror -static \

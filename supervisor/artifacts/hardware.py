@@ -113,6 +113,11 @@ def runnable_variants(host: HostInfo) -> frozenset[str]:
     return frozenset(out)
 
 
+def emulated(variant: str, host: HostInfo) -> bool:
+    """Whether `variant` runs here through qemu-user: arm64 on a host that is not aarch64."""
+    return variant == "arm64" and host.arch != "aarch64"
+
+
 def missing_for(variant: str, host: HostInfo) -> str:
     """Why `variant` cannot run here, in a few words ('' when it can)."""
     if variant in runnable_variants(host):

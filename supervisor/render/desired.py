@@ -205,7 +205,8 @@ def render(
             start_timeout_s=(
                 health.start_timeout
                 if health.start_timeout is not None
-                else default_start_timeout(file_size, server.ctx_size)
+                else default_start_timeout(file_size, server.ctx_size,
+                                           emulated=hardware.emulated(placement.variant, host))
             ),
         ),
         restart=RestartSettings(

@@ -271,6 +271,31 @@ def test_default_start_timeout() -> None:
     assert default_start_timeout(10**12, 4096) == 600
 
 
+def test_default_start_timeout_under_emulation_is_twenty_times_the_native_budget_within_the_cap() -> None:
+    assert default_start_timeout(0, 4096, emulated=True) == 220
+    assert default_start_timeout(253_000_000, 512, emulated=True) == pytest.approx(20 * (10 + 2.53 + 0.125))
+    assert default_start_timeout(10**9, 8192, emulated=True) == 440
+    assert default_start_timeout(10**12, 4096, emulated=True) == 600
+
+
+def test_an_arm64_model_gets_the_emulated_start_budget_only_where_it_runs_under_emulation() -> None:
+    """The demo model loads in 16.7 s through qemu-user here against its native 12.7 s budget: an emulated
+    variant with the native default failed every start (not healthy after 12.6561s, then FATAL)."""
+    lock = ImageLock({**LOCK.images, "arm64": record("arm64")})
+    text = model(profile="arm") + "---\nkind: profile\nname: arm\nvariant: arm64\n"
+    x86 = HostInfo(cores=2, memory_bytes=8 << 30, arch="x86_64", cpu_flags=AVX512, emulates=frozenset({"aarch64"}))
+    arm = HostInfo(cores=2, memory_bytes=8 << 30, arch="aarch64", cpu_flags=frozenset({"asimd", "neon"}))
+    for host, budget in ((x86, 220.0), (arm, 11.0)):
+        m, problems = one(text, lock=lock, host=host)
+        assert problems == [] and m.spec.image.endswith(":arm64"), problems  # type: ignore[attr-defined]
+        assert m.health.start_timeout_s == budget, host.arch  # type: ignore[attr-defined]
+    native, _ = one(model(), lock=lock, host=x86)
+    assert native.health.start_timeout_s == 11  # type: ignore[attr-defined]
+    profile = "---\nkind: profile\nname: arm\nvariant: arm64\n"
+    explicit, problems = one(model(profile="arm", tail="health: {start_timeout: 30}\n") + profile, lock=lock, host=x86)
+    assert problems == [] and explicit.health.start_timeout_s == 30  # type: ignore[attr-defined]
+
+
 def test_load_desired_stats_the_file_and_propagates_manifest_errors(tmp_path: Path) -> None:
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"\0" * 1000)
