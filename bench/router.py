@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psutil
@@ -39,6 +39,9 @@ import psutil
 from bench import live
 from bench.gateway import HealthWatch, body, stream_once
 from bench.stats import of
+
+if TYPE_CHECKING:
+    from bench.run import Report
 
 CTL = str(Path(sys.executable).with_name("llama-supervisorctl"))
 STABLE_S = 10.5            # RestartSettings.stable_after_s (10 s) and a margin
@@ -330,10 +333,7 @@ def process_lock() -> tuple[Path, str]:
     return lock, native.path
 
 
-def bench_router(r: object, *, quick: bool = False, runs: int | None = None) -> None:
-    from bench.run import Report
-
-    assert isinstance(r, Report)
+def bench_router(r: Report, *, quick: bool = False, runs: int | None = None) -> None:
     runs = runs or (3 if quick else 6)
     demo = live.demo_model()
     tag = uuid.uuid4().hex[:4]
