@@ -25,6 +25,32 @@ DAEMON = Path(sys.executable).with_name("llama-supervisord")
 RESYNC_INTERVAL_S = 5
 
 
+def write_edited_model(manifest: Path, name: str, demo_model: Path, *, ctx: int, start_timeout: float) -> None:
+    """The manifest of a model edited under load (ctx_size is what the edit changes), written atomically:
+    parallel 2, probes that a loaded 2-core host does not fail (3 s, 3 failures), the engine picks the port."""
+    text = model_yaml(name, None, demo_model, demo_model.parent.name, ctx=ctx, parallel=2, memory="512m",
+                      start_timeout=start_timeout)
+    tmp = manifest.with_name(f".{manifest.name}.tmp")
+    tmp.write_text(text.replace("  failures: 2\n", "  failures: 3\n  timeout: 3\n").replace("  timeout: 1\n", ""))
+    tmp.rename(manifest)
+
+
+def stream_completion(c: httpx.Client, url: str, model: str, tokens: int) -> tuple[int, bool, str]:
+    """One streamed completion of `tokens` tokens: (status, complete: the tokens, [DONE] and no error event,
+    the last lines)."""
+    body = {"model": model, "prompt": "Count to fifty:", "max_tokens": tokens, "ignore_eos": True,
+            "temperature": 0, "stream": True}
+    lines: list[str] = []
+    with c.stream("POST", url, json=body) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                lines.append(line[6:])
+        status = r.status_code
+    got = [x for x in lines if x != "[DONE]" and "error" not in json.loads(x)]
+    complete = bool(lines) and lines[-1] == "[DONE]" and len(got) >= tokens and not any('"error"' in x for x in lines)
+    return status, complete, " | ".join(lines[-2:])[:300]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -207,6 +233,14 @@ class Daemon:
     @property
     def gateway(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
+
+    def model_state(self, name: str) -> str | None:
+        """The model's state as the gateway's /v1/models lists it (None: not listed, or no answer)."""
+        try:
+            got = httpx.get(f"{self.gateway}/v1/models", timeout=5, trust_env=False).json()["data"]
+            return {m["id"]: m["state"] for m in got}.get(name)
+        except (httpx.HTTPError, ValueError, KeyError):
+            return None
 
     def resyncs(self) -> int:
         """Resync passes the daemon has finished (each lists the engine's containers and compares them)."""

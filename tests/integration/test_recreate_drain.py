@@ -18,27 +18,11 @@ import docker
 import httpx
 import pytest
 
-from .daemon_harness import Daemon, model_yaml, remove_models, wait_for
+from .daemon_harness import Daemon, remove_models, stream_completion, wait_for, write_edited_model
 
 pytestmark = pytest.mark.docker
 
 LOAD_TIMEOUT = 120.0
-
-
-def _stream(c: httpx.Client, url: str, model: str) -> tuple[int, bool, str]:
-    """(status, complete: tokens and [DONE] and no error event, the last lines)."""
-    body = {"model": model, "prompt": "Count to fifty:", "max_tokens": 12, "ignore_eos": True,
-            "temperature": 0, "stream": True}
-    lines: list[str] = []
-    with c.stream("POST", url, json=body) as r:
-        for line in r.iter_lines():
-            if line.startswith("data: "):
-                lines.append(line[6:])
-        status = r.status_code
-    tokens = [x for x in lines if x != "[DONE]" and "error" not in json.loads(x)]
-    complete = bool(lines) and lines[-1] == "[DONE]" and len(tokens) >= 12 and not any(
-        '"error"' in x for x in lines)
-    return status, complete, " | ".join(lines[-2:])[:300]
 
 
 def test_streams_through_a_manifest_edit_are_all_answered_in_full(
@@ -47,12 +31,8 @@ def test_streams_through_a_manifest_edit_are_all_answered_in_full(
     manifest = tmp_path / "m.yaml"
 
     def write(ctx: int) -> None:
-        tmp = tmp_path / ".m.yaml.tmp"
-        text = model_yaml(name, None, demo_model, demo_model.parent.name, ctx=ctx, parallel=2, memory="512m")
         # a shared 2-core host can take longer than the size-based default to load even this model
-        tmp.write_text(text.replace("  failures: 2\n", "  failures: 3\n  timeout: 3\n  start_timeout: 120\n")
-                       .replace("  timeout: 1\n", ""))
-        tmp.rename(manifest)
+        write_edited_model(manifest, name, demo_model, ctx=ctx, start_timeout=120)
 
     write(512)
     # the drain lasts up to the stop timeout: long enough here for a stream on a loaded 2-core host
@@ -66,21 +46,14 @@ def test_streams_through_a_manifest_edit_are_all_answered_in_full(
             while not stop.is_set():
                 t0 = time.monotonic()
                 try:
-                    status, complete, tail = _stream(c, url, name)
+                    status, complete, tail = stream_completion(c, url, name, 12)
                 except (httpx.HTTPError, ValueError) as e:
                     status, complete, tail = 0, False, repr(e)
                 results.append((t0, time.monotonic(), status, complete, tail))
 
-    def state() -> str | None:
-        try:
-            got = httpx.get(f"{d.gateway}/v1/models", timeout=5, trust_env=False).json()["data"]
-            return {m["id"]: m["state"] for m in got}.get(name)
-        except (httpx.HTTPError, ValueError, KeyError):
-            return None
-
     threads = [threading.Thread(target=client) for _ in range(3)]
     try:
-        wait_for(lambda: state() == "RUNNING", LOAD_TIMEOUT, "the model running")
+        wait_for(lambda: d.model_state(name) == "RUNNING", LOAD_TIMEOUT, "the model running")
         for t in threads:
             t.start()
         wait_for(lambda: len(results) >= 6, LOAD_TIMEOUT, "streams flowing")

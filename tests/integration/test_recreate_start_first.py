@@ -21,7 +21,8 @@ import docker
 import httpx
 import pytest
 
-from .daemon_harness import Daemon, container, free_port, model_yaml, remove_models, wait_for
+from .daemon_harness import (Daemon, container, free_port, remove_models, stream_completion, wait_for,
+                             write_edited_model)
 
 pytestmark = pytest.mark.docker
 
@@ -30,18 +31,7 @@ START_TIMEOUT = 150.0           # generous: a shared 2-core host loads two conta
 
 
 def _stream(c: httpx.Client, url: str, model: str) -> tuple[int, bool, str]:
-    """(status, complete: tokens and [DONE] and no error event, the last lines)."""
-    body = {"model": model, "prompt": "Count to fifty:", "max_tokens": 8, "ignore_eos": True,
-            "temperature": 0, "stream": True}
-    lines: list[str] = []
-    with c.stream("POST", url, json=body) as r:
-        for line in r.iter_lines():
-            if line.startswith("data: "):
-                lines.append(line[6:])
-        status = r.status_code
-    tokens = [x for x in lines if x != "[DONE]" and "error" not in json.loads(x)]
-    complete = bool(lines) and lines[-1] == "[DONE]" and len(tokens) >= 8 and not any('"error"' in x for x in lines)
-    return status, complete, " | ".join(lines[-2:])[:300]
+    return stream_completion(c, url, model, 8)
 
 
 def _short(c: httpx.Client, url: str, model: str) -> tuple[int, bool, str]:
@@ -69,11 +59,7 @@ def test_a_manifest_edit_starts_the_new_container_first_and_no_request_waits(
     manifest = tmp_path / "m.yaml"
 
     def write(ctx: int) -> None:
-        tmp = tmp_path / ".m.yaml.tmp"
-        text = model_yaml(name, None, demo_model, demo_model.parent.name, ctx=ctx, parallel=2, memory="512m",
-                          start_timeout=START_TIMEOUT)
-        tmp.write_text(text.replace("  failures: 2\n", "  failures: 3\n  timeout: 3\n").replace("  timeout: 1\n", ""))
-        tmp.rename(manifest)
+        write_edited_model(manifest, name, demo_model, ctx=ctx, start_timeout=START_TIMEOUT)
 
     write(512)
     metrics_port = free_port()
@@ -94,17 +80,10 @@ def test_a_manifest_edit_starts_the_new_container_first_and_no_request_waits(
                     status, complete, tail = 0, False, repr(e)
                 results.append((kind, t0, time.monotonic(), status, complete, tail))
 
-    def state() -> str | None:
-        try:
-            got = httpx.get(f"{d.gateway}/v1/models", timeout=5, trust_env=False).json()["data"]
-            return {m["id"]: m["state"] for m in got}.get(name)
-        except (httpx.HTTPError, ValueError, KeyError):
-            return None
-
     threads = [threading.Thread(target=client, args=(k,)) for k in ("stream", "stream", "short")]
     t_launch = time.monotonic()
     try:
-        wait_for(lambda: state() == "RUNNING", LOAD_TIMEOUT, "the model running")
+        wait_for(lambda: d.model_state(name) == "RUNNING", LOAD_TIMEOUT, "the model running")
         cold_s = time.monotonic() - t_launch
         old_id = container(docker_client, name).id
         for t in threads:
