@@ -12,7 +12,7 @@ export LLAMA_SUPERVISOR_CACHE_DIR ?= $(STATE)/cache
 # asks it where this state is (verify, hardware, fetch-model, ...: cli/where.py).
 export LLAMA_SUPERVISOR_MANIFESTS ?= $(CURDIR)/manifests
 
-.PHONY: venv base-images image image-cuda model setup tools run lint test unit mutate bench soak screenshots reproduce image-arm64 test-arm64 clean
+.PHONY: venv base-images image image-cuda model setup tools run lint test unit mutate bench soak screenshots reproduce image-arm64 test-arm64 test-cuda clean
 
 $(BIN)/llama-supervisorctl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,7 +72,7 @@ unit: venv
 	$(BIN)/pytest -q tests/unit
 
 test: setup tools lint
-	$(BIN)/pytest -ra -m "not arm64" tests
+	$(BIN)/pytest -ra -m "not arm64 and not cuda" tests
 
 # The arm64 image (issue 19): the cross builder base and qemu, a cold cross build (about one more
 # llama-server build), its facts read and a completion served under emulation. Not in `make test`
@@ -82,6 +82,11 @@ image-arm64: venv
 
 test-arm64: setup tools image-arm64
 	$(BIN)/pytest -ra -m arm64 tests
+
+# The cuda image (issue 19): its facts, its root, and the demo model served on the CPU where there is no GPU
+# (tests/integration/test_cuda.py). image-cuda makes the Debian CUDA builder base and compiles: long, once.
+test-cuda: setup tools image-cuda
+	$(BIN)/pytest -ra -m cuda tests
 
 # Mutation testing (docs/TESTING.md): mutmut over the packages in [tool.mutmut] against tests/unit only.
 # Not part of `make test`. MUTANTS narrows it (a glob of mutant names, e.g. 'supervisor.core.*');
