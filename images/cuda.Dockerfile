@@ -47,18 +47,24 @@ ARG LLAMA_BUILD_COMMIT=unknown
 ARG CUDA_ARCHITECTURES=90
 ARG SOURCE_DATE_EPOCH=0
 ENV SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH}
+COPY cuda-compat.cuh /src/cuda-compat.cuh
 WORKDIR /src/llama.cpp
-# CUDA 11.8's nvcc takes host compilers up to GCC 11: where the toolkit is 11.x and g++-11 is there
-# (Debian's), the whole build uses GCC 11. The compilers used are kept in /out/tools.txt for the
+# With CUDA 11.x (Debian's 11.8): nvcc takes host compilers up to GCC 11, so where g++-11 is there the
+# whole build uses GCC 11; and cuda-compat.cuh is pre-included into every CUDA compile: it defines the
+# two device functions of programmatic dependent launch that llama.cpp uses from 11.8 on but that CUDA
+# declares only from 12.0 (see the file). The compilers used are kept in /out/tools.txt for the
 # toolchain record. Reproducible as in images/Dockerfile: the build path mapped away (for nvcc's host
 # passes too), deterministic archives.
 RUN test -n "$CUDA_ARCHITECTURES" || { echo "CUDA_ARCHITECTURES build-arg is required" >&2; exit 1; }; \
-    cc=gcc; cxx=g++; \
-    if nvcc --version | grep -q 'release 11\.' && command -v g++-11 >/dev/null; then cc=gcc-11; cxx=g++-11; fi && \
+    cc=gcc; cxx=g++; cudaflags="-Xcompiler=-ffile-prefix-map=/src/llama.cpp=."; \
+    if nvcc --version | grep -q 'release 11\.'; then \
+      cudaflags="$cudaflags --pre-include=/src/cuda-compat.cuh"; \
+      if command -v g++-11 >/dev/null; then cc=gcc-11; cxx=g++-11; fi; \
+    fi && \
     repro="-ffile-prefix-map=/src/llama.cpp=. -fdebug-prefix-map=/src/llama.cpp=." && \
     cmake -S . -B build -DCMAKE_BUILD_TYPE=Release \
       -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_CUDA_HOST_COMPILER="$cxx" \
-      -DCMAKE_C_FLAGS="$repro" -DCMAKE_CXX_FLAGS="$repro" -DCMAKE_CUDA_FLAGS="-Xcompiler=-ffile-prefix-map=/src/llama.cpp=." \
+      -DCMAKE_C_FLAGS="$repro" -DCMAKE_CXX_FLAGS="$repro" -DCMAKE_CUDA_FLAGS="$cudaflags" \
       -DCMAKE_C_ARCHIVE_CREATE="<CMAKE_AR> qcD <TARGET> <LINK_FLAGS> <OBJECTS>" \
       -DCMAKE_CXX_ARCHIVE_CREATE="<CMAKE_AR> qcD <TARGET> <LINK_FLAGS> <OBJECTS>" \
       -DCMAKE_CUDA_ARCHIVE_CREATE="<CMAKE_AR> qcD <TARGET> <LINK_FLAGS> <OBJECTS>" \
