@@ -29,7 +29,7 @@ image: venv base-images
 	$(BIN)/llama-supervisorctl build auto
 
 # The CUDA image (not part of `make test`: a long compile). Without a registry its builder base is made
-# from Debian's nvidia-cuda-toolkit (scripts/make-base-images cuda, about 4 GB). CUDA_ARCH is
+# from Debian's nvidia-cuda-toolkit (scripts/make-base-images cuda, about 6 GB). CUDA_ARCH is
 # CMAKE_CUDA_ARCHITECTURES, one architecture (90: Hopper, the newest CUDA 11.8 compiles for).
 CUDA_ARCH ?= 90
 image-cuda: venv
