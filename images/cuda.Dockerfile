@@ -18,6 +18,11 @@
 # the build. libcuda.so.1 (the driver) is not linked (GGML_CUDA_NO_VMM): the
 # NVIDIA container toolkit brings it from the host, and without it the CUDA
 # runtime reports no device and llama-server runs on the CPU.
+#
+# As images/Dockerfile: the build path is mapped away, archives are deterministic,
+# file times are SOURCE_DATE_EPOCH, and the Debian (or Ubuntu) versions of the
+# packages that made and serve the binary (compilers, nvcc, cmake, and the
+# package of every library ldd names) are in /usr/local/share/llama-server/toolchain.txt.
 
 ARG BUILDER=nvidia/cuda:12.4.1-devel-ubuntu22.04
 
@@ -40,15 +45,31 @@ ARG VARIANT=cuda
 ARG LLAMA_BUILD_NUMBER=0
 ARG LLAMA_BUILD_COMMIT=unknown
 ARG CUDA_ARCHITECTURES=90
+ARG SOURCE_DATE_EPOCH=0
+ENV SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH}
+COPY cuda-compat.cuh /src/cuda-compat.cuh
 WORKDIR /src/llama.cpp
-# CUDA 11.8's nvcc takes host compilers up to GCC 11: where the toolkit is 11.x and g++-11 is there
-# (Debian's), the whole build uses GCC 11.
+# With CUDA 11.x (Debian's 11.8): nvcc takes host compilers up to GCC 11, so where g++-11 is there the
+# whole build uses GCC 11; and cuda-compat.cuh is pre-included into every CUDA compile: it defines the
+# two device functions of programmatic dependent launch that llama.cpp uses from 11.8 on but that CUDA
+# declares only from 12.0 (see the file). The compilers used are kept in /out/tools.txt for the
+# toolchain record. Reproducible as in images/Dockerfile: the build path mapped away (for nvcc's host
+# passes too), deterministic archives.
 RUN test -n "$CUDA_ARCHITECTURES" || { echo "CUDA_ARCHITECTURES build-arg is required" >&2; exit 1; }; \
-    compilers=""; \
-    if nvcc --version | grep -q 'release 11\.' && command -v g++-11 >/dev/null; then \
-      compilers="-DCMAKE_C_COMPILER=gcc-11 -DCMAKE_CXX_COMPILER=g++-11 -DCMAKE_CUDA_HOST_COMPILER=g++-11"; \
+    cc=gcc; cxx=g++; cudaflags="-Xcompiler=-ffile-prefix-map=/src/llama.cpp=."; \
+    if nvcc --version | grep -q 'release 11\.'; then \
+      cudaflags="$cudaflags --pre-include=/src/cuda-compat.cuh"; \
+      if command -v g++-11 >/dev/null; then cc=gcc-11; cxx=g++-11; fi; \
     fi && \
-    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release $compilers \
+    repro="-ffile-prefix-map=/src/llama.cpp=. -fdebug-prefix-map=/src/llama.cpp=." && \
+    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_CUDA_HOST_COMPILER="$cxx" \
+      -DCMAKE_C_FLAGS="$repro" -DCMAKE_CXX_FLAGS="$repro" -DCMAKE_CUDA_FLAGS="$cudaflags" \
+      -DCMAKE_C_ARCHIVE_CREATE="<CMAKE_AR> qcD <TARGET> <LINK_FLAGS> <OBJECTS>" \
+      -DCMAKE_CXX_ARCHIVE_CREATE="<CMAKE_AR> qcD <TARGET> <LINK_FLAGS> <OBJECTS>" \
+      -DCMAKE_CUDA_ARCHIVE_CREATE="<CMAKE_AR> qcD <TARGET> <LINK_FLAGS> <OBJECTS>" \
+      -DCMAKE_C_ARCHIVE_FINISH="<CMAKE_RANLIB> -D <TARGET>" -DCMAKE_CXX_ARCHIVE_FINISH="<CMAKE_RANLIB> -D <TARGET>" \
+      -DCMAKE_CUDA_ARCHIVE_FINISH="<CMAKE_RANLIB> -D <TARGET>" \
       -DGGML_CUDA=ON -DGGML_CUDA_NO_VMM=ON -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHITECTURES" \
       -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=OFF \
       -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
@@ -56,7 +77,8 @@ RUN test -n "$CUDA_ARCHITECTURES" || { echo "CUDA_ARCHITECTURES build-arg is req
       -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
       -DLLAMA_BUILD_NUMBER="$LLAMA_BUILD_NUMBER" -DLLAMA_BUILD_COMMIT="$LLAMA_BUILD_COMMIT" && \
     cmake --build build --target llama-server -j"$(nproc)" && \
-    mkdir -p /out && strip -o /out/llama-server build/bin/llama-server
+    mkdir -p /out && strip -o /out/llama-server build/bin/llama-server && \
+    for t in "$cc" "$cxx" nvcc cmake strip; do command -v "$t"; done > /out/tools.txt
 
 # The runtime root: the binary and what ldd says it loads, each at the path ldd names; nothing else.
 RUN set -e; root=/out/root; \
@@ -71,7 +93,13 @@ RUN set -e; root=/out/root; \
     echo 'nonroot:x:65532:' > $root/etc/group; \
     chmod 1777 $root/tmp; \
     echo "runtime libraries:"; for lib in $libs; do echo "  $lib"; done; \
-    chroot $root /usr/local/bin/llama-server --version
+    mkdir -p $root/usr/local/share/llama-server; \
+    for f in $(cat /out/tools.txt) $libs; do dpkg -S "$(readlink -f "$f")" 2>/dev/null || dpkg -S "$f" || true; done \
+      | cut -d: -f1 | tr ',' '\n' | sed 's/^ *//' | sort -u \
+      | xargs -r dpkg-query -W -f '${Package} ${Version}\n' > $root/usr/local/share/llama-server/toolchain.txt; \
+    echo "toolchain:"; sed 's/^/  /' $root/usr/local/share/llama-server/toolchain.txt; \
+    chroot $root /usr/local/bin/llama-server --version; \
+    find $root -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 # The Docker-native health check (see images/Dockerfile): static, no shell, no curl. FROM the build
 # stage, never FROM ${BUILDER} with the build stage's first step again: in a --no-cache build two stages
@@ -80,9 +108,10 @@ RUN set -e; root=/out/root; \
 FROM build AS healthcheck
 COPY healthcheck.c /src/healthcheck.c
 RUN mkdir -p /out && \
-    gcc -std=c11 -D_DEFAULT_SOURCE -O2 -Wall -Wextra -Werror -static \
+    gcc -x c -std=c11 -D_DEFAULT_SOURCE -O2 -Wall -Wextra -Werror -static -ffile-prefix-map=/src=. \
       -o /out/llama-healthcheck /src/healthcheck.c && \
-    strip /out/llama-healthcheck
+    strip /out/llama-healthcheck && \
+    touch -d "@$SOURCE_DATE_EPOCH" /out/llama-healthcheck
 
 FROM scratch
 ARG VARIANT=cuda

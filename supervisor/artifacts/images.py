@@ -46,6 +46,7 @@ BINARY = "/usr/local/bin/llama-server"
 TOOLCHAIN = "/usr/local/share/llama-server/toolchain.txt"   # the builder's package versions (images/Dockerfile)
 LOCAL_BUILDER = "llama-supervisor/builder:bookworm"   # made by scripts/make-base-images
 LOCAL_CUDA_BUILDER = "llama-supervisor/cuda-builder:bookworm"   # made by scripts/make-base-images cuda
+CUDA_COMPAT = "cuda-compat.cuh"       # images/: what CUDA 12 headers define and llama.cpp uses with 11.8 too
 CUDA_OFFLINE_HINT = ("without a registry the CUDA builder base comes from Debian's nvidia-cuda-toolkit: "
                      "run 'make image-cuda' (or 'sudo scripts/make-base-images cuda', then build again)")
 LOCAL_CROSS_BUILDER = {"arm64": "llama-supervisor/builder:bookworm-cross-arm64"}   # the same, for x86-64 hosts
@@ -136,6 +137,8 @@ def build(
     hint = f"; {CUDA_OFFLINE_HINT}" if variant == "cuda" and "BUILDER" not in buildargs else ""
     shutil.copyfile(dockerfile, context / "Dockerfile")
     shutil.copyfile(dockerfile.parent / "healthcheck.c", context / "healthcheck.c")
+    if variant == "cuda":                 # pre-included by nvcc 11.x (images/cuda-compat.cuh says why)
+        shutil.copyfile(dockerfile.parent / CUDA_COMPAT, context / CUDA_COMPAT)
     how = f"cross-compiled for {platform_of(variant)}, " if is_cross(variant) else ""
     progress(f"build {tag} from {source.origin} (SHA-256 {source.sha256[:12]}...), {how}"
              f"builder {buildargs.get('BUILDER', REGISTRY_BUILDER if variant != 'cuda' else 'the CUDA devel image')}")
