@@ -8,6 +8,7 @@ bystander's container kept its ID and StartedAt.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import stat
@@ -207,7 +208,9 @@ def test_port_taken_by_another_process_is_a_clear_error_for_that_model_only(
                                                     backoff_initial=0.2))
         rec = transition(d, name, "FATAL", since=t0, timeout=30)
         st = status(d, name)
-        assert st is not None and st.state == "FATAL", st
+        # (one CI run saw BACKOFF with failures=1 here, right after the FATAL: the model's own log says why)
+        mine = "\n".join(json.dumps(r) for _, r in list(d.lines) if r.get("model") == name or "manifests" in str(r))
+        assert st is not None and st.state == "FATAL", f"{st}\n{mine}"
         for text in (rec["reason"], st.reason):
             assert str(port) in text and ("address already in use" in text or "already allocated" in text), text
         starts = [r for _, r in d.lines if r.get("model") == name and r.get("to") == "STARTING"]
