@@ -51,6 +51,22 @@ def stream_completion(c: httpx.Client, url: str, model: str, tokens: int) -> tup
     return status, complete, " | ".join(lines[-2:])[:300]
 
 
+def completion_speeds(port: int, tokens: int, *, runs: int = 3, timeout: float = 300) -> tuple[list[float], dict[str, Any]]:
+    """`runs` completions of `tokens` tokens straight from llama-server on `port` (no prompt cache), each
+    checked to hold text: their generation speeds (tokens/s, llama-server's own timings) and the last body."""
+    speeds: list[float] = []
+    body: dict[str, Any] = {}
+    for _ in range(runs):
+        r = httpx.post(f"http://127.0.0.1:{port}/completion", timeout=timeout,
+                       json={"prompt": "The capital of France is", "n_predict": tokens, "temperature": 0,
+                             "cache_prompt": False})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["content"].strip() and body["tokens_predicted"] > 0
+        speeds.append(float(body["timings"]["predicted_per_second"]))
+    return speeds, body
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

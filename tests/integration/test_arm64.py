@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import docker
-import httpx
 import pytest
 
 from supervisor import paths
@@ -32,7 +31,7 @@ from supervisor.artifacts import hardware, images, rebuild, source
 from supervisor.artifacts.lock import ImageRecord, read_lock, write_lock
 from supervisor.artifacts.probe import ImageProbe
 
-from .daemon_harness import Daemon, container, free_port, healthy, model_yaml, remove_models, wait_for
+from .daemon_harness import Daemon, completion_speeds, container, free_port, healthy, model_yaml, remove_models, wait_for
 
 EM_AARCH64 = 0xB7           # ELF e_machine of AArch64
 LOAD_TIMEOUT = 600.0        # a model load under instruction emulation, on a busy 2-core host
@@ -142,14 +141,6 @@ def test_the_daemon_serves_the_demo_model_from_the_arm64_image_under_emulation(
         raise
     loaded = time.monotonic() - started
     assert container(docker_client, name).attrs["Image"] == arm64.image_id
-    speeds: list[float] = []
-    for _ in range(3):
-        r = httpx.post(f"http://127.0.0.1:{port}/completion", timeout=300,
-                       json={"prompt": "The capital of France is", "n_predict": 16, "temperature": 0,
-                             "cache_prompt": False})
-        assert r.status_code == 200, r.text
-        body = r.json()
-        assert body["content"].strip() and body["tokens_predicted"] > 0
-        speeds.append(float(body["timings"]["predicted_per_second"]))
+    speeds, body = completion_speeds(port, 16, timeout=300)
     print(f"\narm64 under qemu: healthy {loaded:.1f} s after the daemon started; generation "
           f"{statistics.median(speeds):.1f} tok/s (median of 3 x 16 tokens, 1 thread); {body['content']!r}")

@@ -25,7 +25,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import docker
-import httpx
 import pytest
 
 from supervisor import paths
@@ -37,7 +36,7 @@ from supervisor.render.desired import render_all
 from supervisor.render.facts import stat_sizes
 from supervisor.runtime.docker.runtime import DockerRuntime
 
-from .daemon_harness import free_port, healthy, remove_models, wait_for
+from .daemon_harness import completion_speeds, free_port, healthy, remove_models, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.cuda]
 
@@ -130,15 +129,7 @@ gpu: {{vendor: nvidia, layers: 99}}
             print(runtime.log_tail(cid, lines=40))
             raise
         loaded = time.monotonic() - started
-        speeds: list[float] = []
-        for _ in range(3):
-            r = httpx.post(f"http://127.0.0.1:{port}/completion", timeout=120,
-                           json={"prompt": "The capital of France is", "n_predict": 32, "temperature": 0,
-                                 "cache_prompt": False})
-            assert r.status_code == 200, r.text
-            body = r.json()
-            assert body["content"].strip() and body["tokens_predicted"] > 0
-            speeds.append(float(body["timings"]["predicted_per_second"]))
+        speeds, body = completion_speeds(port, 32, timeout=120)
         log = runtime.log_tail(cid, lines=400)
         runtime.inspect(cid)
         rss = runtime.memory_usage(cid)
