@@ -51,7 +51,7 @@ class Handovers:
         spec = slot.desired.spec
         if self.mode is RecreateMode.STOP_FIRST:
             return "--recreate stop-first"
-        if not getattr(self.runtime, "successors", False):    # (a wrapper that predates it: one per model)
+        if not self.runtime.successors:
             return f"the {self.runtime.kind} runtime runs one container per model"
         if spec.host_port:
             return f"host port {spec.host_port} is fixed in the manifest: two containers cannot bind it"
