@@ -21,6 +21,7 @@ import httpx
 import psutil
 
 from supervisor import paths
+from supervisor.artifacts.labels import LABEL_MANAGED
 from supervisor.core.spec import ContainerSpec, DesiredModel
 from supervisor.runtime import container_name
 from tests.integration.daemon_harness import (  # noqa: F401  (re-exported for bench.run and bench.soak)
@@ -72,8 +73,12 @@ def render_one(directory: Path) -> dict[str, DesiredModel]:
 
 
 def docker_run_argv(spec: ContainerSpec, name: str) -> list[str]:
-    """`docker run` with the hardening DockerRuntime applies (runtime/docker.py host_config_kwargs)."""
-    argv = ["docker", "run", "-d", "--name", name, "--user", spec.user,
+    """`docker run` with the hardening DockerRuntime applies (runtime/docker/runtime.py host_config_kwargs),
+    on the daemon's own bridge network (inter-container traffic off): joining it is part of every start."""
+    ensure_network(spec.network)
+    argv = ["docker", "run", "-d", "--name", name, "--user", spec.user, "--network", spec.network,
+            "--log-driver", "json-file", "--log-opt", f"max-size={spec.log_max_bytes}",
+            "--log-opt", f"max-file={spec.log_max_files}",
             "--tmpfs", f"/tmp:rw,noexec,nosuid,size={spec.tmpfs_size}",
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
             "--pids-limit", str(spec.pids_limit), "--restart", "no",
@@ -90,6 +95,17 @@ def docker_run_argv(spec: ContainerSpec, name: str) -> list[str]:
     if spec.cpuset is not None:
         argv += ["--cpuset-cpus", spec.cpuset]
     return [*argv, spec.image_id, *spec.argv]
+
+
+def ensure_network(name: str) -> None:
+    """The daemon's models network, made as DockerRuntime makes it if no daemon has yet."""
+    if name in ("bridge", "default", "host", "none"):
+        return
+    have = subprocess.run(["docker", "network", "inspect", name], capture_output=True, timeout=60)
+    if have.returncode != 0:
+        subprocess.run(["docker", "network", "create", "--driver", "bridge", "--label",
+                        f"{LABEL_MANAGED}=true", "-o", "com.docker.network.bridge.enable_icc=false", name],
+                       capture_output=True, timeout=60)
 
 
 class Floor:
