@@ -10,8 +10,10 @@ tests and benchmarks.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +27,7 @@ from supervisor.core.observed import ContainerStatus, ObservedContainer
 from supervisor.core.spec import ContainerSpec
 from supervisor.artifacts.engine import UNREACHABLE_HINT, engine_errors
 from supervisor.errors import RuntimeOperationError, RuntimeUnavailable
+from supervisor.runtime.docker import exitwatch
 from supervisor.runtime import (
     DEFAULT_INSTANCE,
     LABEL_HASH,
@@ -39,6 +42,10 @@ from supervisor.runtime import (
     successor_name,
     process_rss,
 )
+
+KILLED_WAIT_S = 10.0     # after SIGKILL, how long a stop waits for the process to be gone
+SETTLE_S = 10.0          # how long the next call on a stopped container waits for the engine's teardown
+SETTLE_POLL_S = 0.01
 
 _EXITED_RE = re.compile(r"^Exited \((-?\d+)\)")
 _STATUSES: frozenset[str] = frozenset({"created", "running", "paused", "restarting", "removing", "exited", "dead"})
@@ -194,6 +201,7 @@ class DockerRuntime:
         self._api = self._client.api
         self.calls: Counter[str] = Counter()
         self._networks: set[str] = set()
+        self._exiting: set[str] = set()     # stopped with their process gone, the engine's teardown maybe not
 
     @property
     def successors(self) -> bool:
@@ -290,16 +298,73 @@ class DockerRuntime:
 
     def start(self, container_id: str) -> None:
         self._count("start")
+        self._settle(container_id)
         with engine_errors("start", container_id[:12]):
             self._api.start(container_id)
 
     def stop(self, container_id: str, *, timeout_s: float) -> None:
+        """The container's stop signal, SIGKILL after `timeout_s`. Returns once its process is gone where
+        the daemon can watch it (exitwatch.py: the engine's teardown then runs beside what the daemon does
+        next, and the next call on this container waits for it); elsewhere once the engine says stopped."""
         self._count("stop")
+        self._settle(container_id)
+        watched = self._watch(container_id)
+        if watched is None:
+            try:
+                with engine_errors("stop", container_id[:12]):
+                    self._api.stop(container_id, timeout=max(0, int(timeout_s)))
+            except RuntimeOperationError:
+                self.kill(container_id)     # stop failed (timeout on a wedged container): force it
+            return
+        pidfd, stop_signal = watched
         try:
-            with engine_errors("stop", container_id[:12]):
-                self._api.stop(container_id, timeout=max(0, int(timeout_s)))
-        except RuntimeOperationError:
-            self.kill(container_id)     # stop failed (timeout on a wedged container): force it
+            try:
+                with engine_errors("stop", container_id[:12]):
+                    self._api.kill(container_id, signal=stop_signal)
+            except RuntimeOperationError as e:
+                if "is not running" in str(e):
+                    return
+                self.kill(container_id)     # the signal could not be sent: force it
+            if not exitwatch.gone(pidfd, timeout_s):
+                self.kill(container_id)
+                exitwatch.gone(pidfd, KILLED_WAIT_S)
+            self._exiting.add(container_id)
+        finally:
+            os.close(pidfd)
+
+    def _watch(self, container_id: str) -> tuple[int, str] | None:
+        """A pidfd for a running container's process and its stop signal; None: use the engine's stop."""
+        self._count("inspect")
+        with engine_errors("inspect", container_id[:12]):
+            try:
+                d = self._api.inspect_container(container_id)
+            except docker.errors.NotFound:
+                return None
+        state = d.get("State") or {}
+        if not state.get("Running") or state.get("Paused"):
+            return None                     # stopped already, or frozen: the engine's stop handles both
+        pidfd = exitwatch.open_process(int(state.get("Pid") or 0), str(d.get("Id", "")))
+        if pidfd is None:
+            return None
+        return pidfd, str((d.get("Config") or {}).get("StopSignal") or "SIGTERM")
+
+    def _settle(self, container_id: str) -> None:
+        """After a stop that returned when the process was gone: wait until the engine's teardown is over
+        (it reports the container not running), so that a start or a remove does not race it."""
+        if container_id not in self._exiting:
+            return
+        deadline = time.monotonic() + SETTLE_S
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    state = self._api.inspect_container(container_id).get("State") or {}
+                except (docker.errors.APIError, requests.exceptions.RequestException):
+                    return                  # gone, or the engine unreachable: the call that follows says so
+                if not state.get("Running"):
+                    return
+                time.sleep(SETTLE_POLL_S)
+        finally:
+            self._exiting.discard(container_id)
 
     def kill(self, container_id: str) -> None:
         self._count("kill")
@@ -312,6 +377,7 @@ class DockerRuntime:
 
     def unpause(self, container_id: str) -> None:
         self._count("unpause")
+        self._settle(container_id)
         try:
             with engine_errors("unpause", container_id[:12]):
                 self._api.unpause(container_id)
@@ -321,6 +387,7 @@ class DockerRuntime:
 
     def remove(self, container_id: str) -> None:
         self._count("remove")
+        self._settle(container_id)
         with engine_errors("remove", container_id[:12]):
             try:
                 self._api.remove_container(container_id, force=True)

@@ -1,0 +1,43 @@
+"""A container's process seen through a pidfd, so that a stop returns once the process is gone.
+
+Docker's stop call returns only after the engine's teardown: the network endpoint, the port proxy, the
+mounts. Measured on a 2-core host (SIGTERM to llama-server, 8 stops): the process was gone after 0.08 s,
+the `die` event came at 0.11 s, and the stop call returned at 0.21 s. A model stopped to make room for
+another only needs its process gone (its memory freed). The engine's teardown can run beside the next
+model's start; DockerRuntime makes the next call on that same container wait for it.
+
+This works only where the daemon shares the engine's pid namespace (the daemon on the engine's host, as
+the systemd unit runs it). The process's cgroup must name the container's full ID, and it is read after the
+pidfd pins the process. Otherwise `open_process` returns None and the caller uses the engine's stop.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+from pathlib import Path
+
+
+def open_process(pid: int, container_id: str) -> int | None:
+    """A pidfd for the container's main process, or None where it cannot be watched from here."""
+    if pid <= 0 or len(container_id) != 64 or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:            # gone already, or another pid namespace: the engine's stop decides
+        return None
+    try:
+        ours = container_id in Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        ours = False
+    if not ours or gone(fd, 0):
+        os.close(fd)
+        return None
+    return fd
+
+
+def gone(pidfd: int, timeout_s: float) -> bool:
+    """Whether the process exits within `timeout_s` (a pidfd turns readable when it does)."""
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    return bool(p.poll(max(0, round(timeout_s * 1000))))

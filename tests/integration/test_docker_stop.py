@@ -1,0 +1,112 @@
+"""DockerRuntime.stop on the real engine: it returns once the process is gone (runtime/docker/exitwatch.py),
+and the next call on the same container waits for the engine's teardown instead of racing it."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from supervisor.runtime.docker import exitwatch
+from supervisor.runtime.docker.runtime import DockerRuntime
+
+from .daemon_harness import wait_for
+
+
+@pytest.fixture
+def server(docker_client: docker.DockerClient, image_record: Any, demo_model: Path) -> Iterator[Any]:
+    """Make a llama-server container with the demo model; the test sets its stop signal."""
+    made: list[Any] = []
+
+    def run(stop_signal: str = "SIGTERM") -> Any:
+        c = docker_client.containers.run(
+            image_record.image_id,
+            ["-m", "/models/m.gguf", "-c", "512", "-t", "1", "--host", "127.0.0.1", "--port", "8080"],
+            name=f"llama-supervisor-test-stop-{uuid.uuid4().hex[:6]}", detach=True, user="65532:65532",
+            network_disabled=True, read_only=True, stop_signal=stop_signal,
+            volumes={str(demo_model): {"bind": "/models/m.gguf", "mode": "ro"}})
+        made.append(c)
+        wait_for(lambda: b"listening" in c.logs(), 60, "server loaded")
+        return c
+
+    yield run
+    for c in made:
+        try:
+            c.remove(force=True)
+        except docker.errors.NotFound:
+            pass                    # the test removed it
+
+
+def _pid(c: Any) -> int:
+    c.reload()
+    return int(c.attrs["State"]["Pid"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def test_this_host_can_watch_a_containers_process(server: Any) -> None:
+    """The daemon runs in the engine's pid namespace here: the fast path is the one under test below."""
+    c = server()
+    fd = exitwatch.open_process(_pid(c), c.id)
+    assert fd is not None, "the container's process is not visible with its cgroup from here"
+    os.close(fd)
+    assert exitwatch.open_process(os.getpid(), c.id) is None      # a process of another cgroup is refused
+
+
+def test_stop_returns_with_the_process_gone_and_a_start_at_once_is_not_lost(
+        server: Any, docker_client: docker.DockerClient) -> None:
+    c = server()
+    rt = DockerRuntime(docker_client)
+    for _ in range(3):
+        pid = _pid(c)
+        rt.stop(c.id, timeout_s=10)
+        assert not _alive(pid), "stop returned while the server still ran"
+        rt.start(c.id)              # at once: it must wait for the engine's teardown, not meet "already running"
+        wait_for(lambda: _pid(c) not in (0, pid), 30, "started again with a new process")
+        time.sleep(1)
+        c.reload()
+        assert c.attrs["State"]["Running"], c.attrs["State"]
+        assert c.attrs["State"]["ExitCode"] != 137, "the graceful stop killed it"
+    pid = _pid(c)
+    rt.stop(c.id, timeout_s=10)
+    rt.remove(c.id)
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(c.id)
+
+
+def test_a_server_that_ignores_its_stop_signal_is_killed_after_the_timeout(
+        server: Any, docker_client: docker.DockerClient) -> None:
+    c = server(stop_signal="SIGWINCH")             # ignored by llama-server: only the timeout ends it
+    rt = DockerRuntime(docker_client)
+    pid = _pid(c)
+    t0 = time.monotonic()
+    rt.stop(c.id, timeout_s=1.5)
+    took = time.monotonic() - t0
+    assert not _alive(pid)
+    assert 1.4 <= took < 12, took
+    wait_for(lambda: docker_client.containers.get(c.id).attrs["State"]["Status"] == "exited", 30, "exited")
+    assert docker_client.containers.get(c.id).attrs["State"]["ExitCode"] == 137
+
+
+def test_a_paused_container_is_stopped_by_the_engine(server: Any, docker_client: docker.DockerClient) -> None:
+    """Frozen, it cannot take its signal: the engine's own stop (SIGKILL after the timeout) as before."""
+    c = server()
+    rt = DockerRuntime(docker_client)
+    c.pause()
+    rt.stop(c.id, timeout_s=1)
+    c.reload()
+    assert c.attrs["State"]["Status"] == "exited", c.attrs["State"]
