@@ -367,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds of the chaos workload (default 150, as in issue 21)")
     ap.add_argument("--requests", type=int, default=None,
                     help="connections: requests in all (default 3000; 300 with --quick)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="router and crash: rounds (default 6 and 15; 3 with --quick); more rounds, tighter medians")
     a = ap.parse_args(argv)
     import logging
 
@@ -423,8 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         ("console", bench_console, render_console_doc, (UI_BEGIN, UI_END), SS_END, "ratio to floor"),
         ("chaos", functools.partial(bench_chaos, duration_s=a.chaos_duration), render_chaos_doc,
          (CH_BEGIN, CH_END), UI_END, "-"),
-        ("router", bench_router, render_router_doc, (RT_BEGIN, RT_END), CH_END, "ratio to router"),
-        ("crash", bench_crash, render_crash_doc, (CR_BEGIN, CR_END), RT_END, "ratio to floor")]
+        ("router", functools.partial(bench_router, runs=a.rounds), render_router_doc, (RT_BEGIN, RT_END), CH_END, "ratio to router"),
+        ("crash", functools.partial(bench_crash, rounds=a.rounds), render_crash_doc, (CR_BEGIN, CR_END), RT_END, "ratio to floor")]
     for name, bench, render, markers, after, ratio_head in sections:
         if a.only not in ("all", name):
             continue
