@@ -232,9 +232,13 @@ class DockerRuntime:
                 d = self._api.inspect_container(container_id)
             except docker.errors.NotFound:
                 self._pids.pop(container_id, None)
+                self._exiting.discard(container_id)
                 return None
-        pid = (d.get("State") or {}).get("Pid") or 0
+        state = d.get("State") or {}
+        pid = state.get("Pid") or 0
         self._pids[d["Id"]] = int(pid)
+        if not state.get("Running"):
+            self._exiting.discard(d["Id"])      # its teardown is over: nothing left to wait for
         return observed_from_inspect(d)
 
     def create(self, spec: ContainerSpec, *, beside: str = "") -> str:
