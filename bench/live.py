@@ -21,7 +21,6 @@ import httpx
 import psutil
 
 from supervisor import paths
-from supervisor.artifacts.labels import LABEL_MANAGED
 from supervisor.core.spec import ContainerSpec, DesiredModel
 from supervisor.runtime import container_name
 from tests.integration.daemon_harness import (  # noqa: F401  (re-exported for bench.run and bench.soak)
@@ -98,14 +97,16 @@ def docker_run_argv(spec: ContainerSpec, name: str) -> list[str]:
 
 
 def ensure_network(name: str) -> None:
-    """The daemon's models network, made as DockerRuntime makes it if no daemon has yet."""
+    """The daemon's models network, made by the runtime's own code if no daemon has made it yet."""
+    from supervisor.runtime.docker.runtime import DockerRuntime
+
     if name in ("bridge", "default", "host", "none"):
         return
-    have = subprocess.run(["docker", "network", "inspect", name], capture_output=True, timeout=60)
-    if have.returncode != 0:
-        subprocess.run(["docker", "network", "create", "--driver", "bridge", "--label",
-                        f"{LABEL_MANAGED}=true", "-o", "com.docker.network.bridge.enable_icc=false", name],
-                       capture_output=True, timeout=60)
+    rt = DockerRuntime()
+    try:
+        rt.ensure_network(name)
+    finally:
+        rt.client.close()
 
 
 class Floor:

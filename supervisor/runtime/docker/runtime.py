@@ -242,7 +242,7 @@ class DockerRuntime:
         return observed_from_inspect(d)
 
     def create(self, spec: ContainerSpec, *, beside: str = "") -> str:
-        self._ensure_network(spec.network)
+        self.ensure_network(spec.network)
         kw = container_kwargs(spec, self.instance, beside=beside)
         for attempt in (1, 2):
             self._count("create")
@@ -257,8 +257,9 @@ class DockerRuntime:
                 self._clear_name(kw["name"])
         raise AssertionError("unreachable")
 
-    def _ensure_network(self, name: str) -> None:
-        """The models' bridge network, made once: inter-container traffic off, so models cannot reach each other."""
+    def ensure_network(self, name: str) -> None:
+        """The models' bridge network, made once: inter-container traffic off, so models cannot reach each other
+        (public for bench/live.py, whose bare floor joins the same network)."""
         if name in self._networks:
             return
         self._count("network")
