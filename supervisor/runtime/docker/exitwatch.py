@@ -6,11 +6,12 @@ the `die` event came at 0.11 s, and the stop call returned at 0.21 s. A model st
 another only needs its process gone (its memory freed). The engine's teardown can run beside the next
 model's start; DockerRuntime makes the next call on that same container wait for it.
 
-This works only where the daemon shares the engine's pid namespace and may read the process's /proc entry:
-the daemon on the engine's host as root. Under the shipped systemd unit the daemon has a user of its own and
-`ProtectProc=invisible`, so the container's process is hidden from it. The process's cgroup must name the
-container's full ID, read after the pidfd pins the process. Otherwise `open_process` returns None and the
-caller uses the engine's stop, as before.
+The pidfd works only where the daemon shares the engine's pid namespace and may read the process's /proc
+entry: the daemon on the engine's host as root. Under the shipped systemd unit the daemon has a user of its
+own and `ProtectProc=invisible`, so the container's process is hidden from it. The process's cgroup must name
+the container's full ID, read after the pidfd pins the process. Otherwise `open_process` returns None and
+DockerRuntime.stop waits for the engine's `die` event instead (read from just before the signal, so it
+cannot be missed): later than the pidfd, still before the stop call would return.
 """
 
 from __future__ import annotations
