@@ -22,6 +22,7 @@ class Recreate:
 
     desired: DesiredModel
     old_id: str
+    kill_old: bool = False          # the old one is still loading: nothing to drain or save (planner.LOADING)
 
     @property
     def model(self) -> str:

@@ -144,6 +144,7 @@ class Lifecycle:
         self._deferrals = 0                    # consecutive deferred starts (their retry doubles)
         self._started_once = False
         self._counted_restart = False          # the last start_attempt added to `restarts`
+        self._loading = False                  # started by start_attempt, no /health 200 since
 
     # --- queries ------------------------------------------------------------------------
 
@@ -151,6 +152,12 @@ class Lifecycle:
     def live(self) -> bool:
         """The container, if running, is the one this lifecycle started or adopted."""
         return self.state in LIVE
+
+    @property
+    def loaded(self) -> bool:
+        """False while the container this lifecycle started has not answered /health 200 yet: a stop then
+        finds llama-server still loading (planner.LOADING). An adopted or foreign container counts as loaded."""
+        return not (self._loading and self.state in (State.STARTING, State.STOPPING))
 
     def wants_running(self, now: float) -> bool:
         match self.state:
@@ -209,6 +216,7 @@ class Lifecycle:
         if self._started_once:
             self.restarts += 1
         self._started_once = True
+        self._loading = True
         self.deferred = False
         self.enabled = True
         self.probe_failures = 0
@@ -307,6 +315,7 @@ class Lifecycle:
                         return None   # no verdict: the start budget waits for one
                     case ProbeOutcome.OK:
                         self.running_since = now
+                        self._loading = False
                         self.probe_failures = 0
                         self.next_probe_at = now + self.health.interval_s
                         # STARTING -> RUNNING

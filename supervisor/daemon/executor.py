@@ -14,6 +14,7 @@ import structlog
 
 from supervisor.core.actions import Action, Create, CreateSuccessor, Drain, Recreate, Remove, Resume, Start, Stop
 from supervisor.core.observed import ObservedContainer
+from supervisor.core.planner import LOADING
 from supervisor.core.spec import DesiredModel
 from supervisor.errors import ResourceExhausted, RuntimeOperationError, VerificationError, exhaustion
 from supervisor.artifacts.verify import NoVerifier, Verifier
@@ -59,10 +60,11 @@ class Executor:
             case Create(desired=d):
                 self._verify(d)
                 return self._create_and_start(d)
-            case Recreate(desired=d, old_id=old):
+            case Recreate(desired=d, old_id=old, kill_old=kill_old):
                 self._verify(d)
                 log.info("recreate", model=d.name, old=old[:12], reason="config hash changed")
-                self._stop(old, current, reason="recreate: config changed", kill=False)
+                self._stop(old, current, reason=f"recreate: config changed; {LOADING}" if kill_old
+                           else "recreate: config changed", kill=kill_old)
                 rt.remove(old)
                 self.verified.pop(old, None)
                 return self._create_and_start(d)

@@ -47,7 +47,7 @@ from supervisor.core.events import (
 )
 from supervisor.core.lifecycle import State, Transition
 from supervisor.core.observed import ObservedContainer
-from supervisor.core.planner import UP, Diff, Serving, Want, plan
+from supervisor.core.planner import LOADING, UP, Diff, Serving, Want, plan
 from supervisor.core.routing import Route
 from supervisor.core.scheduler import Budget, SwapSettings
 from supervisor.core.status import ModelStatus
@@ -399,6 +399,7 @@ class Supervisor:
 
     def _wants(self, now: float) -> dict[str, Want]:
         return {n: Want(s.desired, run=s.lc.wants_running(now) and not self.stopping, live=s.lc.live,
+                        loaded=s.lc.loaded,
                         serving=self._serving(n, s, now),
                         start_first=self.handovers.start_first(s, self.slots, self.cache),
                         handover=self.handovers.view(s, now))
@@ -587,6 +588,13 @@ class Supervisor:
                     log.error("stop failed", model=name, container=other[:12], error=str(e))
             cid = slot.container_id
             if cid is None:
+                continue
+            if slot.lc.state is State.STARTING and not slot.lc.loaded:
+                log.info("killing model", model=name, container=cid[:12], reason=LOADING)
+                try:
+                    self.runtime.kill(cid)
+                except RetryableError as e:
+                    log.error("kill failed", model=name, container=cid[:12], error=str(e))
                 continue
             log.info("stopping model", model=name, container=cid[:12], timeout_s=self.settings.stop_timeout_s)
             spent = self.kv.save(name, self.cache.get(cid), self.settings.stop_timeout_s) if self.kv else 0.0

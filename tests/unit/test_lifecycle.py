@@ -261,3 +261,29 @@ def test_a_short_health_interval_is_never_slowed_by_the_starting_schedule() -> N
     assert starting_probe_interval(1.0, 2.0) == pytest.approx(0.05)
     assert starting_probe_interval(0.0, 2.0) == pytest.approx(0.02)
     assert starting_probe_interval(0.0, 0.001) == pytest.approx(0.02)   # never a busy loop
+
+
+def test_loaded_only_after_the_first_healthy_probe_of_a_container_it_started() -> None:
+    lc, clock = make(), FakeClock()
+    assert lc.loaded                                  # nothing started: nothing loading
+    lc.start_attempt(clock())
+    lc.container_started(clock())
+    assert not lc.loaded
+    lc.probe(clock.advance(0.5), ProbeOutcome.LOADING)
+    assert not lc.loaded
+    lc.stop_requested(clock.advance(0.1))
+    assert lc.state is State.STOPPING and not lc.loaded    # stopped mid-load: the planner kills it
+    lc.stopped(clock.advance(0.1))
+    lc.start_requested(clock())
+    lc.start_attempt(clock())
+    lc.container_started(clock())
+    lc.probe(clock.advance(1), ProbeOutcome.OK)
+    assert lc.state is State.RUNNING and lc.loaded
+    lc.stop_requested(clock.advance(1))
+    assert lc.state is State.STOPPING and lc.loaded        # a graceful stop: it may save its KV cache
+
+
+def test_an_adopted_container_counts_as_loaded() -> None:
+    lc, clock = make(), FakeClock()
+    lc.adopt(clock())
+    assert lc.state is State.STARTING and lc.loaded

@@ -353,3 +353,14 @@ def test_a_model_file_swapped_under_a_start_in_place_removes_the_container() -> 
     h.step(ContainerEvent(ContainerAction.DIE, cid, "a", exit_code=137))
     assert ("start", cid) in h.runtime.calls and ("remove", cid) in h.runtime.calls
     assert h.state("a") is State.FATAL
+
+
+def test_stop_command_while_loading_kills_at_once() -> None:
+    """A model stopped before its first /health 200 is SIGKILLed: llama-server ignores SIGTERM while it loads."""
+    h = Harness([desired("a")])
+    h.step()
+    assert h.state("a") is State.STARTING
+    fut: Future[CommandResult] = Future()
+    h.step(ControlRequest(StopModels(("a",)), fut))
+    assert ("kill", h.cid("a")) in h.runtime.calls and ("stop", h.cid("a")) not in h.runtime.calls
+    assert h.state("a") is State.STOPPED and fut.result(0).ok

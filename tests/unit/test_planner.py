@@ -93,3 +93,23 @@ def test_a_serving_container_whose_config_changed_is_drained_before_it_is_recrea
     # the draining container exited meanwhile: nothing left to drain
     gone = [observed(old, cid="c1", status="exited")]
     assert plan({"a": Want(new, run=True, serving=Serving.DRAINING)}, gone) == [Recreate(new, "c1")]
+
+
+def test_a_container_still_loading_is_killed_not_stopped_gracefully() -> None:
+    """llama-server ignores SIGTERM until it has loaded (PID 1 in its container): a graceful stop would wait
+    out the stop timeout for a server that has answered nothing and holds no cache."""
+    d = desired("a")
+    acts = plan({"a": Want(d, run=False, loaded=False)}, [observed(d, cid="c1")])
+    assert len(acts) == 1 and isinstance(acts[0], Stop) and acts[0].kill
+    assert acts[0].reason.startswith("stop requested; still loading")
+
+
+def test_a_config_change_while_loading_kills_the_old_container() -> None:
+    old, new = desired("a", ctx=512), desired("a", ctx=1024)
+    assert plan({"a": Want(new, run=True, loaded=False)}, [observed(old, cid="c1")]) == [
+        Recreate(new, "c1", kill_old=True)]
+    assert plan({"a": Want(new, run=True)}, [observed(old, cid="c1")]) == [Recreate(new, "c1")]
+    acts = plan({"a": Want(new, run=False, loaded=False)}, [observed(old, cid="c1")])
+    assert [(type(x), x.kill) for x in acts] == [(Stop, True)]  # type: ignore[union-attr]
+    assert plan({"a": Want(new, run=True, loaded=False)}, [observed(old, cid="c1", status="exited")]) == [
+        Recreate(new, "c1")]                              # nothing up to stop
