@@ -122,6 +122,9 @@ class Commands:
                         results.append(ModelResult(n, True, "started"))
                     elif st in (State.FATAL, State.BACKOFF, State.EXITED):
                         results.append(ModelResult(n, False, f"{st.name}: {slot.lc.reason}"))
+                    elif st is State.STOPPED and not slot.lc.enabled:
+                        # a stop came before it was running: it will not get there (it waited 300 s for that)
+                        results.append(ModelResult(n, False, f"stopped before it was running: {slot.lc.reason}"))
                     else:
                         pending = True
                 else:

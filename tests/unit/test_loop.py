@@ -364,3 +364,16 @@ def test_stop_command_while_loading_kills_at_once() -> None:
     h.step(ControlRequest(StopModels(("a",)), fut))
     assert ("kill", h.cid("a")) in h.runtime.calls and ("stop", h.cid("a")) not in h.runtime.calls
     assert h.state("a") is State.STOPPED and fut.result(0).ok
+
+
+def test_a_start_waiting_for_a_model_that_is_then_stopped_is_answered() -> None:
+    h = Harness([desired("a")])
+    h.step()
+    h.healthy("a")
+    h.step(ControlRequest(StopModels(("a",)), Future()))
+    started: Future[CommandResult] = Future()
+    h.step(ControlRequest(StartModels(("a",)), started))
+    assert h.state("a") is State.STARTING and not started.done()
+    h.step(ControlRequest(StopModels(("a",)), Future()))
+    r = started.result(0)
+    assert not r.ok and r.results[0].message.startswith("stopped before it was running")
