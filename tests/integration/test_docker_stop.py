@@ -154,3 +154,17 @@ def test_llama_server_ignores_its_stop_signal_while_it_loads(
         assert took >= 2.9, took
     finally:
         c.remove(force=True)
+
+
+def test_a_container_started_again_by_someone_else_is_stopped_without_waiting_for_the_old_teardown(
+        server: Any, docker_client: docker.DockerClient, runtime: DockerRuntime) -> None:
+    """The runtime remembers the process it stopped, not only the container: a new process in it (an operator's
+    `docker start`) is not the teardown it waits for (that wait lasts up to SETTLE_S, 10 s)."""
+    c = server()
+    runtime.stop(c.id, timeout_s=10)
+    wait_for(lambda: not docker_client.containers.get(c.id).attrs["State"]["Running"], 30, "stopped")
+    c.start()                                        # not through the runtime
+    wait_for(lambda: c.logs().count(b"listening") >= 2, 60, "loaded again")
+    t0 = time.monotonic()
+    runtime.stop(c.id, timeout_s=10)
+    assert time.monotonic() - t0 < 5

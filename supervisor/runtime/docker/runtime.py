@@ -203,7 +203,8 @@ class DockerRuntime:
         self._api = self._client.api
         self.calls: Counter[str] = Counter()
         self._networks: set[str] = set()
-        self._exiting: set[str] = set()     # stopped with their process gone, the engine's teardown maybe not
+        # stopped with their process gone, the engine's teardown maybe not: container ID -> that process's pid
+        self._exiting: dict[str, int] = {}
 
     @property
     def successors(self) -> bool:
@@ -234,13 +235,13 @@ class DockerRuntime:
                 d = self._api.inspect_container(container_id)
             except docker.errors.NotFound:
                 self._pids.pop(container_id, None)
-                self._exiting.discard(container_id)
+                self._exiting.pop(container_id, None)
                 return None
         state = d.get("State") or {}
         pid = state.get("Pid") or 0
         self._pids[d["Id"]] = int(pid)
         if not state.get("Running"):
-            self._exiting.discard(d["Id"])      # its teardown is over: nothing left to wait for
+            self._exiting.pop(d["Id"], None)    # its teardown is over: nothing left to wait for
         return observed_from_inspect(d)
 
     def create(self, spec: ContainerSpec, *, beside: str = "") -> str:
@@ -323,7 +324,7 @@ class DockerRuntime:
         pid, full_id, stop_signal = running
         pidfd = self._open_process(pid, full_id)
         if pidfd is None:
-            self._stop_until_die(full_id, stop_signal, timeout_s)
+            self._stop_until_die(full_id, pid, stop_signal, timeout_s)
             return
         try:
             if not self._signal(full_id, stop_signal):
@@ -331,7 +332,7 @@ class DockerRuntime:
             if not exitwatch.gone(pidfd, timeout_s):
                 self.kill(full_id)
                 exitwatch.gone(pidfd, KILLED_WAIT_S)
-            self._exiting.add(full_id)
+            self._exiting[full_id] = pid
         finally:
             os.close(pidfd)
 
@@ -353,7 +354,7 @@ class DockerRuntime:
             self.kill(container_id)     # the signal could not be sent: force it
         return True
 
-    def _stop_until_die(self, container_id: str, stop_signal: str, timeout_s: float) -> None:
+    def _stop_until_die(self, container_id: str, pid: int, stop_signal: str, timeout_s: float) -> None:
         """The stop where the process is hidden from the daemon (the shipped systemd unit): signal, then read
         the engine's events from just before the signal until its `die`, SIGKILL at the timeout. The `die`
         comes before the engine's teardown (0.11 s against the stop call's 0.21 s, exitwatch.py)."""
@@ -364,7 +365,7 @@ class DockerRuntime:
             self.kill(container_id)
             if not self._died(container_id, since, KILLED_WAIT_S):
                 return                  # no `die` seen: the next call's _settle waits on the engine instead
-        self._exiting.add(container_id)
+        self._exiting[container_id] = pid
 
     def _died(self, container_id: str, since: float, timeout_s: float) -> bool:
         """Whether the engine reports the container's `die` between `since` and `timeout_s` from now; the
@@ -398,8 +399,10 @@ class DockerRuntime:
 
     def _settle(self, container_id: str) -> None:
         """After a stop that returned when the process was gone: wait until the engine's teardown is over
-        (it reports the container not running), so that a start or a remove does not race it."""
-        if container_id not in self._exiting:
+        (it reports the container not running, or running another process: started again by someone else),
+        so that a start or a remove does not race it."""
+        stopped_pid = self._exiting.get(container_id)
+        if stopped_pid is None:
             return
         deadline = time.monotonic() + SETTLE_S
         try:
@@ -408,11 +411,11 @@ class DockerRuntime:
                     state = self._api.inspect_container(container_id).get("State") or {}
                 except (docker.errors.APIError, requests.exceptions.RequestException):
                     return                  # gone, or the engine unreachable: the call that follows says so
-                if not state.get("Running"):
+                if not state.get("Running") or int(state.get("Pid") or 0) != stopped_pid:
                     return
                 time.sleep(SETTLE_POLL_S)
         finally:
-            self._exiting.discard(container_id)
+            self._exiting.pop(container_id, None)
 
     def kill(self, container_id: str) -> None:
         self._count("kill")
