@@ -44,6 +44,8 @@ class Demand:
         self._contended = False                 # the loop waits for memory: wake it when a model frees up
         self._on_port: dict[tuple[str, int], int] = {}   # (model, published port) -> requests in flight there
         self._retired: set[tuple[str, int]] = set()       # an old container's port after a start-first switch
+        # told before a graceful stop, with the model's port: the gateway closes its idle connections there
+        self._before_stop: list[Callable[[int], None]] = []
 
     # --- the gateway -------------------------------------------------------------------------
 
@@ -170,6 +172,18 @@ class Demand:
         with self._lock:
             self._retired.add((model, port))
             return self._on_port.get((model, port), 0)
+
+    def on_stopping(self, release: Callable[[int], None]) -> None:
+        """`release(port)` is called, on the loop's thread, before a model on that port is stopped gracefully
+        with no request in flight there (the gateway: Upstream.release_from_thread)."""
+        self._before_stop.append(release)
+
+    def stopping(self, model: str, port: int | None) -> None:
+        """The loop is about to stop `model` gracefully: idle connections to it would hold llama-server's exit."""
+        if not port or self.inflight_on(model, port):
+            return
+        for release in self._before_stop:
+            release(port)
 
     def inflight_on(self, model: str, port: int) -> int:
         with self._lock:

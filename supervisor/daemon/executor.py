@@ -8,6 +8,8 @@ without another list call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from typing import assert_never
 
 import structlog
@@ -30,11 +32,15 @@ log = structlog.get_logger("supervisor.daemon.executor")
 
 class Executor:
     def __init__(self, runtime: Runtime, verifier: Verifier, *, stop_timeout_s: float = 10.0,
-                 kv: KvKeeper | None = None) -> None:
+                 kv: KvKeeper | None = None,
+                 before_stop: Callable[[str, int | None], None] = lambda model, port: None) -> None:
         self.runtime = runtime
         self.verifier = verifier
         self.stop_timeout_s = stop_timeout_s
         self.kv = kv          # KV caches kept across stops: saved before a graceful stop, prepared before a start
+        # (model, its published port) before a graceful stop: Demand.stopping, so that the gateway's idle
+        # connections do not hold llama-server's exit (gateway/proxy.py)
+        self.before_stop = before_stop
         self.verified: dict[str, str] = {}     # container ID -> what was checked before it was created (status)
 
     def apply(self, action: Action, current: ObservedContainer | None) -> ObservedContainer | None:
@@ -155,6 +161,8 @@ class Executor:
         timeout = self.stop_timeout_s if timeout_s is None else max(0.0, min(self.stop_timeout_s, timeout_s))
         log.info("stop", model=current.model if current else "", container=cid[:12], reason=reason,
                  timeout_s=round(timeout, 3))
+        if current is not None:
+            self.before_stop(current.model, current.host_port)
         self.runtime.stop(cid, timeout_s=timeout)
 
 

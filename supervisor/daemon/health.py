@@ -64,7 +64,10 @@ class Prober:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._post = post
-        self._client = client or httpx.Client(trust_env=False)   # never a proxy for a local probe
+        # Never a proxy for a local probe, and no idle connection kept: llama-server's exit on SIGTERM waits
+        # about 0.1 s for each idle keep-alive connection (0.188 s against 0.084 s, measured), which a stop
+        # right after a probe would pay. A loopback connect per probe costs far less.
+        self._client = client or httpx.Client(trust_env=False, limits=httpx.Limits(max_keepalive_connections=0))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe")
         self._clock = clock
         self._lock = threading.Lock()

@@ -48,7 +48,9 @@ class KvKeeper:
         self.slots = slots                   # the loop's: read (never changed) here
         self.metrics = metrics
         self.off_reason = off_reason         # why no model keeps its cache on this daemon ('' when they may)
-        self._client = client or httpx.Client(trust_env=False)
+        # no idle connection left behind: the graceful stop follows the save at once, and llama-server's exit
+        # waits about 0.1 s for each idle keep-alive connection (health.py)
+        self._client = client or httpx.Client(trust_env=False, limits=httpx.Limits(max_keepalive_connections=0))
         self._clock = clock
         self._lock = threading.Lock()
         self._fresh: dict[str, str] = {}     # model -> container just started, restore due at its first healthy probe

@@ -101,7 +101,8 @@ class Supervisor:
         # KV caches kept across stops (kvkeeper.py): None when the daemon keeps none
         self.kv = (KvKeeper(kv_store, self.slots, metrics or NullMetrics(), off_reason=kv_off_reason)
                    if kv_store is not None else None)
-        self.executor = Executor(runtime, verifier, stop_timeout_s=settings.stop_timeout_s, kv=self.kv)
+        self.executor = Executor(runtime, verifier, stop_timeout_s=settings.stop_timeout_s, kv=self.kv,
+                                 before_stop=lambda model, port: self.demand.stopping(model, port))
         self._load_desired = load_desired
         self._prober = prober
         self.notifier = notifier or NullNotifier()

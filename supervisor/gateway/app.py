@@ -95,7 +95,11 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        # before a graceful stop the loop has the upstream close its idle connections to that model (proxy.py)
+        self.upstream.loop = asyncio.get_running_loop()
+        self.backend.demand.on_stopping(self.upstream.release_from_thread)
         yield
+        self.upstream.loop = None
         await self.upstream.aclose()
         self.bodies.close()
 

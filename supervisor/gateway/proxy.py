@@ -16,6 +16,12 @@
   it is sent again at once on a new connection, without waiting, without using up the re-send
   above, and counted in `gateway_stale_retry`. Reused is what httpcore's `trace` extension says:
   it reports a connect only for a connection opened for this request.
+- Idle connections to a model that is being stopped are closed first. llama-server's exit on SIGTERM
+  waits about 0.1 s while a client holds an idle keep-alive connection to it (0.188 s against 0.084 s,
+  6 runs each), and a swap stops the old model moments after its last answer. So each model's port has
+  a client of its own, and the loop, before a graceful stop, has the gateway close that client when no
+  request is in flight on it (`Demand.stopping` -> `Upstream.release_from_thread`). Not keeping idle
+  connections at all cost 1 ms a request (GET /health through the gateway, +2.51 ms against +1.47 ms).
 - Streams close their connection. llama-server closes the connection after every streamed answer
   although its headers say keep-alive (its chunk provider returns false after `done()`, which
   cpp-httplib takes for a cancelled write), a moment after the last chunk: the pool kept it, and the
@@ -25,6 +31,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -49,6 +57,7 @@ _LOST = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.Rea
 # What a reused connection the server closed just as the request went out fails with (no timeouts).
 _STALE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 KEEPALIVE_EXPIRY_S = 2.0   # < llama-server's 5 s idle keep-alive (cpp-httplib), with room for its 10 ms checks
+RELEASE_WAIT_S = 0.25      # how long a stop waits for the gateway to close its idle connections to the model
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
                b"proxy-authenticate", b"proxy-authorization"}
 # Never relayed: llama-server's CORS answer would let another web origin read through the gateway.
@@ -66,22 +75,43 @@ class Lease:
 
 @dataclass
 class Upstream:
-    """The one pooled HTTP client to every model, and the models' own API keys."""
+    """A pooled HTTP client per model port (closed before that model stops), and the models' own API keys."""
 
     transport: httpx.AsyncBaseTransport | None = None     # tests: httpx.MockTransport
     key_files: KeyFiles = field(default_factory=KeyFiles)
-    _client: httpx.AsyncClient | None = None
+    loop: asyncio.AbstractEventLoop | None = None         # the gateway's, set by its lifespan
+    _clients: dict[int, httpx.AsyncClient] = field(default_factory=dict)
     _fresh: httpx.AsyncClient | None = None
 
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
+    def client(self, port: int = 0) -> httpx.AsyncClient:
+        """The kept-alive client for the model on `port` (the route's published port)."""
+        c = self._clients.get(port)
+        if c is None:
+            c = self._clients[port] = httpx.AsyncClient(
                 timeout=_TIMEOUT,
                 limits=httpx.Limits(max_connections=1024, max_keepalive_connections=64,
                                     keepalive_expiry=KEEPALIVE_EXPIRY_S),
                 follow_redirects=False, transport=self.transport,
             )
-        return self._client
+        return c
+
+    async def release(self, port: int) -> None:
+        """Close the client of the model on `port`, and with it its idle connections (nothing is in flight on
+        it: the caller checked); the next request to that port opens a new one."""
+        c = self._clients.pop(port, None)
+        if c is not None:
+            await c.aclose()
+
+    def release_from_thread(self, port: int) -> None:
+        """From the loop's thread, before a graceful stop: run `release` on the gateway's loop and wait for it,
+        RELEASE_WAIT_S at most (a busy gateway only makes the stop that much slower)."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.release(port), loop).result(RELEASE_WAIT_S)
+        except (concurrent.futures.TimeoutError, RuntimeError) as e:
+            log.debug("idle connections not closed before the stop", port=port, error=type(e).__name__)
 
     def fresh(self) -> httpx.AsyncClient:
         """A client that keeps no connection: each request it sends opens a new one (stale retries)."""
@@ -97,10 +127,11 @@ class Upstream:
         return self.key_files.first(path)
 
     async def aclose(self) -> None:
-        for c in (self._client, self._fresh):
+        for c in (*self._clients.values(), self._fresh):
             if c is not None:
                 await c.aclose()
-        self._client = self._fresh = None
+        self._clients.clear()
+        self._fresh = None
 
 
 _TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=60.0, pool=None)
@@ -194,10 +225,10 @@ class ProxyResponse:
     async def _exchange(self, send: Any) -> None:
         delay, lost, fresh = self.gw.settings.retry_delay_s, 0, False
         while True:
-            client = self.gw.upstream.fresh() if fresh else self.gw.upstream.client()
-            trace = ConnectionTrace()
             assert self.lease is not None
             route = self.lease.route
+            client = self.gw.upstream.fresh() if fresh else self.gw.upstream.client(route.port or 0)
+            trace = ConnectionTrace()
             headers = dict(self.headers)
             key = self.gw.upstream.key(route.api_key_file)
             if key:

@@ -377,3 +377,26 @@ def test_a_start_waiting_for_a_model_that_is_then_stopped_is_answered() -> None:
     h.step(ControlRequest(StopModels(("a",)), Future()))
     r = started.result(0)
     assert not r.ok and r.results[0].message.startswith("stopped before it was running")
+
+
+def test_a_graceful_stop_lets_the_gateway_close_its_idle_connections_first() -> None:
+    """Demand.stopping, before runtime.stop: llama-server's exit waits ~0.1 s for each idle keep-alive one."""
+    h = Harness([desired("a")])
+    released: list[tuple[int, list[str]]] = []
+    h.sup.demand.on_stopping(lambda port: released.append((port, h.runtime.ops())))
+    h.step()
+    h.healthy("a")
+    port = h.sup.cache[h.cid("a")].host_port
+    assert port
+    h.step(ControlRequest(StopModels(("a",)), Future()))
+    assert [p for p, _ in released] == [port]
+    assert "stop" not in released[0][1] and h.runtime.ops().count("stop") == 1   # before the stop call
+
+
+def test_a_kill_does_not_wait_for_the_gateway() -> None:
+    h = Harness([desired("a")])
+    released: list[int] = []
+    h.sup.demand.on_stopping(released.append)
+    h.step()                                               # still loading: a stop is a kill
+    h.step(ControlRequest(StopModels(("a",)), Future()))
+    assert ("kill", h.cid("a")) in h.runtime.calls and released == []
