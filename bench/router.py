@@ -515,7 +515,9 @@ ACCOUNT: list[str] = [
     "it executes (before: twice per create, once per start). Together they are inside `request -> start call`.",
     "- **The old model's graceful stop, in a swap.** The router sends its child an exit command and waits "
     "for it to exit (its monitor polls a child whose pipe closed every 50 ms); ours saves the KV cache "
-    "(`GET /slots`, `POST /slots/0?action=save`, the file hashed and renamed: the `KV save` row), then "
+    "(`GET /slots`, `POST /slots/0?action=save`, the file hashed and renamed: the `KV save` row), has the "
+    "gateway close its idle connections to it (llama-server's exit waits about 0.1 s while a client holds an "
+    "idle keep-alive connection: 0.188 s against 0.084 s; the prober closes its own too, the KV keeper keeps none), then "
     "SIGTERM, and llama-server runs the same shutdown (the queue terminated, the HTTP server stopped) either "
     "way: the `old model's stop` row. The process runtime signals and waits through a pidfd. On Docker the "
     "stop ends once the container's process is gone (a pidfd too, where the daemon sees the engine's pids: "

@@ -102,7 +102,7 @@ class Supervisor:
         self.kv = (KvKeeper(kv_store, self.slots, metrics or NullMetrics(), off_reason=kv_off_reason)
                    if kv_store is not None else None)
         self.executor = Executor(runtime, verifier, stop_timeout_s=settings.stop_timeout_s, kv=self.kv,
-                                 before_stop=lambda model, port: self.demand.stopping(model, port))
+                                 before_stop=self._before_stop)
         self._load_desired = load_desired
         self._prober = prober
         self.notifier = notifier or NullNotifier()
@@ -145,6 +145,15 @@ class Supervisor:
         self._metrics = self.ondemand.metrics = self.containers.metrics = self.handovers.metrics = metrics
         if self.kv is not None:
             self.kv.metrics = metrics
+
+    def _before_stop(self, model: str, port: int | None) -> None:
+        """Before a graceful stop: no idle keep-alive connection to the model is left open (the prober's, the
+        gateway's), since llama-server's exit on SIGTERM waits about 0.1 s while one is."""
+        if not port:
+            return
+        slot = self.slots.get(model)
+        self._prober.release(slot.desired.spec.host_ip if slot is not None else "127.0.0.1", port)
+        self.demand.stopping(model, port)
 
     @property
     def prober(self) -> ProbeSink:

@@ -23,6 +23,9 @@ from supervisor.core.spec import DesiredModel
 class ProbeSink(Protocol):
     def submit(self, model: str, container_id: str, *, host_ip: str, port: int, timeout_s: float) -> bool: ...
 
+    def release(self, host_ip: str, port: int) -> None:
+        """Before a graceful stop: close the kept-alive connection to that port (health.Prober)."""
+
 
 class RecreateMode(str, Enum):
     """How a config change replaces a container that serves (`--recreate`)."""

@@ -107,6 +107,9 @@ class NoProbes:
     def submit(self, model: str, container_id: str, *, host_ip: str, port: int, timeout_s: float) -> bool:
         return False
 
+    def release(self, host_ip: str, port: int) -> None:
+        pass
+
 
 class Rig:
     def __init__(self, directory: Path, instance: str, demo: Path) -> None:

@@ -166,10 +166,14 @@ class FakeVerifier:
 class FakeProber:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str]] = []
+        self.released: list[int] = []
 
     def submit(self, model: str, container_id: str, *, host_ip: str, port: int, timeout_s: float) -> bool:
         self.sent.append((model, container_id))
         return True
+
+    def release(self, host_ip: str, port: int) -> None:
+        self.released.append(port)
 
 
 class FakeNotifier:

@@ -63,3 +63,57 @@ def test_prober_posts_results_and_never_overlaps() -> None:
     ev = q.get(timeout=5)
     assert isinstance(ev, ProbeResult) and ev.outcome is ProbeOutcome.OK and ev.container_id == "c1"
     p.close()
+
+
+def test_the_kept_alive_probe_connection_is_closed_on_release() -> None:
+    """Probes of a starting model reuse one connection; before a graceful stop the loop releases it, since
+    llama-server's exit waits ~0.1 s while a client holds an idle keep-alive connection."""
+    import socketserver
+    import time
+    from http.server import BaseHTTPRequestHandler
+
+    opened, closed = [], []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            opened.append(1)
+
+        def finish(self) -> None:
+            super().finish()
+            closed.append(1)
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+    q: queue.Queue[Event] = queue.Queue()
+    p = Prober(q.put)
+    try:
+        for _ in range(3):
+            assert p.submit("m", "c1", host_ip="127.0.0.1", port=port, timeout_s=2)
+            r = q.get(timeout=5)
+            assert isinstance(r, ProbeResult) and r.outcome is ProbeOutcome.OK
+        assert len(opened) == 1 and not closed          # one connection, kept alive between probes
+
+        p.release("127.0.0.1", port)
+
+        deadline = time.monotonic() + 2
+        while not closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert closed == [1]
+    finally:
+        p.close()
+        srv.shutdown()
+        srv.server_close()

@@ -389,7 +389,7 @@ def test_a_graceful_stop_lets_the_gateway_close_its_idle_connections_first() -> 
     port = h.sup.cache[h.cid("a")].host_port
     assert port
     h.step(ControlRequest(StopModels(("a",)), Future()))
-    assert [p for p, _ in released] == [port]
+    assert [p for p, _ in released] == [port] and h.prober.released == [port]   # the gateway's and the prober's
     assert "stop" not in released[0][1] and h.runtime.ops().count("stop") == 1   # before the stop call
 
 
