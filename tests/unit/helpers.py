@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from supervisor.core.observed import ContainerStatus, ObservedContainer
@@ -46,3 +48,13 @@ def exited_process_record(state_dir: Path, log: Path) -> None:
         "binary": "/bin/false", "binary_sha256": "0", "argv": [], "env": {}, "uid": None, "gid": None,
         "rlimits": [], "memory_bytes": None, "pids_limit": 64, "workdir": str(state_dir), "log": str(log),
         "created_at": "", "status": "exited", "exit_code": 1}))
+
+
+def until(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
+    """Poll `predicate` every 10 ms; whether it came true within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False

@@ -29,6 +29,8 @@ from supervisor.gateway.body import Bodies, BodyLimits
 from supervisor.gateway.connections import ConnectionLimits
 from supervisor.gateway.server import GatewayServer
 
+from .helpers import until
+
 KiB, MiB = 1024, 1024 * 1024
 PATH = b"/v1/chat/completions"
 
@@ -123,13 +125,6 @@ def body_of(size: int, model: str = "nope") -> bytes:
     return start + b"x" * (size - len(start) - 2) + b'"}'
 
 
-def until(predicate: object, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
 
 
 # --- connections -------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ import pytest
 from supervisor.core.demand import Demand
 from supervisor.gateway.proxy import Upstream
 
+from .helpers import until
+
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
 
 
@@ -80,15 +82,6 @@ def gw() -> Iterator[Gateway]:
     g.close()
 
 
-def _settle(cond: object, timeout: float = 1.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_a_stop_closes_the_idle_connection_first(gw: Gateway) -> None:
     demand = Demand(time.monotonic)
     demand.on_stopping(gw.upstream.release_from_thread)
@@ -97,7 +90,7 @@ def test_a_stop_closes_the_idle_connection_first(gw: Gateway) -> None:
 
     demand.stopping("m", gw.port)             # the loop's thread, before runtime.stop
 
-    assert _settle(lambda: gw.server.closed_by_client == 1)
+    assert until(lambda: gw.server.closed_by_client == 1)
     assert gw.get() == 200 and gw.server.opened == 2                       # the next request opens a new one
 
 
@@ -109,10 +102,10 @@ def test_a_stop_with_a_request_in_flight_there_leaves_its_connection(gw: Gateway
 
     demand.stopping("m", gw.port)
 
-    assert not _settle(lambda: gw.server.closed_by_client > 0, timeout=0.3)
+    assert not until(lambda: gw.server.closed_by_client > 0, timeout=0.3)
     demand.leave("m", port=gw.port)
     demand.stopping("m", gw.port)
-    assert _settle(lambda: gw.server.closed_by_client == 1)
+    assert until(lambda: gw.server.closed_by_client == 1)
 
 
 def test_no_gateway_loop_no_wait() -> None:
