@@ -608,6 +608,8 @@ class Supervisor:
                 continue
             log.info("stopping model", model=name, container=cid[:12], timeout_s=self.settings.stop_timeout_s)
             spent = self.kv.save(name, self.cache.get(cid), self.settings.stop_timeout_s) if self.kv else 0.0
+            if (current := self.cache.get(cid)) is not None:
+                self._before_stop(name, current.host_port)
             try:
                 self.runtime.stop(cid, timeout_s=max(0.0, self.settings.stop_timeout_s - spent))
                 log.info("stopped model", model=name, container=cid[:12])
