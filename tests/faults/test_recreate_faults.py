@@ -70,6 +70,9 @@ class FaultyRuntime:
         self.real.stop(container_id, timeout_s=timeout_s)
 
     def kill(self, container_id: str) -> None:
+        # the recreate's stop step: a container still loading (no probes here: they all are) is killed,
+        # not stopped gracefully (planner.LOADING), so the fault at "stop" is armed on the kill too
+        self._maybe_fail("stop", container_id)
         self.real.kill(container_id)
 
     def unpause(self, container_id: str) -> None:
