@@ -38,7 +38,7 @@ class Executor:
         self.verifier = verifier
         self.stop_timeout_s = stop_timeout_s
         self.kv = kv          # KV caches kept across stops: saved before a graceful stop, prepared before a start
-        # (model, its published port) before a graceful stop: Demand.stopping, so that the gateway's idle
+        # (model, its published port) before a graceful stop (and after a kill): Demand.stopping, so that the gateway's idle
         # connections do not hold llama-server's exit (gateway/proxy.py)
         self.before_stop = before_stop
         self.verified: dict[str, str] = {}     # container ID -> what was checked before it was created (status)
@@ -155,6 +155,8 @@ class Executor:
         if kill:
             log.info("kill", model=current.model if current else "", container=cid[:12], reason=reason)
             self.runtime.kill(cid)
+            if current is not None:          # after: nothing to wait for, but its clients go (one per port)
+                self.before_stop(current.model, current.host_port)
             return
         if current is not None and current.status == "paused":
             self.runtime.unpause(cid)
