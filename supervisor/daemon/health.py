@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from supervisor import loopback
 from supervisor.core.events import Event, ProbeResult
 from supervisor.core.lifecycle import ProbeOutcome
 from supervisor.errors import exhaustion
@@ -97,7 +98,7 @@ class Prober:
         with self._lock:
             c = self._clients.get(url)
             if c is None:
-                c = self._clients[url] = httpx.Client(trust_env=False)
+                c = self._clients[url] = httpx.Client(trust_env=False, verify=loopback.tls_context())
             return c
 
     def release(self, host_ip: str, port: int) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import structlog
 
+from supervisor import loopback
 from supervisor.control.api import MetricsSink
 from supervisor.core import kvcache
 from supervisor.core.observed import ObservedContainer
@@ -50,7 +51,8 @@ class KvKeeper:
         self.off_reason = off_reason         # why no model keeps its cache on this daemon ('' when they may)
         # no idle connection left behind: the graceful stop follows the save at once, and llama-server's exit
         # waits about 0.1 s for each idle keep-alive connection (health.py)
-        self._client = client or httpx.Client(trust_env=False, limits=httpx.Limits(max_keepalive_connections=0))
+        self._client = client or httpx.Client(trust_env=False, limits=httpx.Limits(max_keepalive_connections=0),
+                                              verify=loopback.tls_context())
         self._clock = clock
         self._lock = threading.Lock()
         self._fresh: dict[str, str] = {}     # model -> container just started, restore due at its first healthy probe

@@ -41,6 +41,7 @@ import anyio
 import httpx
 import structlog
 
+from supervisor import loopback
 from supervisor.control.api import MetricsSink
 from supervisor.core.demand import Demand
 from supervisor.core.routing import Route
@@ -91,7 +92,7 @@ class Upstream:
                 timeout=_TIMEOUT,
                 limits=httpx.Limits(max_connections=1024, max_keepalive_connections=64,
                                     keepalive_expiry=KEEPALIVE_EXPIRY_S),
-                follow_redirects=False, transport=self.transport,
+                follow_redirects=False, transport=self.transport, verify=loopback.tls_context(),
             )
         return c
 
@@ -118,7 +119,7 @@ class Upstream:
         if self._fresh is None:
             self._fresh = httpx.AsyncClient(
                 timeout=_TIMEOUT, limits=httpx.Limits(max_connections=256, max_keepalive_connections=0),
-                follow_redirects=False, transport=self.transport,
+                follow_redirects=False, transport=self.transport, verify=loopback.tls_context(),
             )
         return self._fresh
 
