@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 
 CTL = str(Path(sys.executable).with_name("llama-supervisorctl"))
 STABLE_S = 10.5            # RestartSettings.stable_after_s (10 s) and a margin
+# How long A and B rest stopped before a round's cold start: past --standby's arming (ARM_DELAY_S, 2 s, then
+# the engine's start of the gated container), as for a model stopped by its idle TTL; the same for every server.
+REST_S = 3.0
 LOAD_TIMEOUT_S = 120.0
 MEASURES = ("cold start", "warm request", "swap", "next request after an idle SIGKILL")
 
@@ -133,10 +136,11 @@ class Router:
 class Ours:
     """llama-supervisord with A and B on-demand, room for one, on one runtime."""
 
-    def __init__(self, demo: Path, runtime: str, lock: Path | None, tag: str) -> None:
+    def __init__(self, demo: Path, runtime: str, lock: Path | None, tag: str, *, standby: bool = False) -> None:
         self.runtime = runtime
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-router-{runtime}-"))
-        self.names = (f"bench{tag}{runtime[:1]}-a", f"bench{tag}{runtime[:1]}-b")
+        letter = "s" if standby else runtime[:1]
+        self.names = (f"bench{tag}{letter}-a", f"bench{tag}{letter}-b")
         self.port = {n: live.free_port() for n in self.names}
         serving = "lifecycle: on-demand\nidle_ttl: 600\n"
         for n in self.names:
@@ -149,6 +153,8 @@ class Ours:
                  "--runtime", runtime]
         if lock is not None:
             extra += ["--lock", str(lock)]
+        if standby:
+            extra += ["--standby"]
         self.daemon = live.Daemon(self.dir, extra=extra)
         self.sock = str(self.daemon.sockdir / "ctl.sock")
 
@@ -246,7 +252,7 @@ Figures = dict[str, list[float]]
 def router_round(rt: Router, http: httpx.Client, out: Figures) -> None:
     a, b = rt.names
     rt.unload_all()
-    time.sleep(0.3)
+    time.sleep(REST_S)
     out["cold start"].append(_first_token(http, rt.url, a))
     out["warm request"].append(_first_token(http, rt.url, a))
     time.sleep(0.5)
@@ -261,7 +267,7 @@ def ours_round(o: Ours, http: httpx.Client, out: Figures, parts: Figures) -> Non
     a, b = o.names
     gw = o.daemon.gateway
     o.ctl("stop", a, b)
-    time.sleep(0.3)
+    time.sleep(REST_S)
     t0 = time.monotonic()
     watch = HealthWatch(o.port[a])
     out["cold start"].append(_first_token(http, gw, a))
@@ -339,7 +345,8 @@ def bench_router(r: Report, *, quick: bool = False, runs: int | None = None) -> 
     tag = uuid.uuid4().hex[:4]
     rt = Router(demo, (f"r{tag}-a", f"r{tag}-b"))
     lock, binary = process_lock()
-    ours = {"docker": Ours(demo, "docker", None, tag), "process": Ours(demo, "process", lock, tag)}
+    ours = {"docker": Ours(demo, "docker", None, tag), "docker-standby": Ours(demo, "docker", None, tag, standby=True),
+            "process": Ours(demo, "process", lock, tag)}
     figs: dict[str, Figures] = {k: {m: [] for m in MEASURES} for k in ("router", *ours)}
     parts: dict[str, Figures] = {k: _defaultdict() for k in ours}
     floor = live.Floor(demo)
@@ -363,6 +370,8 @@ def bench_router(r: Report, *, quick: bool = False, runs: int | None = None) -> 
                 order: list[tuple[str, Callable[[], None]]] = [
                     ("router", lambda: router_round(rt, http, figs["router"])),
                     ("docker", lambda: ours_round(ours["docker"], http, figs["docker"], parts["docker"])),
+                    ("docker-standby", lambda: ours_round(ours["docker-standby"], http, figs["docker-standby"],
+                                                          parts["docker-standby"])),
                     ("process", lambda: ours_round(ours["process"], http, figs["process"], parts["process"])),
                 ]
                 k = i % len(order)
@@ -404,7 +413,8 @@ def report(r: Any, figs: dict[str, Figures], parts: dict[str, Figures], docker_s
     for m in MEASURES:
         base = of(figs["router"][m])
         r.time_row(f"{m}: router", base)
-        for k, label in (("docker", "ours, Docker"), ("process", "ours, process runtime")):
+        for k, label in (("docker", "ours, Docker"), ("docker-standby", "ours, Docker with --standby"),
+                         ("process", "ours, process runtime")):
             s = of(figs[k][m])
             target, limit = "-", None
             if m in ("cold start", "swap"):
@@ -413,7 +423,7 @@ def report(r: Any, figs: dict[str, Figures], parts: dict[str, Figures], docker_s
                 else:
                     target, limit = "<= router + `docker start` cost", base.median + cost
             r.time_row(f"{m}: {label}", s, target=target, limit=limit, floor=base.median)
-    for k, label in (("docker", "Docker"), ("process", "process runtime")):
+    for k, label in (("docker", "Docker"), ("docker-standby", "Docker with --standby"), ("process", "process runtime")):
         for what, values in sorted(parts[k].items()):
             if values:
                 r.time_row(f"  ours, {label}, {what}", of(values), digits=3)
@@ -438,7 +448,7 @@ def account(figs: dict[str, Figures], parts: dict[str, Figures], *, bare: float,
     keys = {"cold start": "cold", "swap": "swap", "next request after an idle SIGKILL": "kill"}
     for m, key in keys.items():
         router = of(figs["router"][m]).median
-        for k, label in (("docker", "Docker"), ("process", "process runtime")):
+        for k, label in (("docker", "Docker"), ("docker-standby", "Docker with --standby"), ("process", "process runtime")):
             total = of(figs[k][m]).median
             p = {what.split(": ", 1)[1]: _med(v) for what, v in parts[k].items() if what.startswith(f"{key}: ")}
             begin = p.get("request -> start call logged")
@@ -460,7 +470,7 @@ def account(figs: dict[str, Figures], parts: dict[str, Figures], *, bare: float,
                 known += load
                 extra = load - bare
                 pieces.append(f"start call -> /health 200 {load:.2f} s (the bare process floor is {bare:.2f} s: "
-                              f"{extra:+.2f} s{', the `docker start` floor is ' + f'{docker_start:.2f} s' if k == 'docker' else ''})")
+                              f"{extra:+.2f} s{', the `docker start` floor is ' + f'{docker_start:.2f} s' if k.startswith('docker') else ''})")
             if seen is not None:
                 known += seen
                 restore = p.get("KV restore before RUNNING (its `ms`)")

@@ -106,12 +106,14 @@ RUN set -e; root=/out/root; \
 # that begin alike leave two cache candidates for that step, and the next cached build took the health
 # check's and compiled llama-server again (tests/unit/test_dockerfile_cache.py).
 FROM build AS healthcheck
-COPY healthcheck.c /src/healthcheck.c
+COPY healthcheck.c gate.c /src/
 RUN mkdir -p /out && \
     gcc -x c -std=c11 -D_DEFAULT_SOURCE -O2 -Wall -Wextra -Werror -static -ffile-prefix-map=/src=. \
       -o /out/llama-healthcheck /src/healthcheck.c && \
-    strip /out/llama-healthcheck && \
-    touch -d "@$SOURCE_DATE_EPOCH" /out/llama-healthcheck
+    gcc -x c -std=c11 -D_DEFAULT_SOURCE -O2 -Wall -Wextra -Werror -static -ffile-prefix-map=/src=. \
+      -o /out/llama-gate /src/gate.c && \
+    strip /out/llama-healthcheck /out/llama-gate && \
+    touch -d "@$SOURCE_DATE_EPOCH" /out/llama-healthcheck /out/llama-gate
 
 FROM scratch
 ARG VARIANT=cuda
@@ -120,6 +122,7 @@ ARG LLAMA_BUILD_NUMBER=0
 ARG CUDA_ARCHITECTURES=90
 COPY --from=build /out/root/ /
 COPY --from=healthcheck /out/llama-healthcheck /usr/local/bin/llama-healthcheck
+COPY --from=healthcheck /out/llama-gate /usr/local/bin/llama-gate
 LABEL org.opencontainers.image.title="llama-server" \
       org.opencontainers.image.description="llama.cpp llama-server, CUDA, built by llama-supervisor" \
       org.opencontainers.image.version="b${LLAMA_BUILD_NUMBER}" \

@@ -136,7 +136,8 @@ def build(
     buildargs = build_args(client, variant, source, builder=builder, arm_arch=arm_arch, cuda_arch=cuda_arch)
     hint = f"; {CUDA_OFFLINE_HINT}" if variant == "cuda" and "BUILDER" not in buildargs else ""
     shutil.copyfile(dockerfile, context / "Dockerfile")
-    shutil.copyfile(dockerfile.parent / "healthcheck.c", context / "healthcheck.c")
+    for name in ("healthcheck.c", "gate.c"):     # the image's two small static helpers
+        shutil.copyfile(dockerfile.parent / name, context / name)
     if variant == "cuda":                 # pre-included by nvcc 11.x (images/cuda-compat.cuh says why)
         shutil.copyfile(dockerfile.parent / CUDA_COMPAT, context / CUDA_COMPAT)
     how = f"cross-compiled for {platform_of(variant)}, " if is_cross(variant) else ""

@@ -55,4 +55,5 @@ class RuntimeAdapter:
 class Wire(Protocol):
     """A runtime package's `wire`: builds its adapter (raises RuntimeUnavailable, naming the fix, when it cannot run)."""
 
-    def __call__(self, *, instance: str, lock_path: Path, post: Callable[[Event], None], why: str) -> RuntimeAdapter: ...
+    def __call__(self, *, instance: str, lock_path: Path, post: Callable[[Event], None], why: str,
+                 standby: bool = False) -> RuntimeAdapter: ...

@@ -47,7 +47,7 @@ def docker_unreachable(timeout_s: float = 3.0) -> str | None:
 
 
 def choose(kind: RuntimeKind, *, instance: str, lock_path: Path, post: Callable[[Event], None],
-           probe: Callable[[], str | None] = docker_unreachable) -> RuntimeAdapter:
+           probe: Callable[[], str | None] = docker_unreachable, standby: bool = False) -> RuntimeAdapter:
     if kind not in KINDS:
         raise ConfigError(f"--runtime {kind!r}: use one of {', '.join(KINDS)}")
     if kind == "auto":
@@ -56,4 +56,4 @@ def choose(kind: RuntimeKind, *, instance: str, lock_path: Path, post: Callable[
             ("process", f"auto: no Docker engine ({reason})")
     else:
         chosen, why = kind, f"--runtime {kind}"
-    return wire_for(chosen)(instance=instance, lock_path=lock_path, post=post, why=why)
+    return wire_for(chosen)(instance=instance, lock_path=lock_path, post=post, why=why, standby=standby)

@@ -10,6 +10,7 @@ tests and benchmarks.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 import docker
 import docker.errors
 import requests.exceptions
+import structlog
 from docker.types import DeviceRequest, LogConfig, Mount
 
 from supervisor.core.observed import ContainerStatus, ObservedContainer
@@ -28,6 +30,7 @@ from supervisor.core.spec import ContainerSpec
 from supervisor.artifacts.engine import UNREACHABLE_HINT, engine_errors
 from supervisor.errors import RuntimeOperationError, RuntimeUnavailable
 from supervisor.runtime.docker import exitwatch
+from supervisor.runtime.docker.standby import FIFO_TARGET, GATE, GATE_WAIT_S, Arming, Gates, entrypoint
 from supervisor.runtime import (
     DEFAULT_INSTANCE,
     LABEL_HASH,
@@ -42,6 +45,8 @@ from supervisor.runtime import (
     successor_name,
     process_rss,
 )
+
+log = structlog.get_logger("supervisor.runtime.docker")
 
 KILLED_WAIT_S = 10.0     # after SIGKILL, how long a stop waits for the process to be gone
 SETTLE_S = 10.0          # how long the next call on a stopped container waits for the engine's teardown
@@ -192,8 +197,17 @@ class DockerRuntime:
 
     def __init__(self, client: docker.DockerClient | None = None, *, timeout_s: float = 60,
                  instance: str = DEFAULT_INSTANCE,
-                 open_process: Callable[[int, str], int | None] = exitwatch.open_process) -> None:
+                 open_process: Callable[[int, str], int | None] = exitwatch.open_process,
+                 gates: Gates | None = None, standby: bool = False) -> None:
         self.instance = instance
+        # Standby containers (standby.py): `gates` holds the FIFOs of gated containers (always released after an
+        # engine start, so a daemon run without --standby still starts the ones an earlier run created);
+        # `standby` creates containers gated and arms them after a stop.
+        self.gates = gates
+        self.standby = standby and gates is not None
+        self._gated: dict[str, str] = {}     # container ID -> its name, for containers created with the gate
+        self._armed: set[str] = set()        # gated containers held at their gate (to the daemon: exited)
+        self._arming = Arming(self._arm)
         self._open_process = open_process    # a pidfd for a container's process, None where it is hidden
         self._pids: dict[str, int] = {}      # container ID -> its process on this host (from inspect)
         try:
@@ -226,7 +240,20 @@ class DockerRuntime:
         self._count("list")
         with engine_errors("list", "containers"):
             rows = self._api.containers(all=True, filters={"label": owned_filter(self.instance)})
-        return [observed_from_list(r) for r in rows]
+        return [self._as_seen(observed_from_list(r), gated=str(r.get("Command") or "").startswith(GATE + " "))
+                for r in rows]
+
+    def _as_seen(self, c: ObservedContainer, *, gated: bool) -> ObservedContainer:
+        """A gated container held at its gate is, to the daemon, a stopped one (exited 0)."""
+        if not gated or self.gates is None:
+            return c
+        if c.id not in self._gated:
+            self._gated[c.id] = c.name
+            if c.status == "running" and self.gates.waiting(c.name):    # first sight (after a restart): armed?
+                self._armed.add(c.id)
+        if c.id in self._armed and c.status in ("running", "restarting"):
+            return dataclasses.replace(c, status="exited", exit_code=0)
+        return c
 
     def inspect(self, container_id: str) -> ObservedContainer | None:
         self._count("inspect")
@@ -242,17 +269,29 @@ class DockerRuntime:
         self._pids[d["Id"]] = int(pid)
         if not state.get("Running"):
             self._exiting.pop(d["Id"], None)    # its teardown is over: nothing left to wait for
-        return observed_from_inspect(d)
+        entry = (d.get("Config") or {}).get("Entrypoint") or []
+        return self._as_seen(observed_from_inspect(d), gated=bool(entry) and entry[0] == GATE)
 
     def create(self, spec: ContainerSpec, *, beside: str = "") -> str:
         self.ensure_network(spec.network)
         kw = container_kwargs(spec, self.instance, beside=beside)
+        hc = host_config_kwargs(spec)
+        if self.standby and self.gates is not None:
+            fifo = self.gates.make(kw["name"], spec.user)
+            kw["entrypoint"] = entrypoint()
+            # no Docker HEALTHCHECK: an armed container would exec it every 5 s for nothing, and show
+            # (unhealthy) for a stopped model; the daemon's own probes decide, `status` shows them
+            kw["healthcheck"] = {"Test": ["NONE"]}
+            hc["mounts"] = [*hc["mounts"], Mount(target=FIFO_TARGET, source=str(fifo), type="bind", read_only=True)]
         for attempt in (1, 2):
             self._count("create")
             try:
                 with engine_errors("create", kw["name"]):
-                    host_config = self._api.create_host_config(**host_config_kwargs(spec))
-                    return str(self._api.create_container(host_config=host_config, **kw)["Id"])
+                    host_config = self._api.create_host_config(**hc)
+                    cid = str(self._api.create_container(host_config=host_config, **kw)["Id"])
+                    if "entrypoint" in kw:
+                        self._gated[cid] = kw["name"]
+                    return cid
             except RuntimeOperationError as e:
                 cause = e.__cause__
                 if attempt == 2 or not (isinstance(cause, docker.errors.APIError) and cause.status_code == 409):
@@ -306,9 +345,65 @@ class DockerRuntime:
 
     def start(self, container_id: str) -> None:
         self._count("start")
-        self._settle(container_id)
-        with engine_errors("start", container_id[:12]):
-            self._api.start(container_id)
+        name = self._gate_of(container_id)
+        if name is None or self.gates is None:
+            self._settle(container_id)
+            with engine_errors("start", container_id[:12]):
+                self._api.start(container_id)
+            return
+        with self._arming.lock(container_id):
+            self._arming.cancel(container_id)
+            if container_id in self._armed:
+                self._armed.discard(container_id)
+                if self.gates.release(name):
+                    self._count("release")          # no engine call: the container was started beforehand
+                    return
+            self._settle(container_id)
+            with engine_errors("start", container_id[:12]):
+                self._api.start(container_id)       # a running one (its gate still waiting) answers 304: fine
+            if not self.gates.release(name, wait_s=GATE_WAIT_S, alive=lambda: self._up(container_id)):
+                raise RuntimeOperationError(
+                    f"start {name}: its llama-gate did not wait on {self.gates.path(name)} within {GATE_WAIT_S:.0f} s "
+                    f"(see 'docker logs {name}'); recreate it: 'llama-supervisorctl restart --recreate {name}'")
+
+    def _gate_of(self, container_id: str) -> str | None:
+        """The name of a gated container (created with llama-gate), None for a plain one. One inspect for a
+        container this runtime has not seen yet, and only where gated containers were ever made here."""
+        name = self._gated.get(container_id)
+        if name is None and self.gates is not None and self.gates.root.exists():
+            self.inspect(container_id)
+            name = self._gated.get(container_id)
+        return name
+
+    def _up(self, container_id: str) -> bool:
+        try:
+            return bool((self._api.inspect_container(container_id).get("State") or {}).get("Running"))
+        except (docker.errors.APIError, requests.exceptions.RequestException):
+            return False
+
+    def _arm(self, container_id: str) -> None:
+        """On the arming timer's thread, ARM_DELAY_S after a stop: start the container up to its gate."""
+        name = self._gated.get(container_id)
+        if name is None or self.gates is None:
+            return
+        with self._arming.lock(container_id):
+            if container_id in self._armed or self._up(container_id):
+                return                              # armed already, or started again since the stop
+            self._armed.add(container_id)           # from here a resync sees it stopped, as the daemon does
+            try:
+                self._settle(container_id)
+                self._count("arm")
+                with engine_errors("start", container_id[:12]):
+                    self._api.start(container_id)
+                deadline = time.monotonic() + GATE_WAIT_S
+                while not self.gates.waiting(name):
+                    if time.monotonic() > deadline or not self._up(container_id):
+                        raise RuntimeOperationError(f"{name}: its llama-gate did not wait on its FIFO")
+                    time.sleep(0.005)
+            except Exception:
+                self._armed.discard(container_id)
+                raise
+        log.info("standby: armed", container=name)
 
     def stop(self, container_id: str, *, timeout_s: float) -> None:
         """The container's stop signal, SIGKILL after `timeout_s`. Returns once its process is gone: seen
@@ -317,6 +412,16 @@ class DockerRuntime:
         waits for it. A paused container, or one the engine cannot signal, gets the engine's own stop."""
         self._count("stop")
         self._settle(container_id)
+        if self.standby and container_id in self._gated:
+            with self._arming.lock(container_id):
+                self._arming.cancel(container_id)
+                self._armed.discard(container_id)
+                self._stop(container_id, timeout_s)
+            self._arming.schedule(container_id)
+            return
+        self._stop(container_id, timeout_s)
+
+    def _stop(self, container_id: str, timeout_s: float) -> None:
         running = self._running(container_id)
         if running is None:
             self._engine_stop(container_id, timeout_s)
@@ -419,6 +524,8 @@ class DockerRuntime:
 
     def kill(self, container_id: str) -> None:
         self._count("kill")
+        self._arming.cancel(container_id)
+        self._armed.discard(container_id)
         try:
             with engine_errors("kill", container_id[:12]):
                 self._api.kill(container_id)
@@ -438,12 +545,17 @@ class DockerRuntime:
 
     def remove(self, container_id: str) -> None:
         self._count("remove")
+        self._arming.forget(container_id)
         self._settle(container_id)
         with engine_errors("remove", container_id[:12]):
             try:
                 self._api.remove_container(container_id, force=True)
             except docker.errors.NotFound:
                 pass
+        self._armed.discard(container_id)
+        name = self._gated.pop(container_id, None)
+        if name is not None and self.gates is not None:
+            self.gates.drop(name)
 
     def log_tail(self, container_id: str, *, lines: int = 20) -> str:
         self._count("logs")
@@ -478,6 +590,7 @@ class DockerRuntime:
         return cgroup_memory(container_id)
 
     def close(self) -> None:
+        self._arming.close()        # armed containers stay armed: the next daemon finds them (list_managed)
         self._client.close()
 
 

@@ -1,0 +1,132 @@
+"""--standby on the real engine, image and demo model (supervisor/runtime/docker/standby.py, images/gate.c).
+
+An on-demand model stopped by its idle TTL has its container started again ARM_DELAY_S later, held at
+llama-gate before llama-server's exec: the engine says running, the daemon says STOPPED. The next request
+releases it through its FIFO: no engine start (the container's StartedAt does not move), and it answers.
+A new daemon finds an armed container stopped, and releases it the same way. The gate ends at once on the
+engine's stop signal (exit 0, not the 137 of a SIGKILL after the timeout).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+
+from supervisor.runtime.docker.standby import ARM_DELAY_S, FIFO_TARGET, GATE
+
+from .daemon_harness import Daemon, container, model_yaml, remove_models, wait_for
+
+pytestmark = pytest.mark.docker
+
+LOAD_TIMEOUT = 120.0
+
+
+def chat(d: Daemon, model: str) -> httpx.Response:
+    return httpx.post(f"{d.gateway}/v1/chat/completions", timeout=LOAD_TIMEOUT, trust_env=False, json={
+        "model": model, "max_tokens": 2, "messages": [{"role": "user", "content": "Say hi"}]})
+
+
+@pytest.fixture()
+def name(docker_client: docker.DockerClient) -> Iterator[str]:
+    found = f"sb{uuid.uuid4().hex[:6]}"
+    yield found
+    remove_models(docker_client, [found])
+
+
+def _armed_line(r: dict[str, object]) -> bool:
+    return r.get("event") == "standby: armed"
+
+
+def _armed(client: docker.DockerClient, d: Daemon, model: str) -> bool:
+    c = container(client, model)
+    return c.status == "running" and d.model_state(model) == "STOPPED"
+
+
+def test_a_stopped_model_waits_at_its_gate_and_its_next_request_starts_it_without_the_engine(
+        tmp_path: Path, image_record: object, demo_model: Path, name: str, docker_client: docker.DockerClient) -> None:
+    text = model_yaml(name, None, demo_model, demo_model.parent.name, memory="1g",
+                      serving="lifecycle: on-demand\nidle_ttl: 1\n")
+    (tmp_path / "m.yaml").write_text(text.replace("health:\n", "health:\n  start_timeout: 120\n", 1))
+    d = Daemon(tmp_path, extra=["--standby"]).start()
+    second: Daemon | None = None
+    try:
+        wait_for(lambda: d.model_state(name) is not None, 60, "the gateway listing the model")
+        assert chat(d, name).status_code == 200
+        c = container(docker_client, name)
+        assert c.attrs["Config"]["Entrypoint"][:2] == [GATE, FIFO_TARGET]
+        assert c.attrs["HostConfig"]["ReadonlyRootfs"] and c.attrs["Config"]["User"] == "65532:65532"
+        fifo = next(m for m in c.attrs["Mounts"] if m["Destination"] == FIFO_TARGET)
+        assert fifo["RW"] is False, "the gate's FIFO is mounted read-only"
+
+        # the idle TTL stops it; ARM_DELAY_S later the engine starts it again, up to the gate
+        wait_for(lambda: d.model_state(name) == "STOPPED", 30, "stopped by its idle TTL")
+        d.wait_log(_armed_line, ARM_DELAY_S + 30, "armed")
+        assert _armed(docker_client, d, name), "running to the engine, STOPPED to the daemon"
+        armed = container(docker_client, name)
+        time.sleep(1.0)     # a resync pass or two: the daemon still calls it stopped
+        assert d.model_state(name) == "STOPPED"
+
+        released = time.monotonic()
+        assert chat(d, name).status_code == 200
+        after = container(docker_client, name)
+        assert after.id == armed.id
+        assert after.attrs["State"]["StartedAt"] == armed.attrs["State"]["StartedAt"], \
+            "released at its gate: the engine did not start it again"
+        assert d.model_state(name) == "RUNNING"
+
+        # a new daemon finds the armed container stopped, and releases it the same way
+        d.wait_log(_armed_line, 30 + ARM_DELAY_S + 30, "armed again after the idle TTL", since=released)
+        assert _armed(docker_client, d, name)
+        armed = container(docker_client, name)
+        assert d.terminate() == 0
+        second = Daemon(tmp_path, extra=["--standby"]).start()
+        wait_for(lambda: second.model_state(name) == "STOPPED", 60, "the new daemon sees it stopped")
+        assert container(docker_client, name).status == "running", "still held at its gate"
+        assert chat(second, name).status_code == 200
+        after = container(docker_client, name)
+        assert after.attrs["State"]["StartedAt"] == armed.attrs["State"]["StartedAt"]
+    except AssertionError:
+        print(d.dump())
+        if second is not None:
+            print(second.dump())
+        raise
+    finally:
+        for daemon in (second, d):
+            if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
+                daemon.terminate()
+
+
+def test_the_gate_ends_at_once_on_the_stop_signal(
+        tmp_path: Path, image_record: object, demo_model: Path, name: str, docker_client: docker.DockerClient) -> None:
+    text = model_yaml(name, None, demo_model, demo_model.parent.name, memory="1g",
+                      serving="lifecycle: on-demand\nidle_ttl: 600\n")
+    (tmp_path / "m.yaml").write_text(text.replace("health:\n", "health:\n  start_timeout: 120\n", 1))
+    d = Daemon(tmp_path, extra=["--standby"]).start()
+    try:
+        wait_for(lambda: d.model_state(name) is not None, 60, "the gateway listing the model")
+        assert chat(d, name).status_code == 200
+        assert d.terminate() == 0     # the model keeps running; stop it as the engine would
+        c = container(docker_client, name)
+        c.stop(timeout=30)
+        c.start()                     # up to its gate: nothing releases it now
+        time.sleep(0.5)
+        c.reload()
+        assert c.status == "running"
+        with pytest.raises(httpx.HTTPError):
+            port = int(c.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"])
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=2, trust_env=False).raise_for_status()
+        t0 = time.monotonic()
+        c.stop(timeout=30)
+        took = time.monotonic() - t0
+        c.reload()
+        assert c.attrs["State"]["ExitCode"] == 0, "the gate handled SIGTERM (137 would be the timeout's SIGKILL)"
+        assert took < 30
+    except AssertionError:
+        print(d.dump())
+        raise
