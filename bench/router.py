@@ -1,15 +1,16 @@
 """`python -m bench.run --only router`: swaps and cold starts beside llama.cpp's own router mode (issue 17 §4).
 
-One run, three servers of the same demo model under two names (A and B), room for one, a 1-token answer:
+One run, four servers of the same demo model under two names (A and B), room for one, a 1-token answer:
 
 - **router**: `llama-server --models-dir /models --models-max 1` (no `-m`: one child process per model) in a
   container from the locked image, with the hardening and the server flags our daemon renders for the same
   manifest; the demo model bind-mounted read-only twice (`/models/<A>.gguf`, `/models/<B>.gguf`);
-- **ours, Docker** and **ours, process runtime**: one llama-supervisord each, A and B on-demand under a
-  `--memory-budget` that fits one, requests through its gateway.
+- **ours, Docker**, **ours, Docker with --standby** (a stopped model's container held at its gate, released
+  through a FIFO: supervisor/runtime/docker/standby.py) and **ours, process runtime**: one llama-supervisord
+  each, A and B on-demand under a `--memory-budget` that fits one, requests through its gateway.
 
 After one load each (warm-up: the model file in the page cache, our checks' results kept), each round, per
-server: A and B at rest (router: `POST /models/unload`; ours: `stop`), then a streaming
+server: A and B at rest for REST_S (router: `POST /models/unload`; ours: `stop`), then a streaming
 request for A (cold start), A again (warm), B (swap: A is stopped first), and, once B has been up for
 `STABLE_S` (past our `stable_after_s`, so ours restarts it at once as a crash after a stable run) and idle,
 SIGKILL of B's llama-server process from the host, then a request for B (next request after an idle
@@ -435,7 +436,8 @@ def report(r: Any, figs: dict[str, Figures], parts: dict[str, Figures], docker_s
                    "cache kept, `--slot-save-path`): `" + " ".join(argv) + "`.")
     r.how.append(("router", f"`.venv/bin/python -m bench.run --only router{'' if runs == 6 else f' --rounds {runs}'} "
                   "--out docs/BENCHMARKS.md` "
-                  f"(bench/router.py): {runs} rounds, the three servers in turn (the first one rotating), medians."))
+                  f"(bench/router.py): {runs} rounds, the four servers in turn (the first one rotating), A and B at rest "
+                  f"{REST_S:.0f} s before each cold start, medians."))
 
 
 def _med(values: list[float]) -> float | None:

@@ -358,6 +358,9 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
     wiring = choose(runtime_kind, instance=instance, lock_path=lock_path, post=events.put,  # type: ignore[arg-type]
                     standby=standby)
     runtime = wiring.runtime
+    if standby and wiring.kind != "docker":
+        log.warning("--standby is ignored: it holds Docker containers before their start, and this daemon runs "
+                    "models as host processes, whose launch has no engine start to do ahead", runtime=wiring.kind)
     log.info("runtime", runtime=wiring.kind, why=wiring.why, **({"confinement": wiring.confinement}
                                                                  if wiring.confinement else {}))
     closers: list[Any] = []

@@ -125,3 +125,18 @@ def test_a_failed_arm_is_logged_not_raised() -> None:
     arming.schedule("a")
     assert until(lambda: not arming.pending("a"), 5)
     arming.close()
+
+
+def test_while_it_waits_for_the_gate_it_asks_the_engine_rarely(tmp_path: Path) -> None:
+    """Each alive() is an engine call (inspect): once per ALIVE_EVERY_S, not once per 1 ms FIFO poll, or a
+    crash restart's wait for its gate would hammer the engine while the model loads."""
+    gates = Gates(tmp_path / "standby")
+    gates.make("c1", "65532:65532")
+    asked: list[float] = []
+
+    def alive() -> bool:
+        asked.append(time.monotonic())
+        return True
+
+    assert not gates.release("c1", wait_s=0.35, alive=alive)
+    assert 1 <= len(asked) <= 4, f"{len(asked)} engine calls in 0.35 s"

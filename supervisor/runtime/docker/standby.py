@@ -41,7 +41,8 @@ SERVER = "/usr/local/bin/llama-server"
 FIFO_TARGET = "/run/llama-supervisor/gate"
 ARM_DELAY_S = 2.0          # after a stop: about one model load, so arming does not take a loading model's CPU
 GATE_WAIT_S = 5.0          # after an engine start: how long the release waits for the gate to open its FIFO
-GATE_POLL_S = 0.001
+GATE_POLL_S = 0.001        # the FIFO open that finds the gate: a syscall, no engine call
+ALIVE_EVERY_S = 0.1        # meanwhile, how often the engine is asked whether the container still runs
 RELEASE = b"g"
 
 
@@ -96,7 +97,8 @@ class Gates:
     def release(self, name: str, *, wait_s: float = 0.0, alive: Callable[[], bool] = lambda: True) -> bool:
         """Let the gate exec llama-server; with `wait_s`, first wait that long for the gate to open its FIFO
         (a container just started by the engine), as long as `alive()`. False: no gate was waiting."""
-        deadline = time.monotonic() + wait_s
+        now = time.monotonic()
+        deadline, check_at = now + wait_s, now + ALIVE_EVERY_S
         while True:
             fd = self._open(name)
             if fd is not None:
@@ -105,8 +107,13 @@ class Gates:
                 finally:
                     os.close(fd)
                 return True
-            if time.monotonic() >= deadline or not alive():
+            now = time.monotonic()
+            if now >= deadline:
                 return False
+            if now >= check_at:             # an engine call: not at every 1 ms poll
+                if not alive():
+                    return False
+                check_at = now + ALIVE_EVERY_S
             time.sleep(GATE_POLL_S)
 
     def _open(self, name: str) -> int | None:
