@@ -538,7 +538,14 @@ ACCOUNT: list[str] = [
     "only an upper bound (10 s here); no swap waited for it.",
     "- **Docker.** `docker start` of a stopped container against fork/exec of the same binary with the same "
     "flags: the two floors' difference (the row `the measured cost of docker start`), which is why the "
-    "Docker target is the router's time plus that cost.",
+    "Docker target is the router's time plus that cost. With `--standby` that engine work is done before "
+    "the request: the stopped model's container is started 2 s after its stop and held at `llama-gate` "
+    "before llama-server's exec; the start is a byte written into its FIFO (runtime/docker/standby.py). "
+    "What is left against the bare floor is the container's own confinement (cgroup, seccomp, overlay) and, "
+    "in a swap, the engine's teardown of the old container running beside the new model's load.",
+    "- **The first request's client.** The gateway and the prober keep a client per model port, made at each "
+    "start; httpx built a TLS context for each (28 ms of CPU here), on the first request's path. They share "
+    "one now (supervisor/loopback.py).",
     "- **Loop round trips.** A gateway request is an event to the loop, which schedules, stops, starts and "
     "publishes; a probe result is another. Each is a queue hand-off and one loop pass (milliseconds), inside "
     "`request -> start call` and `/health 200 -> RUNNING`.",
