@@ -39,6 +39,21 @@ def name(docker_client: docker.DockerClient) -> Iterator[str]:
     remove_models(docker_client, [found])
 
 
+def _standby_daemon(manifests: Path, demo: Path, name: str, *, idle_ttl: int) -> Daemon:
+    """A --standby daemon with one on-demand demo model (a long start budget: a loaded host is slow)."""
+    text = model_yaml(name, None, demo, demo.parent.name, memory="1g",
+                      serving=f"lifecycle: on-demand\nidle_ttl: {idle_ttl}\n")
+    (manifests / "m.yaml").write_text(text.replace("health:\n", "health:\n  start_timeout: 120\n", 1))
+    d = Daemon(manifests, extra=["--standby"]).start()
+    try:
+        wait_for(lambda: d.model_state(name) is not None, 60, "the gateway listing the model")
+    except AssertionError:
+        print(d.dump())
+        d.terminate()
+        raise
+    return d
+
+
 def _armed_line(r: dict[str, object]) -> bool:
     return r.get("event") == "standby: armed"
 
@@ -50,13 +65,9 @@ def _armed(client: docker.DockerClient, d: Daemon, model: str) -> bool:
 
 def test_a_stopped_model_waits_at_its_gate_and_its_next_request_starts_it_without_the_engine(
         tmp_path: Path, image_record: object, demo_model: Path, name: str, docker_client: docker.DockerClient) -> None:
-    text = model_yaml(name, None, demo_model, demo_model.parent.name, memory="1g",
-                      serving="lifecycle: on-demand\nidle_ttl: 1\n")
-    (tmp_path / "m.yaml").write_text(text.replace("health:\n", "health:\n  start_timeout: 120\n", 1))
-    d = Daemon(tmp_path, extra=["--standby"]).start()
+    d = _standby_daemon(tmp_path, demo_model, name, idle_ttl=1)
     second: Daemon | None = None
     try:
-        wait_for(lambda: d.model_state(name) is not None, 60, "the gateway listing the model")
         assert chat(d, name).status_code == 200
         c = container(docker_client, name)
         assert c.attrs["Config"]["Entrypoint"][:2] == [GATE, FIFO_TARGET]
@@ -104,12 +115,8 @@ def test_a_stopped_model_waits_at_its_gate_and_its_next_request_starts_it_withou
 
 def test_the_gate_ends_at_once_on_the_stop_signal(
         tmp_path: Path, image_record: object, demo_model: Path, name: str, docker_client: docker.DockerClient) -> None:
-    text = model_yaml(name, None, demo_model, demo_model.parent.name, memory="1g",
-                      serving="lifecycle: on-demand\nidle_ttl: 600\n")
-    (tmp_path / "m.yaml").write_text(text.replace("health:\n", "health:\n  start_timeout: 120\n", 1))
-    d = Daemon(tmp_path, extra=["--standby"]).start()
+    d = _standby_daemon(tmp_path, demo_model, name, idle_ttl=600)
     try:
-        wait_for(lambda: d.model_state(name) is not None, 60, "the gateway listing the model")
         assert chat(d, name).status_code == 200
         assert d.terminate() == 0     # the model keeps running; stop it as the engine would
         c = container(docker_client, name)

@@ -387,11 +387,11 @@ class DockerRuntime:
         if name is None or self.gates is None:
             return
         with self._arming.lock(container_id):
+            self._settle(container_id)              # the stop's teardown first: until then the engine says running
             if container_id in self._armed or self._up(container_id):
                 return                              # armed already, or started again since the stop
             self._armed.add(container_id)           # from here a resync sees it stopped, as the daemon does
             try:
-                self._settle(container_id)
                 self._count("arm")
                 with engine_errors("start", container_id[:12]):
                     self._api.start(container_id)
