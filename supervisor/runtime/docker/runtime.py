@@ -206,6 +206,7 @@ class DockerRuntime:
         self.gates = gates
         self.standby = standby and gates is not None
         self._gated: dict[str, str] = {}     # container ID -> its name, for containers created with the gate
+        self._plain: set[str] = set()        # containers seen without it (no inspect to ask again)
         self._armed: set[str] = set()        # gated containers held at their gate (to the daemon: exited)
         self._arming = Arming(self._arm)
         self._open_process = open_process    # a pidfd for a container's process, None where it is hidden
@@ -246,6 +247,7 @@ class DockerRuntime:
     def _as_seen(self, c: ObservedContainer, *, gated: bool) -> ObservedContainer:
         """A gated container held at its gate is, to the daemon, a stopped one (exited 0)."""
         if not gated or self.gates is None:
+            self._plain.add(c.id)
             return c
         if c.id not in self._gated:
             self._gated[c.id] = c.name
@@ -370,7 +372,8 @@ class DockerRuntime:
         """The name of a gated container (created with llama-gate), None for a plain one. One inspect for a
         container this runtime has not seen yet, and only where gated containers were ever made here."""
         name = self._gated.get(container_id)
-        if name is None and self.gates is not None and self.gates.root.exists():
+        if (name is None and container_id not in self._plain and self.gates is not None
+                and self.gates.root.exists()):
             self.inspect(container_id)
             name = self._gated.get(container_id)
         return name
@@ -553,6 +556,7 @@ class DockerRuntime:
             except docker.errors.NotFound:
                 pass
         self._armed.discard(container_id)
+        self._plain.discard(container_id)
         name = self._gated.pop(container_id, None)
         if name is not None and self.gates is not None:
             self.gates.drop(name)
