@@ -398,11 +398,8 @@ class DockerRuntime:
                 self._count("arm")
                 with engine_errors("start", container_id[:12]):
                     self._api.start(container_id)
-                deadline = time.monotonic() + GATE_WAIT_S
-                while not self.gates.waiting(name):
-                    if time.monotonic() > deadline or not self._up(container_id):
-                        raise RuntimeOperationError(f"{name}: its llama-gate did not wait on its FIFO")
-                    time.sleep(0.005)
+                if not self.gates.waiting(name, wait_s=GATE_WAIT_S, alive=lambda: self._up(container_id)):
+                    raise RuntimeOperationError(f"{name}: its llama-gate did not wait on its FIFO")
             except Exception:
                 self._armed.discard(container_id)
                 raise

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -79,16 +78,10 @@ class Gates:
         except FileNotFoundError:
             pass
 
-    def has(self, name: str) -> bool:
-        try:
-            return stat.S_ISFIFO(self.path(name).stat().st_mode)
-        except OSError:
-            return False
-
-    def waiting(self, name: str) -> bool:
-        """Whether the container's gate is blocked on its FIFO now (an armed container). Opening and closing
-        the FIFO hands the gate an EOF, after which it waits again."""
-        fd = self._open(name)
+    def waiting(self, name: str, *, wait_s: float = 0.0, alive: Callable[[], bool] = lambda: True) -> bool:
+        """Whether the container's gate is blocked on its FIFO (an armed container); with `wait_s`, wait that
+        long for it (arming). Opening and closing the FIFO hands the gate an EOF, after which it waits again."""
+        fd = self._gate(name, wait_s, alive)
         if fd is None:
             return False
         os.close(fd)
@@ -97,22 +90,29 @@ class Gates:
     def release(self, name: str, *, wait_s: float = 0.0, alive: Callable[[], bool] = lambda: True) -> bool:
         """Let the gate exec llama-server; with `wait_s`, first wait that long for the gate to open its FIFO
         (a container just started by the engine), as long as `alive()`. False: no gate was waiting."""
+        fd = self._gate(name, wait_s, alive)
+        if fd is None:
+            return False
+        try:
+            os.write(fd, RELEASE)
+        finally:
+            os.close(fd)
+        return True
+
+    def _gate(self, name: str, wait_s: float, alive: Callable[[], bool]) -> int | None:
+        """The FIFO opened for writing once its gate waits on it, for up to `wait_s` while `alive()`; None if not."""
         now = time.monotonic()
         deadline, check_at = now + wait_s, now + ALIVE_EVERY_S
         while True:
             fd = self._open(name)
             if fd is not None:
-                try:
-                    os.write(fd, RELEASE)
-                finally:
-                    os.close(fd)
-                return True
+                return fd
             now = time.monotonic()
             if now >= deadline:
-                return False
+                return None
             if now >= check_at:             # an engine call: not at every 1 ms poll
                 if not alive():
-                    return False
+                    return None
                 check_at = now + ALIVE_EVERY_S
             time.sleep(GATE_POLL_S)
 
@@ -171,10 +171,6 @@ class Arming:
             t = self._timers.pop(container_id, None)
         if t is not None:
             t.cancel()
-
-    def pending(self, container_id: str) -> bool:
-        with self._guard:
-            return container_id in self._timers
 
     def forget(self, container_id: str) -> None:
         self.cancel(container_id)
