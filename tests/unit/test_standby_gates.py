@@ -72,7 +72,7 @@ def test_release_waits_for_a_gate_that_opens_later(tmp_path: Path) -> None:
     timer = threading.Timer(0.2, lambda: late.append(Gate(p)))
     timer.start()
     assert gates.release("c1", wait_s=5)
-    assert late and late[0].released.wait(5)
+    assert until(lambda: late, 5) and late[0].released.wait(5)     # the gate's thread may run before the append
 
 
 def test_release_gives_up_when_the_container_is_gone(tmp_path: Path) -> None:
@@ -163,6 +163,7 @@ def test_waiting_can_wait_for_a_gate_that_opens_later(tmp_path: Path) -> None:
     threading.Timer(0.2, lambda: late.append(Gate(p))).start()
     assert not gates.waiting("c1")
     assert gates.waiting("c1", wait_s=5)
-    assert late and not late[0].released.is_set(), "looking is not releasing"
+    assert until(lambda: late, 5) and not late[0].released.is_set(), "looking is not releasing"
     assert until(lambda: gates.release("c1"), 5)
     assert late[0].released.wait(5)
+
