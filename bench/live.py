@@ -171,10 +171,10 @@ class Fleet:
                                   fast_probes=False))
         tmp.rename(self.dir / f"{model}.yaml")
 
-    def start_daemon(self) -> Daemon:
+    def start_daemon(self, extra: tuple[str, ...] = ()) -> Daemon:
         # The harness passes --resync-interval 5 --stop-timeout 3; the last value of an option wins,
         # so the benchmark daemon runs with the daemon's defaults for both.
-        self.daemon = Daemon(self.dir, extra=["--resync-interval", "30", "--stop-timeout", "10"]).start()
+        self.daemon = Daemon(self.dir, extra=["--resync-interval", "30", "--stop-timeout", "10", *extra]).start()
         return self.daemon
 
     def all_healthy(self) -> bool:
