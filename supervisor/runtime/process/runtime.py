@@ -37,7 +37,7 @@ from supervisor.errors import ImageMismatch, RuntimeOperationError
 from supervisor.runtime import DEFAULT_INSTANCE, clean_log, container_name, process_rss
 from supervisor.runtime.cgroup import Cgroups
 from supervisor.runtime.process.deathwatch import DeathWatch
-from supervisor.runtime.process.launcher import launch
+from supervisor.runtime.process.launcher import Spares, launch
 from supervisor.runtime.process.logfiles import LOG_MAX_BYTES, rotate_if_large, tail
 from supervisor.runtime.process.records import ProcessRecord, exit_code, now, proof, unreachable_by
 from supervisor.runtime.process.spec import host_argv, parse_user, process_env, rlimits
@@ -81,6 +81,8 @@ class ProcessRuntime:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._pidfds: dict[str, int] = {}            # record id -> the watched pidfd (closed by the watch)
         self._watch = DeathWatch(self._exited)
+        self._spares = Spares()                      # a launcher started ahead of each launch (launcher.py)
+        self._spares.refill(now=True)
         self.confinement = self._describe()
 
     # --- what is enforced -------------------------------------------------------------------
@@ -279,7 +281,7 @@ class ProcessRuntime:
 
     def _launch(self, rec: ProcessRecord) -> None:
         launched = launch(rec, lock=self._lock_reader(), cgroups=self.cgroups, log_max_bytes=self.log_max_bytes,
-                          hashes=self.hashes)
+                          hashes=self.hashes, spares=self._spares)
         child, pidfd = launched.child, launched.pidfd
         rec.pid, rec.start_time = child.pid, launched.start_time
         rec.status, rec.exit_code, rec.started_at = "running", None, now()
@@ -408,6 +410,7 @@ class ProcessRuntime:
 
     def close(self) -> None:
         """Stop watching; the processes keep running (they are adopted on the next start)."""
+        self._spares.close()
         self._watch.close()
 
 
