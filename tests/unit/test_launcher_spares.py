@@ -7,7 +7,10 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from supervisor.runtime.process.launcher import Spare, Spares, _handed, read_until_exec
 
@@ -34,56 +37,56 @@ def _hand(tmp_path: Path, spares: Spares | None, *, argv: list[str] | None = Non
     return spare, error, out
 
 
-def test_a_spare_execs_the_launch_it_is_handed(tmp_path: Path) -> None:
-    spares = Spares(delay_s=0)
-    try:
-        spares.refill(now=True)
-        assert until(lambda: spares._spare is not None, 10)
-        waiting = spares._spare
-        assert waiting is not None
-        spare, error, out = _hand(tmp_path, spares)
-        assert error == "", error
-        assert spare is waiting, "the launch went to the spare started ahead"
-        assert spare.child.wait(10) == 0
-        os.close(spare.pidfd)
-        assert out.read_text().split() == ["hi", str(tmp_path / "work"), "0", str(spare.child.pid)]
-        spares.refill()                                  # as launch() does, after delay_s (0 here)
-        assert until(lambda: spares._spare is not None and spares._spare is not spare, 10), "the next spare"
-    finally:
-        spares.close()
+@pytest.fixture()
+def spares() -> Iterator[Spares]:
+    found = Spares(delay_s=0)
+    yield found
+    found.close()
 
 
-def test_a_dead_spare_is_replaced_at_the_launch(tmp_path: Path) -> None:
-    spares = Spares(delay_s=60)
-    try:
-        spares.refill(now=True)
-        assert until(lambda: spares._spare is not None, 10)
-        dead = spares._spare
-        assert dead is not None
-        os.kill(dead.child.pid, signal.SIGKILL)
-        dead.child.wait(10)
-        spare, error, out = _hand(tmp_path, spares)
-        assert error == "" and spare is not dead
-        assert spare.child.wait(10) == 0
-        os.close(spare.pidfd)
-        assert out.read_text().split()[0] == "hi"
-    finally:
-        spares.close()
+def _waiting(spares: Spares) -> Spare:
+    """The spare started ahead, once it waits."""
+    spares.refill(now=True)
+    assert until(lambda: spares._spare is not None, 10)
+    assert spares._spare is not None
+    return spares._spare
+
+
+def _exit_code(spare: Spare) -> int:
+    code = spare.child.wait(10)
+    os.close(spare.pidfd)
+    return code
+
+
+def test_a_spare_execs_the_launch_it_is_handed(tmp_path: Path, spares: Spares) -> None:
+    waiting = _waiting(spares)
+    spare, error, out = _hand(tmp_path, spares)
+    assert error == "", error
+    assert spare is waiting, "the launch went to the spare started ahead"
+    assert _exit_code(spare) == 0
+    assert out.read_text().split() == ["hi", str(tmp_path / "work"), "0", str(spare.child.pid)]
+    spares.refill()                                  # as launch() does, after delay_s (0 here)
+    assert until(lambda: spares._spare is not None and spares._spare is not spare, 10), "the next spare"
+
+
+def test_a_dead_spare_is_replaced_at_the_launch(tmp_path: Path, spares: Spares) -> None:
+    dead = _waiting(spares)
+    os.kill(dead.child.pid, signal.SIGKILL)
+    dead.child.wait(10)
+    spare, error, out = _hand(tmp_path, spares)
+    assert error == "" and spare is not dead
+    assert _exit_code(spare) == 0
+    assert out.read_text().split()[0] == "hi"
 
 
 def test_an_exec_failure_comes_back_through_the_status_pipe(tmp_path: Path) -> None:
     spare, error, _ = _hand(tmp_path, None, argv=[""])        # an empty argv[0]: ValueError
     assert "ValueError" in error
-    assert spare.child.wait(10) == 127
-    os.close(spare.pidfd)
+    assert _exit_code(spare) == 127
 
 
-def test_closing_discards_the_waiting_spare() -> None:
-    spares = Spares()
-    spares.refill(now=True)
-    assert until(lambda: spares._spare is not None, 10)
-    spare = spares._spare
-    assert spare is not None
+def test_closing_discards_the_waiting_spare(spares: Spares) -> None:
+    spare = _waiting(spares)
     t0 = time.monotonic()
     spares.close()
     assert spare.child.returncode == 0 and time.monotonic() - t0 < 5, "it exits on the EOF"
