@@ -4,6 +4,7 @@ with the recorded argv, environment, working directory and rlimits; a spare that
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import time
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.runtime.process.launcher import Spare, Spares, _handed, read_until_exec
+from supervisor.artifacts.lock import BinaryRecord, ImageLock, LockReader, write_lock
+from supervisor.runtime.cgroup import Cgroups
+from supervisor.runtime.process.launcher import Spare, Spares, _handed, launch, read_until_exec
+from supervisor.runtime.process.records import ProcessRecord, proof
 
 from .helpers import until
 
@@ -93,3 +97,34 @@ def test_closing_discards_the_waiting_spare(spares: Spares) -> None:
     spares.refill(now=True)
     time.sleep(0.2)
     assert spares._spare is None, "no spare after close"
+
+
+def test_launch_takes_the_spare_and_starts_the_next_one(tmp_path: Path, spares: Spares) -> None:
+    """Through launch() itself: the verified binary (a copy of /bin/sh, recorded in a real lock) is executed
+    by the spare started ahead, whose pid is then the record's, and the next spare follows."""
+    binary = tmp_path / "llama-server"
+    binary.write_bytes(Path("/bin/sh").read_bytes())
+    binary.chmod(0o755)
+    digest = hashlib.sha256(binary.read_bytes()).hexdigest()
+    record = BinaryRecord(variant="cpu-avx2", path=str(binary), sha256=digest, version="v", build_number=1,
+                          flags=frozenset(), source_sha256="s" * 64, built_at="", origin="native")
+    lock = tmp_path / "images.lock.json"
+    write_lock(lock, ImageLock().with_binary(record))
+    (tmp_path / "work").mkdir()
+    argv = ["llama-server", "-c", "sleep 30"]
+    rec = ProcessRecord(id="r", model="m", config_hash="h", instance="i", image_id=record.binary_id,
+                        binary=str(binary), binary_sha256=digest, argv=argv, env={}, uid=None, gid=None,
+                        rlimits=[("RLIMIT_CORE", 0, 0)], memory_bytes=None, pids_limit=64,
+                        workdir=str(tmp_path / "work"), log=str(tmp_path / "m.log"), created_at="")
+    waiting = _waiting(spares)
+    launched = launch(rec, lock=LockReader(lock), cgroups=Cgroups("i", root=tmp_path / "no-cgroup"),
+                      log_max_bytes=1 << 20, spares=spares)
+    try:
+        assert launched.child is waiting.child, "the launch went to the spare started ahead"
+        rec.pid, rec.start_time = launched.child.pid, launched.start_time
+        assert proof(rec) is None, "the spare's pid is the launched process: same start time, the recorded argv"
+        assert until(lambda: spares._spare is not None and spares._spare is not waiting, 10), "the next spare"
+    finally:
+        launched.child.kill()
+        launched.child.wait()
+        os.close(launched.pidfd)
