@@ -10,8 +10,8 @@ The launcher's interpreter is started ahead of its launch (a spare, `Spares`): i
 waits on a socket for the launch (the recorded parameters, and the binary's, the
 log's and the status pipe's descriptors) and does nothing else until then. Its
 start-up, about 30 ms of a 2-core host's CPU, is then off every start's path: a cold
-start, a swap and a crash restart pay one message. Each launch starts the next spare
-beside it.
+start, a swap and a crash restart pay one message. Each launch has the next spare
+started SPARE_DELAY_S later, off the CPU of the model it launched.
 """
 
 from __future__ import annotations
@@ -130,13 +130,10 @@ class Spares:
         self._timer: threading.Timer | None = None
 
     def take(self) -> Spare:
+        """The waiting spare, else a new one (a spare that died meanwhile fails its `send`: `_handed`)."""
         with self._guard:
             spare, self._spare = self._spare, None
-        if spare is not None and spare.child.poll() is None:
-            return spare
-        if spare is not None:
-            spare.discard()
-        return Spare()
+        return spare if spare is not None else Spare()
 
     def refill(self, *, now: bool = False) -> None:
         """Start the next spare on a thread: its interpreter's start-up is off the launch's path, and after
