@@ -82,17 +82,32 @@ LIVE = frozenset({S.STARTING, S.RUNNING, S.STOPPING, S.DRAINING})
 # While a model starts it is probed at 5 % of the time its start has taken so far: 20 ms at first,
 # backing off to 0.5 s (never slower than its health interval). Seeing it healthy then costs at most
 # ~5 % of its load time (issue 17: a fixed 0.5 s cost a 1 s start a quarter of a second on average).
+# A model that has loaded before is expected to load about as long again: around then it is probed every
+# 20 ms (from 0.8x its fastest recent load to 1.25x its slowest), so a 2 s load is seen ~0.01 s after its
+# first 200 instead of ~0.05 s, and a long load still costs few probes outside that window.
 STARTING_PROBE_MIN_S = 0.02
 STARTING_PROBE_MAX_S = 0.5
 STARTING_PROBE_FRACTION = 0.05
+EXPECTED_FROM = 0.8               # the dense window opens at this fraction of the fastest recent load
+EXPECTED_UNTIL = 1.25             # ... and closes at this multiple of the slowest
+LOAD_HISTORY = 5                  # the recent loads remembered per model
 DAEMON_SIDE_RETRY_S = 5.0         # a start the daemon could not make is tried again after at most this
 DAEMON_SIDE_FIRST_RETRY_S = 0.5   # ... first after this, doubling (a request may be waiting for the model)
 
 
-def starting_probe_interval(elapsed_s: float, interval_s: float) -> float:
-    """The wait before the next probe of a model whose start has taken `elapsed_s` so far."""
-    backed_off = max(STARTING_PROBE_MIN_S, STARTING_PROBE_FRACTION * max(0.0, elapsed_s))
-    return min(backed_off, STARTING_PROBE_MAX_S, max(STARTING_PROBE_MIN_S, interval_s))
+def starting_probe_interval(elapsed_s: float, interval_s: float, recent: tuple[float, ...] = ()) -> float:
+    """The wait before the next probe of a model whose start has taken `elapsed_s` so far; `recent`: how
+    long its last loads took (started -> seen healthy), if any."""
+    floor = max(STARTING_PROBE_MIN_S, interval_s)
+    elapsed_s = max(0.0, elapsed_s)
+    wait = min(max(STARTING_PROBE_MIN_S, STARTING_PROBE_FRACTION * elapsed_s), STARTING_PROBE_MAX_S, floor)
+    if recent:
+        opens, closes = EXPECTED_FROM * min(recent), EXPECTED_UNTIL * max(recent)
+        if opens <= elapsed_s <= closes:
+            return STARTING_PROBE_MIN_S
+        if elapsed_s < opens:           # the next probe no later than the window's opening
+            return max(STARTING_PROBE_MIN_S, min(wait, opens - elapsed_s))
+    return wait
 
 
 class TransitionError(AssertionError):
@@ -145,6 +160,7 @@ class Lifecycle:
         self._started_once = False
         self._counted_restart = False          # the last start_attempt added to `restarts`
         self._loading = False                  # started by start_attempt, no /health 200 since
+        self.recent_loads: tuple[float, ...] = ()   # the last LOAD_HISTORY starts' started -> healthy, seconds
 
     # --- queries ------------------------------------------------------------------------
 
@@ -248,7 +264,7 @@ class Lifecycle:
     def _probe_from(self, now: float) -> None:
         """Probing of a start begins now: the first probe soon, the next ones backing off from here."""
         self.started_at = now
-        self.next_probe_at = now + starting_probe_interval(0.0, self.health.interval_s)
+        self.next_probe_at = now + starting_probe_interval(0.0, self.health.interval_s, self.recent_loads)
 
     def start_failed(self, now: float, reason: str, *, permanent: bool) -> Transition | None:
         """The executor could not start it: verification (permanent) or a runtime error."""
@@ -308,12 +324,15 @@ class Lifecycle:
     def probe(self, now: float, outcome: ProbeOutcome, detail: str = "") -> Transition | None:
         match self.state:
             case State.STARTING:
-                self.next_probe_at = now + starting_probe_interval(now - self.started_at, self.health.interval_s)
+                self.next_probe_at = now + starting_probe_interval(now - self.started_at, self.health.interval_s,
+                                                                   self.recent_loads)
                 self.probe_inconclusive = outcome is ProbeOutcome.INCONCLUSIVE
                 match outcome:
                     case ProbeOutcome.INCONCLUSIVE:
                         return None   # no verdict: the start budget waits for one
                     case ProbeOutcome.OK:
+                        if self._loading:           # a load this lifecycle started (not an adoption)
+                            self.recent_loads = (*self.recent_loads, now - self.started_at)[-LOAD_HISTORY:]
                         self.running_since = now
                         self._loading = False
                         self.probe_failures = 0

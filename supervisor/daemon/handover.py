@@ -90,7 +90,7 @@ class Handovers:
         slot.handover = Handover(
             old_id=action.old_id, successor_id=after.id, config_hash=action.desired.spec.config_hash(),
             started_at=now, deadline=now + health.start_timeout_s,
-            next_probe_at=now + starting_probe_interval(0.0, health.interval_s),
+            next_probe_at=now + starting_probe_interval(0.0, health.interval_s, slot.lc.recent_loads),
             old_memory=(old.memory_bytes, old.gpu_memory_bytes))
         slot.lc.handing_over(HANDING_OVER)
         log.info("start-first: new container starting beside the old", model=action.model,
@@ -202,7 +202,8 @@ class Handovers:
             host, _ = endpoint(slot, cache)
             if self.prober.submit(name, h.successor_id, host_ip=host, port=c.host_port,
                                   timeout_s=slot.desired.health.timeout_s):
-                h.next_probe_at = now + starting_probe_interval(now - h.started_at, slot.desired.health.interval_s)
+                h.next_probe_at = now + starting_probe_interval(now - h.started_at, slot.desired.health.interval_s,
+                                                                 slot.lc.recent_loads)
             else:
                 h.next_probe_at = now + STARTING_PROBE_MIN_S    # the old one's probe is in flight: soon again
 
