@@ -100,6 +100,8 @@ def describe(model: ModelStatus) -> str:
             waited = f", the last waited {model.swap_wait_s:.1f}s" if model.swap_wait_s is not None else ""
             on_demand += f", {model.swaps} swap{'s' if model.swaps != 1 else ''}{waited}"
         parts.append(on_demand)
+    if model.load_s is not None:
+        parts.append(f"last load {model.load_s:.1f}s")
     if model.memory_counted is not None:
         used = f"{_mib(model.memory_used)} used of " if model.memory_used is not None else ""
         parts.append(f"memory {used}{_mib(model.memory_counted)} counted")

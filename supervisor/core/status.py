@@ -36,6 +36,7 @@ class ModelStatus:
     retry_in_s: float | None = None      # BACKOFF: seconds until the next try
     verified: str = ""                   # what this daemon checked before creating the container ('' if none)
     handover: str = ""                   # a start-first recreate under way: the new container starting, or the old draining
+    load_s: float | None = None          # its last start that this daemon made: started -> seen healthy, seconds
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)

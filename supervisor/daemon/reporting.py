@@ -65,6 +65,7 @@ def publish(
             retry_in_s=max(0.0, lc.backoff_until - now) if lc.state is State.BACKOFF and lc.backoff_until else None,
             verified=_verified(slot.container_id, verified),
             handover=(handovers or {}).get(name, ""),
+            load_s=lc.recent_loads[-1] if lc.recent_loads else None,
         ))
         routes.append(Route(
             name=name, state=lc.state, host=host, port=port if lc.live else None,

@@ -7,6 +7,7 @@ import queue
 import random
 from concurrent.futures import Future
 
+import pytest
 from structlog.testing import capture_logs
 
 from supervisor.control.api import CommandResult, MetricsSink, StopModels
@@ -176,3 +177,15 @@ def test_demand_drain_is_atomic_against_enter() -> None:
     assert d.try_drain("m") and not d.enter("m")
     d.undrain("m")
     assert d.enter("m")
+
+
+def test_status_shows_how_long_the_last_start_took_to_be_seen_healthy() -> None:
+    """`status` says what a cold start costs: the last load of a start this daemon made (the starting
+    probes learn from the same figure)."""
+    r = Rig([od("a")])
+    assert {m.name: m for m in r.sup.snapshot()}["a"].load_s is None     # never started: nothing to tell
+    r.ask("a")
+    r.clock.now += 2.5
+    r.healthy("a")
+    assert r.state("a") is State.RUNNING
+    assert {m.name: m for m in r.sup.snapshot()}["a"].load_s == pytest.approx(2.5, abs=0.05)
