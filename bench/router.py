@@ -9,12 +9,14 @@ One run, four servers of the same demo model under two names (A and B), room for
   through a FIFO: supervisor/runtime/docker/standby.py) and **ours, process runtime**: one llama-supervisord
   each, A and B on-demand under a `--memory-budget` that fits one, requests through its gateway.
 
-After one load each (warm-up: the model file in the page cache, our checks' results kept), each round, per
-server: A and B at rest for REST_S (router: `POST /models/unload`; ours: `stop`), then a streaming
-request for A (cold start), A again (warm), B (swap: A is stopped first), and, once B has been up for
-`STABLE_S` (past our `stable_after_s`, so ours restarts it at once as a crash after a stable run) and idle,
-SIGKILL of B's llama-server process from the host, then a request for B (next request after an idle
-SIGKILL). Every figure is request -> first token, medians of the rounds. Ours is split into parts from its
+After one load each (warm-up: the model file in the page cache, our checks' results kept), each round, phase
+by phase across the servers (`run_round`): A and B stopped on every server (router: `POST /models/unload`;
+ours: `stop`), REST_S, then per server a streaming request for A (cold start) and A again (warm), with the
+two floors beside them; then per server B (swap: A is stopped first); then per server, once B has been up
+for `STABLE_S` (past our `stable_after_s`, so ours restarts it at once as a crash after a stable run) and
+idle, SIGKILL of B's llama-server process from the host and a request for B (next request after an idle
+SIGKILL). Every figure is request -> first token, medians of the rounds; cold start and swap are also given
+as the median of each round's ratio to the router's (`paired_ratios`). Ours is split into parts from its
 own log lines (the receipt time of each JSON line) and the model's own /health (polled every 20 ms).
 """
 
@@ -30,7 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +52,7 @@ STABLE_S = 10.5            # RestartSettings.stable_after_s (10 s) and a margin
 # the engine's start of the gated container), as for a model stopped by its idle TTL; the same for every server.
 REST_S = 3.0
 LOAD_TIMEOUT_S = 120.0
+ON_DEMAND = "lifecycle: on-demand\nidle_ttl: 600\n"
 MEASURES = ("cold start", "warm request", "swap", "next request after an idle SIGKILL")
 
 
@@ -81,8 +84,10 @@ class Router:
         self.dir = Path(tempfile.mkdtemp(prefix="bench-router-"))
         self.port = live.free_port()
         self.name = f"bench-floor-router-{uuid.uuid4().hex[:6]}"     # bench.run's CrowdWatch counts it as ours
+        # rendered as ours are (on-demand: with `--swa-full`, which keeping the KV cache of this sliding-window
+        # model adds), less what names one model: the children get the same server flags as our models
         (self.dir / "m.yaml").write_text(live.model_yaml("benchrouter", self.port, demo, live.DEMO_SHA256,
-                                                         fast_probes=False, memory="1g"))
+                                                         fast_probes=False, memory="1g", serving=ON_DEMAND))
         spec = live.render_one(self.dir)["benchrouter"].spec
         self.spec = dataclasses.replace(
             spec, argv=tuple(router_argv(spec.argv)),
@@ -143,7 +148,7 @@ class Ours:
         letter = "s" if standby else runtime[:1]
         self.names = (f"bench{tag}{letter}-a", f"bench{tag}{letter}-b")
         self.port = {n: live.free_port() for n in self.names}
-        serving = "lifecycle: on-demand\nidle_ttl: 600\n"
+        serving = ON_DEMAND
         for n in self.names:
             # the default health settings, but a start budget the router does not have either (it waits
             # as long as a load takes): on a crowded host a load can take longer than the estimate's
@@ -250,30 +255,40 @@ def _kill(pid: int) -> None:
 Figures = dict[str, list[float]]
 
 
-def router_round(rt: Router, http: httpx.Client, out: Figures) -> None:
+# Each round is run phase by phase across the four servers (every server's cold start, then every swap,
+# then every kill), so that the figures compared were taken seconds apart: on a host whose speed drifts
+# over minutes (the AMD host of 2026-11-30: the same bare start 1.5 s in one minute, 2.3 s in another),
+# a whole round per server put 30-60 s between the router's figure and ours.
+Round = Iterator[None]
+
+
+def router_round(rt: Router, http: httpx.Client, out: Figures) -> Round:
     a, b = rt.names
     rt.unload_all()
-    time.sleep(REST_S)
+    yield                                           # every server at rest, then REST_S
     out["cold start"].append(_first_token(http, rt.url, a))
     out["warm request"].append(_first_token(http, rt.url, a))
+    yield
     time.sleep(0.5)
     out["swap"].append(_first_token(http, rt.url, b))
     t_b = time.monotonic()
+    yield
     time.sleep(max(0.0, t_b + STABLE_S - time.monotonic()))
     _kill(rt.child_pid(b))
     out["next request after an idle SIGKILL"].append(_first_token(http, rt.url, b, retries=100))
 
 
-def ours_round(o: Ours, http: httpx.Client, out: Figures, parts: Figures) -> None:
+def ours_round(o: Ours, http: httpx.Client, out: Figures, parts: Figures) -> Round:
     a, b = o.names
     gw = o.daemon.gateway
     o.ctl("stop", a, b)
-    time.sleep(REST_S)
+    yield
     t0 = time.monotonic()
     watch = HealthWatch(o.port[a])
     out["cold start"].append(_first_token(http, gw, a))
     _parts(o, parts, "cold", t0, a, watch)
     out["warm request"].append(_first_token(http, gw, a))
+    yield
     time.sleep(0.5)
     t0 = time.monotonic()
     watch = HealthWatch(o.port[b])
@@ -282,12 +297,38 @@ def ours_round(o: Ours, http: httpx.Client, out: Figures, parts: Figures) -> Non
     t_b = time.monotonic()
     o.daemon.wait_log(lambda r: r.get("event") == "transition" and r.get("model") == b and r.get("to") == "RUNNING",
                       30, f"{b} RUNNING", since=t0)
+    yield
     time.sleep(max(0.0, t_b + STABLE_S - time.monotonic()))
     _kill(o.pid(b))
     t0 = time.monotonic()
     watch = HealthWatch(o.port[b])
     out["next request after an idle SIGKILL"].append(_first_token(http, gw, b, retries=100))
     _parts(o, parts, "kill", t0, b, watch)
+
+
+def floor_round(floor: live.Floor, binary: str, docker_start: list[float], bare: list[float]) -> Round:
+    """The two floors, taken in the cold-start phase beside the servers' cold starts."""
+    yield
+    docker_start.append(floor.start_once())
+    bare.append(bare_start(binary, floor))
+
+
+def run_round(rounds: list[Round]) -> None:
+    """The rounds' phases in lockstep: every server's stop, REST_S, every cold start, every swap, every kill."""
+    first = True
+    while rounds:
+        rounds = [r for r in rounds if _step(r)]
+        if first:
+            time.sleep(REST_S)
+            first = False
+
+
+def _step(r: Round) -> bool:
+    try:
+        next(r)
+    except StopIteration:
+        return False
+    return True
 
 
 def _parts(o: Ours, parts: Figures, what: str, t0: float, model: str, watch: HealthWatch,
@@ -367,19 +408,14 @@ def bench_router(r: Report, *, quick: bool = False, runs: int | None = None) -> 
                 _first_token(http, o.daemon.gateway, o.names[0])
             for i in range(runs):
                 loads.append(os.getloadavg()[0])
-                # interleaved: each round runs the three servers one after the other, in turn first
-                order: list[tuple[str, Callable[[], None]]] = [
-                    ("router", lambda: router_round(rt, http, figs["router"])),
-                    ("docker", lambda: ours_round(ours["docker"], http, figs["docker"], parts["docker"])),
-                    ("docker-standby", lambda: ours_round(ours["docker-standby"], http, figs["docker-standby"],
-                                                          parts["docker-standby"])),
-                    ("process", lambda: ours_round(ours["process"], http, figs["process"], parts["process"])),
+                # interleaved: each phase runs the four servers (and the floors) one after the other, in turn first
+                order = [
+                    router_round(rt, http, figs["router"]),
+                    *(ours_round(o, http, figs[k], parts[k]) for k, o in ours.items()),
+                    floor_round(floor, binary, floor_start, bare),
                 ]
                 k = i % len(order)
-                for name, step in order[k:] + order[:k]:
-                    step()
-                floor_start.append(floor.start_once())
-                bare.append(bare_start(binary, floor))
+                run_round(order[k:] + order[:k])
                 print(f"router round {i + 1}/{runs}: " + ", ".join(
                     f"{k}: " + "/".join(f"{v[-1]:.2f}" for v in f.values()) for k, f in figs.items()), flush=True)
     except Exception:
@@ -424,6 +460,10 @@ def report(r: Any, figs: dict[str, Figures], parts: dict[str, Figures], docker_s
                 else:
                     target, limit = "<= router + `docker start` cost", base.median + cost
             r.time_row(f"{m}: {label}", s, target=target, limit=limit, floor=base.median)
+            if m in ("cold start", "swap") and (paired := paired_ratios(figs[k][m], figs["router"][m])):
+                q = of(paired)
+                r.value_row(f"  {m}: {label} / router, paired by round (the median of {q.n} ratios; min-max)",
+                            f"{q.median:.2f}x ({min(paired):.2f}-{max(paired):.2f})")
     for k, label in (("docker", "Docker"), ("docker-standby", "Docker with --standby"), ("process", "process runtime")):
         for what, values in sorted(parts[k].items()):
             if values:
@@ -433,11 +473,18 @@ def report(r: Any, figs: dict[str, Figures], parts: dict[str, Figures], docker_s
         f"Load average (1 min) at the start of each round: {', '.join(f'{x:.1f}' for x in loads)} on "
         f"{os.cpu_count()} cores; figures taken while it is high are not to be trusted.")
     r.notes.append("The router's argv (ours renders the same flags, plus `--model`, `--alias` and, with the KV "
-                   "cache kept, `--slot-save-path`): `" + " ".join(argv) + "`.")
+                   "cache kept, `--slot-save-path`; `--swa-full` is in both): `" + " ".join(argv) + "`.")
     r.how.append(("router", f"`.venv/bin/python -m bench.run --only router{'' if runs == 6 else f' --rounds {runs}'} "
                   "--out docs/BENCHMARKS.md` "
-                  f"(bench/router.py): {runs} rounds, the four servers in turn (the first one rotating), A and B at rest "
-                  f"{REST_S:.0f} s before each cold start, medians."))
+                  f"(bench/router.py): {runs} rounds, each phase by phase (every server's cold start with the two "
+                  "floors, then every swap, then every kill), the servers in turn (the first one rotating), A and B "
+                  f"at rest {REST_S:.0f} s or more before each cold start, medians."))
+
+
+def paired_ratios(ours: list[float], router: list[float]) -> list[float]:
+    """Each round's figure over the router's in the same round (taken seconds apart, phase by phase): a
+    drift of the host's speed over minutes moves both alike, where it moves one median and not the other."""
+    return [o / r for o, r in zip(ours, router, strict=False) if r > 0]
 
 
 def _med(values: list[float]) -> float | None:
