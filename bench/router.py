@@ -148,12 +148,11 @@ class Ours:
         letter = "s" if standby else runtime[:1]
         self.names = (f"bench{tag}{letter}-a", f"bench{tag}{letter}-b")
         self.port = {n: live.free_port() for n in self.names}
-        serving = ON_DEMAND
         for n in self.names:
             # the default health settings, but a start budget the router does not have either (it waits
             # as long as a load takes): on a crowded host a load can take longer than the estimate's
             (self.dir / f"{n}.yaml").write_text(live.model_yaml(n, self.port[n], demo, live.DEMO_SHA256,
-                                                                fast_probes=False, memory="1g", serving=serving)
+                                                                fast_probes=False, memory="1g", serving=ON_DEMAND)
                                                 + "health:\n  start_timeout: 300\n")
         extra = ["--resync-interval", "30", "--stop-timeout", "10", "--memory-budget", "1500m",
                  "--runtime", runtime]
