@@ -49,9 +49,9 @@ class AttributingRuntime(DockerRuntime):
         self._note("inspect", container_id)
         return super().inspect(container_id)
 
-    def create(self, spec: ContainerSpec) -> str:
+    def create(self, spec: ContainerSpec, *, beside: str = "", held: bool = False) -> str:
         self._note("create", spec.model)
-        return super().create(spec)
+        return super().create(spec, beside=beside, held=held)
 
     def start(self, container_id: str) -> None:
         self._note("start", container_id)

@@ -124,7 +124,8 @@ class Executor:
     def _create_and_start(self, d: DesiredModel, *, beside: str = "") -> ObservedContainer | None:
         if self.kv is not None:
             self.kv.prepare(d.name)     # its bind mount's source must exist before the create
-        cid = self.runtime.create(d.spec, beside=beside) if beside else self.runtime.create(d.spec)
+        # an on-demand model's container is held: a swap to it can start its container ahead (Runtime.prepare)
+        cid = self.runtime.create(d.spec, beside=beside, held=d.serving.on_demand)
         log.info("created", model=d.name, container=cid[:12], config_hash=d.spec.config_hash()[:12])
         self.runtime.start(cid)
         if self.kv is not None:

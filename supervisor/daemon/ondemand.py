@@ -56,6 +56,7 @@ class OnDemandScheduler:
         self._pending: dict[str, list[Waiting]] = {}   # model -> requests waiting for it, in arrival order
         self._cutoff: dict[str, float] = {}            # held models: only requests that arrived before are let in
         self._room_for: set[str] = set()               # targets others were asked to make room for
+        self._upcoming: list[str] = []                 # targets whose room a stop is making now (take_upcoming)
         self._seen_up: set[str] = set()                # models that have held their memory since the daemon began
         self._evicted: set[str] = set()                # ... and that the scheduler stopped since (preload brings them back)
         self._wake_at: float | None = None
@@ -168,6 +169,8 @@ class OnDemandScheduler:
             if scheduler.stoppable(loads[victim], cutoff) and self.demand.try_drain(victim, waiting_ok=True):
                 log.info("evicting", model=victim, to_make_room_for=target)
                 did(slots[victim].lc.stop_requested(now, reason=f"evicted to make room for {target}"))
+                if target and target not in self._upcoming:
+                    self._upcoming.append(target)
                 self.metrics.eviction(victim, "memory")
                 self._evicted.add(victim)
             else:
@@ -182,6 +185,12 @@ class OnDemandScheduler:
             held = slot is not None and (slot.lc.state in (State.STOPPING, State.DRAINING) or slot.recreated)
             if slot is None or not slot.lc.live or (name not in plan.holds and not held):
                 self.demand.undrain(name)
+        return out
+
+    def take_upcoming(self) -> list[str]:
+        """The models whose start waits only for the stops this pass just asked for (a swap's target), once
+        each: the loop has their stopped containers prepared beside those stops (Runtime.prepare)."""
+        out, self._upcoming = self._upcoming, []
         return out
 
     def _start(self, slot: Slot, now: float, reason: str) -> Transition | None:

@@ -132,10 +132,16 @@ class Runtime(Protocol):
     def successors(self) -> bool:
         """Whether a second container of a model can run beside the first (start-first recreates)."""
 
-    def create(self, spec: ContainerSpec, *, beside: str = "") -> str:
+    def create(self, spec: ContainerSpec, *, beside: str = "", held: bool = False) -> str:
         """Create (not start) the model's container; returns its ID. `beside`: the name of the model's
         container that keeps running meanwhile (the new one takes the other name of the pair:
-        `successor_name`)."""
+        `successor_name`). `held`: an on-demand model's, which `prepare` may start ahead."""
+
+    def prepare(self, container_id: str) -> None:
+        """The start of this stopped container comes once another model has stopped (a swap): do now,
+        beside that stop, what needs none of the model's memory (Docker: the engine's start, up to the
+        image's gate before llama-server). Never runs the model; the start stays the caller's. Never raises:
+        a failed head start leaves a plain start."""
 
     def start(self, container_id: str) -> None: ...
 

@@ -57,9 +57,12 @@ class FaultyRuntime:
     def inspect(self, container_id: str) -> ObservedContainer | None:
         return self.real.inspect(container_id)
 
-    def create(self, spec: ContainerSpec) -> str:
+    def create(self, spec: ContainerSpec, *, beside: str = "", held: bool = False) -> str:
         self._maybe_fail("create", spec.model)
-        return self.real.create(spec)
+        return self.real.create(spec, beside=beside, held=held)
+
+    def prepare(self, container_id: str) -> None:
+        self.real.prepare(container_id)
 
     def start(self, container_id: str) -> None:
         self._maybe_fail("start", container_id)

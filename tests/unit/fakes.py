@@ -54,6 +54,8 @@ class FakeRuntime:
         self.maintained = 0
         self.closed = False
         self.one_per_model = False            # True: as the process runtime, no second container of a model
+        self.held: set[str] = set()           # models whose containers were created `held` (on-demand)
+        self.prepared: list[tuple[str, int]] = []   # (container, how many calls came before) per `prepare`
 
     @property
     def successors(self) -> bool:
@@ -75,8 +77,10 @@ class FakeRuntime:
         self._call("inspect", container_id)
         return self.containers.get(container_id)
 
-    def create(self, spec: ContainerSpec, *, beside: str = "") -> str:
+    def create(self, spec: ContainerSpec, *, beside: str = "", held: bool = False) -> str:
         self._call("create", spec.model)
+        if held:
+            self.held.add(spec.model)
         cid = f"id{next(self._ids)}-{spec.model}"
         name = successor_name(spec.model, beside=beside) if beside else container_name(spec.model)
         port = spec.host_port or 40000 + next(self._ports)     # host port 0: the engine picks one
@@ -87,6 +91,10 @@ class FakeRuntime:
 
     def _set(self, cid: str, **kw: object) -> None:
         self.containers[cid] = replace(self.containers[cid], **kw)  # type: ignore[arg-type]
+
+    def prepare(self, container_id: str) -> None:
+        # a head start, no engine call of its own here: kept apart from `calls`, with where it came among them
+        self.prepared.append((container_id, len(self.calls)))
 
     def start(self, container_id: str) -> None:
         self._call("start", container_id)

@@ -29,8 +29,8 @@ FIFO = SwapSettings(SwapPolicy.FIFO)
 
 
 def od(name: str, *, mem: int = G, ttl: float = 300.0, lifecycle: LoadPolicy = LoadPolicy.ON_DEMAND,
-       preload: bool = False) -> DesiredModel:
-    return desired(name, port=0, serving=Serving(aliases=(f"{name}-alias",), lifecycle=lifecycle, idle_ttl_s=ttl,
+       preload: bool = False, ctx: int = 512) -> DesiredModel:
+    return desired(name, port=0, ctx=ctx, serving=Serving(aliases=(f"{name}-alias",), lifecycle=lifecycle, idle_ttl_s=ttl,
                                                  memory_bytes=mem, memory_basis="limit", preload=preload))
 
 
@@ -100,6 +100,49 @@ def test_a_request_for_b_evicts_idle_a_first_then_starts_b() -> None:
     assert r.state("a") is State.STOPPED and r.state("b") is State.STARTING
     r.healthy("b")
     assert fut.result(0).ok
+
+
+def _swap_back_to_a(r: Rig) -> Future[Readiness]:
+    """a ran and was evicted by b; now a request for a evicts b again."""
+    r.ask("a")
+    r.healthy("a")
+    r.ask("b")
+    r.healthy("b")
+    r.runtime.prepared.clear()
+    return r.ask("a")
+
+
+def test_a_swap_prepares_the_target_s_stopped_container_before_the_stop_that_makes_its_room() -> None:
+    r = Rig([od("a"), od("b")], Budget(memory_bytes=G + G // 2))
+    assert r.runtime.prepared == [] and r.runtime.held == set()
+    fut = _swap_back_to_a(r)
+    assert r.runtime.held == {"a", "b"}, "on-demand models' containers are created held"
+    a, b = r.sup.slots["a"].container_id, r.sup.slots["b"].container_id
+    assert a is not None and b is not None
+    [(prepared, at)] = r.runtime.prepared
+    assert prepared == a
+    later = r.runtime.calls[at:]
+    assert later.index(("stop", b)) < later.index(("start", a)), f"b stopped, then a started: {later}"
+    assert ("stop", b) not in r.runtime.calls[:at], "prepared before b's stop began"
+    assert r.state("a") is State.STARTING
+    r.healthy("a")
+    assert fut.result(0).ok
+
+
+def test_nothing_is_prepared_for_a_first_start_a_cold_start_or_a_container_of_an_old_config() -> None:
+    r = Rig([od("a"), od("b")], Budget(memory_bytes=G + G // 2))
+    r.ask("a")
+    r.healthy("a")
+    r.ask("b")                                  # b has no container yet: it is created after a's stop
+    assert r.runtime.prepared == []
+    r.healthy("b")
+    r.models["a"] = od("a", ctx=1024)           # a's config changed: its old container is recreated, not started
+    r.sup._reload(apply=True, origin="test")
+    r.step()
+    r.ask("a")
+    assert r.runtime.prepared == []
+    always = Rig([od("c", lifecycle=LoadPolicy.ALWAYS)])
+    assert always.runtime.held == set(), "an always-on model's container is created plain"
 
 
 def test_a_model_with_a_request_in_flight_is_only_stopped_when_it_is_done() -> None:

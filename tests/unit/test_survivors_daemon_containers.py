@@ -299,8 +299,8 @@ def test_an_accepted_probe_is_not_sent_again_before_due() -> None:
 class LongIds(FakeRuntime):
     """Container ids as long as the engine's: logs name only their first 12 characters."""
 
-    def create(self, spec: ContainerSpec) -> str:
-        cid = super().create(spec)
+    def create(self, spec: ContainerSpec, *, beside: str = "", held: bool = False) -> str:
+        cid = super().create(spec, beside=beside, held=held)
         long = cid + "-" + "f" * 50
         self.containers[long] = replace(self.containers.pop(cid), id=long)
         return long

@@ -51,6 +51,7 @@ log = structlog.get_logger("supervisor.runtime.docker")
 KILLED_WAIT_S = 10.0     # after SIGKILL, how long a stop waits for the process to be gone
 SETTLE_S = 10.0          # how long the next call on a stopped container waits for the engine's teardown
 SETTLE_POLL_S = 0.01
+PREPARED_FOR_S = 60.0    # without --standby: how long a prepared container waits at its gate for its start
 
 _EXITED_RE = re.compile(r"^Exited \((-?\d+)\)")
 _STATUSES: frozenset[str] = frozenset({"created", "running", "paused", "restarting", "removing", "exited", "dead"})
@@ -209,6 +210,7 @@ class DockerRuntime:
         self._plain: set[str] = set()        # containers seen without it (no inspect to ask again)
         self._armed: set[str] = set()        # gated containers held at their gate (to the daemon: exited)
         self._arming = Arming(self._arm)
+        self.prepared_for_s = PREPARED_FOR_S
         self._open_process = open_process    # a pidfd for a container's process, None where it is hidden
         self._pids: dict[str, int] = {}      # container ID -> its process on this host (from inspect)
         try:
@@ -241,8 +243,28 @@ class DockerRuntime:
         self._count("list")
         with engine_errors("list", "containers"):
             rows = self._api.containers(all=True, filters={"label": owned_filter(self.instance)})
-        return [self._as_seen(observed_from_list(r), gated=str(r.get("Command") or "").startswith(GATE + " "))
+        return [self._as_seen(self._unless_exiting(observed_from_list(r)),
+                              gated=str(r.get("Command") or "").startswith(GATE + " "))
                 for r in rows]
+
+    def _unless_exiting(self, c: ObservedContainer, state: dict[str, Any] | None = None) -> ObservedContainer:
+        """A container this runtime stopped whose process is gone is stopped, though the engine says running
+        until its teardown is over (about 0.1 s): a resync in that window must not take it for one left
+        running (adoption) and then see it exit (a restart). Started again since (another pid): as it is."""
+        stopped_pid = self._exiting.get(c.id)
+        if stopped_pid is None or c.status != "running":
+            return c
+        if state is None:
+            try:
+                state = self._api.inspect_container(c.id).get("State") or {}
+            except (docker.errors.APIError, requests.exceptions.RequestException):
+                return c
+        if not state.get("Running"):            # the teardown ended since the list: as the engine says now
+            code = state.get("ExitCode")
+            return dataclasses.replace(c, status="exited", exit_code=int(code) if code is not None else None)
+        if int(state.get("Pid") or 0) == stopped_pid:
+            return dataclasses.replace(c, status="exited", exit_code=None)
+        return c
 
     def _as_seen(self, c: ObservedContainer, *, gated: bool) -> ObservedContainer:
         """A gated container held at its gate is, to the daemon, a stopped one (exited 0)."""
@@ -272,18 +294,23 @@ class DockerRuntime:
         if not state.get("Running"):
             self._exiting.pop(d["Id"], None)    # its teardown is over: nothing left to wait for
         entry = (d.get("Config") or {}).get("Entrypoint") or []
-        return self._as_seen(observed_from_inspect(d), gated=bool(entry) and entry[0] == GATE)
+        return self._as_seen(self._unless_exiting(observed_from_inspect(d), state),
+                             gated=bool(entry) and entry[0] == GATE)
 
-    def create(self, spec: ContainerSpec, *, beside: str = "") -> str:
+    def create(self, spec: ContainerSpec, *, beside: str = "", held: bool = False) -> str:
+        """`held` (an on-demand model's): created with the gate, so that `prepare` can start it ahead of its
+        start; with --standby every container is."""
         self.ensure_network(spec.network)
         kw = container_kwargs(spec, self.instance, beside=beside)
         hc = host_config_kwargs(spec)
-        if self.standby and self.gates is not None:
+        if (self.standby or held) and self.gates is not None:
             fifo = self.gates.make(kw["name"], spec.user)
             kw["entrypoint"] = entrypoint()
-            # no Docker HEALTHCHECK: an armed container would exec it every 5 s for nothing, and show
-            # (unhealthy) for a stopped model; the daemon's own probes decide, `status` shows them
-            kw["healthcheck"] = {"Test": ["NONE"]}
+            if self.standby:
+                # no Docker HEALTHCHECK: an armed container would exec it every 5 s for nothing, and show
+                # (unhealthy) for a stopped model; the daemon's own probes decide, `status` shows them.
+                # A container only ever prepared waits at its gate for less than one interval.
+                kw["healthcheck"] = {"Test": ["NONE"]}
             hc["mounts"] = [*hc["mounts"], Mount(target=FIFO_TARGET, source=str(fifo), type="bind", read_only=True)]
         for attempt in (1, 2):
             self._count("create")
@@ -368,6 +395,35 @@ class DockerRuntime:
                     f"start {name}: its llama-gate did not wait on {self.gates.path(name)} within {GATE_WAIT_S:.0f} s "
                     f"(see 'docker logs {name}'); recreate it: 'llama-supervisorctl restart --recreate {name}'")
 
+    def prepare(self, container_id: str) -> None:
+        """A start of this stopped container comes once another model has stopped (a swap): start it up to
+        its gate now, on the arming thread, so that the engine's part of the start runs beside that stop.
+        llama-server is exec'd only at `start`: until then the container holds no model memory. A plain
+        container (created before held ones, or by a render) is left for its start. Without --standby, one
+        whose start does not come within `prepared_for_s` is stopped again."""
+        if container_id not in self._gated or container_id in self._armed or self.gates is None:
+            return
+        self._arming.schedule(container_id, delay_s=0.0, then=self._arm_ahead)
+
+    def _arm_ahead(self, container_id: str) -> None:
+        t0 = time.monotonic()
+        if self._hold(container_id):
+            log.info("prepared: started up to its gate ahead of its start", container=self._gated.get(container_id),
+                     took_s=round(time.monotonic() - t0, 3))
+            if not self.standby:
+                self._arming.schedule(container_id, delay_s=self.prepared_for_s, then=self._disarm)
+
+    def _disarm(self, container_id: str) -> None:
+        """A prepared container whose start did not come (its request went away): its gate is ended (SIGTERM
+        ends a waiting gate at once), so that without --standby a stopped model has no running container."""
+        with self._arming.lock(container_id):
+            if container_id not in self._armed:
+                return
+            self._armed.discard(container_id)
+            log.info("prepared start not taken: stopped again", container=self._gated.get(container_id),
+                     after_s=self.prepared_for_s)
+            self._engine_stop(container_id, 5.0)
+
     def _gate_of(self, container_id: str) -> str | None:
         """The name of a gated container (created with llama-gate), None for a plain one. One inspect for a
         container this runtime has not seen yet, and only where gated containers were ever made here."""
@@ -386,13 +442,18 @@ class DockerRuntime:
 
     def _arm(self, container_id: str) -> None:
         """On the arming timer's thread, ARM_DELAY_S after a stop: start the container up to its gate."""
+        if self._hold(container_id):
+            log.info("standby: armed", container=self._gated.get(container_id))
+
+    def _hold(self, container_id: str) -> bool:
+        """Start a gated container up to its gate (on the arming timer's thread); True when this call did."""
         name = self._gated.get(container_id)
         if name is None or self.gates is None:
-            return
+            return False
         with self._arming.lock(container_id):
             self._settle(container_id)              # the stop's teardown first: until then the engine says running
             if container_id in self._armed or self._up(container_id):
-                return                              # armed already, or started again since the stop
+                return False                        # armed already, or started again since the stop
             self._armed.add(container_id)           # from here a resync sees it stopped, as the daemon does
             try:
                 self._count("arm")
@@ -403,7 +464,7 @@ class DockerRuntime:
             except Exception:
                 self._armed.discard(container_id)
                 raise
-        log.info("standby: armed", container=name)
+        return True
 
     def stop(self, container_id: str, *, timeout_s: float) -> None:
         """The container's stop signal, SIGKILL after `timeout_s`. Returns once its process is gone: seen

@@ -153,14 +153,18 @@ class Arming:
         with self._guard:
             return self._locks.setdefault(container_id, threading.Lock())
 
-    def schedule(self, container_id: str) -> None:
+    def schedule(self, container_id: str, *, delay_s: float | None = None,
+                 then: Callable[[str], None] | None = None) -> None:
+        """Run `then` (the arm, by default) on the container `delay_s` from now (ARM_DELAY_S by default),
+        in place of any timer pending for it."""
         with self._guard:
             if self._closed:
                 return
             old = self._timers.pop(container_id, None)
             if old is not None:
                 old.cancel()
-            t = threading.Timer(self.delay_s, self._fire, (container_id,))
+            t = threading.Timer(self.delay_s if delay_s is None else delay_s, self._fire,
+                                (container_id, then or self._arm))
             t.daemon = True
             t.name = f"arm-{container_id[:12]}"
             self._timers[container_id] = t
@@ -184,12 +188,12 @@ class Arming:
         for t in timers:
             t.cancel()
 
-    def _fire(self, container_id: str) -> None:
+    def _fire(self, container_id: str, then: Callable[[str], None]) -> None:
         with self._guard:
             if self._timers.get(container_id) is not threading.current_thread():
                 return                      # cancelled or re-scheduled meanwhile
             del self._timers[container_id]
         try:
-            self._arm(container_id)
+            then(container_id)
         except Exception as e:  # noqa: BLE001 - a failed arm costs only the head start; the next start is a plain one
             log.warning("standby: arming failed", container=container_id[:12], error=str(e))

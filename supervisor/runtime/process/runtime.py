@@ -217,13 +217,17 @@ class ProcessRuntime:
             rec = self._records.get(container_id)
             return self._observed(rec) if rec is not None else None
 
-    def create(self, spec: ContainerSpec, *, beside: str = "") -> str:
-        """`beside` is never given (successors is False): a process runtime replaces a model stop-first."""
+    def create(self, spec: ContainerSpec, *, beside: str = "", held: bool = False) -> str:
+        """`beside` is never given (successors is False): a process runtime replaces a model stop-first.
+        `held` changes nothing: a fork and exec has no engine part to do ahead (`prepare`)."""
         self.calls["create"] += 1
         try:
             return self._create(spec)
         except OSError as e:
             raise RuntimeOperationError(f"create process record for {spec.model}: {e}") from e
+
+    def prepare(self, container_id: str) -> None:
+        """Nothing to do ahead: a start is a fork and exec, with no engine between (Runtime.prepare)."""
 
     def _create(self, spec: ContainerSpec) -> str:
         from supervisor.artifacts import binaries
