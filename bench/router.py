@@ -582,14 +582,19 @@ ACCOUNT: list[str] = [
     "stop ends once the container's process is gone (a pidfd too, where the daemon sees the engine's pids: "
     "runtime/docker/exitwatch.py), not when the engine's teardown of its network and mounts is over (measured "
     "0.08 s vs 0.21 s after SIGTERM): that teardown runs beside the next model's start. The stop timeout is "
-    "only an upper bound (10 s here); no swap waited for it.",
+    "only an upper bound (10 s here); no swap waited for it. Most of llama-server's own exit is unmapping its "
+    "model file: 0.121 s of 0.13 s in one `munmap` of 246 MB (strace of a bare server on the AMD host), the "
+    "same in the router's child.",
     "- **Docker.** `docker start` of a stopped container against fork/exec of the same binary with the same "
     "flags: the two floors' difference (the row `the measured cost of docker start`), which is why the "
     "Docker target is the router's time plus that cost. With `--standby` that engine work is done before "
     "the request: the stopped model's container is started 2 s after its stop and held at `llama-gate` "
     "before llama-server's exec; the start is a byte written into its FIFO (runtime/docker/standby.py). "
-    "What is left against the bare floor is the container's own confinement (cgroup, seccomp, overlay) and, "
-    "in a swap, the engine's teardown of the old container running beside the new model's load.",
+    "Without it, in a swap, the new model's container is started up to that gate beside the old model's save "
+    "and stop (`Runtime.prepare`, on-demand containers are created held) and released after them: the "
+    "`request -> start call` row then overlaps the engine's start, and `start call -> /health 200` holds "
+    "what is left of it. What is left against the bare floor is the container's own confinement (cgroup, "
+    "seccomp, overlay) and, in a swap, the engine's teardown of the old container beside the new one.",
     "- **The first request's client.** The gateway and the prober keep a client per model port, made at each "
     "start; httpx built a TLS context for each (28 ms of CPU here), on the first request's path. They share "
     "one now (supervisor/loopback.py).",
