@@ -250,6 +250,11 @@ class Daemon:
     def gateway(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
 
+    def chat(self, model: str, *, timeout: float = 120.0) -> httpx.Response:
+        """A 2-token chat completion through the gateway (a start may take long on a loaded host)."""
+        return httpx.post(f"{self.gateway}/v1/chat/completions", timeout=timeout, trust_env=False, json={
+            "model": model, "max_tokens": 2, "messages": [{"role": "user", "content": "Say hi"}]})
+
     def model_state(self, name: str) -> str | None:
         """The model's state as the gateway's /v1/models lists it (None: not listed, or no answer)."""
         try:

@@ -26,13 +26,6 @@ from .daemon_harness import Daemon, container, model_yaml, remove_models, wait_f
 
 pytestmark = pytest.mark.docker
 
-LOAD_TIMEOUT = 120.0
-
-
-def chat(d: Daemon, model: str) -> httpx.Response:
-    return httpx.post(f"{d.gateway}/v1/chat/completions", timeout=LOAD_TIMEOUT, trust_env=False, json={
-        "model": model, "max_tokens": 2, "messages": [{"role": "user", "content": "Say hi"}]})
-
 
 @pytest.fixture()
 def names(docker_client: docker.DockerClient) -> Iterator[dict[str, str]]:
@@ -57,18 +50,18 @@ def test_a_swap_back_starts_the_stopped_container_up_to_its_gate_beside_the_othe
     a, b = names["a"], names["b"]
     try:
         wait_for(lambda: d.model_state(a) == "STOPPED", 60, "the gateway listing the models")
-        assert chat(d, a).status_code == 200
+        assert d.chat(a).status_code == 200
         held = container(docker_client, a)
         assert held.attrs["Config"]["Entrypoint"][:2] == [GATE, FIFO_TARGET], "an on-demand container is held"
         assert held.attrs["Config"].get("Healthcheck", {}).get("Test") != ["NONE"], \
             "without --standby it keeps the image's HEALTHCHECK"
         fifo = next(m for m in held.attrs["Mounts"] if m["Destination"] == FIFO_TARGET)
         assert fifo["RW"] is False
-        assert chat(d, b).status_code == 200                # b is created: nothing to prepare
+        assert d.chat(b).status_code == 200                # b is created: nothing to prepare
         assert d.find(lambda r: r.get("event", "").startswith("prepared")) is None
 
         since = time.monotonic()
-        assert chat(d, a).status_code == 200                # evicts b; a's stopped container is prepared
+        assert d.chat(a).status_code == 200                # evicts b; a's stopped container is prepared
         _, prepared = d.wait_log(lambda r: r.get("event") == "prepared: started up to its gate ahead of its start",
                                  10, "a prepared", since=since)
         assert prepared["container"] == held.name

@@ -24,13 +24,6 @@ from .daemon_harness import Daemon, container, model_yaml, remove_models, wait_f
 
 pytestmark = pytest.mark.docker
 
-LOAD_TIMEOUT = 120.0
-
-
-def chat(d: Daemon, model: str) -> httpx.Response:
-    return httpx.post(f"{d.gateway}/v1/chat/completions", timeout=LOAD_TIMEOUT, trust_env=False, json={
-        "model": model, "max_tokens": 2, "messages": [{"role": "user", "content": "Say hi"}]})
-
 
 @pytest.fixture()
 def name(docker_client: docker.DockerClient) -> Iterator[str]:
@@ -68,7 +61,7 @@ def test_a_stopped_model_waits_at_its_gate_and_its_next_request_starts_it_withou
     d = _standby_daemon(tmp_path, demo_model, name, idle_ttl=1)
     second: Daemon | None = None
     try:
-        assert chat(d, name).status_code == 200
+        assert d.chat(name).status_code == 200
         c = container(docker_client, name)
         assert c.attrs["Config"]["Entrypoint"][:2] == [GATE, FIFO_TARGET]
         assert c.attrs["HostConfig"]["ReadonlyRootfs"] and c.attrs["Config"]["User"] == "65532:65532"
@@ -84,7 +77,7 @@ def test_a_stopped_model_waits_at_its_gate_and_its_next_request_starts_it_withou
         assert d.model_state(name) == "STOPPED"
 
         released = time.monotonic()
-        assert chat(d, name).status_code == 200
+        assert d.chat(name).status_code == 200
         after = container(docker_client, name)
         assert after.id == armed.id
         assert after.attrs["State"]["StartedAt"] == armed.attrs["State"]["StartedAt"], \
@@ -99,7 +92,7 @@ def test_a_stopped_model_waits_at_its_gate_and_its_next_request_starts_it_withou
         second = Daemon(tmp_path, extra=["--standby"]).start()
         wait_for(lambda: second.model_state(name) == "STOPPED", 60, "the new daemon sees it stopped")
         assert container(docker_client, name).status == "running", "still held at its gate"
-        assert chat(second, name).status_code == 200
+        assert second.chat(name).status_code == 200
         after = container(docker_client, name)
         assert after.attrs["State"]["StartedAt"] == armed.attrs["State"]["StartedAt"]
     except AssertionError:
@@ -117,7 +110,7 @@ def test_the_gate_ends_at_once_on_the_stop_signal(
         tmp_path: Path, image_record: object, demo_model: Path, name: str, docker_client: docker.DockerClient) -> None:
     d = _standby_daemon(tmp_path, demo_model, name, idle_ttl=600)
     try:
-        assert chat(d, name).status_code == 200
+        assert d.chat(name).status_code == 200
         assert d.terminate() == 0     # the model keeps running; stop it as the engine would
         c = container(docker_client, name)
         c.stop(timeout=30)
