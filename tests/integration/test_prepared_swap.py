@@ -3,7 +3,8 @@
 Without --standby, an on-demand model's container is created held (`llama-gate` before llama-server). In
 a swap back to a stopped model, the daemon has the engine start that container up to its gate while the
 model making room is saved and stopped; llama-server is released only by the start that follows the stop.
-A prepared container whose start never comes is stopped again.
+A prepared container whose start never comes is stopped again, and so is one still at its gate when the
+daemon exits (without --standby nothing would end it).
 """
 
 from __future__ import annotations
@@ -110,8 +111,16 @@ def test_a_prepared_container_whose_start_never_comes_is_stopped_again_and_a_sta
         wait_for(lambda: _answers(port), 60, "llama-server up")
         time.sleep(1.5)
         assert docker_client.containers.get(cid).status == "running", "a started container is not stopped by the lease"
+
+        rt.prepared_for_s = 600.0
+        rt.stop(cid, timeout_s=10)
+        rt.prepare(cid)
+        wait_for(lambda: rt.calls["arm"] == 3 and docker_client.containers.get(cid).status == "running", 30,
+                 "prepared a third time")
+        rt.close()                    # the daemon exits: no lease would end this gate, so the close does
+        assert docker_client.containers.get(cid).status == "exited"
     finally:
-        rt.remove(cid)
+        docker_client.api.remove_container(cid, force=True)
         rt.close()
 
 

@@ -28,7 +28,7 @@ from docker.types import DeviceRequest, LogConfig, Mount
 from supervisor.core.observed import ContainerStatus, ObservedContainer
 from supervisor.core.spec import ContainerSpec
 from supervisor.artifacts.engine import UNREACHABLE_HINT, engine_errors
-from supervisor.errors import RuntimeOperationError, RuntimeUnavailable
+from supervisor.errors import RetryableError, RuntimeOperationError, RuntimeUnavailable
 from supervisor.runtime.docker import exitwatch
 from supervisor.runtime.docker.standby import FIFO_TARGET, GATE, GATE_WAIT_S, Arming, Gates, entrypoint
 from supervisor.runtime import (
@@ -260,6 +260,7 @@ class DockerRuntime:
             except (docker.errors.APIError, requests.exceptions.RequestException):
                 return c
         if not state.get("Running"):            # the teardown ended since the list: as the engine says now
+            self._exiting.pop(c.id, None)
             code = state.get("ExitCode")
             return dataclasses.replace(c, status="exited", exit_code=int(code) if code is not None else None)
         if int(state.get("Pid") or 0) == stopped_pid:
@@ -653,6 +654,14 @@ class DockerRuntime:
 
     def close(self) -> None:
         self._arming.close()        # armed containers stay armed: the next daemon finds them (list_managed)
+        if not self.standby:
+            # ... but one only prepared (its start never came) would wait at its gate for no daemon's lease
+            for cid in list(self._armed):
+                self._armed.discard(cid)
+                try:
+                    self._engine_stop(cid, 5.0)
+                except RetryableError as e:
+                    log.warning("prepared container left at its gate", container=self._gated.get(cid), error=str(e))
         self._client.close()
 
 
