@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import httpx
 import pytest
 
+from bench.live import render_one
 from supervisor.runtime.docker import exitwatch
 from supervisor.runtime.docker.runtime import DockerRuntime
 
-from .daemon_harness import wait_for
+from .daemon_harness import model_yaml, wait_for
 
 
 @pytest.fixture
@@ -177,10 +179,6 @@ def test_a_stopped_container_is_seen_stopped_while_the_engine_still_tears_it_dow
     its exit seen, then restarted in place (a standby test caught it, issue 17). The runtime reports it
     stopped. (A stop that waits for the engine's `die` event returned after the teardown in 6 of 6 stops
     here: no window to show on that route.)"""
-    from bench.live import render_one
-
-    from .daemon_harness import model_yaml
-
     name = f"td{uuid.uuid4().hex[:6]}"
     (tmp_path / "m.yaml").write_text(model_yaml(name, None, demo_model, demo_model.parent.name))
     rt = DockerRuntime(docker_client)
@@ -209,8 +207,6 @@ def test_a_stopped_container_is_seen_stopped_while_the_engine_still_tears_it_dow
 
 
 def _healthy(port: int | None) -> bool:
-    import httpx
-
     try:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1, trust_env=False).status_code == 200
     except httpx.HTTPError:

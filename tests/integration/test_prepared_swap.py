@@ -20,6 +20,7 @@ import docker
 import httpx
 import pytest
 
+from bench.live import render_one
 from supervisor.runtime.docker.runtime import DockerRuntime
 from supervisor.runtime.docker.standby import FIFO_TARGET, GATE, Gates
 
@@ -86,8 +87,6 @@ def test_a_swap_back_starts_the_stopped_container_up_to_its_gate_beside_the_othe
 def test_a_prepared_container_whose_start_never_comes_is_stopped_again_and_a_start_releases_one(
         docker_client: docker.DockerClient, image_record: Any, demo_model: Path, tmp_path: Path,
         names: dict[str, str]) -> None:
-    from bench.live import render_one
-
     (tmp_path / "m.yaml").write_text(model_yaml(names["a"], None, demo_model, demo_model.parent.name))
     spec = render_one(tmp_path)[names["a"]].spec
     rt = DockerRuntime(docker_client, gates=Gates(tmp_path / "gates"))

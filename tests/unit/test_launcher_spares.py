@@ -17,8 +17,9 @@ from supervisor.artifacts.lock import BinaryRecord, ImageLock, LockReader, write
 from supervisor.runtime.cgroup import Cgroups
 from supervisor.runtime.process.launcher import Spare, Spares, _handed, launch, read_until_exec
 from supervisor.runtime.process.records import ProcessRecord, proof
+from supervisor.runtime.process.runtime import ProcessRuntime
 
-from .helpers import until
+from .helpers import exited_process_record, until
 
 
 def _hand(tmp_path: Path, spares: Spares | None, *, argv: list[str] | None = None) -> tuple[Spare, str, Path]:
@@ -128,3 +129,36 @@ def test_launch_takes_the_spare_and_starts_the_next_one(tmp_path: Path, spares: 
         launched.child.kill()
         launched.child.wait()
         os.close(launched.pidfd)
+
+
+def _just_launched(rt: ProcessRuntime) -> Spare:
+    """The runtime's spare taken as a launch takes it, and the next one due SPARE_DELAY_S (2 s) later."""
+    spares = rt._spares
+    assert until(lambda: spares._spare is not None, 10)
+    taken = spares.take()
+    spares.refill()
+    time.sleep(0.3)
+    assert spares._spare is None, "the next spare waits out its delay"
+    return taken
+
+
+@pytest.mark.parametrize("call", ["prepare", "stop"])
+def test_a_swap_has_its_launcher_started_beside_the_stop_not_on_its_start(tmp_path: Path, call: str) -> None:
+    """A swap within SPARE_DELAY_S of the last launch found no spare and started its own on its path: 20-25 ms
+    of its start on the Intel host (issue 17). The swap's prepare, and any stop, start it at once."""
+    exited_process_record(tmp_path, tmp_path / "m.log")
+    rt = ProcessRuntime(state_dir=tmp_path, lock_path=tmp_path / "lock.json",
+                        cgroups=Cgroups("i", root=tmp_path / "no-cgroup"))
+    taken = _just_launched(rt)
+    try:
+        if call == "prepare":
+            rt.prepare("not-a-record")
+            time.sleep(0.3)
+            assert rt._spares._spare is None, "a prepare of no record starts nothing"
+            rt.prepare("p1")
+        else:
+            rt.stop("p1", timeout_s=1)      # not running: nothing is signalled
+        assert until(lambda: rt._spares._spare is not None, 1.0), "started at once, not after the 2 s delay"
+    finally:
+        taken.discard()
+        rt.close()

@@ -11,7 +11,8 @@ waits on a socket for the launch (the recorded parameters, and the binary's, the
 log's and the status pipe's descriptors) and does nothing else until then. Its
 start-up, about 30 ms of a 2-core host's CPU, is then off every start's path: a cold
 start, a swap and a crash restart pay one message. Each launch has the next spare
-started SPARE_DELAY_S later, off the CPU of the model it launched.
+started SPARE_DELAY_S later, off the CPU of the model it launched; a stop, and a swap's
+`prepare`, have it started at once, beside the stop that the next launch waits for.
 """
 
 from __future__ import annotations
@@ -119,8 +120,8 @@ class Spare:
 
 
 class Spares:
-    """At most one spare launcher, taken by a launch and replaced SPARE_DELAY_S later on a timer thread;
-    a launch that finds none starts its own, as if there were no spares."""
+    """At most one spare launcher, taken by a launch and replaced SPARE_DELAY_S later (or at once, `now`)
+    on a timer thread; a launch that finds none starts its own, as if there were no spares."""
 
     def __init__(self, *, delay_s: float = SPARE_DELAY_S) -> None:
         self.delay_s = delay_s
