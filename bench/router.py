@@ -12,7 +12,8 @@ One run, four servers of the same demo model under two names (A and B), room for
 After one load each (warm-up: the model file in the page cache, our checks' results kept), each round, phase
 by phase across the servers (`run_round`): A and B stopped on every server (router: `POST /models/unload`;
 ours: `stop`), REST_S, then per server a streaming request for A (cold start) and A again (warm), with the
-two floors beside them; then per server B (swap: A is stopped first); then per server, once B has been up
+two floors beside them; then per server B (swap: A is stopped first), each such step SETTLE_S long at
+least; then per server, once B has been up
 for `STABLE_S` (past our `stable_after_s`, so ours restarts it at once as a crash after a stable run) and
 idle, SIGKILL of B's llama-server process from the host and a request for B (next request after an idle
 SIGKILL). Every figure is request -> first token, medians of the rounds; cold start and swap are also given
@@ -51,6 +52,13 @@ STABLE_S = 10.5            # RestartSettings.stable_after_s (10 s) and a margin
 # How long A and B rest stopped before a round's cold start: past --standby's arming (ARM_DELAY_S, 2 s, then
 # the engine's start of the gated container), as for a model stopped by its idle TTL; the same for every server.
 REST_S = 3.0
+# How long each server's cold-start and swap step lasts at least, from its request: past what a start or a
+# stop leaves running behind it (--standby arms the stopped model's container ARM_DELAY_S, 2 s, after the
+# stop; the process runtime starts its next spare launcher SPARE_DELAY_S, 2 s, after a launch), so that it
+# lands in that server's own step, not in the next server's measurement. Before it, the swap of the server
+# after --standby's (the process runtime's, in 4 of 5 rounds) loaded 0.09-0.10 s slower than its cold start,
+# against -0.01 to 0.06 s when it came first in the phase (three runs, 2026-11-30).
+SETTLE_S = 3.0
 LOAD_TIMEOUT_S = 120.0
 ON_DEMAND = "lifecycle: on-demand\nidle_ttl: 600\n"
 MEASURES = ("cold start", "warm request", "swap", "next request after an idle SIGKILL")
@@ -265,12 +273,16 @@ def router_round(rt: Router, http: httpx.Client, out: Figures) -> Round:
     a, b = rt.names
     rt.unload_all()
     yield                                           # every server at rest, then REST_S
+    t0 = time.monotonic()
     out["cold start"].append(_first_token(http, rt.url, a))
     out["warm request"].append(_first_token(http, rt.url, a))
+    _settle(t0)
     yield
     time.sleep(0.5)
+    t0 = time.monotonic()
     out["swap"].append(_first_token(http, rt.url, b))
     t_b = time.monotonic()
+    _settle(t0)
     yield
     time.sleep(max(0.0, t_b + STABLE_S - time.monotonic()))
     _kill(rt.child_pid(b))
@@ -287,6 +299,7 @@ def ours_round(o: Ours, http: httpx.Client, out: Figures, parts: Figures) -> Rou
     out["cold start"].append(_first_token(http, gw, a))
     _parts(o, parts, "cold", t0, a, watch)
     out["warm request"].append(_first_token(http, gw, a))
+    _settle(t0)
     yield
     time.sleep(0.5)
     t0 = time.monotonic()
@@ -296,6 +309,7 @@ def ours_round(o: Ours, http: httpx.Client, out: Figures, parts: Figures) -> Rou
     t_b = time.monotonic()
     o.daemon.wait_log(lambda r: r.get("event") == "transition" and r.get("model") == b and r.get("to") == "RUNNING",
                       30, f"{b} RUNNING", since=t0)
+    _settle(t0)
     yield
     time.sleep(max(0.0, t_b + STABLE_S - time.monotonic()))
     _kill(o.pid(b))
@@ -308,8 +322,15 @@ def ours_round(o: Ours, http: httpx.Client, out: Figures, parts: Figures) -> Rou
 def floor_round(floor: live.Floor, binary: str, docker_start: list[float], bare: list[float]) -> Round:
     """The two floors, taken in the cold-start phase beside the servers' cold starts."""
     yield
+    t0 = time.monotonic()
     docker_start.append(floor.start_once())
     bare.append(bare_start(binary, floor))
+    _settle(t0)
+
+
+def _settle(t0: float) -> None:
+    """The rest of a step's SETTLE_S: what its server left running behind it runs now, in its own step."""
+    time.sleep(max(0.0, t0 + SETTLE_S - time.monotonic()))
 
 
 def run_round(rounds: list[Round]) -> None:
@@ -477,7 +498,9 @@ def report(r: Any, figs: dict[str, Figures], parts: dict[str, Figures], docker_s
                   "--out docs/BENCHMARKS.md` "
                   f"(bench/router.py): {runs} rounds, each phase by phase (every server's cold start with the two "
                   "floors, then every swap, then every kill), the servers in turn (the first one rotating), A and B "
-                  f"at rest {REST_S:.0f} s or more before each cold start, medians."))
+                  f"at rest {REST_S:.0f} s or more before each cold start, each server's cold-start and swap step "
+                  f"{SETTLE_S:.0f} s long at least (what it left running, such as --standby's arming, in its own "
+                  "step), medians."))
 
 
 def paired_ratios(ours: list[float], router: list[float]) -> list[float]:
