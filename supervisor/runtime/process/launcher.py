@@ -11,8 +11,8 @@ waits on a socket for the launch (the recorded parameters, and the binary's, the
 log's and the status pipe's descriptors) and does nothing else until then. Its
 start-up, about 30 ms of a 2-core host's CPU, is then off every start's path: a cold
 start, a swap and a crash restart pay one message. Each launch has the next spare
-started SPARE_DELAY_S later, off the CPU of the model it launched; a stop, and a swap's
-`prepare`, have it started at once, beside the stop that the next launch waits for.
+started SPARE_DELAY_S later, off the CPU of the model it launched; a stop has it started
+at once, beside the stop that the next launch (a swap's) waits for.
 """
 
 from __future__ import annotations

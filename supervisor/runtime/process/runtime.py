@@ -227,15 +227,8 @@ class ProcessRuntime:
             raise RuntimeOperationError(f"create process record for {spec.model}: {e}") from e
 
     def prepare(self, container_id: str) -> None:
-        """A start of this record follows the stops under way (Runtime.prepare: a swap). A fork and exec has
-        no engine part to do ahead, but its launcher has: one started now, beside those stops, unless one
-        waits. The spare after a launch comes SPARE_DELAY_S later, so a swap within that time of the last
-        launch found none and started its own on its path (20-25 ms of its start on the Intel host)."""
-        self.calls["prepare"] += 1
-        with self._lock:
-            known = container_id in self._records
-        if known:
-            self._spares.refill(now=True)
+        """Nothing to do ahead: a start is a fork and exec, with no engine between (Runtime.prepare). Its
+        launcher is started by the stop that makes the swap's room (`stop`)."""
 
     def _create(self, spec: ContainerSpec) -> str:
         from supervisor.artifacts import binaries
@@ -306,7 +299,9 @@ class ProcessRuntime:
 
     def stop(self, container_id: str, *, timeout_s: float) -> None:
         self.calls["stop"] += 1
-        self._spares.refill(now=True)   # a start often follows (a swap, a stop-first recreate): its launcher now
+        # a start often follows (a swap, a stop-first recreate): its launcher is started now, beside the stop,
+        # not SPARE_DELAY_S after the last launch (a swap sooner than that started one on its path: 21-25 ms)
+        self._spares.refill(now=True)
         self._signal(container_id, signal.SIGTERM, wait_s=timeout_s, then_kill=True)
 
     def kill(self, container_id: str) -> None:
