@@ -60,7 +60,7 @@ class GatewaySettings:
     max_body_bytes: int = 16 * 1024 * 1024
     api_keys: frozenset[str] = field(default=frozenset(), repr=False)   # never logged
     wait_grace_s: float = 30.0          # beyond the model's start timeout: time to make room for it
-    retry_delay_s: float = 0.1          # first pause before re-sending a request the model never got
+    retry_delay_s: float = 0.25         # after a failed send, the longest first wait for the daemon to see it
     allowed_hosts: frozenset[str] = LOOPBACK_NAMES   # Host names answered (guard.allowed_hosts)
     startup_hold_s: float = 60.0        # longest a request waits for the loop's first routes
     body: BodyLimits = BodyLimits()     # deadlines, upload slots and the byte budget of bodies in flight

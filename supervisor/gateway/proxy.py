@@ -9,6 +9,15 @@
   failed after it was sent is retried once at most (a request that itself crashes the
   server must not loop), then answered 502. A stream cut after it began gets an SSE
   error event, then its end.
+- After such a failure the request waits for the daemon to see what it met, not for a fixed
+  pause: until the model's published route is no longer the one that failed (it exited and is
+  being restarted: the wait for RUNNING then takes over and sends it the moment the model is
+  healthy), or `retry_delay_s` (0.25 s, doubling to 1 s) passes with the route unchanged (a
+  model still up: sent again). With a fixed 0.1 s pause, a request sent right after a SIGKILL of a
+  Docker model went to the dead container twice (a close from the port's proxy at +0.02 s, refused
+  at +0.12 s) before the engine's `die` reached the daemon (+0.13 to +0.16 s), 3 times in 3, and a
+  lost send can be repeated once only: a third failure would have been a 502
+  (tests/integration/test_gateway.py::test_a_request_right_after_a_sigkill_waits_for_the_restart_not_for_a_fixed_pause).
 - Stale keep-alive connections. llama-server (cpp-httplib) closes a connection idle for 5 s
   (`CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND`); the pool lets go of its idle ones after
   `KEEPALIVE_EXPIRY_S`, well before. A request that still fails on a *reused* connection before
@@ -33,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -58,6 +67,7 @@ _LOST = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.Rea
 # What a reused connection the server closed just as the request went out fails with (no timeouts).
 _STALE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 KEEPALIVE_EXPIRY_S = 2.0   # < llama-server's 5 s idle keep-alive (cpp-httplib), with room for its 10 ms checks
+SEEN_POLL_S = 0.005        # after a failure, how often the route is looked at (ProxyResponse._until_seen)
 RELEASE_WAIT_S = 0.25      # how long a stop waits for the gateway to close its idle connections to the model
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
                b"proxy-authenticate", b"proxy-authorization"}
@@ -159,6 +169,8 @@ class ConnectionTrace:
 class _Backend(Protocol):
     @property
     def demand(self) -> Demand: ...
+
+    def routes(self) -> Mapping[str, Route]: ...
 
 
 class _Settings(Protocol):
@@ -264,7 +276,7 @@ class ProxyResponse:
                     return
                 log.info("model unreachable: waiting for it, then sending again", model=self.model,
                          error=type(e).__name__, retry_in_s=delay)
-                await anyio.sleep(delay)
+                await self._until_seen(route, delay)
                 delay = min(delay * 2, 1.0)
                 try:
                     self.lease = await self.gw.acquire(self.model, deadline=self.deadline)
@@ -277,6 +289,17 @@ class ProxyResponse:
             finally:
                 await response.aclose()
             return
+
+    async def _until_seen(self, failed: Route, wait_s: float) -> None:
+        """Wait until the daemon has seen what the request met (the model's published route is no longer
+        `failed`: it left RUNNING), at most `wait_s`. The routes are an in-memory snapshot: a look costs
+        microseconds, so every SEEN_POLL_S."""
+        end = min(self.gw.clock() + wait_s, self.deadline)
+        while self.gw.backend.routes().get(self.model) == failed:
+            left = end - self.gw.clock()
+            if left <= 0:
+                return
+            await anyio.sleep(min(SEEN_POLL_S, left))
 
     async def _relay(self, response: httpx.Response, send: Any) -> None:
         self.status = response.status_code

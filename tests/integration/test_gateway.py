@@ -10,6 +10,8 @@ One daemon serves the module, with a 1.7 GiB budget:
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 import uuid
@@ -283,6 +285,34 @@ def test_sigkill_under_load_loses_no_request_that_was_not_in_flight(gw: tuple[Fl
     assert any('"error"' in e for e in stream_events), "the cut stream ends with an SSE error event"
     print(f"\nSIGKILL under load: {len(after)} requests after the kill, all 200; {len(in_flight)} in flight:"
           f" {[r[2] for r in in_flight]}")
+
+
+def test_a_request_right_after_a_sigkill_waits_for_the_restart_not_for_a_fixed_pause(
+        gw: tuple[Fleet, Daemon], docker_client: docker.DockerClient) -> None:
+    """The request meets the dead container (its port's proxy closes the connection) before the engine's
+    `die` reaches the daemon (0.1-0.15 s). It is sent to the dead model once, then waits for the restart and
+    goes out as the model turns RUNNING: not a second time to the dead one, not after a sleep past RUNNING."""
+    fleet, d = gw
+    m = fleet["steady"]
+    wait_for(lambda: _state(d, m) == "RUNNING", LOAD_TIMEOUT, "the always-on model running")
+    assert chat(d, m).status_code == 200
+    cid, _ = identity(docker_client, m)
+    pid = int(docker_client.api.inspect_container(cid)["State"]["Pid"])
+    body = {"model": m, "max_tokens": 4, "messages": [{"role": "user", "content": "Say hi"}]}
+    with httpx.Client(timeout=LOAD_TIMEOUT) as c:      # made before the kill: the request goes out at once
+        t_kill = time.monotonic()
+        # the signal itself, as the OOM killer sends it: the engine's kill call returns only once it saw the exit
+        os.kill(pid, signal.SIGKILL)
+        r = c.post(f"{d.gateway}/v1/chat/completions", json=body)
+        t_done = time.monotonic()
+    assert r.status_code == 200, r.text
+    t_run, _ = d.wait_log(lambda e: e.get("event") == "transition" and e.get("model") == m
+                          and e.get("to") == "RUNNING", 5, "the killed model running again", since=t_kill)
+    unreachable = [e for t, e in list(d.lines) if t >= t_kill and e.get("event") == "model unreachable: waiting for it,"
+                   " then sending again" and e.get("model") == m]
+    seen = [(round(t - t_kill, 3), e.get("event"), e.get("to")) for t, e in list(d.lines) if t >= t_kill]
+    assert len(unreachable) == 1, f"sent to the dead model {len(unreachable)} times: {seen}"
+    assert t_done - t_run < 0.5, f"answered {t_done - t_run:.2f} s after RUNNING (a 4-token answer takes ~0.1 s)"
 
 
 def test_official_openai_client_lists_chats_and_streams(gw: tuple[Fleet, Daemon]) -> None:

@@ -58,7 +58,7 @@ def ok(body: object) -> httpx.Response:
 def client(backend: FakeBackend, upstream: Callable[[httpx.Request], httpx.Response] | None = None,
            **settings: object) -> httpx.AsyncClient:
     up = Upstream(transport=httpx.MockTransport(upstream or (lambda r: ok({"ok": 1}))))
-    app = create_app(backend, GatewaySettings(retry_delay_s=0.01, wait_grace_s=0.1, **settings),  # type: ignore[arg-type]
+    app = create_app(backend, GatewaySettings(**{"retry_delay_s": 0.01, "wait_grace_s": 0.1, **settings}),  # type: ignore[arg-type]
                      upstream=up)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8080")
 
