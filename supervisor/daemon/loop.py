@@ -360,6 +360,10 @@ class Supervisor:
             if not actions:
                 break
             ran = True
+            # The routes first: the actions block this thread (a Docker start in place, 0.1-0.25 s), and a
+            # crashed model's route said RUNNING meanwhile, so a request that met the dead model was sent
+            # to it again and, after the engine's start, to its port while it loaded (a 503 "Loading model").
+            self._publish()
             self._execute(actions)
             now = self.clock()
         if ran:

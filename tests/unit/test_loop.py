@@ -402,3 +402,25 @@ def test_a_kill_does_not_wait_for_the_gateway_but_lets_it_drop_that_port_s_clien
     h.step(ControlRequest(StopModels(("a",)), Future()))
     assert ("kill", h.cid("a")) in h.runtime.calls
     assert [p for p, _ in released] == [port] and "kill" in released[0][1]   # after the kill, not before
+
+
+def test_a_crashed_model_s_route_leaves_running_before_its_restart_runs() -> None:
+    """The start in place blocks the loop (a Docker start); the gateway must not see the dead model RUNNING
+    meanwhile, or it sends a failed request to it again, then to its port while it loads."""
+    seen: list[State] = []
+
+    class Watching(FakeRuntime):
+        def start(self, container_id: str) -> None:
+            seen.append(h.sup.routes()["a"].state)       # what the gateway reads while the start runs
+            super().start(container_id)
+
+    h = Harness(two(), runtime=Watching())
+    h.step()
+    h.healthy("a", "b")
+    h.clock.advance(60)
+    assert h.sup.routes()["a"].state is State.RUNNING
+    seen.clear()
+    h.runtime.crash(h.cid("a"), 137)
+    h.step(ContainerEvent(ContainerAction.DIE, h.cid("a"), "a", exit_code=137))
+    assert ("start", h.cid("a")) in h.runtime.calls
+    assert seen and State.RUNNING not in seen, f"the route said {seen} during the restart's start call"
