@@ -14,11 +14,12 @@
   being restarted: the wait for RUNNING then takes over and sends it the moment the model is
   healthy), or `retry_delay_s` (0.25 s, doubling to 1 s) passes with the route unchanged (a
   model still up: sent again). The loop publishes the routes before it runs its actions, so a
-  crashed model's route has left RUNNING while its restart's engine start runs. With a fixed 0.1 s pause, a request sent right after a SIGKILL of a
-  Docker model went to the dead container twice (a close from the port's proxy at +0.02 s, refused
-  at +0.12 s) before the engine's `die` reached the daemon (+0.13 to +0.16 s), 3 times in 3, and a
-  lost send can be repeated once only: a third failure would have been a 502
-  (tests/integration/test_gateway.py::test_a_request_right_after_a_sigkill_waits_for_the_restart_not_for_a_fixed_pause).
+  crashed model's route has left RUNNING while its restart's engine start runs. With a fixed 0.1 s
+  pause, a request sent right after a SIGKILL of a Docker model went to the dead container twice (a
+  close from the port's proxy at +0.02 s, refused at +0.12 s) before the engine's `die` reached the
+  daemon (+0.13 to +0.16 s), 3 times in 3, and a lost send can be repeated once only: a third
+  failure would have been a 502 (tests/integration/test_gateway.py,
+  test_a_request_right_after_a_sigkill_waits_for_the_restart_not_for_a_fixed_pause).
 - Stale keep-alive connections. llama-server (cpp-httplib) closes a connection idle for 5 s
   (`CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND`); the pool lets go of its idle ones after
   `KEEPALIVE_EXPIRY_S`, well before. A request that still fails on a *reused* connection before

@@ -290,7 +290,7 @@ def test_sigkill_under_load_loses_no_request_that_was_not_in_flight(gw: tuple[Fl
 def test_a_request_right_after_a_sigkill_waits_for_the_restart_not_for_a_fixed_pause(
         gw: tuple[Fleet, Daemon], docker_client: docker.DockerClient) -> None:
     """The request meets the dead container (its port's proxy closes the connection) before the engine's
-    `die` reaches the daemon (0.1-0.15 s). It is sent to the dead model once, then waits for the restart and
+    `die` reaches the daemon (0.12-0.17 s after the kill here). It is sent to the dead model once, then waits for the restart and
     goes out as the model turns RUNNING: not a second time to the dead one, not after a sleep past RUNNING.
     Without the loop publishing the routes before its actions, the dead model's route said RUNNING through
     the engine's start in place, and the request went out a second time then (+0.27 s), 3 times in 3."""
