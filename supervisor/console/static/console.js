@@ -45,15 +45,29 @@
   }
 
   // A card changes in place: its buttons are replaced only when the actions offered change, so a
-  // button stays put (and keeps focus) while the uptime ticks.
+  // button stays put (and keeps focus) while the uptime ticks. Every other part (title, reason, fields,
+  // meter) is replaced only when it differs, so an operator can select and copy a reason while the
+  // page is live, and a screen reader is not told again about text that did not change.
   function update(old, m) {
     const fresh = card(m);
-    const same = old.querySelector(".actions").textContent === fresh.querySelector(".actions").textContent;
-    if (!same) { keepFocus(old, () => old.replaceWith(fresh)); return fresh; }
-    old.dataset.state = m.state;
-    for (const part of Array.from(old.children)) { if (!part.classList.contains("actions")) part.remove(); }
     const actions = old.querySelector(".actions");
-    for (const part of Array.from(fresh.children)) { if (!part.classList.contains("actions")) actions.before(part); }
+    if (actions.textContent !== fresh.querySelector(".actions").textContent) {
+      keepFocus(old, () => old.replaceWith(fresh));
+      return fresh;
+    }
+    old.dataset.state = m.state;
+    const key = part => part.tagName + "." + part.className;
+    const had = new Map(Array.from(old.children).filter(p => p !== actions).map(p => [key(p), p]));
+    let next = actions;
+    for (const part of Array.from(fresh.children).filter(p => !p.classList.contains("actions")).reverse()) {
+      const mine = had.get(key(part));
+      had.delete(key(part));
+      const node = mine && mine.isEqualNode(part) ? mine : part;
+      if (mine && mine !== node) mine.remove();
+      if (node.nextElementSibling !== next) next.before(node);
+      next = node;
+    }
+    for (const gone of had.values()) gone.remove();
     return old;
   }
   const handlers = {
