@@ -44,10 +44,27 @@
     tbody.replaceChildren(...data.map(r => h("tr", {}, ...r.map(v => h("td", {}, v)))));
   }
 
-  // A card changes in place: its buttons are replaced only when the actions offered change, so a
-  // button stays put (and keeps focus) while the uptime ticks. Every other part (title, reason, fields,
-  // meter) is replaced only when it differs, so an operator can select and copy a reason while the
-  // page is live, and a screen reader is not told again about text that did not change.
+  // Make `old` look like `fresh`, keeping every node whose place and kind did not change: a changed
+  // text changes in its text node, a changed attribute on its element.
+  function morph(old, fresh) {
+    if (old.nodeType !== fresh.nodeType || old.nodeName !== fresh.nodeName) { old.replaceWith(fresh); return fresh; }
+    if (old.nodeType === Node.TEXT_NODE) {
+      if (old.nodeValue !== fresh.nodeValue) old.nodeValue = fresh.nodeValue;
+      return old;
+    }
+    if (old.nodeType !== Node.ELEMENT_NODE || old.isEqualNode(fresh)) return old;
+    for (const a of Array.from(old.attributes)) { if (!fresh.hasAttribute(a.name)) old.removeAttribute(a.name); }
+    for (const a of Array.from(fresh.attributes)) { if (old.getAttribute(a.name) !== a.value) old.setAttribute(a.name, a.value); }
+    const mine = Array.from(old.childNodes), theirs = Array.from(fresh.childNodes);
+    theirs.forEach((c, i) => { if (i < mine.length) morph(mine[i], c); else old.append(c); });
+    for (const extra of mine.slice(theirs.length)) extra.remove();
+    return old;
+  }
+  // A card changes in place. Its buttons are replaced only when the actions offered change, and then the
+  // whole card, so a focused button never turns into another action under the keyboard; otherwise every
+  // part (title, reason, fields, meter) is morphed: the nodes stay, only what differs changes. So a button
+  // keeps its focus while the uptime ticks, a reason being selected for copying stays selected, and a
+  // screen reader is not told again about text that did not change.
   function update(old, m) {
     const fresh = card(m);
     const actions = old.querySelector(".actions");
@@ -62,8 +79,7 @@
     for (const part of Array.from(fresh.children).filter(p => !p.classList.contains("actions")).reverse()) {
       const mine = had.get(key(part));
       had.delete(key(part));
-      const node = mine && mine.isEqualNode(part) ? mine : part;
-      if (mine && mine !== node) mine.remove();
+      const node = mine ? morph(mine, part) : part;
       if (node.nextElementSibling !== next) next.before(node);
       next = node;
     }
