@@ -20,6 +20,12 @@
   daemon (+0.13 to +0.16 s), 3 times in 3, and a lost send can be repeated once only: a third
   failure would have been a 502 (tests/integration/test_gateway.py,
   test_a_request_right_after_a_sigkill_waits_for_the_restart_not_for_a_fixed_pause).
+- A model that answers 503 `Loading model` (llama-server answers every endpoint so until it has
+  loaded) did not run the request: it waits as after a failed send, then is sent again, until its
+  deadline; past it the 503 is relayed. The daemon publishes a route RUNNING only after a /health
+  200 and takes it out of RUNNING before it restarts a model, so this is a second line: a relayed
+  `Loading model` would show a client a restart. Only an answer of at most `LOADING_PEEK` bytes is
+  read ahead for it; any other 503 is relayed as it came.
 - Stale keep-alive connections. llama-server (cpp-httplib) closes a connection idle for 5 s
   (`CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND`); the pool lets go of its idle ones after
   `KEEPALIVE_EXPIRY_S`, well before. A request that still fails on a *reused* connection before
@@ -44,7 +50,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -71,6 +78,7 @@ _STALE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 KEEPALIVE_EXPIRY_S = 2.0   # < llama-server's 5 s idle keep-alive (cpp-httplib), with room for its 10 ms checks
 SEEN_POLL_S = 0.005        # after a failure, how often the route is looked at (ProxyResponse._until_seen)
 RELEASE_WAIT_S = 0.25      # how long a stop waits for the gateway to close its idle connections to the model
+LOADING_PEEK = 4096        # a 503 read ahead for llama-server's `Loading model` (its answer is 75 bytes)
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
                b"proxy-authenticate", b"proxy-authorization"}
 # Never relayed: llama-server's CORS answer would let another web origin read through the gateway.
@@ -286,8 +294,29 @@ class ProxyResponse:
                     await self._error(send, ge)
                     return
                 continue
+            raw = response.aiter_raw()
             try:
-                await self._relay(response, send)
+                head = b""
+                if response.status_code == 503 and self.gw.clock() < self.deadline:
+                    try:
+                        head = await _peek(raw, LOADING_PEEK)
+                    except _LOST as e:
+                        self._leave()
+                        await self._error(send, errors.upstream_failed(self.model, type(e).__name__))
+                        return
+                    if _loading(head):
+                        self._leave()
+                        log.info("model still loading: waiting for it, then sending again", model=self.model,
+                                 retry_in_s=delay)
+                        await self._until_seen(route, delay)
+                        delay = min(delay * 2, 1.0)
+                        try:
+                            self.lease = await self.gw.acquire(self.model, deadline=self.deadline)
+                        except GatewayError as ge:
+                            await self._error(send, ge)
+                            return
+                        continue
+                await self._relay(response, raw, head, send)
             finally:
                 await response.aclose()
             return
@@ -303,15 +332,19 @@ class ProxyResponse:
                 return
             await anyio.sleep(min(SEEN_POLL_S, left))
 
-    async def _relay(self, response: httpx.Response, send: Any) -> None:
+    async def _relay(self, response: httpx.Response, raw: AsyncIterator[bytes], head: bytes, send: Any) -> None:
+        """The response: its status and headers, `head` (the body's start, read ahead), then the rest of `raw`."""
         self.status = response.status_code
         headers = [(k, v) for k, v in response.headers.raw
                    if k.lower() not in _HOP_BY_HOP and not k.lower().startswith(_CORS)]
         await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
         sse = response.headers.get("content-type", "").startswith("text/event-stream")
         sent = 0
+        if head:
+            await send({"type": "http.response.body", "body": head, "more_body": True})
+            sent += len(head)
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in raw:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 sent += len(chunk)
         except _LOST as e:
@@ -333,3 +366,25 @@ class ProxyResponse:
         await send({"type": "http.response.start", "status": err.status, "headers": headers})
         self.finished = True
         await send({"type": "http.response.body", "body": err.body(), "more_body": False})
+
+
+async def _peek(raw: AsyncIterator[bytes], limit: int) -> bytes:
+    """The body's first chunks, `limit` bytes or a little more (whole chunks), or all of it if shorter."""
+    head = b""
+    async for chunk in raw:
+        head += chunk
+        if len(head) >= limit:
+            break
+    return head
+
+
+def _loading(head: bytes) -> bool:
+    """Whether a 503's body is llama-server's answer before it has loaded (server-http.cpp):
+    {"error": {"message": "Loading model", "type": "unavailable_error", "code": 503}}."""
+    if len(head) > LOADING_PEEK:
+        return False
+    try:
+        err = json.loads(head).get("error")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(err, dict) and err.get("message") == "Loading model" and err.get("type") == "unavailable_error"
