@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=None,
                     help="connections: requests in all (default 3000; 300 with --quick)")
     ap.add_argument("--rounds", type=int, default=None,
-                    help="router and crash: rounds (default 6 and 15; 3 with --quick); more rounds, tighter medians")
+                    help="router, crash and swap-parts: rounds (default 6, 15 and 10; fewer with --quick); more rounds, tighter medians")
     a = ap.parse_args(argv)
     import logging
 
@@ -408,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.abuse import bench_abuse
     from bench.chaos import bench_chaos
     from bench.crash import bench_crash
+    from bench.swapparts import bench_swap_parts
     from bench.connections import bench_connections
     from bench.console import bench_console
     from bench.gateway import bench_gateway
@@ -426,7 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         ("chaos", functools.partial(bench_chaos, duration_s=a.chaos_duration), render_chaos_doc,
          (CH_BEGIN, CH_END), UI_END, "-"),
         ("router", functools.partial(bench_router, runs=a.rounds), render_router_doc, (RT_BEGIN, RT_END), CH_END, "ratio to router"),
-        ("crash", functools.partial(bench_crash, rounds=a.rounds), render_crash_doc, (CR_BEGIN, CR_END), RT_END, "ratio to floor")]
+        ("crash", functools.partial(bench_crash, rounds=a.rounds), render_crash_doc, (CR_BEGIN, CR_END), RT_END, "ratio to floor"),
+        ("swap-parts", functools.partial(bench_swap_parts, rounds=a.rounds), render_swap_parts_doc, (SP_BEGIN, SP_END),
+         CR_END, "ratio to prepared, nothing stopped")]
     for name, bench, render, markers, after, ratio_head in sections:
         if a.only not in ("all", name):
             continue
@@ -463,6 +466,7 @@ CN_BEGIN, CN_END = "<!-- bench.connections:begin -->", "<!-- bench.connections:e
 RT_BEGIN, RT_END = "<!-- bench.router:begin -->", "<!-- bench.router:end -->"
 CR_BEGIN, CR_END = "<!-- bench.crash:begin -->", "<!-- bench.crash:end -->"
 SS_BEGIN, SS_END = "<!-- bench.swaps-sched:begin -->", "<!-- bench.swaps-sched:end -->"
+SP_BEGIN, SP_END = "<!-- bench.swap-parts:begin -->", "<!-- bench.swap-parts:end -->"
 
 # The sections `--only NAME` runs alone (each writes only between its own markers); `main` is the rest.
 SECTIONS = {
@@ -475,6 +479,7 @@ SECTIONS = {
     "chaos": "kills and a daemon restart under streaming clients (issue 21)",
     "router": "cold start and swap beside llama.cpp's router mode (issue 17)",
     "crash": "a crash after running healthy, beside the in-place `docker start` floor (issue 17)",
+    "swap-parts": "where a Docker swap's time goes, timed at the runtime (issue 17)",
 }
 
 
@@ -657,6 +662,16 @@ def render_swaps_sched_doc(r: Report, info: dict[str, str], *, variant: str, ela
     return _section_doc((SS_BEGIN, SS_END), "## Swaps: scheduling (`python -m bench.run --only swaps-sched`)",
                         about, r, info, quiet=quiet, ratio_head="ratio to floor",
                         reproduce=["### How to reproduce (swaps-sched)", ""])
+
+
+def render_swap_parts_doc(r: Report, info: dict[str, str], *, variant: str, elapsed: float, quiet: str,
+                          quick: bool) -> str:
+    about = (f"Image variant `{variant}`; `DockerRuntime` called directly (no daemon) on four containers of the "
+             f"daemon's own spec for the demo model (ctx 512, threads 1), three created held (`llama-gate`), one plain; whole "
+             f"section {elapsed / 60:.1f} min{' (--quick: a smoke test)' if quick else ''}")
+    return _section_doc((SP_BEGIN, SP_END), "## Where a Docker swap's time goes (`python -m bench.run --only swap-parts`)",
+                        about, r, info, quiet=quiet, ratio_head="ratio to prepared, nothing stopped",
+                        reproduce=["### How to reproduce (swap-parts)", ""])
 
 
 def write_section(path: Path, section: str, *, markers: tuple[str, str] = (BEGIN, END),
