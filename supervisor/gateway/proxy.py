@@ -286,13 +286,9 @@ class ProxyResponse:
                     return
                 log.info("model unreachable: waiting for it, then sending again", model=self.model,
                          error=type(e).__name__, retry_in_s=delay)
-                await self._until_seen(route, delay)
-                delay = min(delay * 2, 1.0)
-                try:
-                    self.lease = await self.gw.acquire(self.model, deadline=self.deadline)
-                except GatewayError as ge:
-                    await self._error(send, ge)
+                if not await self._again(route, delay, send):
                     return
+                delay = min(delay * 2, 1.0)
                 continue
             raw = response.aiter_raw()
             try:
@@ -308,18 +304,25 @@ class ProxyResponse:
                         self._leave()
                         log.info("model still loading: waiting for it, then sending again", model=self.model,
                                  retry_in_s=delay)
-                        await self._until_seen(route, delay)
-                        delay = min(delay * 2, 1.0)
-                        try:
-                            self.lease = await self.gw.acquire(self.model, deadline=self.deadline)
-                        except GatewayError as ge:
-                            await self._error(send, ge)
+                        if not await self._again(route, delay, send):
                             return
+                        delay = min(delay * 2, 1.0)
                         continue
                 await self._relay(response, raw, head, send)
             finally:
                 await response.aclose()
             return
+
+    async def _again(self, failed: Route, wait_s: float, send: Any) -> bool:
+        """After a send the model did not run: wait for the daemon to see it (`_until_seen`), then for the
+        model again. False: that wait ended in an error, already answered."""
+        await self._until_seen(failed, wait_s)
+        try:
+            self.lease = await self.gw.acquire(self.model, deadline=self.deadline)
+        except GatewayError as ge:
+            await self._error(send, ge)
+            return False
+        return True
 
     async def _until_seen(self, failed: Route, wait_s: float) -> None:
         """Wait until the daemon has seen what the request met (the model's published route is no longer
