@@ -57,6 +57,7 @@ class OnDemandScheduler:
         self._cutoff: dict[str, float] = {}            # held models: only requests that arrived before are let in
         self._room_for: set[str] = set()               # targets others were asked to make room for
         self._upcoming: list[str] = []                 # targets whose room a stop is making now (take_upcoming)
+        self._held_for: set[str] = set()               # ... or a held model will make once its requests are done
         self._seen_up: set[str] = set()                # models that have held their memory since the daemon began
         self._evicted: set[str] = set()                # ... and that the scheduler stopped since (preload brings them back)
         self._wake_at: float | None = None
@@ -137,6 +138,7 @@ class OnDemandScheduler:
             if not waiting:
                 del self._pending[name]
                 self._room_for.discard(name)
+                self._held_for.discard(name)
                 continue
             self._pending[name] = waiting
             slot = slots.get(name)
@@ -175,6 +177,10 @@ class OnDemandScheduler:
                 self._evicted.add(victim)
             else:
                 self.demand.mark_draining(victim)   # new requests wait; stopped once those let in are done
+                if target and target not in self._held_for:
+                    # its start waits for those requests: the engine's part of it can run meanwhile, once
+                    self._held_for.add(target)
+                    self._upcoming.append(target)
         for name in plan.preload:
             log.info("preload: starting", model=name)
             did(self._start(slots[name], now, "preload: room is free"))
@@ -188,8 +194,9 @@ class OnDemandScheduler:
         return out
 
     def take_upcoming(self) -> list[str]:
-        """The models whose start waits only for the stops this pass just asked for (a swap's target), once
-        each: the loop has their stopped containers prepared beside those stops (Runtime.prepare)."""
+        """The models whose start waits only for the stops this pass just asked for (a swap's target), or for
+        a held model's admitted requests and then its stop (once per hold), once each: the loop has their
+        stopped containers prepared beside those (Runtime.prepare)."""
         out, self._upcoming = self._upcoming, []
         return out
 
@@ -198,6 +205,7 @@ class OnDemandScheduler:
         self.demand.undrain(name)
         self.demand.touch(name)
         self._evicted.discard(name)
+        self._held_for.discard(name)
         log.info("on-demand start", model=name, memory_mib=slot.desired.serving.memory_bytes >> 20, reason=reason)
         return slot.lc.start_requested(now, reason=reason)
 

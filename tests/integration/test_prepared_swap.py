@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,47 @@ def test_a_swap_back_starts_the_stopped_container_up_to_its_gate_beside_the_othe
         assert container(docker_client, a).id == held.id
         assert d.model_state(a) == "RUNNING" and d.model_state(b) == "STOPPED"
         assert d.find(lambda r: r.get("event") == "prepared start not taken: stopped again") is None
+    except AssertionError:
+        print(d.dump())
+        raise
+    finally:
+        d.terminate()
+
+
+def test_a_swap_waiting_for_a_busy_model_prepares_its_target_while_that_model_finishes(
+        tmp_path: Path, image_record: object, demo_model: Path, names: dict[str, str]) -> None:
+    """fifo: b streams a long answer when a request for a comes, so b is held until it is done. a's container
+    is started up to its gate while b still streams, not once b's stop comes."""
+    for k in ("a", "b"):
+        text = model_yaml(names[k], None, demo_model, demo_model.parent.name, memory="1g",
+                          serving="lifecycle: on-demand\n")
+        (tmp_path / f"{k}.yaml").write_text(text.replace("health:\n", "health:\n  start_timeout: 120\n", 1))
+    d = Daemon(tmp_path, extra=["--memory-budget", "1500m", "--swap-policy", "fifo"]).start()
+    a, b = names["a"], names["b"]
+    try:
+        wait_for(lambda: d.model_state(a) == "STOPPED", 60, "the gateway listing the models")
+        assert d.chat(a).status_code == 200
+        assert d.chat(b).status_code == 200                # a stopped, its container held: ready to prepare
+        with httpx.Client(timeout=120, trust_env=False) as c, \
+                c.stream("POST", f"{d.gateway}/v1/completions", json={
+                    "model": b, "prompt": "Count to fifty:", "max_tokens": 200, "ignore_eos": True,
+                    "stream": True}) as long:
+            lines = long.iter_lines()
+            assert long.status_code == 200 and next(lines)    # b is streaming
+            since = time.monotonic()
+            with ThreadPoolExecutor(1) as pool:
+                asked = pool.submit(d.chat, a)                # waits for b's answer, then b's stop
+                t_prep, _ = d.wait_log(lambda r: r.get("event") == "prepared: started up to its gate ahead of its start",
+                                       20, "a prepared while b streams", since=since)
+                assert d.find(lambda r: r.get("event") == "transition" and r.get("model") == b
+                              and r.get("to") == "STOPPING", since=since) is None, "prepared before b's stop"
+                rest = [line for line in lines if line]
+                assert rest[-1] == "data: [DONE]", rest[-3:]
+                t_done = time.monotonic()
+                assert t_prep < t_done, "prepared while b was still streaming"
+                assert asked.result(120).status_code == 200
+        assert d.model_state(a) == "RUNNING" and d.model_state(b) == "STOPPED"
+        print(f"a prepared {t_done - t_prep:.2f} s before b's answer was over")
     except AssertionError:
         print(d.dump())
         raise

@@ -129,6 +129,32 @@ def test_a_swap_prepares_the_target_s_stopped_container_before_the_stop_that_mak
     assert fut.result(0).ok
 
 
+def test_a_swap_that_waits_for_a_busy_model_prepares_its_target_while_it_waits_once() -> None:
+    """fifo: b is busy, so a's start waits for b's request in flight, then b's stop. a's container is prepared
+    when b is held, not when b's stop comes, and once for that hold, however many passes run meanwhile."""
+    r = Rig([od("a"), od("b")], Budget(memory_bytes=G + G // 2), swap=FIFO)
+    r.ask("a")
+    r.healthy("a")
+    r.ask("b")
+    r.healthy("b")
+    assert r.demand.enter("b")                  # a request in flight on b
+    r.runtime.prepared.clear()
+    fut = r.ask("a")
+    a, b = r.sup.slots["a"].container_id, r.sup.slots["b"].container_id
+    assert r.state("b") is State.RUNNING and r.state("a") is State.STOPPED, "b is busy: a waits"
+    assert [c for c, _ in r.runtime.prepared] == [a], "prepared while b finishes its request"
+    for _ in range(3):
+        r.step()
+    assert [c for c, _ in r.runtime.prepared] == [a], "once per hold, not at every pass"
+    r.demand.leave("b")
+    r.step()
+    assert r.state("b") is State.STOPPED and r.state("a") is State.STARTING
+    (_, first), = r.runtime.prepared[:1]
+    assert ("stop", b) in r.runtime.calls[first:], "the prepare came before b's stop"
+    r.healthy("a")
+    assert fut.result(0).ok
+
+
 def test_nothing_is_prepared_for_a_first_start_a_cold_start_or_a_container_of_an_old_config() -> None:
     r = Rig([od("a"), od("b")], Budget(memory_bytes=G + G // 2))
     r.ask("a")
