@@ -20,12 +20,12 @@
   daemon (+0.13 to +0.16 s), 3 times in 3, and a lost send can be repeated once only: a third
   failure would have been a 502 (tests/integration/test_gateway.py,
   test_a_request_right_after_a_sigkill_waits_for_the_restart_not_for_a_fixed_pause).
-- A model that answers 503 `Loading model` (llama-server answers every endpoint so until it has
+- A model that answers 503 `Loading model` (llama-server answers every endpoint that way until it has
   loaded) did not run the request: it waits as after a failed send, then is sent again, until its
   deadline; past it the 503 is relayed. The daemon publishes a route RUNNING only after a /health
   200 and takes it out of RUNNING before it restarts a model, so this is a second line: a relayed
-  `Loading model` would show a client a restart. Only an answer of at most `LOADING_PEEK` bytes is
-  read ahead for it; any other 503 is relayed as it came.
+  `Loading model` would show a client a restart. To tell, a 503 is read ahead, `LOADING_PEEK` bytes
+  at most; any other 503 is relayed whole, as it came.
 - Stale keep-alive connections. llama-server (cpp-httplib) closes a connection idle for 5 s
   (`CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND`); the pool lets go of its idle ones after
   `KEEPALIVE_EXPIRY_S`, well before. A request that still fails on a *reused* connection before
