@@ -26,6 +26,7 @@ llama-server's exit (which the router pays too), and what the head start of `--s
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import tempfile
 import time
@@ -94,6 +95,7 @@ def bench_swap_parts(r: Report, *, quick: bool, rounds: int | None = None) -> No
             except Exception:  # noqa: BLE001 - cleanup: the next run's names are new
                 pass
         rt.close()
+        shutil.rmtree(gates, ignore_errors=True)
     base = of(got["prepared, nothing stopped"]).median
     for kind in KINDS:
         r.time_row(f"{kind}: first call -> /health 200", of(got[kind]), floor=base)
