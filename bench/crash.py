@@ -1,6 +1,6 @@
 """`python -m bench.run --only crash`: a crash after running healthy, beside its in-place floor (issue 17 §4).
 
-Two real llama-supervisords (one of them with `--standby`) each supervise one always-on demo model (default health settings). A crash after the
+A real llama-supervisord supervises one always-on demo model (default health settings). A crash after the
 model ran healthy longer than `stable_after` restarts it at once, in place: `docker start` of the same
 container. Its floor is therefore `docker start` of a stopped container, not `docker run`. Each round runs
 these in a rotating order, every figure from one 5 ms /health poll of this process:
@@ -12,9 +12,10 @@ these in a rotating order, every figure from one 5 ms /health poll of this proce
 - ours: `APIClient.kill(id, "SIGKILL")` of the model's container, timed from the kill call's return to the
   first /health 200 on the model's port. The kill returns once the process is gone, so that is the
   earliest moment any supervisor could act.
-- ours, --standby: the same with a second daemon run with `--standby`, whose container starts at llama-gate;
-  its crash restart is the engine's start up to the gate, then the release through the gate's FIFO
-  (supervisor/runtime/docker/standby.py). No gate waits for a crashed container: no head start here.
+
+An always-on model's container is a plain one whatever `--standby` says (it holds only stopped on-demand
+models: supervisor/runtime/docker/standby.py); until 2026-11-30 a second daemon run with `--standby` had a
+gated one here, and its crash restart gained nothing (no gate waits in a killed container).
 
 The parts of ours come from the daemon's JSON log (receipt times): kill returned -> `start in place`
 (events, the loop, the checks before a start), `start in place` -> /health 200 (Docker and the load), and
@@ -42,11 +43,9 @@ SETTLE_S = 0.3        # after a floor's `exited`, before its start: nothing of t
 
 
 class Ours:
-    """One daemon's figures: the plain one, or one run with --standby (a gated container: its crash restart is
-    an engine start up to llama-gate, then the release through its FIFO; supervisor/runtime/docker/standby.py)."""
+    """The daemon's figures."""
 
-    def __init__(self, demo: Path, *, standby: bool) -> None:
-        self.standby = standby
+    def __init__(self, demo: Path) -> None:
         self.fleet = live.Fleet(demo, 1)    # named bench*: the crowd watch knows it as this benchmark's own
         self.ok: list[float] = []
         self.from_before: list[float] = []
@@ -56,7 +55,7 @@ class Ours:
         self.cpu: list[float] = []
 
     def start(self) -> None:
-        self.daemon = self.fleet.start_daemon(("--standby",) if self.standby else ())
+        self.daemon = self.fleet.start_daemon(())
         self.fleet.wait_all_healthy()
         self.model = self.fleet.models[0]
         assert self.daemon.proc is not None
@@ -87,14 +86,13 @@ def bench_crash(r: Report, *, quick: bool, rounds: int | None = None) -> None:
     rounds = rounds or (3 if quick else 15)
     demo = live.demo_model()
     floor = live.Floor(demo)
-    plain, gated = Ours(demo, standby=False), Ours(demo, standby=True)
+    plain = Ours(demo)
     api_floor: list[float] = []
     cli_floor: list[float] = []
     at_once: list[float] = []
     loads: list[float] = []
     try:
         plain.start()
-        gated.start()
         api = plain.fleet.client.api
         subprocess.run(live.docker_run_argv(floor.spec, floor.name), check=True, capture_output=True, timeout=60)
         live.until_healthy(floor.port)
@@ -111,7 +109,7 @@ def bench_crash(r: Report, *, quick: bool, rounds: int | None = None) -> None:
                 api.start(floor.name)
             (cli_floor if cli else api_floor).append(live.until_healthy(floor.port, step=POLL_S) - t0)
 
-        steps = [lambda: floor_start(False), lambda: floor_start(True), plain.crash, gated.crash]
+        steps = [lambda: floor_start(False), lambda: floor_start(True), plain.crash]
         for i in range(rounds):
             loads.append(os.getloadavg()[0])
             k = i % len(steps)
@@ -124,12 +122,10 @@ def bench_crash(r: Report, *, quick: bool, rounds: int | None = None) -> None:
             at_once.append(live.until_healthy(floor.port, step=POLL_S) - t_ret)
             print(f"crash {i + 1}/{rounds}: floor api {api_floor[-1]:.3f}s cli {cli_floor[-1]:.3f}s "
                   f"at once {at_once[-1]:.3f}s | ours {plain.ok[-1]:.3f}s (start call at "
-                  f"+{plain.to_start[-1] * 1000:.0f} ms) | --standby {gated.ok[-1]:.3f}s (start call at "
-                  f"+{gated.to_start[-1] * 1000:.0f} ms)", flush=True)
+                  f"+{plain.to_start[-1] * 1000:.0f} ms)", flush=True)
     finally:
         floor.close()
         plain.fleet.close()
-        gated.fleet.close()
 
     fl = of(api_floor)
     r.time_row("**floor** (in place): `APIClient.start` of the stopped container -> /health 200", fl, digits=3)
@@ -137,24 +133,22 @@ def bench_crash(r: Report, *, quick: bool, rounds: int | None = None) -> None:
                digits=3)
     r.time_row("  for reference: killed and started at once, from the kill's return (Docker's teardown)",
                of(at_once), floor=fl.median, digits=3)
-    for o, who in ((plain, ""), (gated, ", --standby")):
-        r.time_row(f"crash -> healthy{who}: kill call returned -> replacement /health 200", of(o.ok),
-                   target="<= 1.05x the in-place floor", limit=1.05 * fl.median, floor=fl.median, digits=3)
-        r.time_row("  for reference: from before the kill call (the kill itself included)", of(o.from_before),
-                   floor=fl.median, digits=3)
-        r.time_row("  kill returned -> daemon logs `start in place` (event, loop, checks before a start)",
-                   of(o.to_start), digits=3)
-        r.time_row("  `start in place` logged -> /health 200 (Docker"
-                   + (", the gate's release" if o.standby else "") + " and the load)", of(o.start_to_ok),
-                   floor=fl.median, digits=3)
-        r.time_row("  /health 200 -> daemon logs RUNNING (starting probe, KV restore, loop)", of(o.ok_to_running),
-                   digits=3)
-        r.time_row("  daemon CPU time per crash restart (kill -> RUNNING + 0.2 s)", of(o.cpu), unit="ms",
-                   scale=1000, digits=0)
+    r.time_row("crash -> healthy: kill call returned -> replacement /health 200", of(plain.ok),
+               target="<= 1.05x the in-place floor", limit=1.05 * fl.median, floor=fl.median, digits=3)
+    r.time_row("  for reference: from before the kill call (the kill itself included)", of(plain.from_before),
+               floor=fl.median, digits=3)
+    r.time_row("  kill returned -> daemon logs `start in place` (event, loop, checks before a start)",
+               of(plain.to_start), digits=3)
+    r.time_row("  `start in place` logged -> /health 200 (Docker and the load)", of(plain.start_to_ok),
+               floor=fl.median, digits=3)
+    r.time_row("  /health 200 -> daemon logs RUNNING (starting probe, KV restore, loop)", of(plain.ok_to_running),
+               digits=3)
+    r.time_row("  daemon CPU time per crash restart (kill -> RUNNING + 0.2 s)", of(plain.cpu), unit="ms",
+               scale=1000, digits=0)
     r.notes.append("Load average (1 min) at the start of each round: "
                    + ", ".join(f"{x:.1f}" for x in loads) + f" on {os.cpu_count()} cores.")
     r.how.append(("crash", f"`.venv/bin/python -m bench.run --only crash --out docs/BENCHMARKS.md` (bench/crash.py, "
-                  f"whose docstring says what each row times): {rounds} rounds, the two floors and both daemons in a rotating "
+                  f"whose docstring says what each row times): {rounds} rounds, the two floors and the daemon in a rotating "
                   f"order, one {POLL_S * 1000:.0f} ms /health poll for all; the floor container is killed and left "
                   f"`exited` {SETTLE_S:g} s before its start, ours is started by the daemon as soon as it sees the "
                   "death"))

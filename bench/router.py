@@ -5,9 +5,10 @@ One run, four servers of the same demo model under two names (A and B), room for
 - **router**: `llama-server --models-dir /models --models-max 1` (no `-m`: one child process per model) in a
   container from the locked image, with the hardening and the server flags our daemon renders for the same
   manifest; the demo model bind-mounted read-only twice (`/models/<A>.gguf`, `/models/<B>.gguf`);
-- **ours, Docker**, **ours, Docker with --standby** (a stopped model's container held at its gate, released
-  through a FIFO: supervisor/runtime/docker/standby.py) and **ours, process runtime**: one llama-supervisord
-  each, A and B on-demand under a `--memory-budget` that fits one, requests through its gateway.
+- **ours, Docker** (the default: a stopped on-demand model's container held at its gate, released through
+  a FIFO: supervisor/runtime/docker/standby.py), **ours, Docker with --no-standby** and **ours, process
+  runtime**: one llama-supervisord each, A and B on-demand under a `--memory-budget` that fits one, requests
+  through its gateway.
 
 After one load each (warm-up: the model file in the page cache, our checks' results kept), each round, phase
 by phase across the servers (`run_round`): A and B stopped on every server (router: `POST /models/unload`;
@@ -49,14 +50,14 @@ if TYPE_CHECKING:
 
 CTL = str(Path(sys.executable).with_name("llama-supervisorctl"))
 STABLE_S = 10.5            # RestartSettings.stable_after_s (10 s) and a margin
-# How long A and B rest stopped before a round's cold start: past --standby's arming (ARM_DELAY_S, 2 s, then
+# How long A and B rest stopped before a round's cold start: past standby's arming (ARM_DELAY_S, 2 s, then
 # the engine's start of the gated container), as for a model stopped by its idle TTL; the same for every server.
 REST_S = 3.0
 # How long each server's cold-start and swap step lasts at least, from its request: past what a start or a
-# stop leaves running behind it (--standby arms the stopped model's container ARM_DELAY_S, 2 s, after the
+# stop leaves running behind it (standby arms the stopped model's container ARM_DELAY_S, 2 s, after the
 # stop; the process runtime starts its next spare launcher SPARE_DELAY_S, 2 s, after a launch), so that it
 # lands in that server's own step, not in the next server's measurement. Before it, the swap of the server
-# after --standby's (the process runtime's, in 4 of 5 rounds) loaded 0.09-0.10 s slower than its cold start,
+# after standby's (the process runtime's, in 4 of 5 rounds) loaded 0.09-0.10 s slower than its cold start,
 # against -0.01 to 0.06 s when it came first in the phase (three runs, 2026-11-30).
 SETTLE_S = 3.0
 LOAD_TIMEOUT_S = 120.0
@@ -150,10 +151,10 @@ class Router:
 class Ours:
     """llama-supervisord with A and B on-demand, room for one, on one runtime."""
 
-    def __init__(self, demo: Path, runtime: str, lock: Path | None, tag: str, *, standby: bool = False) -> None:
+    def __init__(self, demo: Path, runtime: str, lock: Path | None, tag: str, *, standby: bool = True) -> None:
         self.runtime = runtime
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-router-{runtime}-"))
-        letter = "s" if standby else runtime[:1]
+        letter = runtime[:1] if standby else "n"
         self.names = (f"bench{tag}{letter}-a", f"bench{tag}{letter}-b")
         self.port = {n: live.free_port() for n in self.names}
         for n in self.names:
@@ -166,8 +167,8 @@ class Ours:
                  "--runtime", runtime]
         if lock is not None:
             extra += ["--lock", str(lock)]
-        if standby:
-            extra += ["--standby"]
+        if not standby:
+            extra += ["--no-standby"]
         self.daemon = live.Daemon(self.dir, extra=extra)
         self.sock = str(self.daemon.sockdir / "ctl.sock")
 
@@ -407,7 +408,7 @@ def bench_router(r: Report, *, quick: bool = False, runs: int | None = None) -> 
     tag = uuid.uuid4().hex[:4]
     rt = Router(demo, (f"r{tag}-a", f"r{tag}-b"))
     lock, binary = process_lock()
-    ours = {"docker": Ours(demo, "docker", None, tag), "docker-standby": Ours(demo, "docker", None, tag, standby=True),
+    ours = {"docker": Ours(demo, "docker", None, tag), "docker-plain": Ours(demo, "docker", None, tag, standby=False),
             "process": Ours(demo, "process", lock, tag)}
     figs: dict[str, Figures] = {k: {m: [] for m in MEASURES} for k in ("router", *ours)}
     parts: dict[str, Figures] = {k: _defaultdict() for k in ours}
@@ -470,7 +471,7 @@ def report(r: Any, figs: dict[str, Figures], parts: dict[str, Figures], docker_s
     for m in MEASURES:
         base = of(figs["router"][m])
         r.time_row(f"{m}: router", base)
-        for k, label in (("docker", "ours, Docker"), ("docker-standby", "ours, Docker with --standby"),
+        for k, label in (("docker", "ours, Docker"), ("docker-plain", "ours, Docker with --no-standby"),
                          ("process", "ours, process runtime")):
             s = of(figs[k][m])
             target, limit = "-", None
@@ -484,7 +485,7 @@ def report(r: Any, figs: dict[str, Figures], parts: dict[str, Figures], docker_s
                 q = of(paired)
                 r.value_row(f"  {m}: {label} / router, paired by round (the median of {q.n} ratios; min-max)",
                             f"{q.median:.2f}x ({min(paired):.2f}-{max(paired):.2f})")
-    for k, label in (("docker", "Docker"), ("docker-standby", "Docker with --standby"), ("process", "process runtime")):
+    for k, label in (("docker", "Docker"), ("docker-plain", "Docker with --no-standby"), ("process", "process runtime")):
         for what, values in sorted(parts[k].items()):
             if values:
                 r.time_row(f"  ours, {label}, {what}", of(values), digits=3)
@@ -499,7 +500,7 @@ def report(r: Any, figs: dict[str, Figures], parts: dict[str, Figures], docker_s
                   f"(bench/router.py): {runs} rounds, each phase by phase (every server's cold start with the two "
                   "floors, then every swap, then every kill), the servers in turn (the first one rotating), A and B "
                   f"at rest {REST_S:.0f} s or more before each cold start, each server's cold-start and swap step "
-                  f"{SETTLE_S:.0f} s long at least (what it left running, such as --standby's arming, in its own "
+                  f"{SETTLE_S:.0f} s long at least (what it left running, such as standby's arming, in its own "
                   "step), medians."))
 
 
@@ -519,7 +520,7 @@ def account(figs: dict[str, Figures], parts: dict[str, Figures], *, bare: float,
     keys = {"cold start": "cold", "swap": "swap", "next request after an idle SIGKILL": "kill"}
     for m, key in keys.items():
         router = of(figs["router"][m]).median
-        for k, label in (("docker", "Docker"), ("docker-standby", "Docker with --standby"), ("process", "process runtime")):
+        for k, label in (("docker", "Docker"), ("docker-plain", "Docker with --no-standby"), ("process", "process runtime")):
             total = of(figs[k][m]).median
             p = {what.split(": ", 1)[1]: _med(v) for what, v in parts[k].items() if what.startswith(f"{key}: ")}
             begin = p.get("request -> start call logged")
@@ -610,10 +611,10 @@ ACCOUNT: list[str] = [
     "same in the router's child.",
     "- **Docker.** `docker start` of a stopped container against fork/exec of the same binary with the same "
     "flags: the two floors' difference (the row `the measured cost of docker start`), which is why the "
-    "Docker target is the router's time plus that cost. With `--standby` that engine work is done before "
-    "the request: the stopped model's container is started 2 s after its stop and held at `llama-gate` "
-    "before llama-server's exec; the start is a byte written into its FIFO (runtime/docker/standby.py). "
-    "Without it, in a swap, the new model's container is started up to that gate beside the old model's save "
+    "Docker target is the router's time plus that cost. With standby (the default since 2026-11-30; before, "
+    "`--standby`) that engine work is done before the request: the stopped on-demand model's container is "
+    "started 2 s after its stop and held at `llama-gate` before llama-server's exec; the start is a byte "
+    "written into its FIFO (runtime/docker/standby.py). With `--no-standby`, in a swap, the new model's container is started up to that gate beside the old model's save "
     "and stop (`Runtime.prepare`, on-demand containers are created held) and released after them: the "
     "`request -> start call` row then overlaps the engine's start, and `start call -> /health 200` holds "
     "what is left of it. What is left against the bare floor is the container's own confinement (cgroup, "

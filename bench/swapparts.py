@@ -1,7 +1,8 @@
 """`python -m bench.run --only swap-parts`: where a Docker swap's time goes, at the runtime's seam (issue 17 §4).
 
-A swap on Docker without `--standby` starts the new model's container up to its gate beside the old
-model's stop (`Runtime.prepare`, docs/DESIGN.md "Prepared starts"), then releases it. This section takes
+A swap on Docker to a model not held ready (`--no-standby`, or past `--standby-max`) starts the new
+model's container up to its gate beside the old model's stop (`Runtime.prepare`, docs/DESIGN.md
+"Prepared starts"), then releases it. This section takes
 the daemon out and times `DockerRuntime` itself, on three containers of the daemon's own spec for the
 demo model (bench/live.py Floor), created held (`llama-gate`) as an on-demand model's are: A loaded, B the
 one to start, C another one held at its gate; and D, the same spec created plain (llama-server as the
@@ -16,12 +17,12 @@ first /health 200 (5 ms poll):
 - **prepared beside A's stop**: `prepare(B)`, `stop(A)`, `start(B)`: a swap as the daemon makes it;
 - **prepared beside C's stop**: the same, but the container stopped holds only its gate: the engine's
   teardown without llama-server's exit (unmapping its model);
-- **armed long before, beside A's stop**: B started up to its gate 2.5 s earlier (what `--standby` does
-  after every stop), then `stop(A)`, `start(B)`.
+- **armed long before, beside A's stop**: B started up to its gate 2.5 s earlier (what standby, the
+  default, does after a stop), then `stop(A)`, `start(B)`.
 
 The differences are medians of each round's differences: what A's stop costs the prepared start, how much
 of that is the engine's teardown (the part a gate outliving llama-server could defer) and how much is
-llama-server's exit (which the router pays too), and what the head start of `--standby` is worth.
+llama-server's exit (which the router pays too), and what the head start of standby is worth.
 """
 
 from __future__ import annotations

@@ -165,10 +165,14 @@ def _release_freed_memory() -> None:
 @click.option("--kv-cache-max", default="8g", show_default=True, envvar="LLAMA_SUPERVISOR_KV_CACHE_MAX",
               help="Disk all models' kept KV caches may take together (least recently used files go first); "
                    "none: keep no KV cache. Each model's own bound is kv_cache.max_size.")
-@click.option("--standby", is_flag=True, envvar="LLAMA_SUPERVISOR_STANDBY",
-              help="Docker: keep each stopped model's container started and held before llama-server's exec "
-                   "(images/gate.c), so its next start skips the engine's `docker start` (about 0.4 s here). "
-                   "Costs a small process, the engine's shim and the port's proxy per stopped model.")
+@click.option("--standby/--no-standby", default=True, show_default=True, envvar="LLAMA_SUPERVISOR_STANDBY",
+              help="Docker: keep a stopped on-demand model's container started and held before llama-server's "
+                   "exec (images/gate.c), so that its next start skips the engine's `docker start` (0.2-0.4 s on "
+                   "a 2-core host). Costs a small process, the engine's shim and the port's proxy per such "
+                   "model (docs/DESIGN.md, 'Standby containers'); `docker ps` shows it Up.")
+@click.option("--standby-max", type=click.IntRange(min=0), default=4, show_default=True,
+              envvar="LLAMA_SUPERVISOR_STANDBY_MAX",
+              help="Docker: at most this many stopped models held ready at once, the last stopped kept.")
 @click.option("--runtime", "runtime_kind", type=click.Choice(["docker", "process", "auto"]), default="docker",
               show_default=True, envvar="LLAMA_SUPERVISOR_RUNTIME",
               help="Run models as Docker containers, as host processes (the lock's native binary), or "
@@ -179,7 +183,8 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
         gateway_allowed_hosts: str, admin_keys_file: Path | None, gateway_max_body: str, gateway_body_budget: str,
         gateway_max_uploads: int,
         gateway_max_connections: int, memory_budget: str, gpu_memory_budget: str, swap_policy: str,
-        max_swap_wait: float, no_watch: bool, log_format: logs.LogFormat, runtime_kind: str, kv_cache_max: str, standby: bool) -> None:
+        max_swap_wait: float, no_watch: bool, log_format: logs.LogFormat, runtime_kind: str, kv_cache_max: str, standby: bool,
+        standby_max: int) -> None:
     """Keep the llama-server models the manifests describe alive, and serve them on one endpoint."""
     logs.setup(log_format)
     from supervisor.cli.listeners import inherit
@@ -214,7 +219,7 @@ def cli(manifests: Path | None, lock_path: Path | None, socket_path: Path | None
         gateway=gateway,
         budgets=(memory_budget, gpu_memory_budget),
         runtime_kind=runtime_kind,
-        standby=standby,
+        standby=standby_max if standby else 0,
         watch=not no_watch,
         kv_cache_max=None if kv_cache_max.strip().lower() == "none" else _size(kv_cache_max, "--kv-cache-max"),
         listeners=listeners,
@@ -329,7 +334,7 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
         stop_models_on_exit: bool, instance: str = "default", gateway: GatewayOptions | None = None,
         budgets: tuple[str, str] = ("auto", "auto"), runtime_kind: str = "docker", watch: bool = True,
         kv_cache_max: int | None = 8 * 1024**3, listeners: Any = None,
-        swap: tuple[str, float] = ("batch", 10.0), recreate: str = "start-first", standby: bool = False) -> None:
+        swap: tuple[str, float] = ("batch", 10.0), recreate: str = "start-first", standby: int = 0) -> None:
     """listeners: the sockets inherited under socket activation (supervisor.cli.listeners.Listeners), or None."""
     from supervisor.cli.graceful import GracefulStop
     from supervisor.artifacts import hardware
@@ -358,9 +363,6 @@ def run(*, manifests: Path, lock_path: Path, socket_path: Path, socket_group: st
     wiring = choose(runtime_kind, instance=instance, lock_path=lock_path, post=events.put,  # type: ignore[arg-type]
                     standby=standby)
     runtime = wiring.runtime
-    if standby and wiring.kind != "docker":
-        log.warning("--standby is ignored: it holds Docker containers before their start, and this daemon runs "
-                    "models as host processes, whose launch has no engine start to do ahead", runtime=wiring.kind)
     log.info("runtime", runtime=wiring.kind, why=wiring.why, **({"confinement": wiring.confinement}
                                                                  if wiring.confinement else {}))
     closers: list[Any] = []

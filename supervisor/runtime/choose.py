@@ -47,7 +47,7 @@ def docker_unreachable(timeout_s: float = 3.0) -> str | None:
 
 
 def choose(kind: RuntimeKind, *, instance: str, lock_path: Path, post: Callable[[Event], None],
-           probe: Callable[[], str | None] = docker_unreachable, standby: bool = False) -> RuntimeAdapter:
+           probe: Callable[[], str | None] = docker_unreachable, standby: int = 0) -> RuntimeAdapter:
     if kind not in KINDS:
         raise ConfigError(f"--runtime {kind!r}: use one of {', '.join(KINDS)}")
     if kind == "auto":

@@ -1,10 +1,10 @@
 """A swap's target started ahead, on the real engine, image and demo model (Runtime.prepare, issue 17).
 
-Without --standby, an on-demand model's container is created held (`llama-gate` before llama-server). In
-a swap back to a stopped model, the daemon has the engine start that container up to its gate while the
+An on-demand model's container is created held (`llama-gate` before llama-server). With --no-standby (or
+for a model past --standby-max), in a swap back to a stopped model, the daemon has the engine start that container up to its gate while the
 model making room is saved and stopped; llama-server is released only by the start that follows the stop.
 A prepared container whose start never comes is stopped again, and so is one still at its gate when the
-daemon exits (without --standby nothing would end it).
+daemon exits (without standby nothing would end it).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def test_a_swap_back_starts_the_stopped_container_up_to_its_gate_beside_the_othe
         text = model_yaml(names[k], None, demo_model, demo_model.parent.name, memory="1g",
                           serving="lifecycle: on-demand\n")
         (tmp_path / f"{k}.yaml").write_text(text.replace("health:\n", "health:\n  start_timeout: 120\n", 1))
-    d = Daemon(tmp_path, extra=["--memory-budget", "1500m"]).start()      # room for one
+    d = Daemon(tmp_path, extra=["--memory-budget", "1500m", "--no-standby"]).start()      # room for one
     a, b = names["a"], names["b"]
     try:
         wait_for(lambda: d.model_state(a) == "STOPPED", 60, "the gateway listing the models")
@@ -57,7 +57,7 @@ def test_a_swap_back_starts_the_stopped_container_up_to_its_gate_beside_the_othe
         held = container(docker_client, a)
         assert held.attrs["Config"]["Entrypoint"][:2] == [GATE, FIFO_TARGET], "an on-demand container is held"
         assert held.attrs["Config"].get("Healthcheck", {}).get("Test") != ["NONE"], \
-            "without --standby it keeps the image's HEALTHCHECK"
+            "with --no-standby it keeps the image's HEALTHCHECK"
         fifo = next(m for m in held.attrs["Mounts"] if m["Destination"] == FIFO_TARGET)
         assert fifo["RW"] is False
         assert d.chat(b).status_code == 200                # b is created: nothing to prepare
@@ -93,7 +93,7 @@ def test_a_swap_waiting_for_a_busy_model_prepares_its_target_while_that_model_fi
         text = model_yaml(names[k], None, demo_model, demo_model.parent.name, memory="1g",
                           serving="lifecycle: on-demand\n")
         (tmp_path / f"{k}.yaml").write_text(text.replace("health:\n", "health:\n  start_timeout: 120\n", 1))
-    d = Daemon(tmp_path, extra=["--memory-budget", "1500m", "--swap-policy", "fifo"]).start()
+    d = Daemon(tmp_path, extra=["--memory-budget", "1500m", "--swap-policy", "fifo", "--no-standby"]).start()
     a, b = names["a"], names["b"]
     try:
         wait_for(lambda: d.model_state(a) == "STOPPED", 60, "the gateway listing the models")

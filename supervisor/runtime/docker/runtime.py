@@ -199,16 +199,18 @@ class DockerRuntime:
     def __init__(self, client: docker.DockerClient | None = None, *, timeout_s: float = 60,
                  instance: str = DEFAULT_INSTANCE,
                  open_process: Callable[[int, str], int | None] = exitwatch.open_process,
-                 gates: Gates | None = None, standby: bool = False) -> None:
+                 gates: Gates | None = None, standby: int = 0) -> None:
         self.instance = instance
         # Standby containers (standby.py): `gates` holds the FIFOs of gated containers (always released after an
-        # engine start, so a daemon run without --standby still starts the ones an earlier run created);
-        # `standby` creates containers gated and arms them after a stop.
+        # engine start, so a daemon run with --no-standby still starts the ones an earlier run armed);
+        # `standby` is how many stopped gated containers stay armed at once (0: none), the last stopped kept.
         self.gates = gates
-        self.standby = standby and gates is not None
+        self.standby_max = max(0, int(standby)) if gates is not None else 0
+        self.standby = self.standby_max > 0
         self._gated: dict[str, str] = {}     # container ID -> its name, for containers created with the gate
         self._plain: set[str] = set()        # containers seen without it (no inspect to ask again)
-        self._armed: set[str] = set()        # gated containers held at their gate (to the daemon: exited)
+        # gated containers held at their gate (to the daemon: exited), in the order they were armed
+        self._armed: dict[str, None] = {}
         self._arming = Arming(self._arm)
         self.prepared_for_s = PREPARED_FOR_S
         self._open_process = open_process    # a pidfd for a container's process, None where it is hidden
@@ -275,7 +277,7 @@ class DockerRuntime:
         if c.id not in self._gated:
             self._gated[c.id] = c.name
             if c.status == "running" and self.gates.waiting(c.name):    # first sight (after a restart): armed?
-                self._armed.add(c.id)
+                self._armed[c.id] = None
         if c.id in self._armed and c.status in ("running", "restarting"):
             return dataclasses.replace(c, status="exited", exit_code=0)
         return c
@@ -300,11 +302,11 @@ class DockerRuntime:
 
     def create(self, spec: ContainerSpec, *, beside: str = "", held: bool = False) -> str:
         """`held` (an on-demand model's): created with the gate, so that `prepare` can start it ahead of its
-        start; with --standby every container is."""
+        start, and with standby arm it after its stops. An always-on model's container is a plain one."""
         self.ensure_network(spec.network)
         kw = container_kwargs(spec, self.instance, beside=beside)
         hc = host_config_kwargs(spec)
-        if (self.standby or held) and self.gates is not None:
+        if held and self.gates is not None:
             fifo = self.gates.make(kw["name"], spec.user)
             kw["entrypoint"] = entrypoint()
             if self.standby:
@@ -384,7 +386,7 @@ class DockerRuntime:
         with self._arming.lock(container_id):
             self._arming.cancel(container_id)
             if container_id in self._armed:
-                self._armed.discard(container_id)
+                del self._armed[container_id]
                 if self.gates.release(name):
                     self._count("release")          # no engine call: the container was started beforehand
                     return
@@ -412,18 +414,24 @@ class DockerRuntime:
             log.info("prepared: started up to its gate ahead of its start", container=self._gated.get(container_id),
                      took_s=round(time.monotonic() - t0, 3))
             if not self.standby:
-                self._arming.schedule(container_id, delay_s=self.prepared_for_s, then=self._disarm)
+                self._arming.schedule(container_id, delay_s=self.prepared_for_s, then=self._unprepare)
 
-    def _disarm(self, container_id: str) -> None:
-        """A prepared container whose start did not come (its request went away): its gate is ended (SIGTERM
-        ends a waiting gate at once), so that without --standby a stopped model has no running container."""
-        with self._arming.lock(container_id):
-            if container_id not in self._armed:
-                return
-            self._armed.discard(container_id)
+    def _unprepare(self, container_id: str) -> None:
+        """A prepared container whose start did not come (its request went away): without standby a stopped
+        model has no running container."""
+        if self._disarm(container_id):
             log.info("prepared start not taken: stopped again", container=self._gated.get(container_id),
                      after_s=self.prepared_for_s)
+
+    def _disarm(self, container_id: str) -> bool:
+        """End an armed container's gate (SIGTERM ends a waiting gate at once): a plain stopped container
+        again, whose next start is an engine start. True when this call did."""
+        with self._arming.lock(container_id):
+            if container_id not in self._armed:
+                return False
+            del self._armed[container_id]
             self._engine_stop(container_id, 5.0)
+        return True
 
     def _gate_of(self, container_id: str) -> str | None:
         """The name of a gated container (created with llama-gate), None for a plain one. One inspect for a
@@ -445,6 +453,17 @@ class DockerRuntime:
         """On the arming timer's thread, ARM_DELAY_S after a stop: start the container up to its gate."""
         if self._hold(container_id):
             log.info("standby: armed", container=self._gated.get(container_id))
+            self._trim(keep=container_id)
+
+    def _trim(self, *, keep: str) -> None:
+        """More armed containers than `standby_max`: the ones armed longest ago go back to plain stopped ones
+        (each costs a process, the engine's shim and the port's proxy; the last stopped are the likeliest
+        next)."""
+        older = [cid for cid in self._armed if cid != keep]
+        for cid in older[:max(0, len(older) + 1 - self.standby_max)]:
+            if self._disarm(cid):
+                log.info("standby: disarmed, over --standby-max", container=self._gated.get(cid),
+                         standby_max=self.standby_max)
 
     def _hold(self, container_id: str) -> bool:
         """Start a gated container up to its gate (on the arming timer's thread); True when this call did."""
@@ -455,7 +474,7 @@ class DockerRuntime:
             self._settle(container_id)              # the stop's teardown first: until then the engine says running
             if container_id in self._armed or self._up(container_id):
                 return False                        # armed already, or started again since the stop
-            self._armed.add(container_id)           # from here a resync sees it stopped, as the daemon does
+            self._armed[container_id] = None        # from here a resync sees it stopped, as the daemon does
             try:
                 self._count("arm")
                 with engine_errors("start", container_id[:12]):
@@ -463,7 +482,7 @@ class DockerRuntime:
                 if not self.gates.waiting(name, wait_s=GATE_WAIT_S, alive=lambda: self._up(container_id)):
                     raise RuntimeOperationError(f"{name}: its llama-gate did not wait on its FIFO")
             except Exception:
-                self._armed.discard(container_id)
+                self._armed.pop(container_id, None)
                 raise
         return True
 
@@ -477,7 +496,7 @@ class DockerRuntime:
         if self.standby and container_id in self._gated:
             with self._arming.lock(container_id):
                 self._arming.cancel(container_id)
-                self._armed.discard(container_id)
+                self._armed.pop(container_id, None)
                 self._stop(container_id, timeout_s)
             self._arming.schedule(container_id)
             return
@@ -587,7 +606,7 @@ class DockerRuntime:
     def kill(self, container_id: str) -> None:
         self._count("kill")
         self._arming.cancel(container_id)
-        self._armed.discard(container_id)
+        self._armed.pop(container_id, None)
         try:
             with engine_errors("kill", container_id[:12]):
                 self._api.kill(container_id)
@@ -614,7 +633,7 @@ class DockerRuntime:
                 self._api.remove_container(container_id, force=True)
             except docker.errors.NotFound:
                 pass
-        self._armed.discard(container_id)
+        self._armed.pop(container_id, None)
         self._plain.discard(container_id)
         name = self._gated.pop(container_id, None)
         if name is not None and self.gates is not None:
@@ -657,7 +676,7 @@ class DockerRuntime:
         if not self.standby:
             # ... but one only prepared (its start never came) would wait at its gate for no daemon's lease
             for cid in list(self._armed):
-                self._armed.discard(cid)
+                del self._armed[cid]
                 try:
                     self._engine_stop(cid, 5.0)
                 except RetryableError as e:

@@ -9,8 +9,10 @@ A container released from the gate took 1.34 s: the engine's part is done before
 How.
 - Each container is created with `llama-gate FIFO llama-server ARGV`; the FIFO is a file of the daemon's
   state directory (`standby/<container name>`), bind-mounted read-only. The gate blocks opening it.
-- After the daemon stops a model (`stop`), the runtime starts its container again once `ARM_DELAY_S` has
-  passed (a swap's new model is loading then: the engine's work would take its CPU): that is arming.
+- On-demand models' containers are created so (`held`); always-on ones are plain. After the daemon stops
+  such a model (`stop`), the runtime starts its container again once `ARM_DELAY_S` has passed (a swap's
+  new model is loading then: the engine's work would take its CPU): that is arming. At most
+  `--standby-max` are armed at once; past it the one armed longest ago is stopped again.
   The container is running to the engine and held at the gate; to the daemon it is `exited` (0).
 - `start` of an armed container is a release: open the FIFO for writing (it has a reader: the gate) and
   write `g`; the gate execs llama-server with the container's own argv. A container that is not armed is
@@ -18,8 +20,9 @@ How.
 - After a daemon restart a running container whose FIFO has a reader is an armed one.
 - Removing or killing the container ends the gate; SIGTERM ends it at once (it handles the signal).
 
-What it costs: per stopped model, a gate process (static, a few hundred KiB), the engine's shim and the
-port's proxy. Off by default (`--standby`); docs/DESIGN.md weighs it.
+What it costs: per armed model, a gate process (static, a few hundred KiB), the engine's shim and the
+port's proxy, and `docker ps` shows the container Up. On by default (`--no-standby` turns it off,
+`--standby-max` bounds it); docs/DESIGN.md weighs it.
 """
 
 from __future__ import annotations

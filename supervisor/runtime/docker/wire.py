@@ -10,7 +10,7 @@ from supervisor.runtime.adapter import RuntimeAdapter
 
 
 def wire(*, instance: str, lock_path: Path, post: Callable[[Event], None], why: str,
-         standby: bool = False) -> RuntimeAdapter:
+         standby: int = 0) -> RuntimeAdapter:
     import docker
 
     from supervisor.runtime.docker.events import DockerEventStream

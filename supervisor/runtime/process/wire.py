@@ -12,8 +12,8 @@ from supervisor.runtime.adapter import RuntimeAdapter
 
 
 def wire(*, instance: str, lock_path: Path, post: Callable[[Event], None], why: str,
-         standby: bool = False) -> RuntimeAdapter:
-    """`standby` is the Docker runtime's (a process launch has no engine start to do ahead)."""
+         standby: int = 0) -> RuntimeAdapter:
+    """`standby` is the Docker runtime's (a process launch has no engine start to do ahead): ignored."""
     from supervisor.artifacts.lock import read_lock
     from supervisor.runtime.process.runtime import ProcessRuntime
     from supervisor.runtime.process.verifier import BinaryVerifier
