@@ -92,6 +92,8 @@ def describe(model: ModelStatus) -> str:
     parts = [_describe_state(model)] if _describe_state(model) else []
     if model.lifecycle == "on-demand":
         on_demand = "on-demand"
+        if model.held:      # Docker standby: `docker ps` shows its container Up, at its gate
+            on_demand += ", container held ready (standby)"
         if model.idle_s is not None:
             on_demand += f", last request {format_uptime(model.idle_s)} ago"
         if model.ttl_left_s is not None:

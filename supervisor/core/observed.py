@@ -20,3 +20,4 @@ class ObservedContainer:
     started_at: str = ""       # Docker's State.StartedAt, as given
     image_id: str = ""
     host_port: int | None = None   # the published port as bound now (the engine's pick when the spec says 0)
+    held: bool = False         # Docker standby: started up to its gate, llama-server not exec'd (status "exited")

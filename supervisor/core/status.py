@@ -37,6 +37,7 @@ class ModelStatus:
     verified: str = ""                   # what this daemon checked before creating the container ('' if none)
     handover: str = ""                   # a start-first recreate under way: the new container starting, or the old draining
     load_s: float | None = None          # its last start that this daemon made: started -> seen healthy, seconds
+    held: bool = False                   # stopped, its container held ready at its gate (Docker standby)
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)

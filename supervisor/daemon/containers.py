@@ -67,9 +67,22 @@ class ContainerEvents:
             case ContainerAction.START:
                 if ev.container_id not in cache and ev.model:
                     return Heard(resync=True)     # someone else started one of ours: look at everything
+                if (known := cache.get(ev.container_id)) is not None and known.status == "exited":
+                    self._held(ev.container_id, cache)
             case _:
                 assert_never(ev.action)
         return Heard()
+
+    def _held(self, container_id: str, cache: dict[str, ObservedContainer]) -> None:
+        """A stopped container the engine started: held at its gate by standby (the runtime says `exited`,
+        `held`), for `status` to show at once; anything else is left to the next resync, as before."""
+        try:
+            c = self.runtime.inspect(container_id)
+        except RetryableError as e:
+            log.warning("inspect failed", container=container_id[:12], error=str(e))
+            return
+        if c is not None and c.held:
+            cache[container_id] = c
 
     def refresh_exit(self, container_id: str, slots: Mapping[str, Slot], cache: dict[str, ObservedContainer],
                      now: float, *, event: ContainerEvent | None) -> Heard:

@@ -66,6 +66,7 @@ def publish(
             verified=_verified(slot.container_id, verified),
             handover=(handovers or {}).get(name, ""),
             load_s=lc.recent_loads[-1] if lc.recent_loads else None,
+            held=lc.state is State.STOPPED and _held(name, slot, c, cache),
         ))
         routes.append(Route(
             name=name, state=lc.state, host=host, port=port if lc.live else None,
@@ -74,6 +75,15 @@ def publish(
             max_queue=serving.max_queue,
         ))
     return tuple(statuses), route_table(tuple(routes))
+
+
+def _held(name: str, slot: Slot, c: ObservedContainer | None, cache: Mapping[str, ObservedContainer]) -> bool:
+    """Its container is held ready at its gate: the slot's own, or (after a daemon restart, before its first
+    start) one of this model and config found in the engine's list, which that start would take."""
+    if c is not None:
+        return c.held
+    want = slot.desired.spec.config_hash()
+    return any(x.held and x.model == name and x.config_hash == want for x in cache.values())
 
 
 def _verified(container_id: str | None, verified: Mapping[str, str] | None) -> str:

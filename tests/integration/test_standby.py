@@ -11,6 +11,9 @@ the last stopped kept; an always-on model's container is a plain one.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -50,6 +53,19 @@ def _standby_daemon(manifests: Path, demo: Path, name: str, *, idle_ttl: int) ->
     return d
 
 
+CTL = Path(sys.executable).with_name("llama-supervisorctl")
+
+
+def _held(d: Daemon, model: str) -> tuple[bool, str]:
+    """`status --json`'s held flag, and the status line's description."""
+    sock = str(d.socket_path)
+    row = json.loads(subprocess.run([str(CTL), "--socket", sock, "status", "--json", model], capture_output=True,
+                                    text=True, timeout=60).stdout)[0]
+    line = subprocess.run([str(CTL), "--socket", sock, "status", model], capture_output=True, text=True,
+                          timeout=60).stdout
+    return bool(row["held"]), line
+
+
 def _armed_line(r: dict[str, object]) -> bool:
     return r.get("event") == "standby: armed"
 
@@ -78,6 +94,8 @@ def test_a_stopped_model_waits_at_its_gate_and_its_next_request_starts_it_withou
         armed = container(docker_client, name)
         time.sleep(1.0)     # a resync pass or two: the daemon still calls it stopped
         assert d.model_state(name) == "STOPPED"
+        held, line = _held(d, name)
+        assert held and "container held ready (standby)" in line, line
 
         released = time.monotonic()
         assert d.chat(name).status_code == 200
@@ -86,6 +104,7 @@ def test_a_stopped_model_waits_at_its_gate_and_its_next_request_starts_it_withou
         assert after.attrs["State"]["StartedAt"] == armed.attrs["State"]["StartedAt"], \
             "released at its gate: the engine did not start it again"
         assert d.model_state(name) == "RUNNING"
+        assert _held(d, name)[0] is False
 
         # a new daemon finds the armed container stopped, and releases it the same way
         d.wait_log(_armed_line, 30 + ARM_DELAY_S + 30, "armed again after the idle TTL", since=released)
@@ -95,6 +114,7 @@ def test_a_stopped_model_waits_at_its_gate_and_its_next_request_starts_it_withou
         second = Daemon(tmp_path).start()
         wait_for(lambda: second.model_state(name) == "STOPPED", 60, "the new daemon sees it stopped")
         assert container(docker_client, name).status == "running", "still held at its gate"
+        assert _held(second, name)[0], "found held, and said so"
         assert second.chat(name).status_code == 200
         after = container(docker_client, name)
         assert after.attrs["State"]["StartedAt"] == armed.attrs["State"]["StartedAt"]

@@ -50,3 +50,30 @@ def test_a_pause_marks_the_cache_and_restarts_the_model() -> None:
     assert cache["c-m"].status == "paused"
     [t] = heard.transitions
     assert t.reason.startswith("container paused (hung): restart") and t.to_state is State.BACKOFF
+
+
+def test_a_stopped_container_the_engine_started_is_asked_about_once_and_cached_if_held_at_its_gate() -> None:
+    """Standby's arming is an engine start of a stopped container: `status` shows it held at once."""
+    from dataclasses import replace
+
+    stopped = replace(observed("m", cid="c-m"), status="exited", exit_code=0)
+    runtime = FakeRuntime()
+    runtime.containers["c-m"] = replace(stopped, held=True)      # what DockerRuntime says of an armed one
+    cache = {"c-m": stopped}
+    heard = ContainerEvents(runtime, NullMetrics(), FakeProber()).on_event(
+        ContainerEvent(ContainerAction.START, "c-m", "m"), {}, cache, 5.0)
+    assert heard == Heard() and cache["c-m"].held and runtime.calls == [("inspect", "c-m")]
+
+    # started by someone else (running to the daemon too): left for the resync, as before
+    runtime.containers["c-m"] = replace(stopped, status="running")
+    cache = {"c-m": stopped}
+    ContainerEvents(runtime, NullMetrics(), FakeProber()).on_event(
+        ContainerEvent(ContainerAction.START, "c-m", "m"), {}, cache, 6.0)
+    assert cache["c-m"] is stopped
+
+    # a running container's start event (the daemon's own start): no engine call
+    runtime.calls.clear()
+    cache = {"c-m": replace(stopped, status="running")}
+    ContainerEvents(runtime, NullMetrics(), FakeProber()).on_event(
+        ContainerEvent(ContainerAction.START, "c-m", "m"), {}, cache, 7.0)
+    assert runtime.calls == []

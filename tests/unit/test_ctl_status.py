@@ -252,6 +252,8 @@ def test_on_demand_models_show_last_use_ttl_and_memory_and_idle_is_not_a_failure
     assert describe(swapped) == "stopped, on-demand, 3 swaps, the last waited 10.4s"
     loaded = model("chat", "STOPPED", reason="stopped", lifecycle="on-demand", load_s=1.96, memory_counted=1 << 30)
     assert describe(loaded) == "stopped, on-demand, last load 2.0s, memory 1024 MiB counted"
+    held = model("chat", "STOPPED", reason="idle", lifecycle="on-demand", held=True)
+    assert describe(held) == "idle, on-demand, container held ready (standby)"
 
 
 def test_a_draining_model_says_so_with_its_requests_in_flight_and_waiting(sock_dir: Path) -> None:

@@ -54,6 +54,22 @@ def test_publish_reports_each_model_and_routes_every_name_and_alias() -> None:
     assert routes["off"].port is None and routes["off"].url is None   # not live: nowhere to send
 
 
+def test_a_stopped_model_whose_container_is_held_at_its_gate_says_so_and_only_while_stopped() -> None:
+    od = desired("od", serving=Serving(lifecycle=LoadPolicy.ON_DEMAND, idle_ttl_s=60.0))
+    held = replace(observed(od, cid="c"), status="exited", exit_code=0, held=True)
+    snap, routes = publish({"od": slot(od, cid="c")}, {"c": held}, lambda _: IDLE, {}, 10.0)
+    assert (snap[0].state, snap[0].held) == ("STOPPED", True)
+    assert routes["od"].port is None                     # held is not serving: nowhere to send
+    plain = replace(held, held=False)
+    assert publish({"od": slot(od, cid="c")}, {"c": plain}, lambda _: IDLE, {}, 10.0)[0][0].held is False
+    running = publish({"od": slot(od, running_since=0.0, cid="c")}, {"c": held}, lambda _: IDLE, {}, 10.0)[0][0]
+    assert (running.state, running.held) == ("RUNNING", False)
+    # a new daemon's slot has no container until its first start: one of this model and config is found
+    assert publish({"od": slot(od)}, {"c": held}, lambda _: IDLE, {}, 10.0)[0][0].held is True
+    other = replace(held, config_hash="another config")
+    assert publish({"od": slot(od)}, {"c": other}, lambda _: IDLE, {}, 10.0)[0][0].held is False
+
+
 def test_publish_ttl_counts_from_running_since_when_never_used() -> None:
     od = desired("od", serving=Serving(lifecycle=LoadPolicy.ON_DEMAND, idle_ttl_s=60.0))
     snap, _ = publish({"od": slot(od, running_since=100.0, cid="c")}, {}, lambda _: IDLE, {}, 130.0)

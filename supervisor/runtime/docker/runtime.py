@@ -279,7 +279,7 @@ class DockerRuntime:
             if c.status == "running" and self.gates.waiting(c.name):    # first sight (after a restart): armed?
                 self._armed[c.id] = None
         if c.id in self._armed and c.status in ("running", "restarting"):
-            return dataclasses.replace(c, status="exited", exit_code=0)
+            return dataclasses.replace(c, status="exited", exit_code=0, held=True)
         return c
 
     def inspect(self, container_id: str) -> ObservedContainer | None:
