@@ -459,8 +459,9 @@ class DockerRuntime:
         """More armed containers than `standby_max`: the ones armed longest ago go back to plain stopped ones
         (each costs a process, the engine's shim and the port's proxy; the last stopped are the likeliest
         next)."""
-        older = [cid for cid in self._armed if cid != keep]
-        for cid in older[:max(0, len(older) + 1 - self.standby_max)]:
+        armed = list(self._armed)        # a copy: the loop's thread releases, stops and removes meanwhile
+        excess = len(armed) - self.standby_max
+        for cid in [c for c in armed if c != keep][:max(0, excess)]:
             if self._disarm(cid):
                 log.info("standby: disarmed, over --standby-max", container=self._gated.get(cid),
                          standby_max=self.standby_max)
