@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -37,6 +38,26 @@ def status(d: Daemon, name: str) -> ModelStatus | None:
     with ControlClient(d.sockdir / "ctl.sock", timeout=5) as c:
         found = [m for m in c.status().models if m.name == name]
     return found[0] if found else None
+
+
+def status_in(d: Daemon, name: str, state: str, timeout: float = 5.0) -> ModelStatus:
+    """The model's status once the socket reports `state`. The loop logs a transition during its pass
+    and publishes the snapshot `status` reads at the pass's end, so a status asked for the moment the log
+    line arrives can be one pass old. Waiting a few seconds for the published one is the operator's view;
+    a snapshot that never reaches `state` fails here with the last one seen."""
+    last: list[ModelStatus | None] = [None]
+
+    def reached() -> bool:
+        last[0] = status(d, name)
+        return last[0] is not None and last[0].state == state
+
+    deadline = time.monotonic() + timeout
+    while not reached():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name}: status never said {state} in {timeout} s; last: {last[0]}")
+        time.sleep(0.05)
+    assert last[0] is not None
+    return last[0]
 
 
 def new_port() -> int:

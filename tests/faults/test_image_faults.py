@@ -23,7 +23,7 @@ from supervisor.artifacts import images
 from supervisor import paths
 from supervisor.artifacts.lock import ImageLock, ImageRecord, write_lock
 
-from .helpers import status, uid, write_manifest
+from .helpers import status_in, uid, write_manifest
 
 pytestmark = pytest.mark.docker
 
@@ -71,8 +71,8 @@ COPY --from=flip /x /usr/local/bin/llama-server
         _, rec = d.wait_log(lambda r: r.get("event") == "transition" and r.get("model") == name
                             and r.get("to") == "FATAL", 30, f"{name} FATAL")
         assert "verification failed" in rec["reason"] and expect in rec["reason"], rec
-        st = status(d, name)
-        assert st is not None and st.state == "FATAL" and expect in st.reason, st
+        st = status_in(d, name, "FATAL")
+        assert expect in st.reason, st
         time.sleep(1)
         assert docker_client.api.containers(all=True, filters={"label": f"io.llama-supervisor.model={name}"}) == []
         assert not d.find(lambda r: r.get("event") == "created")

@@ -20,6 +20,8 @@ import os
 import select
 from pathlib import Path
 
+from supervisor.errors import RuntimeOperationError
+
 
 def open_process(pid: int, container_id: str) -> int | None:
     """A pidfd for the container's main process, or None where it cannot be watched from here."""
@@ -43,4 +45,9 @@ def gone(pidfd: int, timeout_s: float) -> bool:
     """Whether the process exits within `timeout_s` (a pidfd turns readable when it does)."""
     p = select.poll()
     p.register(pidfd, select.POLLIN)
-    return bool(p.poll(max(0, round(timeout_s * 1000))))
+    events = 0
+    for _, ev in p.poll(max(0, round(timeout_s * 1000))):
+        events |= ev
+    if events & select.POLLNVAL:
+        raise RuntimeOperationError(f"pidfd {pidfd} is not open: a stop cannot watch a closed descriptor")
+    return bool(events & (select.POLLIN | select.POLLHUP))   # exited; HUP: reaped too (newer kernels)
