@@ -589,7 +589,7 @@ ACCOUNT: list[str] = [
     "average (0.31 s of the gateway's cold start was this wait, issue 17). Now it is probed at 5 % "
     "of the time its start has taken so far (20 ms at first, never more than 0.5 s; "
     "`lifecycle.starting_probe_interval`), and every 20 ms around the time its last loads took (0.8x the "
-    "fastest of the last 5 to 1.25x the slowest): the row `/health 200 -> daemon logs RUNNING` is that wait, the probe, "
+    "fastest of the last 5 to 1.25x the slowest; every 0.1 s before that window): the row `/health 200 -> daemon logs RUNNING` is that wait, the probe, "
     "the KV restore and one loop round trip.",
     "- **Checks before every start.** A create checks the model file (SHA-256, kept per file identity), the "
     "image's tag (one engine call) and its binary (kept per image ID); since issue 17 a start in place (a swap "
