@@ -45,19 +45,14 @@ def status_in(d: Daemon, name: str, state: str, timeout: float = 5.0) -> ModelSt
     and publishes the snapshot `status` reads at the pass's end, so a status asked for the moment the log
     line arrives can be one pass old. Waiting a few seconds for the published one is the operator's view;
     a snapshot that never reaches `state` fails here with the last one seen."""
-    last: list[ModelStatus | None] = [None]
-
-    def reached() -> bool:
-        last[0] = status(d, name)
-        return last[0] is not None and last[0].state == state
-
     deadline = time.monotonic() + timeout
-    while not reached():
+    while True:
+        st = status(d, name)
+        if st is not None and st.state == state:
+            return st
         if time.monotonic() > deadline:
-            raise AssertionError(f"{name}: status never said {state} in {timeout} s; last: {last[0]}")
+            raise AssertionError(f"{name}: status never said {state} in {timeout} s; last: {st}")
         time.sleep(0.05)
-    assert last[0] is not None
-    return last[0]
 
 
 def new_port() -> int:
