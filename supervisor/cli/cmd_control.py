@@ -21,7 +21,7 @@ from supervisor.cli import output
 from supervisor.cli.where import SOCKET_KEY, resolve_socket
 from supervisor.control.api import CommandResult
 from supervisor.control.client import ControlClient
-from supervisor.core.status import ModelStatus
+from supervisor.core.status import HELD_TEXT, ModelStatus
 from supervisor.errors import SupervisorError
 
 EXIT_OK = 0
@@ -93,7 +93,7 @@ def describe(model: ModelStatus) -> str:
     if model.lifecycle == "on-demand":
         on_demand = "on-demand"
         if model.held:      # Docker standby: `docker ps` shows its container Up, at its gate
-            on_demand += ", container held ready (standby)"
+            on_demand += f", {HELD_TEXT}"
         if model.idle_s is not None:
             on_demand += f", last request {format_uptime(model.idle_s)} ago"
         if model.ttl_left_s is not None:

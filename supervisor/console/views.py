@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor.core.activity import Request
-from supervisor.core.status import ModelStatus
+from supervisor.core.status import HELD_TEXT, ModelStatus
 
 START_FROM = frozenset({"STOPPED", "EXITED", "BACKOFF", "FATAL"})
 STOP_FROM = frozenset({"STARTING", "RUNNING", "DRAINING", "BACKOFF"})
@@ -56,7 +56,7 @@ def model_view(m: ModelStatus, budget: int | None, variants: Mapping[str, str], 
     used = f", using {size(m.memory_used)}" if m.memory_used is not None else ""
     counted = size(m.memory_counted) + (f" ({m.memory_basis})" if m.memory_basis else "") + used
     fields = [
-        ("Lifecycle", m.lifecycle + (" · container held ready (standby)" if m.held else "")),
+        ("Lifecycle", m.lifecycle + (f" · {HELD_TEXT}" if m.held else "")),
         ("Aliases", ", ".join(m.aliases) or "—"),
         ("Runtime", f"{runtime} · {image}"),
         ("Port", str(m.port) if m.port else "—"),

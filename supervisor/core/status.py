@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+# How the ctl status line and the console name a stopped model whose container is held at its gate.
+HELD_TEXT = "container held ready (standby)"
+
 
 @dataclass(frozen=True)
 class ModelStatus:
