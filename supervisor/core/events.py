@@ -29,6 +29,7 @@ class ContainerAction(Enum):
     PAUSE = "pause"
     UNPAUSE = "unpause"
     DESTROY = "destroy"
+    READY = "ready"        # the server said it has loaded (the process runtime's servers: readiness.py)
 
 
 @dataclass(frozen=True)

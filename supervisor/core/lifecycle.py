@@ -96,6 +96,10 @@ BEFORE_WINDOW_S = 0.1             # the probe interval of a model with a history
 EXPECTED_FROM = 0.8               # the dense window opens at this fraction of the fastest recent load
 EXPECTED_UNTIL = 1.25             # ... and closes at this multiple of the slowest
 LOAD_HISTORY = 5                  # the recent loads remembered per model
+# A start whose server says when it has loaded (`announces`: the process runtime's, runtime/process/
+# readiness.py) is probed once at that moment; until then only every ANNOUNCED_FALLBACK_S (never slower
+# than its health interval), in case the word never comes.
+ANNOUNCED_FALLBACK_S = STARTING_PROBE_MAX_S
 DAEMON_SIDE_RETRY_S = 5.0         # a start the daemon could not make is tried again after at most this
 DAEMON_SIDE_FIRST_RETRY_S = 0.5   # ... first after this, doubling (a request may be waiting for the model)
 
@@ -167,6 +171,8 @@ class Lifecycle:
         self._counted_restart = False          # the last start_attempt added to `restarts`
         self._loading = False                  # started by start_attempt, no /health 200 since
         self.recent_loads: tuple[float, ...] = ()   # the last LOAD_HISTORY starts' started -> healthy, seconds
+        self.announces = False                 # this start's server will say when it has loaded
+        self.announced = False                 # ... and it has said so
 
     # --- queries ------------------------------------------------------------------------
 
@@ -227,6 +233,10 @@ class Lifecycle:
         """A probe is in flight; if its result never comes, the next one is due after this."""
         self.next_probe_at = now + self.health.timeout_s + self.health.interval_s
 
+    def probe_busy(self, now: float) -> None:
+        """A probe was due but one (maybe of its previous container) is still in flight: try again shortly."""
+        self.next_probe_at = now + STARTING_PROBE_MIN_S
+
     def uptime(self, now: float) -> float | None:
         return now - self.running_since if self.running_since is not None and self.state is State.RUNNING else None
 
@@ -245,6 +255,7 @@ class Lifecycle:
         self.probe_inconclusive = False
         self.running_since = None
         self.backoff_until = None
+        self.announces = False            # until container_started says otherwise
         match self.state:
             case State.STARTING:
                 self.since = now          # a recreate while starting: the start budget begins again
@@ -262,15 +273,33 @@ class Lifecycle:
             case _:
                 assert_never(self.state)
 
-    def container_started(self, now: float) -> None:
-        """The container is up (created and started, or started in place); probing begins."""
+    def container_started(self, now: float, *, announces: bool = False) -> None:
+        """The container is up (created and started, or started in place); probing begins. `announces`: its
+        server will say when it has loaded (`ready_announced`), so it is polled only as a fallback."""
+        self.announces = announces
         self._probe_from(now)
         self._deferrals = 0
 
     def _probe_from(self, now: float) -> None:
         """Probing of a start begins now: the first probe soon, the next ones backing off from here."""
         self.started_at = now
-        self.next_probe_at = now + starting_probe_interval(0.0, self.health.interval_s, self.recent_loads)
+        self.announced = False
+        self.next_probe_at = now + self._starting_wait(0.0)
+
+    def _starting_wait(self, elapsed_s: float) -> float:
+        """The wait before the next probe of this start, `elapsed_s` into it."""
+        if self.announced:
+            return STARTING_PROBE_MIN_S
+        if self.announces:
+            return min(ANNOUNCED_FALLBACK_S, max(STARTING_PROBE_MIN_S, self.health.interval_s))
+        return starting_probe_interval(elapsed_s, self.health.interval_s, self.recent_loads)
+
+    def ready_announced(self, now: float) -> None:
+        """The starting server said it has loaded: probe it now (then every STARTING_PROBE_MIN_S until a 200)."""
+        if self.state is not State.STARTING or not self.announces or self.announced:
+            return
+        self.announced = True
+        self.next_probe_at = now
 
     def start_failed(self, now: float, reason: str, *, permanent: bool) -> Transition | None:
         """The executor could not start it: verification (permanent) or a runtime error."""
@@ -311,6 +340,7 @@ class Lifecycle:
             return None
         self._started_once = True
         self.probe_inconclusive = False
+        self.announces = self.announced = False    # nobody reads what an adopted server says: probed
         # STOPPED -> STARTING: adopted; the first good probe makes it RUNNING
         t = self._to(now, State.STARTING, "adopted running container")
         self.started_at = now
@@ -330,8 +360,7 @@ class Lifecycle:
     def probe(self, now: float, outcome: ProbeOutcome, detail: str = "") -> Transition | None:
         match self.state:
             case State.STARTING:
-                self.next_probe_at = now + starting_probe_interval(now - self.started_at, self.health.interval_s,
-                                                                   self.recent_loads)
+                self.next_probe_at = now + self._starting_wait(now - self.started_at)
                 self.probe_inconclusive = outcome is ProbeOutcome.INCONCLUSIVE
                 match outcome:
                     case ProbeOutcome.INCONCLUSIVE:

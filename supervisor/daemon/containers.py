@@ -64,6 +64,10 @@ class ContainerEvents:
             case ContainerAction.UNPAUSE:
                 if ev.container_id in cache and cache[ev.container_id].status == "paused":
                     cache[ev.container_id] = replace(cache[ev.container_id], status="running")
+            case ContainerAction.READY:
+                if slot is not None and slot.lc.state is State.STARTING and slot.lc.announces:
+                    log.info("server says it has loaded", model=ev.model, after_s=round(now - slot.lc.started_at, 3))
+                    slot.lc.ready_announced(now)    # probed in this pass (send_probes), not at its next poll
             case ContainerAction.START:
                 if ev.container_id not in cache and ev.model:
                     return Heard(resync=True)     # someone else started one of ours: look at everything
@@ -141,6 +145,8 @@ class ContainerEvents:
             if self.prober.submit(name, slot.container_id, host_ip=host, port=port,
                                   timeout_s=slot.desired.health.timeout_s):
                 lc.probe_sent(now)
+            else:
+                lc.probe_busy(now)            # one is in flight (maybe the old container's): not a busy loop
 
 
 def _slot_of(slots: Mapping[str, Slot], container_id: str, model: str) -> Slot | None:

@@ -557,7 +557,7 @@ class Supervisor:
         self.cache[after.id] = after
         slot.container_id = after.id
         slot.made_with = action.desired if not isinstance(action, Start) else slot.desired
-        slot.lc.container_started(self.clock())
+        slot.lc.container_started(self.clock(), announces=self.runtime.announces_ready)
         if after.status not in UP:
             self._log_transition(slot.lc.container_exited(
                 self.clock(), exit_code=after.exit_code, oom_killed=after.oom_killed,

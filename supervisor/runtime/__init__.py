@@ -132,6 +132,11 @@ class Runtime(Protocol):
     def successors(self) -> bool:
         """Whether a second container of a model can run beside the first (start-first recreates)."""
 
+    @property
+    def announces_ready(self) -> bool:
+        """Whether its servers say when they have loaded (ContainerEvent READY), so that a starting model is
+        probed then rather than polled for (the process runtime's: runtime/process/readiness.py)."""
+
     def create(self, spec: ContainerSpec, *, beside: str = "", held: bool = False) -> str:
         """Create (not start) the model's container; returns its ID. `beside`: the name of the model's
         container that keeps running meanwhile (the new one takes the other name of the pair:

@@ -92,6 +92,7 @@ class FaultyRuntime:
         return self.real.logs(container_id, lines=lines, follow=follow)
 
     kind = "docker"
+    announces_ready = False
 
     @property
     def call_count(self) -> int:

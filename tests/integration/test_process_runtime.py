@@ -512,3 +512,74 @@ def test_a_kv_dir_the_servers_uid_cannot_reach_costs_only_the_cache(tmp_path: Pa
     finally:
         d.terminate()
         kill_all(manifests)
+
+
+def _probes(d: Daemon, model: str) -> int:
+    """/health probes the daemon has made of `model`, whatever their result (its metrics)."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{d.metrics_port}/metrics", timeout=5, trust_env=False).text
+    return sum(int(float(ln.split()[-1])) for ln in text.splitlines()
+               if ln.startswith("llama_supervisor_health_probe_duration_seconds_count{") and f'model="{model}"' in ln)
+
+
+def test_a_server_says_when_it_has_loaded_and_stops_gracefully_after(tmp_path: Path, lock_file: Path,
+                                                                     demo_model: Path) -> None:
+    """The servers run in llama.cpp's router child mode (supervisor/runtime/process/readiness.py). Their
+    "ready" line has them probed at once: a start costs a probe per 0.5 s of load and one more (the 5 % rule
+    polled about 57 times for a 1.5 s load). A loaded child waits for the exit command on its stdin as well
+    as SIGTERM: a stop writes it, so the server exits 0 at once, not SIGKILLed at the 10 s stop timeout;
+    and a daemon that adopted the server (kill -9 of the one that launched it) writes it too."""
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    name, port = one_model(manifests, demo_model, "rd")
+    ctl = lambda d, *a: subprocess.run([str(CTL), "--socket", str(d.sockdir / "ctl.sock"), *a],  # noqa: E731
+                                       capture_output=True, text=True, timeout=60)
+    is_model = lambda r: r.get("model") == name  # noqa: E731
+    d = start_daemon(manifests, lock_file)
+    d2: Daemon | None = None
+    try:
+        t_start, _ = d.wait_log(lambda r: r.get("event") == "transition" and is_model(r) and r.get("to") == "STARTING",
+                                30, "starting")
+        t_run, _ = d.wait_log(lambda r: r.get("event") == "transition" and is_model(r) and r.get("to") == "RUNNING",
+                              LOAD_TIMEOUT, "running")
+        probes = _probes(d, name)
+        said = d.index(lambda r: r.get("event") == "server says it has loaded" and is_model(r))
+        became = d.index(lambda r: r.get("event") == "transition" and is_model(r) and r.get("to") == "RUNNING")
+        assert said is not None and became is not None and said < became, "its word, then the probe's 200"
+        pid = pid_of(manifests, name)
+        assert pid is not None
+        assert b"LLAMA_SERVER_ROUTER_PORT=0" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+
+        d.kill9()                                          # the launching daemon is gone: a new one adopts it
+        d2 = start_daemon(manifests, lock_file)
+        d2.wait_log(lambda r: r.get("event") == "adopted" and is_model(r), 30, "adopted")
+        running(d2, name, timeout=30)
+        since = time.monotonic()
+        assert (out := ctl(d2, "stop", name)).returncode == 0, out
+        t_adopted_stopped, _ = d2.wait_log(lambda r: r.get("event") == "transition" and is_model(r)
+                                           and r.get("to") == "STOPPED", 30, "adopted stopped", since=since)
+        adopted_stop_s = t_adopted_stopped - since
+        assert pid_of(manifests, name) is None
+
+        assert (out := ctl(d2, "start", name)).returncode == 0, out      # launched by this daemon
+        running(d2, name, since=since)
+        since = time.monotonic()
+        assert (out := ctl(d2, "stop", name)).returncode == 0, out
+        t_stopped, _ = d2.wait_log(lambda r: r.get("event") == "transition" and is_model(r)
+                                   and r.get("to") == "STOPPED", 30, "stopped", since=since)
+        (rec,) = [x for x in records(manifests) if x.model == name]
+    except AssertionError:
+        _dump(d2 or d)
+        raise
+    finally:
+        for daemon in (d, d2):
+            if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
+                daemon.terminate()
+        kill_all(manifests)
+    load_s = t_run - t_start
+    assert probes <= load_s / 0.5 + 3, (probes, load_s)
+    assert adopted_stop_s < 5.0, adopted_stop_s                      # told through its stdin FIFO
+    assert rec.status == "exited" and rec.exit_code == 0, rec        # its own clean exit, not SIGKILL (137)
+    assert t_stopped - since < 5.0, t_stopped - since
+    assert d2.find(lambda r: r.get("event") == "graceful stop timed out; killing") is None

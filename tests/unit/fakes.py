@@ -54,12 +54,17 @@ class FakeRuntime:
         self.maintained = 0
         self.closed = False
         self.one_per_model = False            # True: as the process runtime, no second container of a model
+        self.announcing = False               # True: as the process runtime, its servers say when they loaded
         self.held: set[str] = set()           # models whose containers were created `held` (on-demand)
         self.prepared: list[tuple[str, int]] = []   # (container, how many calls came before) per `prepare`
 
     @property
     def successors(self) -> bool:
         return not self.one_per_model
+
+    @property
+    def announces_ready(self) -> bool:
+        return self.announcing
 
     def _call(self, op: str, arg: str) -> None:
         self.calls.append((op, arg))

@@ -77,3 +77,40 @@ def test_a_stopped_container_the_engine_started_is_asked_about_once_and_cached_i
     ContainerEvents(runtime, NullMetrics(), FakeProber()).on_event(
         ContainerEvent(ContainerAction.START, "c-m", "m"), {}, cache, 7.0)
     assert runtime.calls == []
+
+
+def test_a_server_that_says_it_loaded_is_probed_in_that_pass_and_made_running_by_the_probe() -> None:
+    """The process runtime's servers say when they have loaded (ContainerEvent READY): the loop probes at
+    once instead of at the next fallback poll (ANNOUNCED_FALLBACK_S), and only the probe's 200 makes it RUNNING."""
+    from supervisor.core.events import ProbeResult
+    from supervisor.core.lifecycle import ANNOUNCED_FALLBACK_S
+
+    from .test_loop import Harness
+
+    runtime = FakeRuntime()
+    runtime.announcing = True
+    h = Harness([desired("a")], runtime=runtime)
+    h.step()
+    cid = h.cid("a")
+    assert h.state("a") is State.STARTING and h.sup.slots["a"].lc.announces
+    h.clock.advance(ANNOUNCED_FALLBACK_S * 0.9)
+    h.step()
+    assert h.prober.sent == [], "nothing polled before the fallback's interval"
+    h.step(ContainerEvent(ContainerAction.READY, "someone-else", "a"))
+    assert h.prober.sent == [], "the word of another container of the model is not this one's"
+    h.step(ContainerEvent(ContainerAction.READY, cid, "a"))
+    assert h.prober.sent == [("a", cid)], "probed in the pass that heard it"
+    assert h.state("a") is State.STARTING, "the word alone does not make it RUNNING"
+    h.step(ProbeResult("a", cid, ProbeOutcome.OK, 0.002))
+    assert h.state("a") is State.RUNNING
+
+
+def test_a_container_runtime_is_polled_as_before() -> None:
+    from .test_loop import Harness
+
+    h = Harness([desired("a")])
+    h.step()
+    assert not h.sup.slots["a"].lc.announces
+    h.clock.advance(0.05)
+    h.step()
+    assert h.prober.sent == [("a", h.cid("a"))], "the 5 % rule's first probe at 20 ms"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,30 +17,39 @@ import pytest
 from supervisor.artifacts.lock import BinaryRecord, ImageLock, LockReader, write_lock
 from supervisor.runtime.cgroup import Cgroups
 from supervisor.runtime.process.launcher import Spare, Spares, _handed, launch, read_until_exec
+from supervisor.runtime.process.readiness import make_fifo
 from supervisor.runtime.process.records import ProcessRecord, proof
 from supervisor.runtime.process.runtime import ProcessRuntime
 
 from .helpers import exited_process_record, until
 
 
-def _hand(tmp_path: Path, spares: Spares | None, *, argv: list[str] | None = None) -> tuple[Spare, str, Path]:
+def _hand(tmp_path: Path, spares: Spares | None, *, argv: list[str] | None = None,
+          stdin: bytes = b"") -> tuple[Spare, str, Path, bytes]:
+    """Hand a launch of /bin/sh to a launcher: its stderr goes to the log returned, its stdin is a new FIFO
+    (`stdin` written to it first), its stdout a pipe, read to its end once the shell has exited."""
     out = tmp_path / "log"
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
     bin_fd = os.open("/bin/sh", os.O_RDONLY | os.O_CLOEXEC)
     log_fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    stdin_fd = make_fifo(tmp_path / "stdin.fifo")
+    os.write(stdin_fd, stdin)
+    state_r, state_w = os.pipe()
     r, w = os.pipe()
-    payload = {"argv": argv or ["sh", "-c", 'echo "$GREETING $(pwd) $(ulimit -c) $$"'], "env": {"GREETING": "hi"},
-               "workdir": str(work), "uid": None, "gid": None, "rlimits": [("RLIMIT_CORE", 0, 0)],
-               "cgroup_procs": None}
+    payload = {"argv": argv or ["sh", "-c", 'echo "$GREETING $(pwd) $(ulimit -c) $$" >&2; read cmd; echo "got $cmd"'],
+               "env": {"GREETING": "hi"}, "workdir": str(work), "uid": None, "gid": None,
+               "rlimits": [("RLIMIT_CORE", 0, 0)], "cgroup_procs": None}
     try:
-        spare = _handed(payload, [bin_fd, log_fd, w], spares)
+        spare = _handed(payload, [bin_fd, log_fd, w, stdin_fd, state_w], spares)
     finally:
-        for fd in (bin_fd, log_fd, w):
+        for fd in (bin_fd, log_fd, w, stdin_fd, state_w):
             os.close(fd)
     spare.sock.close()
     error = read_until_exec(r, 10)          # closes r
-    return spare, error, out
+    with os.fdopen(state_r, "rb") as f:
+        stdout = f.read() if not error else b""
+    return spare, error, out, stdout
 
 
 @pytest.fixture()
@@ -65,11 +75,12 @@ def _exit_code(spare: Spare) -> int:
 
 def test_a_spare_execs_the_launch_it_is_handed(tmp_path: Path, spares: Spares) -> None:
     waiting = _waiting(spares)
-    spare, error, out = _hand(tmp_path, spares)
+    spare, error, out, stdout = _hand(tmp_path, spares, stdin=b"cmd_router_to_child:exit\n")
     assert error == "", error
     assert spare is waiting, "the launch went to the spare started ahead"
     assert _exit_code(spare) == 0
-    assert out.read_text().split() == ["hi", str(tmp_path / "work"), "0", str(spare.child.pid)]
+    assert out.read_text().split() == ["hi", str(tmp_path / "work"), "0", str(spare.child.pid)], "stderr: the log"
+    assert stdout == b"got cmd_router_to_child:exit\n", "stdin: the FIFO; stdout: the state pipe"
     spares.refill()                                  # as launch() does, after delay_s (0 here)
     assert until(lambda: spares._spare is not None and spares._spare is not spare, 10), "the next spare"
 
@@ -78,14 +89,14 @@ def test_a_dead_spare_is_replaced_at_the_launch(tmp_path: Path, spares: Spares) 
     dead = _waiting(spares)
     os.kill(dead.child.pid, signal.SIGKILL)
     dead.child.wait(10)
-    spare, error, out = _hand(tmp_path, spares)
+    spare, error, out, _ = _hand(tmp_path, spares, stdin=b"x\n")
     assert error == "" and spare is not dead
     assert _exit_code(spare) == 0
     assert out.read_text().split()[0] == "hi"
 
 
 def test_an_exec_failure_comes_back_through_the_status_pipe(tmp_path: Path) -> None:
-    spare, error, _ = _hand(tmp_path, None, argv=[""])        # an empty argv[0]: ValueError
+    spare, error, _, _ = _hand(tmp_path, None, argv=[""])        # an empty argv[0]: ValueError
     assert "ValueError" in error
     assert _exit_code(spare) == 127
 
@@ -119,16 +130,20 @@ def test_launch_takes_the_spare_and_starts_the_next_one(tmp_path: Path, spares: 
                         workdir=str(tmp_path / "work"), log=str(tmp_path / "m.log"), created_at="")
     waiting = _waiting(spares)
     launched = launch(rec, lock=LockReader(lock), cgroups=Cgroups("i", root=tmp_path / "no-cgroup"),
-                      log_max_bytes=1 << 20, spares=spares)
+                      log_max_bytes=1 << 20, stdin_path=tmp_path / "stdin.fifo", spares=spares)
     try:
         assert launched.child is waiting.child, "the launch went to the spare started ahead"
         rec.pid, rec.start_time = launched.child.pid, launched.start_time
         assert proof(rec) is None, "the spare's pid is the launched process: same start time, the recorded argv"
+        environ = Path(f"/proc/{launched.child.pid}/environ").read_bytes().split(b"\0")
+        assert b"LLAMA_SERVER_ROUTER_PORT=0" in environ, "launched as the router's child: it says when it loaded"
+        assert stat.S_ISFIFO(os.stat(tmp_path / "stdin.fifo").st_mode)
         assert until(lambda: spares._spare is not None and spares._spare is not waiting, 10), "the next spare"
     finally:
         launched.child.kill()
         launched.child.wait()
         os.close(launched.pidfd)
+        os.close(launched.state_fd)
 
 
 def _just_launched(rt: ProcessRuntime) -> Spare:

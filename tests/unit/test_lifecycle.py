@@ -370,3 +370,82 @@ def test_an_adopted_container_counts_as_loaded() -> None:
     lc, clock = make(), FakeClock()
     lc.adopt(clock())
     assert lc.state is State.STARTING and lc.loaded
+
+
+def _announced_start(load_s: float, *, lc: Lifecycle | None = None, clock: FakeClock | None = None,
+                     interval_s: float = 2.0, word: bool = True) -> tuple[float, int]:
+    """A start whose server says when it has loaded (`word`: it does, at load_s): (seen healthy after, probes)."""
+    lc = lc or Lifecycle("m", health=HealthPolicy(interval_s=interval_s, timeout_s=2, failures=3, start_timeout_s=600),
+                         restart=RestartSettings(), rng=random.Random(7))
+    clock = clock or FakeClock(100.0)
+    lc.start_attempt(clock())
+    lc.container_started(clock(), announces=True)
+    started, probes, said = clock(), 0, False
+    while lc.state is State.STARTING:
+        assert lc.next_probe_at is not None
+        if word and not said and lc.next_probe_at > started + load_s:
+            clock.now, said = started + load_s, True
+            lc.ready_announced(clock())
+            assert lc.next_probe_at == clock(), "probed at once"
+            continue
+        clock.now = lc.next_probe_at
+        lc.probe_sent(clock())
+        probes += 1
+        lc.probe(clock(), ProbeOutcome.OK if clock() - started >= load_s - 1e-9 else ProbeOutcome.LOADING)
+    return clock() - started, probes
+
+
+@pytest.mark.parametrize("load_s", [0.0, 0.3, 1.5, 7.3])
+def test_a_server_that_says_it_loaded_is_probed_then_and_polled_only_as_a_fallback(load_s: float) -> None:
+    """The process runtime's servers say when they have loaded (runtime/process/readiness.py): seen at once,
+    at about one probe per ANNOUNCED_FALLBACK_S before it (the 5 % rule: ~57 for a 1.5 s load)."""
+    from supervisor.core.lifecycle import ANNOUNCED_FALLBACK_S
+
+    seen, probes = _announced_start(load_s)
+    assert seen == pytest.approx(load_s)
+    assert probes <= load_s / ANNOUNCED_FALLBACK_S + 1
+    silent, _ = _announced_start(load_s, word=False)        # the word never comes: the fallback finds it
+    assert 0.0 <= silent - load_s <= ANNOUNCED_FALLBACK_S + 1e-9
+
+
+def test_the_fallback_poll_is_never_slower_than_the_health_interval() -> None:
+    _, probes = _announced_start(1.0, interval_s=0.1, word=False)
+    assert probes >= 10
+
+
+def test_after_the_word_a_probe_that_raced_it_is_followed_within_the_fast_interval() -> None:
+    """A probe in flight when the word came answers 503 (it was asked before): the next is 20 ms later."""
+    from supervisor.core.lifecycle import STARTING_PROBE_MIN_S
+
+    lc, clock = make(), FakeClock()
+    lc.start_attempt(clock())
+    lc.container_started(clock(), announces=True)
+    lc.probe_sent(clock.advance(0.5))
+    lc.ready_announced(clock.advance(0.001))
+    lc.probe(clock.advance(0.001), ProbeOutcome.LOADING)
+    assert lc.next_probe_at == pytest.approx(clock() + STARTING_PROBE_MIN_S)
+    lc.ready_announced(clock())                              # said twice: nothing changes
+    assert lc.next_probe_at == pytest.approx(clock() + STARTING_PROBE_MIN_S)
+
+
+def test_the_word_counts_only_for_the_start_that_announces_it() -> None:
+    from supervisor.core.lifecycle import ANNOUNCED_FALLBACK_S
+
+    lc, clock = make(), FakeClock()
+    lc.start_attempt(clock())
+    lc.container_started(clock())                            # a container's server: polled, not told
+    first = lc.next_probe_at
+    lc.ready_announced(clock.advance(0.001))
+    assert lc.next_probe_at == first and not lc.announced
+    lc.probe(clock.advance(0.01), ProbeOutcome.OK)
+    lc.ready_announced(clock())                              # RUNNING: nothing to do
+    assert lc.state is State.RUNNING and not lc.announced
+    lc.container_exited(clock.advance(100), exit_code=1, log_tail="boom")
+    lc.start_attempt(clock())
+    assert not lc.announces, "a new start announces only if its container_started says so"
+    lc.container_started(clock(), announces=True)
+    assert lc.next_probe_at == pytest.approx(clock() + ANNOUNCED_FALLBACK_S)
+    lc2, clock2 = make(), FakeClock()
+    lc2.adopt(clock2())
+    lc2.ready_announced(clock2.advance(0.1))                 # nobody reads an adopted server's word
+    assert not lc2.announced

@@ -9,11 +9,12 @@ from collections.abc import MutableMapping
 from typing import Any
 from dataclasses import replace
 
+import pytest
 from structlog.testing import capture_logs
 
 from supervisor.control.api import NullMetrics
 from supervisor.core.events import ContainerAction, ContainerEvent, ProbeResult
-from supervisor.core.lifecycle import ProbeOutcome, State
+from supervisor.core.lifecycle import STARTING_PROBE_MIN_S, ProbeOutcome, State
 from supervisor.core.spec import ContainerSpec, HealthPolicy
 from supervisor.errors import RuntimeOperationError
 
@@ -275,15 +276,22 @@ def test_probes_carry_the_models_timeout_and_are_retried_when_refused() -> None:
     assert seen and set(seen) == {7.5}
 
 
-def test_a_refused_probe_is_submitted_again_next_iteration() -> None:
+def test_a_refused_probe_is_submitted_again_shortly_not_in_a_busy_loop() -> None:
+    """A probe refused because one is in flight (maybe the previous container's, up to its health timeout)
+    is tried again STARTING_PROBE_MIN_S later: the loop does not spin on it meanwhile."""
     h = Harness([desired("a")])
     h.sup.prober = p = RefusingProber()
     h.step()
     h.clock.advance(1)
     h.step()
     n = len(p.sent)
+    assert n >= 1
+    assert h.sup.slots["a"].lc.next_deadline() == pytest.approx(h.clock() + STARTING_PROBE_MIN_S)
     h.step()
-    assert n >= 1 and len(p.sent) == n + 1
+    assert len(p.sent) == n, "not again at the same instant"
+    h.clock.advance(STARTING_PROBE_MIN_S)
+    h.step()
+    assert len(p.sent) == n + 1, "again once STARTING_PROBE_MIN_S has passed"
 
 
 def test_an_accepted_probe_is_not_sent_again_before_due() -> None:

@@ -20,7 +20,7 @@ from supervisor.runtime import DEFAULT_INSTANCE, LABEL_MODEL, owned_filter
 
 log = structlog.get_logger("supervisor.runtime.events")
 
-_ACTIONS = {a.value: a for a in ContainerAction}
+_ACTIONS = {a.value: a for a in ContainerAction if a is not ContainerAction.READY}   # READY: no engine event
 
 
 def parse(raw: dict[str, Any]) -> ContainerEvent | None:
@@ -86,7 +86,7 @@ class DockerEventStream:
                     decode=True,
                     since=since,
                     filters={"type": "container", "label": owned_filter(self.instance),
-                             "event": [a.value for a in ContainerAction]},
+                             "event": list(_ACTIONS)},
                 )
                 self.connected.set()
                 if not first:

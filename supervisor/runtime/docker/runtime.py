@@ -231,6 +231,11 @@ class DockerRuntime:
         return True
 
     @property
+    def announces_ready(self) -> bool:
+        """Not read: a container's llama-server runs as a plain server and is polled (lifecycle.py)."""
+        return False
+
+    @property
     def client(self) -> docker.DockerClient:
         return self._client
 

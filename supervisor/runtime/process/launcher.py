@@ -7,8 +7,9 @@ is the one executed. A pipe closed on exec tells the runtime the exec happened (
 carries the launcher's error).
 
 The launcher's interpreter is started ahead of its launch (a spare, `Spares`): it
-waits on a socket for the launch (the recorded parameters, and the binary's, the
-log's and the status pipe's descriptors) and does nothing else until then. Its
+waits on a socket for the launch (the recorded parameters, and the descriptors of
+the binary, the log, the exec-status pipe, and the server's stdin FIFO and stdout
+pipe: readiness.py) and does nothing else until then. Its
 start-up, about 30 ms of a 2-core host's CPU, is then off every start's path: a cold
 start, a swap and a crash restart pay one message. Each launch has the next spare
 started SPARE_DELAY_S later, off the CPU of the model it launched; a stop has it started
@@ -37,6 +38,7 @@ from supervisor.artifacts.lock import LockReader
 from supervisor.errors import ImageMismatch, RuntimeOperationError
 from supervisor.runtime.cgroup import Cgroups
 from supervisor.runtime.process.logfiles import open_log
+from supervisor.runtime.process.readiness import CHILD_ENV, make_fifo
 from supervisor.runtime.process.records import ProcessRecord, proc_info
 
 EXEC_WAIT_S = 30.0
@@ -48,19 +50,21 @@ _LAUNCHER = r"""
 import json, os, resource, socket, sys
 sock = socket.socket(fileno=int(sys.argv[1]))
 try:
-    msg, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3)
+    msg, fds, _, _ = socket.recv_fds(sock, 1 << 20, 5)
 except OSError:
     os._exit(0)
-if not msg or len(fds) != 3:
+if not msg or len(fds) != 5:
     os._exit(0)                         # the daemon closed its end: no launch
 sock.close()
 p = json.loads(msg)
-binary_fd, log_fd, w = fds
+binary_fd, log_fd, w, stdin_fd, state_fd = fds
 try:
     os.set_inheritable(w, False)
-    os.dup2(log_fd, 1)
+    os.dup2(stdin_fd, 0)
+    os.dup2(state_fd, 1)
     os.dup2(log_fd, 2)
-    os.close(log_fd)
+    for fd in (stdin_fd, state_fd, log_fd):
+        os.close(fd)
     if p["cgroup_procs"]:
         with open(p["cgroup_procs"], "w") as f:
             f.write(str(os.getpid()))
@@ -180,11 +184,15 @@ class Launched:
     child: subprocess.Popen[bytes]
     pidfd: int              # opened on our unreaped child: its pid cannot be reused yet
     start_time: int
+    state_fd: int           # the read end of its stdout: state lines (readiness.py)
 
 
-def launch(rec: ProcessRecord, *, lock: LockReader, cgroups: Cgroups, log_max_bytes: int,
+def launch(rec: ProcessRecord, *, lock: LockReader, cgroups: Cgroups, log_max_bytes: int, stdin_path: Path,
            hashes: HashCache | None = None, spares: Spares | None = None) -> Launched:
     """Check the binary against the lock and its hash, hand the launch to a launcher, wait for its exec.
+
+    The server runs as the router's child (readiness.py): its stdin is a new FIFO at `stdin_path`, its
+    stdout the pipe whose read end is returned (`state_fd`), its stderr the log.
 
     The hash is of the descriptor that is executed; with `hashes` it is read again only when that
     descriptor's file identity (device, inode, size, mtime, ctime) is not the one hashed before.
@@ -206,17 +214,24 @@ def launch(rec: ProcessRecord, *, lock: LockReader, cgroups: Cgroups, log_max_by
             )
         procs = cgroups.prepare(rec.id, memory_bytes=rec.memory_bytes, pids_limit=rec.pids_limit)
         log_fd = open_log(Path(rec.log), log_max_bytes)
-        r, w = os.pipe()
-        payload = {"argv": rec.argv, "env": rec.env, "workdir": rec.workdir, "uid": rec.uid, "gid": rec.gid,
-                   "rlimits": rec.rlimits, "cgroup_procs": str(procs) if procs else None}
         try:
-            spare = _handed(payload, [bin_fd, log_fd, w], spares)
+            stdin_fd = make_fifo(stdin_path)
+        except OSError:
+            os.close(log_fd)
+            raise
+        state_r, state_w = os.pipe()
+        r, w = os.pipe()
+        payload = {"argv": rec.argv, "env": {**rec.env, CHILD_ENV: "0"}, "workdir": rec.workdir, "uid": rec.uid,
+                   "gid": rec.gid, "rlimits": rec.rlimits, "cgroup_procs": str(procs) if procs else None}
+        try:
+            spare = _handed(payload, [bin_fd, log_fd, w, stdin_fd, state_w], spares)
         except OSError as e:
             os.close(r)
+            os.close(state_r)
             raise RuntimeOperationError(f"launch {rec.model}: {e}") from e
         finally:
-            os.close(w)
-            os.close(log_fd)
+            for fd in (w, state_w, stdin_fd, log_fd):
+                os.close(fd)
     finally:
         os.close(bin_fd)
     if spares is not None:
@@ -227,10 +242,11 @@ def launch(rec: ProcessRecord, *, lock: LockReader, cgroups: Cgroups, log_max_by
     error = read_until_exec(r, EXEC_WAIT_S)
     if error or info is None:
         os.close(pidfd)
+        os.close(state_r)
         child.kill()
         child.wait()
         raise RuntimeOperationError(f"launch {rec.model}: {error or 'the launcher vanished'}")
-    return Launched(child=child, pidfd=pidfd, start_time=info.start_time)
+    return Launched(child=child, pidfd=pidfd, start_time=info.start_time, state_fd=state_r)
 
 
 def _handed(payload: Mapping[str, object], fds: list[int], spares: Spares | None) -> Spare:

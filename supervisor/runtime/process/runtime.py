@@ -6,6 +6,8 @@ the config hash matches. A pid is signalled only through a pidfd opened while th
 proof holds. Launch: launcher.py; logs: logfiles.py; deaths: deathwatch.py, posted
 as the same ContainerEvent(DIE) the Docker events stream posts. Own children are
 reaped for their exit code; an adopted process (not our child) dies without one.
+Each server it launches says when it has loaded, as the router's children do
+(readiness.py), posted as ContainerEvent(READY).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from supervisor.runtime.cgroup import Cgroups
 from supervisor.runtime.process.deathwatch import DeathWatch
 from supervisor.runtime.process.launcher import Spares, launch
 from supervisor.runtime.process.logfiles import LOG_MAX_BYTES, rotate_if_large, tail
+from supervisor.runtime.process.readiness import ReadyWatch, ask_exit
 from supervisor.runtime.process.records import ProcessRecord, exit_code, now, proof, unreachable_by
 from supervisor.runtime.process.spec import host_argv, parse_user, process_env, rlimits
 
@@ -69,7 +72,8 @@ class ProcessRuntime:
         self.records_dir = self.root / "records"
         self.logs_dir = self.root / "logs"
         self.work_dir = self.root / "work"
-        for d in (self.records_dir, self.logs_dir, self.work_dir):
+        self.stdin_dir = self.root / "stdin"          # each server's stdin FIFO (readiness.py)
+        for d in (self.records_dir, self.logs_dir, self.work_dir, self.stdin_dir):
             d.mkdir(parents=True, exist_ok=True)
             d.chmod(0o700 if d != self.work_dir else 0o711)
         self.cgroups = cgroups if cgroups is not None else Cgroups(instance)
@@ -81,6 +85,7 @@ class ProcessRuntime:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._pidfds: dict[str, int] = {}            # record id -> the watched pidfd (closed by the watch)
         self._watch = DeathWatch(self._exited)
+        self._ready = ReadyWatch(self._announced)    # each server's "ready" line (readiness.py)
         self._spares = Spares()                      # a launcher started ahead of each launch (launcher.py)
         self._spares.refill(now=True)
         self.confinement = self._describe()
@@ -163,6 +168,17 @@ class ProcessRuntime:
         self._watch.watch(rec.id, rec.pid, fd)
         log.info("process watched", model=rec.model, pid=rec.pid, id=rec.id[:12])
 
+    def _announced(self, rid: str, pid: int) -> None:
+        """On the ready watch's thread: server `pid` of record `rid` said it has loaded."""
+        with self._lock:
+            rec = self._records.get(rid)
+            model = rec.model if rec is not None and rec.status == "running" and rec.pid == pid else None
+        if model is not None:
+            self._post(ContainerEvent(ContainerAction.READY, rid, model, time_ns=time.time_ns()))
+
+    def _stdin(self, rid: str) -> Path:
+        return self.stdin_dir / f"{rid}.fifo"
+
     def _signal_fd(self, rec: ProcessRecord) -> int | None:
         """A pidfd (a dup, the caller closes it) for a process proven ours; None when it is not running."""
         if rec.status != "running":
@@ -192,6 +208,11 @@ class ProcessRuntime:
         self._post(ContainerEvent(ContainerAction.DIE, rid, model, exit_code=code, time_ns=t_ns))
 
     # --- the Runtime protocol -------------------------------------------------------------------
+
+    @property
+    def announces_ready(self) -> bool:
+        """Each server it launches says when it has loaded (readiness.py): probed then, not polled for."""
+        return True
 
     @property
     def successors(self) -> bool:
@@ -286,7 +307,7 @@ class ProcessRuntime:
 
     def _launch(self, rec: ProcessRecord) -> None:
         launched = launch(rec, lock=self._lock_reader(), cgroups=self.cgroups, log_max_bytes=self.log_max_bytes,
-                          hashes=self.hashes, spares=self._spares)
+                          stdin_path=self._stdin(rec.id), hashes=self.hashes, spares=self._spares)
         child, pidfd = launched.child, launched.pidfd
         rec.pid, rec.start_time = child.pid, launched.start_time
         rec.status, rec.exit_code, rec.started_at = "running", None, now()
@@ -294,6 +315,7 @@ class ProcessRuntime:
         self._children[child.pid] = child
         self._pidfds[rec.id] = pidfd
         self._watch.watch(rec.id, child.pid, pidfd)
+        self._ready.watch(rec.id, child.pid, launched.state_fd)
         log.info("process launched", model=rec.model, pid=child.pid, id=rec.id[:12], user=rec.uid,
                  binary_sha256=rec.binary_sha256[:12])
 
@@ -315,6 +337,10 @@ class ProcessRuntime:
         if fd is None:
             return                               # not running, or not provably ours: never signalled
         try:
+            if sig == signal.SIGTERM:
+                # A server that has loaded exits once it reads this too (readiness.py): a SIGTERM alone
+                # would leave it waiting for it. One still loading dies of the SIGTERM, as any process.
+                ask_exit(self._stdin(rid))
             signal.pidfd_send_signal(fd, sig)
             if sig == signal.SIGTERM:
                 signal.pidfd_send_signal(fd, signal.SIGCONT)   # a stopped process must run to see SIGTERM
@@ -354,6 +380,7 @@ class ProcessRuntime:
         with self._lock:
             self._records.pop(container_id, None)
             (self.records_dir / f"{container_id}.json").unlink(missing_ok=True)
+            self._stdin(container_id).unlink(missing_ok=True)
         shutil.rmtree(rec.workdir, ignore_errors=True)
         self.cgroups.remove(container_id)
 
@@ -420,6 +447,7 @@ class ProcessRuntime:
         """Stop watching; the processes keep running (they are adopted on the next start)."""
         self._spares.close()
         self._watch.close()
+        self._ready.close()
 
 
 def _wait_readable(fd: int, timeout_s: float) -> bool:
