@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -408,8 +408,16 @@ def bench_router(r: Report, *, quick: bool = False, runs: int | None = None) -> 
     tag = uuid.uuid4().hex[:4]
     rt = Router(demo, (f"r{tag}-a", f"r{tag}-b"))
     lock, binary = process_lock()
-    ours = {"docker": Ours(demo, "docker", None, tag), "docker-plain": Ours(demo, "docker", None, tag, standby=False),
-            "process": Ours(demo, "process", lock, tag)}
+    # BENCH_ROUTER_OURS=process (a comma list of docker, docker-plain, process): only those beside the router,
+    # for a quicker A/B of one runtime; the report then has only their rows
+    only = [k for k in os.environ.get("BENCH_ROUTER_OURS", "").split(",") if k]
+    makers: dict[str, Callable[[], Ours]] = {
+        "docker": lambda: Ours(demo, "docker", None, tag),
+        "docker-plain": lambda: Ours(demo, "docker", None, tag, standby=False),
+        "process": lambda: Ours(demo, "process", lock, tag)}
+    if unknown := set(only) - set(makers):
+        raise SystemExit(f"BENCH_ROUTER_OURS: unknown {sorted(unknown)}; use some of {sorted(makers)}")
+    ours = {k: make() for k, make in makers.items() if not only or k in only}
     figs: dict[str, Figures] = {k: {m: [] for m in MEASURES} for k in ("router", *ours)}
     parts: dict[str, Figures] = {k: _defaultdict() for k in ours}
     floor = live.Floor(demo)
@@ -473,6 +481,8 @@ def report(r: Any, figs: dict[str, Figures], parts: dict[str, Figures], docker_s
         r.time_row(f"{m}: router", base)
         for k, label in (("docker", "ours, Docker"), ("docker-plain", "ours, Docker with --no-standby"),
                          ("process", "ours, process runtime")):
+            if k not in figs:
+                continue
             s = of(figs[k][m])
             target, limit = "-", None
             if m in ("cold start", "swap"):
@@ -486,7 +496,7 @@ def report(r: Any, figs: dict[str, Figures], parts: dict[str, Figures], docker_s
                 r.value_row(f"  {m}: {label} / router, paired by round (the median of {q.n} ratios; min-max)",
                             f"{q.median:.2f}x ({min(paired):.2f}-{max(paired):.2f})")
     for k, label in (("docker", "Docker"), ("docker-plain", "Docker with --no-standby"), ("process", "process runtime")):
-        for what, values in sorted(parts[k].items()):
+        for what, values in sorted(parts.get(k, {}).items()):
             if values:
                 r.time_row(f"  ours, {label}, {what}", of(values), digits=3)
     r.notes.extend(account(figs, parts, bare=bare.median, docker_start=docker_start.median))
@@ -521,6 +531,8 @@ def account(figs: dict[str, Figures], parts: dict[str, Figures], *, bare: float,
     for m, key in keys.items():
         router = of(figs["router"][m]).median
         for k, label in (("docker", "Docker"), ("docker-plain", "Docker with --no-standby"), ("process", "process runtime")):
+            if k not in figs:
+                continue
             total = of(figs[k][m]).median
             p = {what.split(": ", 1)[1]: _med(v) for what, v in parts[k].items() if what.startswith(f"{key}: ")}
             begin = p.get("request -> start call logged")
@@ -584,13 +596,17 @@ ACCOUNT: list[str] = [
     "The notes above split this run's medians; what each part is:",
     "",
     "- **Seeing the model ready.** The router's child tells the router it is ready over a pipe "
-    "(`CMD_CHILD_TO_ROUTER_STATE` on its stdout, tools/server/server-models.cpp): no polling. Ours polls "
-    "`/health`. Until issue 17 a starting model was probed every 0.5 s, so a ~1 s load was seen 0.25 s late on "
-    "average (0.31 s of the gateway's cold start was this wait, issue 17). Now it is probed at 5 % "
+    "(`CMD_CHILD_TO_ROUTER_STATE` on its stdout, tools/server/server-models.cpp): no polling. Since "
+    "2026-11-30 the process runtime launches llama-server in the same child mode and reads the same line "
+    "(runtime/process/readiness.py): the model is probed once when it says it has loaded, and polled only "
+    "every 0.5 s before that, in case the word never comes. Docker's containers are polled on `/health`. "
+    "Until issue 17 a starting model was probed every 0.5 s, so a ~1 s load was seen 0.25 s late on "
+    "average (0.31 s of the gateway's cold start was this wait, issue 17). Now a container is probed at 5 % "
     "of the time its start has taken so far (20 ms at first, never more than 0.5 s; "
     "`lifecycle.starting_probe_interval`), and every 20 ms around the time its last loads took (0.8x the "
-    "fastest of the last 5 to 1.25x the slowest; every 0.1 s before that window): the row `/health 200 -> daemon logs RUNNING` is that wait, the probe, "
-    "the KV restore and one loop round trip.",
+    "fastest of the last 5 to 1.25x the slowest; every 0.1 s before that window): the row `/health 200 -> "
+    "daemon logs RUNNING` is that wait (for the process runtime, the word's), the probe, the KV restore and "
+    "one loop round trip.",
     "- **Checks before every start.** A create checks the model file (SHA-256, kept per file identity), the "
     "image's tag (one engine call) and its binary (kept per image ID); since issue 17 a start in place (a swap "
     "back, a crash) is checked too, with no engine call: the model by `fstat`, the image by ID. The process "
