@@ -28,13 +28,13 @@ from __future__ import annotations
 import errno
 import json
 import os
-import selectors
 import stat
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
+
+from supervisor.runtime.process.selectorthread import SelectorThread
 
 log = structlog.get_logger("supervisor.runtime.process")
 
@@ -83,75 +83,41 @@ class Lines:
         return out
 
 
-class ReadyWatch:
+class ReadyWatch(SelectorThread[tuple[str, int, Lines]]):
     """One thread, one selector over the servers' stdout pipes; calls `on_ready(record id, pid)` per "ready"
     line."""
 
     def __init__(self, on_ready: Callable[[str, int], None]) -> None:
         self._on_ready = on_ready
-        self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
-        self._pending: list[tuple[int, str, int]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ready-watch", daemon=True)
-        self._thread.start()
+        super().__init__("ready-watch")
 
     def watch(self, rid: str, pid: int, fd: int) -> None:
         """Read `fd` (this watch closes it at EOF), the stdout of server `pid` of record `rid`."""
         os.set_blocking(fd, False)
-        with self._lock:
-            self._pending.append((fd, rid, pid))
-        os.write(self._wake_w, b"x")
+        self._add(fd, (rid, pid, Lines()))
 
-    def close(self) -> None:
-        self._stop.set()
-        os.write(self._wake_w, b"x")
-        self._thread.join(5)
-        if not self._thread.is_alive():
-            for key in list(self._sel.get_map().values()):
-                if key.data is not None:
-                    os.close(key.fd)
-            self._sel.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for key, _ in self._sel.select():
-                if key.data is None:
-                    self._take_pending()
-                    continue
-                rid, pid, lines = key.data
-                try:
-                    block = os.read(key.fd, 65536)
-                except BlockingIOError:
-                    continue
-                except OSError as e:
-                    log.warning("a server's state pipe failed; it is probed as before", id=rid[:12], error=str(e))
-                    block = b""
-                if not block:                      # the server exited (or closed its stdout)
-                    self._sel.unregister(key.fd)
-                    os.close(key.fd)
-                    continue
-                for line in lines.feed(block):
-                    if state_of(line) == "ready":
-                        try:
-                            self._on_ready(rid, pid)
-                        except Exception as e:  # a failed post must not stop the watch of the others
-                            log.error("ready handling failed", id=rid[:12], error=str(e))
-
-    def _take_pending(self) -> None:
+    def _readable(self, fd: int, data: tuple[str, int, Lines]) -> None:
+        rid, pid, lines = data
         try:
-            os.read(self._wake_r, 4096)
+            block = os.read(fd, 65536)
         except BlockingIOError:
-            pass
-        with self._lock:
-            pending, self._pending = self._pending, []
-        for fd, rid, pid in pending:
-            self._sel.register(fd, selectors.EVENT_READ, (rid, pid, Lines()))
+            return
+        except OSError as e:
+            log.warning("a server's state pipe failed; it is probed as before", id=rid[:12], error=str(e))
+            block = b""
+        if not block:                      # the server exited (or closed its stdout)
+            self._forget(fd)
+            os.close(fd)
+            return
+        for line in lines.feed(block):
+            if state_of(line) == "ready":
+                try:
+                    self._on_ready(rid, pid)
+                except Exception as e:  # a failed post must not stop the watch of the others
+                    log.error("ready handling failed", id=rid[:12], error=str(e))
+
+    def _left(self, fd: int, data: tuple[str, int, Lines]) -> None:
+        os.close(fd)
 
 
 def make_fifo(path: Path) -> int:
