@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.artifacts.lock import BinaryRecord, ImageLock, LockReader, write_lock
+from supervisor.errors import RuntimeOperationError
 from supervisor.runtime.cgroup import Cgroups
 from supervisor.runtime.process.launcher import Spare, Spares, _handed, launch, read_until_exec
 from supervisor.runtime.process.readiness import make_fifo
@@ -111,9 +112,8 @@ def test_closing_discards_the_waiting_spare(spares: Spares) -> None:
     assert spares._spare is None, "no spare after close"
 
 
-def test_launch_takes_the_spare_and_starts_the_next_one(tmp_path: Path, spares: Spares) -> None:
-    """Through launch() itself: the verified binary (a copy of /bin/sh, recorded in a real lock) is executed
-    by the spare started ahead, whose pid is then the record's, and the next spare follows."""
+def _recorded_sh(tmp_path: Path) -> tuple[ProcessRecord, Path]:
+    """A record of a copy of /bin/sh (`sleep 30`) as its verified binary, and the real lock that records it."""
     binary = tmp_path / "llama-server"
     binary.write_bytes(Path("/bin/sh").read_bytes())
     binary.chmod(0o755)
@@ -128,6 +128,22 @@ def test_launch_takes_the_spare_and_starts_the_next_one(tmp_path: Path, spares: 
                         binary=str(binary), binary_sha256=digest, argv=argv, env={}, uid=None, gid=None,
                         rlimits=[("RLIMIT_CORE", 0, 0)], memory_bytes=None, pids_limit=64,
                         workdir=str(tmp_path / "work"), log=str(tmp_path / "m.log"), created_at="")
+    return rec, lock
+
+
+def test_a_launch_that_cannot_make_its_fifo_fails_clearly_and_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    rec, lock = _recorded_sh(tmp_path)
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(RuntimeOperationError, match="launch m: .*No such file or directory"):
+        launch(rec, lock=LockReader(lock), cgroups=Cgroups("i", root=tmp_path / "no-cgroup"), log_max_bytes=1 << 20,
+               stdin_path=tmp_path / "missing" / "stdin.fifo")
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_launch_takes_the_spare_and_starts_the_next_one(tmp_path: Path, spares: Spares) -> None:
+    """Through launch() itself: the verified binary (a copy of /bin/sh, recorded in a real lock) is executed
+    by the spare started ahead, whose pid is then the record's, and the next spare follows."""
+    rec, lock = _recorded_sh(tmp_path)
     waiting = _waiting(spares)
     launched = launch(rec, lock=LockReader(lock), cgroups=Cgroups("i", root=tmp_path / "no-cgroup"),
                       log_max_bytes=1 << 20, stdin_path=tmp_path / "stdin.fifo", spares=spares)

@@ -213,24 +213,26 @@ def launch(rec: ProcessRecord, *, lock: LockReader, cgroups: Cgroups, log_max_by
                 f"refusing to launch {rec.model}; rebuild with 'llama-supervisorctl build --native'"
             )
         procs = cgroups.prepare(rec.id, memory_bytes=rec.memory_bytes, pids_limit=rec.pids_limit)
-        log_fd = open_log(Path(rec.log), log_max_bytes)
-        try:
-            stdin_fd = make_fifo(stdin_path)
-        except OSError:
-            os.close(log_fd)
-            raise
-        state_r, state_w = os.pipe()
-        r, w = os.pipe()
         payload = {"argv": rec.argv, "env": {**rec.env, CHILD_ENV: "0"}, "workdir": rec.workdir, "uid": rec.uid,
                    "gid": rec.gid, "rlimits": rec.rlimits, "cgroup_procs": str(procs) if procs else None}
+        given: list[int] = []            # the launcher's (ours closed once handed over, or on a failure)
+        kept: list[int] = []             # the ends we read: closed only if the launch fails
         try:
+            given.append(log_fd := open_log(Path(rec.log), log_max_bytes))
+            given.append(stdin_fd := make_fifo(stdin_path))
+            state_r, state_w = os.pipe()
+            kept.append(state_r)
+            given.append(state_w)
+            r, w = os.pipe()
+            kept.append(r)
+            given.append(w)
             spare = _handed(payload, [bin_fd, log_fd, w, stdin_fd, state_w], spares)
         except OSError as e:
-            os.close(r)
-            os.close(state_r)
+            for fd in kept:
+                os.close(fd)
             raise RuntimeOperationError(f"launch {rec.model}: {e}") from e
         finally:
-            for fd in (w, state_w, stdin_fd, log_fd):
+            for fd in given:
                 os.close(fd)
     finally:
         os.close(bin_fd)
