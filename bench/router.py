@@ -17,8 +17,9 @@ two floors beside them; then per server B (swap: A is stopped first), each such 
 least; then per server, once B has been up
 for `STABLE_S` (past our `stable_after_s`, so ours restarts it at once as a crash after a stable run) and
 idle, SIGKILL of B's llama-server process from the host and a request for B (next request after an idle
-SIGKILL). Every figure is request -> first token, medians of the rounds; cold start and swap are also given
-as the median of each round's ratio to the router's (`paired_ratios`). Ours is split into parts from its
+SIGKILL). Every figure is request -> first token, medians of the rounds; cold start and swap are also judged
+paired by round, as the median of each round's ratio to the router's (`paired_ratios`) or difference, with
+a 95 % confidence interval (`paired_row`). Ours is split into parts from its
 own log lines (the receipt time of each JSON line) and the model's own /health (polled every 20 ms).
 """
 
@@ -43,7 +44,7 @@ import psutil
 
 from bench import live
 from bench.gateway import HealthWatch, body, stream_once
-from bench.stats import of
+from bench.stats import median_ci, of
 
 if TYPE_CHECKING:
     from bench.run import Report
@@ -491,10 +492,8 @@ def report(r: Any, figs: dict[str, Figures], parts: dict[str, Figures], docker_s
                 else:
                     target, limit = "<= router + `docker start` cost", base.median + cost
             r.time_row(f"{m}: {label}", s, target=target, limit=limit, floor=base.median)
-            if m in ("cold start", "swap") and (paired := paired_ratios(figs[k][m], figs["router"][m])):
-                q = of(paired)
-                r.value_row(f"  {m}: {label} / router, paired by round (the median of {q.n} ratios; min-max)",
-                            f"{q.median:.2f}x ({min(paired):.2f}-{max(paired):.2f})")
+            if m in ("cold start", "swap"):
+                paired_row(r, m, label, figs[k][m], figs["router"][m], cost=None if k == "process" else cost)
     for k, label in (("docker", "Docker"), ("docker-plain", "Docker with --no-standby"), ("process", "process runtime")):
         for what, values in sorted(parts.get(k, {}).items()):
             if values:
@@ -511,7 +510,36 @@ def report(r: Any, figs: dict[str, Figures], parts: dict[str, Figures], docker_s
                   "floors, then every swap, then every kill), the servers in turn (the first one rotating), A and B "
                   f"at rest {REST_S:.0f} s or more before each cold start, each server's cold-start and swap step "
                   f"{SETTLE_S:.0f} s long at least (what it left running, such as standby's arming, in its own "
-                  "step), medians."))
+                  "step), medians; cold start and swap are judged paired by round too (`paired_row`: the median of "
+                  "the rounds' ratios to the router's, or differences, with a distribution-free 95 % confidence "
+                  "interval, bench/stats.py `median_ci`)."))
+
+
+def paired_row(r: Any, m: str, label: str, ours: list[float], router: list[float], *, cost: float | None) -> None:
+    """The verdict on each round's pair, with a 95 % confidence interval for its median (`median_ci`).
+
+    The medians of the rows above come from different minutes of the run; a drift of the host's speed
+    between the rounds moves one and not the other, and the same code has given 0.99x-1.06x on them
+    (2026-11-30). Paired by round, that drift cancels. The process runtime's target is a ratio
+    (<= 1.05x router: the median of the rounds' ratios), Docker's an addition (<= router + the measured
+    cost of `docker start`: the median of the rounds' differences against that cost, the two floors'
+    medians' difference)."""
+    if cost is None:
+        paired, limit, unit = paired_ratios(ours, router), 1.05, "x"
+        what, target = "ratios", "<= 1.05x"
+    else:
+        paired, limit, unit = [o - b for o, b in zip(ours, router, strict=False)], cost, " s"
+        what, target = "differences", f"<= {cost:.2f} s"
+    if not paired:
+        return
+    q = of(paired)
+    ci = median_ci(paired)
+    sign = "+" if cost is not None else ""
+    spread = f"95 % CI {ci.low:{sign}.2f} to {ci.high:{sign}.2f}; " if ci else ""
+    r.value_row(f"  {m}: {label} {'/' if cost is None else '-'} router, paired by round (the median of {q.n} "
+                f"{what}; {'95 % CI, ' if ci else ''}min-max)",
+                f"{q.median:{sign}.2f}{unit} ({spread}{min(paired):{sign}.2f} to {max(paired):{sign}.2f})",
+                target=target, met=q.median <= limit)
 
 
 def paired_ratios(ours: list[float], router: list[float]) -> list[float]:
