@@ -20,8 +20,9 @@ idle, SIGKILL of B's llama-server process from the host and a request for B (nex
 SIGKILL). Every figure is request -> first token, medians of the rounds; with each, the server process's own
 CPU time then (`server_cpu`), so that cold start and swap are also judged on what a supervisor adds beyond
 the load's own work, whose speed varies from one load to the next by more than the targets (`beyond_load`,
-`evened_ratios`, paired by round, each with a 95 % confidence interval for its median). Ours is split into parts from its
-own log lines (the receipt time of each JSON line) and the model's own /health (polled every 20 ms).
+`evened_ratios`, paired by round, each with a 95 % confidence interval for its median). Ours is split
+into parts from its own log lines (the receipt time of each JSON line) and the model's own /health
+(polled every 20 ms).
 """
 
 from __future__ import annotations
@@ -356,7 +357,9 @@ def floor_round(floor: live.Floor, binary: str, docker_start: list[float], bare:
 # varies by 10-16 % from one load to the next with the host's speed (2026-12-01, an Intel Xeon host: 1.16
 # to 1.62 s of CPU for the same bare load, no steal time) - more than the 5 % the targets resolve, and
 # independently per load, so pairing by round does not cancel it. The time a start takes beyond its
-# server's own CPU time is what the supervisor (and the router) add: `beyond_load`.
+# server's own CPU time is what the supervisor (and the router) add: `beyond_load`. Not so after a SIGKILL:
+# ours restarts the server as soon as it sees the death, before the request, and that CPU counts too; that
+# row is not judged.
 CPU = "cpu: "
 
 
@@ -650,7 +653,8 @@ def beyond_load(wall: list[float], cpu: list[float]) -> list[float]:
     return [w - c for w, c in zip(wall, cpu, strict=False)]
 
 
-def evened_ratios(ours: list[float], ours_cpu: list[float], router: list[float], router_cpu: list[float]) -> list[float]:
+def evened_ratios(ours: list[float], ours_cpu: list[float], router: list[float],
+                  router_cpu: list[float]) -> list[float]:
     """Each round's ratio to the router as if ours' server had done its load as fast as the router's child
     did in that round: (router's child CPU + ours beyond its own CPU) / router's wall. The load's speed
     varies by more than the 5 % target from one load to the next on these hosts, for the router's child as
