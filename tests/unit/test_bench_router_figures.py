@@ -27,3 +27,9 @@ def test_evening_out_keeps_what_each_adds_and_drops_the_loads_speed():
 def test_a_round_without_a_router_figure_is_left_out():
     assert evened_ratios([1.0], [0.9], [0.0], [0.0]) == []
     assert paired_ratios([1.0, 2.0], [0.0, 1.0]) == [2.0]
+
+
+def test_paired_differences_are_ours_less_the_routers_per_round():
+    from bench.router import paired_differences
+
+    assert paired_differences([1.30, 1.10], [1.20, 1.25]) == pytest.approx([0.10, -0.15])
