@@ -133,8 +133,7 @@ class Router:
 
     def child_pid(self, model: str) -> int:
         """The llama-server child serving `model` (its command line names the model's file)."""
-        pid = int(subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", self.name], capture_output=True,
-                                 text=True, timeout=30, check=True).stdout.strip())
+        pid = _container_pid(self.name)
         for p in psutil.Process(pid).children(recursive=True):
             if any(f"/models/{model}.gguf" in a for a in p.cmdline()):
                 return int(p.pid)
@@ -187,8 +186,7 @@ class Ours:
         if self.runtime == "docker":
             out = subprocess.run(["docker", "ps", "-q", "--filter", f"label=io.llama-supervisor.model={model}"],
                                  capture_output=True, text=True, timeout=30, check=True).stdout.split()
-            return int(subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", out[0]], capture_output=True,
-                                      text=True, timeout=30, check=True).stdout.strip())
+            return _container_pid(out[0])
         for p in psutil.process_iter(["pid", "cmdline"]):
             cmd = p.info["cmdline"] or []
             if "--port" in cmd and str(self.port[model]) in cmd and any("llama-server" in a for a in cmd[:1]):
