@@ -807,12 +807,13 @@ ACCOUNT: list[str] = [
     "- **The load's own speed, and how the targets are judged.** A load here is one busy thread: its wall time "
     "is its CPU time, and that CPU time moves with the host from one load to the next, by more than the 5 % "
     "target (the bare floor's 12 loads on 2026-12-01: 1.16-1.62 s of CPU, wall within 0.02 s of it, no steal "
-    "time). The router's child and ours each draw their own load's speed, so a round's plain ratio carries "
-    "that noise and its 95 % interval is wider than the target (0.95-1.18x over 16 rounds that morning, "
-    "0.96-1.11x over 32). What a supervisor adds is the rest: the rows `beyond its ... CPU time`. The judged "
-    "rows even the load out: each round as if our server had loaded as fast as the router's child did in it "
-    "(process runtime), or ours' time beyond the load against the router's and the floors' (Docker). That "
-    "would hide a start that slowed the server's own work, so the row `its server's CPU time / the router's "
-    "child's` is beside it; our KV restore (a few ms of the server's CPU before RUNNING) is inside the load "
-    "there.",
+    "time). The router's child and ours each draw their own load's speed, so a round's plain ratio carries that "
+    "noise and its 95 % interval is wider than the target (0.95-1.18x over 16 rounds that morning, 0.96-1.11x "
+    "over 32; with 40 rounds the process runtime's cold start read 0.97-1.04x alone beside the router and "
+    "0.95-1.11x beside all four servers, so judge the plain ratio with `--rounds 40`). What a supervisor adds "
+    "is the rest: the rows `beyond its ... CPU time`. The judged rows even the load out: each round as if our "
+    "server had loaded as fast as the router's child did in it (process runtime), or ours' time beyond the load "
+    "against the router's and the floors' (Docker). That would hide a start that slowed the server's own work, "
+    "so the row `its server's CPU time / the router's child's` is beside it; our KV restore (a few ms of the "
+    "server's CPU before RUNNING) is inside the load there.",
 ]
